@@ -1,0 +1,537 @@
+//! Count data and per-cell covariates as the models consume them, the train/validation split
+//! and host-side minibatch assembly. Counts stay sparse (CSR, cells x genes) until a
+//! minibatch is densified.
+
+use crate::error::{invalid_arg, Error, Result};
+use crate::mt::numpy_permutation;
+
+/// Cells x genes sparse counts in compressed-row form.
+#[derive(Clone, Debug)]
+pub struct CsrMatrix {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl CsrMatrix {
+    /// Builds and validates a CSR matrix. `indptr` has `n_rows + 1` entries.
+    pub fn new(
+        n_rows: usize,
+        n_cols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<u32>,
+        values: Vec<f32>,
+    ) -> Result<Self> {
+        if indptr.len() != n_rows + 1 || indptr[0] != 0 {
+            return Err(Error::InvalidData(
+                "row pointer array does not match the number of cells".into(),
+            ));
+        }
+        if indices.len() != values.len() || *indptr.last().unwrap() != values.len() {
+            return Err(Error::InvalidData(
+                "index and value arrays of the count matrix differ in length".into(),
+            ));
+        }
+        if indptr.windows(2).any(|w| w[0] > w[1]) {
+            return Err(Error::InvalidData(
+                "row pointers must be non-decreasing".into(),
+            ));
+        }
+        if indices.iter().any(|&j| j as usize >= n_cols) {
+            return Err(Error::InvalidData("a gene index is out of range".into()));
+        }
+        Ok(Self {
+            n_rows,
+            n_cols,
+            indptr,
+            indices,
+            values,
+        })
+    }
+
+    pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.indptr[i], self.indptr[i + 1]);
+        (&self.indices[a..b], &self.values[a..b])
+    }
+
+    pub fn row_sums(&self) -> Vec<f64> {
+        (0..self.n_rows)
+            .map(|i| self.row(i).1.iter().map(|&v| v as f64).sum())
+            .collect()
+    }
+}
+
+/// A categorical per-cell covariate: 0-based codes and the number of categories.
+#[derive(Clone, Debug)]
+pub struct Categorical {
+    pub codes: Vec<u32>,
+    pub n_categories: usize,
+}
+
+impl Categorical {
+    pub fn constant(n_cells: usize) -> Self {
+        Self {
+            codes: vec![0; n_cells],
+            n_categories: 1,
+        }
+    }
+
+    fn validate(&self, name: &str, n_cells: usize) -> Result<()> {
+        if self.codes.len() != n_cells {
+            return Err(invalid_arg(
+                name,
+                format!("has {} codes for {} cells", self.codes.len(), n_cells),
+            ));
+        }
+        if self.n_categories == 0 {
+            return Err(invalid_arg(name, "must have at least one category"));
+        }
+        if let Some(&c) = self
+            .codes
+            .iter()
+            .find(|&&c| c as usize >= self.n_categories)
+        {
+            return Err(invalid_arg(
+                name,
+                format!("code {c} is outside its {} categories", self.n_categories),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything a model reads per cell.
+#[derive(Clone, Debug)]
+pub struct DataSet {
+    pub counts: CsrMatrix,
+    pub batch: Categorical,
+    pub labels: Categorical,
+    pub categorical_covariates: Vec<Categorical>,
+    /// One vector per continuous covariate, each of length n_cells.
+    pub continuous_covariates: Vec<Vec<f32>>,
+    pub size_factor: Option<Vec<f32>>,
+    /// log of each cell's total count.
+    pub log_library: Vec<f32>,
+    /// sum over genes of lgamma(x + 1): the constant part of every count likelihood.
+    pub log_factorial: Vec<f32>,
+}
+
+impl DataSet {
+    pub fn new(
+        counts: CsrMatrix,
+        batch: Categorical,
+        labels: Categorical,
+        categorical_covariates: Vec<Categorical>,
+        continuous_covariates: Vec<Vec<f32>>,
+        size_factor: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        let n = counts.n_rows;
+        if n == 0 {
+            return Err(Error::InvalidData("the data have zero cells".into()));
+        }
+        if counts.n_cols == 0 {
+            return Err(Error::InvalidData("the data have zero genes".into()));
+        }
+        if let Some(v) = counts
+            .values
+            .iter()
+            .find(|v| !v.is_finite() || **v < 0.0 || v.fract() != 0.0)
+        {
+            return Err(Error::InvalidData(format!(
+                "counts must be finite non-negative integers, found {v}"
+            )));
+        }
+        batch.validate("batch", n)?;
+        labels.validate("labels", n)?;
+        for (k, c) in categorical_covariates.iter().enumerate() {
+            c.validate(&format!("categorical covariate {}", k + 1), n)?;
+        }
+        for (k, c) in continuous_covariates.iter().enumerate() {
+            if c.len() != n || c.iter().any(|v| !v.is_finite()) {
+                return Err(invalid_arg(
+                    &format!("continuous covariate {}", k + 1),
+                    format!("must hold {n} finite values"),
+                ));
+            }
+        }
+        if let Some(sf) = &size_factor {
+            if sf.len() != n || sf.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+                return Err(invalid_arg(
+                    "size_factor",
+                    format!("must hold {n} finite positive values"),
+                ));
+            }
+        }
+        let sums = counts.row_sums();
+        if let Some(i) = sums.iter().position(|&s| s <= 0.0) {
+            return Err(Error::InvalidData(format!(
+                "cell {} has no counts; remove empty cells first",
+                i + 1
+            )));
+        }
+        let log_library = sums.iter().map(|&s| s.ln() as f32).collect();
+        let log_factorial = (0..n)
+            .map(|i| {
+                counts
+                    .row(i)
+                    .1
+                    .iter()
+                    .map(|&v| ln_factorial(v as f64))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok(Self {
+            counts,
+            batch,
+            labels,
+            categorical_covariates,
+            continuous_covariates,
+            size_factor,
+            log_library,
+            log_factorial,
+        })
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.counts.n_rows
+    }
+
+    pub fn n_genes(&self) -> usize {
+        self.counts.n_cols
+    }
+}
+
+/// log(k!) for a non-negative integer k (as f64), exact summation for small k.
+pub fn ln_factorial(k: f64) -> f64 {
+    if k < 2.0 {
+        return 0.0;
+    }
+    if k < 64.0 {
+        return (2..=k as u64).map(|i| (i as f64).ln()).sum();
+    }
+    // Stirling series is accurate to ~1e-15 relative here.
+    let x = k + 1.0;
+    (x - 0.5) * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x.powi(3))
+        + 1.0 / (1260.0 * x.powi(5))
+}
+
+/// Sizes of the train / validation / test split, scvi.md §7.1.
+pub fn split_sizes(
+    n: usize,
+    train_size: Option<f64>,
+    validation_size: Option<f64>,
+    batch_size: usize,
+    drop_last: bool,
+) -> Result<(usize, usize, usize)> {
+    let given = train_size.is_some();
+    let t = train_size.unwrap_or(0.9);
+    if !(t > 0.0 && t <= 1.0) {
+        return Err(invalid_arg(
+            "train_size",
+            format!("must be in (0, 1], got {t}"),
+        ));
+    }
+    let mut n_train = (t * n as f64).ceil() as usize;
+    let mut n_val = match validation_size {
+        None => n - n_train,
+        Some(v) => {
+            if !(0.0..1.0).contains(&v) || t + v > 1.0 {
+                return Err(invalid_arg(
+                    "validation_size",
+                    format!("must be in [0, 1) with train_size + validation_size <= 1, got {v}"),
+                ));
+            }
+            (n as f64 * v).floor() as usize
+        }
+    };
+    if n_train == 0 {
+        return Err(invalid_arg("train_size", "leaves no training cells"));
+    }
+    if !drop_last {
+        let r = n_train % batch_size;
+        if r == 1 || r == 2 {
+            if given {
+                return Err(invalid_arg(
+                    "train_size",
+                    format!(
+                        "leaves a last training minibatch of {r} cell(s), which batch norm cannot \
+                         use; change train_size or batch_size"
+                    ),
+                ));
+            }
+            n_train -= r;
+            if n_val > 0 {
+                n_val += r;
+            }
+        }
+    }
+    let n_test = n - n_train - n_val;
+    Ok((n_train, n_val, n_test))
+}
+
+/// 0-based cell indices of each part of the split.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Split {
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// The split scvi-tools makes: validation first in the permutation, then train, then test.
+pub fn make_split(n: usize, sizes: (usize, usize, usize), shuffle: bool, seed: u32) -> Split {
+    let perm: Vec<usize> = if shuffle {
+        numpy_permutation(n, seed)
+    } else {
+        (0..n).collect()
+    };
+    let (n_train, n_val, _) = sizes;
+    Split {
+        validation: perm[..n_val].to_vec(),
+        train: perm[n_val..n_val + n_train].to_vec(),
+        test: perm[n_val + n_train..].to_vec(),
+    }
+}
+
+/// What the decoder/encoder see about a cell's covariates, assembled on the host.
+pub struct HostBatch {
+    pub n: usize,
+    /// Dense counts, n x genes, row-major.
+    pub x: Vec<f32>,
+    pub log_library: Vec<f32>,
+    pub log_factorial: Vec<f32>,
+    /// One-hot of the batch used by the decoder (n x n_batch), always present.
+    pub batch_onehot: Vec<f32>,
+    /// One-hot of the labels (n x n_labels), always present.
+    pub labels_onehot: Vec<f32>,
+    /// Concatenated one-hots of the covariates with more than one category (n x width).
+    pub covariates: Vec<f32>,
+    pub covariate_width: usize,
+    /// Continuous covariates, n x U.
+    pub continuous: Vec<f32>,
+    pub size_factor: Option<Vec<f32>>,
+}
+
+/// Width of the one-hot covariate block: batch and categorical covariates with > 1 category.
+pub fn covariate_width(n_batch: usize, cat_sizes: &[usize]) -> usize {
+    std::iter::once(n_batch)
+        .chain(cat_sizes.iter().copied())
+        .filter(|&c| c > 1)
+        .sum()
+}
+
+impl DataSet {
+    /// Assemble a minibatch. `batch_override` replaces every cell's batch code
+    /// (counterfactual `transform_batch`).
+    pub fn host_batch(&self, cells: &[usize], batch_override: Option<u32>) -> HostBatch {
+        let n = cells.len();
+        let g = self.n_genes();
+        let mut x = vec![0f32; n * g];
+        for (r, &c) in cells.iter().enumerate() {
+            let (idx, val) = self.counts.row(c);
+            let row = &mut x[r * g..(r + 1) * g];
+            for (&j, &v) in idx.iter().zip(val) {
+                row[j as usize] = v;
+            }
+        }
+        let n_batch = self.batch.n_categories;
+        let n_labels = self.labels.n_categories;
+        let batch_code = |c: usize| batch_override.unwrap_or(self.batch.codes[c]) as usize;
+        let mut batch_onehot = vec![0f32; n * n_batch];
+        let mut labels_onehot = vec![0f32; n * n_labels];
+        let cat_sizes: Vec<usize> = self
+            .categorical_covariates
+            .iter()
+            .map(|c| c.n_categories)
+            .collect();
+        let width = covariate_width(n_batch, &cat_sizes);
+        let mut covariates = vec![0f32; n * width];
+        for (r, &c) in cells.iter().enumerate() {
+            let b = batch_code(c);
+            batch_onehot[r * n_batch + b] = 1.0;
+            labels_onehot[r * n_labels + self.labels.codes[c] as usize] = 1.0;
+            let mut offset = 0;
+            if n_batch > 1 {
+                covariates[r * width + b] = 1.0;
+                offset += n_batch;
+            }
+            for cov in &self.categorical_covariates {
+                if cov.n_categories > 1 {
+                    covariates[r * width + offset + cov.codes[c] as usize] = 1.0;
+                    offset += cov.n_categories;
+                }
+            }
+        }
+        let u = self.continuous_covariates.len();
+        let mut continuous = vec![0f32; n * u];
+        for (r, &c) in cells.iter().enumerate() {
+            for (k, col) in self.continuous_covariates.iter().enumerate() {
+                continuous[r * u + k] = col[c];
+            }
+        }
+        HostBatch {
+            n,
+            x,
+            log_library: cells.iter().map(|&c| self.log_library[c]).collect(),
+            log_factorial: cells.iter().map(|&c| self.log_factorial[c]).collect(),
+            batch_onehot,
+            labels_onehot,
+            covariates,
+            covariate_width: width,
+            continuous,
+            size_factor: self
+                .size_factor
+                .as_ref()
+                .map(|sf| cells.iter().map(|&c| sf[c]).collect()),
+        }
+    }
+}
+
+/// Per-batch mean and population variance of the log library (scvi.md §1.1).
+pub fn library_prior(data: &DataSet) -> (Vec<f32>, Vec<f32>) {
+    let nb = data.batch.n_categories;
+    let mut groups: Vec<Vec<f64>> = vec![Vec::new(); nb];
+    for (c, &b) in data.batch.codes.iter().enumerate() {
+        groups[b as usize].push(data.log_library[c] as f64);
+    }
+    let mut means = vec![0f32; nb];
+    let mut vars = vec![1f32; nb];
+    for (b, vals) in groups.iter().enumerate() {
+        if vals.is_empty() {
+            continue;
+        }
+        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+        let v = vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / vals.len() as f64;
+        means[b] = m as f32;
+        vars[b] = v as f32;
+    }
+    (means, vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_split_sizes_match_reference() {
+        let cases = [
+            (5, (5, 0, 0)),
+            (10, (9, 1, 0)),
+            (143, (128, 15, 0)),
+            (144, (128, 16, 0)),
+            (145, (131, 14, 0)),
+            (1000, (900, 100, 0)),
+            (2846, (2560, 286, 0)),
+            (12345, (11111, 1234, 0)),
+        ];
+        for (n, expected) in cases {
+            assert_eq!(
+                split_sizes(n, None, None, 128, false).unwrap(),
+                expected,
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn given_train_size_with_tiny_last_batch_is_an_error() {
+        assert!(split_sizes(129, Some(1.0), None, 128, false).is_err());
+        assert!(split_sizes(100, Some(0.0), None, 128, false).is_err());
+    }
+
+    #[test]
+    fn split_puts_validation_first() {
+        let s = make_split(10, (9, 1, 0), true, 0);
+        assert_eq!(s.validation, vec![2]);
+        assert_eq!(s.train, vec![8, 4, 9, 1, 6, 7, 3, 0, 5]);
+    }
+
+    fn toy(totals: &[Vec<f32>], batches: Vec<u32>) -> DataSet {
+        let n = totals.len();
+        let mut indptr = vec![0];
+        let mut indices = vec![];
+        let mut values = vec![];
+        for row in totals {
+            for (j, &v) in row.iter().enumerate() {
+                if v > 0.0 {
+                    indices.push(j as u32);
+                    values.push(v);
+                }
+            }
+            indptr.push(values.len());
+        }
+        let counts = CsrMatrix::new(n, 2, indptr, indices, values).unwrap();
+        let nb = *batches.iter().max().unwrap() as usize + 1;
+        DataSet::new(
+            counts,
+            Categorical {
+                codes: batches,
+                n_categories: nb,
+            },
+            Categorical::constant(n),
+            vec![],
+            vec![],
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn library_prior_matches_reference() {
+        let d = toy(
+            &[
+                vec![6.0, 0.0],
+                vec![2.0, 3.0],
+                vec![10.0, 0.0],
+                vec![12.0, 0.0],
+                vec![1.0, 1.0],
+            ],
+            vec![0, 0, 0, 1, 1],
+        );
+        let (m, v) = library_prior(&d);
+        assert!((m[0] - 1.901_260_8).abs() < 1e-5 && (v[0] - 0.086_070_78).abs() < 1e-5);
+        assert!((m[1] - 1.589_026_9).abs() < 1e-5 && (v[1] - 0.802_600_5).abs() < 1e-5);
+    }
+
+    #[test]
+    fn bad_counts_and_empty_cells_are_errors() {
+        let c = CsrMatrix::new(1, 2, vec![0, 1], vec![0], vec![1.5]).unwrap();
+        let r = DataSet::new(
+            c,
+            Categorical::constant(1),
+            Categorical::constant(1),
+            vec![],
+            vec![],
+            None,
+        );
+        assert!(matches!(r, Err(Error::InvalidData(_))));
+        let c = CsrMatrix::new(2, 2, vec![0, 1, 1], vec![0], vec![1.0]).unwrap();
+        let r = DataSet::new(
+            c,
+            Categorical::constant(2),
+            Categorical::constant(2),
+            vec![],
+            vec![],
+            None,
+        );
+        assert!(r.unwrap_err().to_string().contains("cell 2 has no counts"));
+    }
+
+    #[test]
+    fn ln_factorial_is_accurate() {
+        assert!((ln_factorial(10.0) - 15.104_412_573_075_516).abs() < 1e-12);
+        assert!((ln_factorial(100.0) - 363.739_375_555_563_5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn host_batch_builds_covariate_block() {
+        let d = toy(&[vec![1.0, 2.0], vec![3.0, 0.0]], vec![0, 1]);
+        let b = d.host_batch(&[1, 0], None);
+        assert_eq!(b.x, vec![3.0, 0.0, 1.0, 2.0]);
+        assert_eq!(b.covariates, vec![0.0, 1.0, 1.0, 0.0]);
+        let b = d.host_batch(&[1, 0], Some(0));
+        assert_eq!(b.batch_onehot, vec![1.0, 0.0, 1.0, 0.0]);
+    }
+}

@@ -1,0 +1,16 @@
+//! rscvi-core: scvi-tools' SCVI on Burn, with no R dependency. The R package (rbridge) and
+//! the command-line tool (cli) are thin front ends over this crate.
+
+pub mod backend;
+pub mod data;
+pub mod dist;
+pub mod error;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod mt;
+pub mod nn;
+pub mod scvi;
+pub mod train;
+
+pub use error::{Error, Result};

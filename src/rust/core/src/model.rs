@@ -1,0 +1,221 @@
+//! A trained-or-not SCVI model as users hold it: the module (kept on the CPU between calls),
+//! its training state and the data registry; save/load; device dispatch.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Cpu, CpuTrain, DeviceKind};
+use crate::data::{library_prior, DataSet};
+use crate::error::{Error, Result};
+use crate::scvi::{Scvi, ScviConfig};
+use crate::train::{self, Observer, TrainConfig, TrainState, TrainSummary};
+
+pub const FORMAT_VERSION: u32 = 1;
+const WEIGHTS_FILE: &str = "model.mpk";
+const META_FILE: &str = "model.json";
+
+pub struct ScviModel {
+    pub module: Scvi<Cpu>,
+    pub state: TrainState,
+    /// Registry written by the front end (gene names, category mappings, setup arguments);
+    /// stored verbatim.
+    pub registry: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedMeta {
+    format: String,
+    format_version: u32,
+    package_version: String,
+    model: String,
+    config: ScviConfig,
+    state: TrainState,
+    registry: serde_json::Value,
+}
+
+/// Moves a module between backends through Burn's byte recorder.
+fn convert<A: Backend, Z: Backend>(m: &Scvi<A>, device: &Z::Device) -> Result<Scvi<Z>> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder
+        .record(m.clone().into_record(), ())
+        .map_err(|e| Error::Io(format!("could not serialise the module: {e}")))?;
+    let record = recorder
+        .load(bytes, device)
+        .map_err(|e| Error::Io(format!("could not move the module: {e}")))?;
+    let c = &m.config;
+    let blank = Scvi::<Z>::new(
+        c.clone(),
+        (vec![0.0; c.n_batch], vec![1.0; c.n_batch]),
+        device,
+    )?;
+    Ok(blank.load_record(record))
+}
+
+/// Runs `$body` with `$m` bound to the module on the requested device and `$d` to the device.
+#[macro_export]
+macro_rules! on_device {
+    ($model:expr, $kind:expr, |$m:ident, $d:ident| $body:expr) => {{
+        match $kind {
+            $crate::backend::DeviceKind::Cpu => {
+                let $d = &Default::default();
+                let $m = &$model.module;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::DeviceKind::Cuda => {
+                let dev: <$crate::backend::Gpu as burn::tensor::backend::Backend>::Device =
+                    Default::default();
+                let moved = $model.module_on::<$crate::backend::Gpu>(&dev)?;
+                let $d = &dev;
+                let $m = &moved;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::backend::DeviceKind::Cuda => {
+                return Err($crate::error::Error::Device(
+                    "rscvi was built without CUDA support".into(),
+                )
+                .into())
+            }
+        }
+    }};
+}
+
+impl ScviModel {
+    pub fn new(config: ScviConfig, data: &DataSet, registry: serde_json::Value) -> Result<Self> {
+        if data.n_genes() != config.n_input || data.batch.n_categories != config.n_batch {
+            return Err(Error::InvalidData(
+                "model dimensions do not match the data".into(),
+            ));
+        }
+        let prior = library_prior(data);
+        Ok(Self {
+            module: Scvi::new(config, prior, &Default::default())?,
+            state: TrainState::default(),
+            registry,
+        })
+    }
+
+    pub fn config(&self) -> &ScviConfig {
+        &self.module.config
+    }
+
+    pub fn module_on<Z: Backend>(&self, device: &Z::Device) -> Result<Scvi<Z>> {
+        convert::<Cpu, Z>(&self.module, device)
+    }
+
+    /// Trains in place. On failure the model keeps the parameters of the last completed
+    /// epoch (or its previous parameters when no epoch completed).
+    pub fn train(
+        &mut self,
+        data: &DataSet,
+        cfg: &TrainConfig,
+        device: DeviceKind,
+        observer: &mut dyn Observer,
+    ) -> Result<TrainSummary> {
+        match device {
+            DeviceKind::Cpu => {
+                let (m, r) = train::train::<CpuTrain>(
+                    self.module.clone(),
+                    data,
+                    cfg,
+                    &mut self.state,
+                    observer,
+                    &Default::default(),
+                );
+                self.module = m;
+                r
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                let dev = Default::default();
+                let on_gpu = self.module_on::<crate::backend::Gpu>(&dev)?;
+                let (m, r) = train::train::<crate::backend::GpuTrain>(
+                    on_gpu,
+                    data,
+                    cfg,
+                    &mut self.state,
+                    observer,
+                    &dev,
+                );
+                self.module = convert::<crate::backend::Gpu, Cpu>(&m, &Default::default())?;
+                r
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => Err(Error::Device("rscvi was built without CUDA support".into())),
+        }
+    }
+
+    pub fn save(&self, dir: &Path, overwrite: bool) -> Result<()> {
+        let meta_path = dir.join(META_FILE);
+        if meta_path.exists() && !overwrite {
+            return Err(Error::Io(format!(
+                "{} already holds a saved model; use overwrite = TRUE",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let meta = SavedMeta {
+            format: "rscvi".into(),
+            format_version: FORMAT_VERSION,
+            package_version: env!("CARGO_PKG_VERSION").into(),
+            model: "SCVI".into(),
+            config: self.module.config.clone(),
+            state: self.state.clone(),
+            registry: self.registry.clone(),
+        };
+        let json = serde_json::to_string_pretty(&meta).map_err(|e| Error::Io(e.to_string()))?;
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        self.module
+            .clone()
+            .save_file(dir.join(WEIGHTS_FILE), &recorder)
+            .map_err(|e| Error::Io(format!("cannot write weights: {e}")))?;
+        std::fs::write(&meta_path, json)
+            .map_err(|e| Error::Io(format!("cannot write {}: {e}", meta_path.display())))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", meta_path.display())))?;
+        let meta: SavedMeta = serde_json::from_str(&text).map_err(|e| {
+            Error::Io(format!(
+                "{} is not a valid rscvi model description: {e}",
+                meta_path.display()
+            ))
+        })?;
+        if meta.format != "rscvi" || meta.model != "SCVI" {
+            return Err(Error::Io(format!(
+                "{} does not describe an rscvi SCVI model",
+                meta_path.display()
+            )));
+        }
+        if meta.format_version > FORMAT_VERSION {
+            return Err(Error::Io(format!(
+                "the model was saved by a newer rscvi (format {}); update rscvi",
+                meta.format_version
+            )));
+        }
+        let c = meta.config;
+        let device = Default::default();
+        let blank = Scvi::<Cpu>::new(
+            c.clone(),
+            (vec![0.0; c.n_batch], vec![1.0; c.n_batch]),
+            &device,
+        )?;
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let module = blank
+            .load_file(dir.join(WEIGHTS_FILE), &recorder, &device)
+            .map_err(|e| Error::Io(format!("cannot read the weights in {}: {e}", dir.display())))?;
+        Ok(Self {
+            module,
+            state: meta.state,
+            registry: meta.registry,
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! Neural building blocks with PyTorch semantics (scvi.md §3): batch norm with eps 1e-3,
+//! momentum 0.01 and unbiased running variance, non-affine layer norm, covariate injection.
+//! Train/eval behaviour is an explicit flag, never inferred from the backend.
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{activation, backend::Backend, Distribution, Tensor};
+
+pub const BN_EPS: f64 = 1e-3;
+pub const BN_MOMENTUM: f64 = 0.01;
+pub const LN_EPS: f64 = 1e-5;
+
+/// `torch.nn.BatchNorm1d` as scvi-tools configures it.
+#[derive(Module, Debug)]
+pub struct TorchBatchNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    /// 0 freezes the running statistics (scArches); minibatch statistics are still used.
+    pub momentum: f64,
+}
+
+impl<B: Backend> TorchBatchNorm<B> {
+    pub fn new(features: usize, device: &B::Device) -> Self {
+        Self {
+            gamma: Param::from_tensor(Tensor::ones([features], device)),
+            beta: Param::from_tensor(Tensor::zeros([features], device)),
+            running_mean: RunningState::new(Tensor::zeros([features], device)),
+            running_var: RunningState::new(Tensor::ones([features], device)),
+            momentum: BN_MOMENTUM,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>, training: bool) -> Tensor<B, 2> {
+        let [n, _] = x.dims();
+        let (mean, var) = if training {
+            let mean = x.clone().mean_dim(0);
+            let var = (x.clone() - mean.clone()).powf_scalar(2.0).mean_dim(0);
+            if self.momentum > 0.0 {
+                let m = self.momentum;
+                let unbiased = var.clone().detach() * (n as f64 / (n as f64 - 1.0));
+                let rm = self.running_mean.value_sync() * (1.0 - m)
+                    + mean.clone().detach().squeeze_dim::<1>(0) * m;
+                let rv =
+                    self.running_var.value_sync() * (1.0 - m) + unbiased.squeeze_dim::<1>(0) * m;
+                self.running_mean.update(rm.detach());
+                self.running_var.update(rv.detach());
+            }
+            (mean, var)
+        } else {
+            (
+                self.running_mean.value_sync().unsqueeze_dim(0),
+                self.running_var.value_sync().unsqueeze_dim(0),
+            )
+        };
+        (x - mean) / (var + BN_EPS).sqrt() * self.gamma.val().unsqueeze_dim(0)
+            + self.beta.val().unsqueeze_dim(0)
+    }
+}
+
+/// Row-wise layer norm without affine parameters.
+pub fn layer_norm<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let mean = x.clone().mean_dim(1);
+    let centered = x - mean;
+    let var = centered.clone().powf_scalar(2.0).mean_dim(1);
+    centered / (var + LN_EPS).sqrt()
+}
+
+/// Inverted dropout, active only in training mode.
+pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64, training: bool) -> Tensor<B, 2> {
+    if !training || p <= 0.0 {
+        return x;
+    }
+    let keep = Tensor::<B, 2>::random(x.shape(), Distribution::Bernoulli(1.0 - p), &x.device());
+    x * keep / (1.0 - p)
+}
+
+/// One hidden layer: Linear → [BatchNorm] → [LayerNorm] → [ReLU] → [Dropout].
+#[derive(Module, Debug)]
+pub struct FcLayer<B: Backend> {
+    pub linear: Linear<B>,
+    pub batch_norm: Option<TorchBatchNorm<B>>,
+    pub layer_norm: bool,
+    pub activation: bool,
+}
+
+/// Options of an [`FcLayers`] stack.
+#[derive(Clone, Debug)]
+pub struct FcOptions {
+    pub n_in: usize,
+    pub n_out: usize,
+    /// Width of the one-hot covariate block (0 = none).
+    pub n_cov: usize,
+    pub n_layers: usize,
+    pub n_hidden: usize,
+    pub dropout: f64,
+    pub batch_norm: bool,
+    pub layer_norm: bool,
+    pub inject_covariates: bool,
+}
+
+/// `FCLayers`: the MLP shared by every encoder and decoder.
+#[derive(Module, Debug)]
+pub struct FcLayers<B: Backend> {
+    pub layers: Vec<FcLayer<B>>,
+    pub inject_covariates: bool,
+    pub dropout: f64,
+}
+
+impl<B: Backend> FcLayers<B> {
+    pub fn new(o: &FcOptions, device: &B::Device) -> Self {
+        let mut widths = vec![o.n_in];
+        widths.extend(std::iter::repeat_n(
+            o.n_hidden,
+            o.n_layers.saturating_sub(1),
+        ));
+        widths.push(o.n_out);
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let injected = i == 0 || o.inject_covariates;
+                let d_in = w[0] + if injected { o.n_cov } else { 0 };
+                FcLayer {
+                    linear: LinearConfig::new(d_in, w[1]).init(device),
+                    batch_norm: o.batch_norm.then(|| TorchBatchNorm::new(w[1], device)),
+                    layer_norm: o.layer_norm,
+                    activation: true,
+                }
+            })
+            .collect();
+        Self {
+            layers,
+            inject_covariates: o.inject_covariates,
+            dropout: o.dropout,
+        }
+    }
+
+    /// `cov` is the one-hot covariate block (None when the stack has no covariates).
+    pub fn forward(
+        &self,
+        mut h: Tensor<B, 2>,
+        cov: Option<&Tensor<B, 2>>,
+        training: bool,
+    ) -> Tensor<B, 2> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(c) = cov {
+                if i == 0 || self.inject_covariates {
+                    h = Tensor::cat(vec![h, c.clone()], 1);
+                }
+            }
+            h = layer.linear.forward(h);
+            if let Some(bn) = &layer.batch_norm {
+                h = bn.forward(h, training);
+            }
+            if layer.layer_norm {
+                h = layer_norm(h);
+            }
+            if layer.activation {
+                h = activation::relu(h);
+            }
+            h = dropout(h, self.dropout, training);
+        }
+        h
+    }
+}
+
+/// Gaussian posterior head (scvi.md §3.2): returns mean, variance (exp + `var_eps`) and one
+/// reparameterised, untransformed sample.
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    pub encoder: FcLayers<B>,
+    pub mean_encoder: Linear<B>,
+    pub var_encoder: Linear<B>,
+    pub var_eps: f64,
+}
+
+pub struct Posterior<B: Backend> {
+    pub mean: Tensor<B, 2>,
+    pub var: Tensor<B, 2>,
+    pub sample: Tensor<B, 2>,
+}
+
+impl<B: Backend> Encoder<B> {
+    pub fn new(o: &FcOptions, n_output: usize, var_eps: f64, device: &B::Device) -> Self {
+        Self {
+            encoder: FcLayers::new(o, device),
+            mean_encoder: LinearConfig::new(o.n_hidden, n_output).init(device),
+            var_encoder: LinearConfig::new(o.n_hidden, n_output).init(device),
+            var_eps,
+        }
+    }
+
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        cov: Option<&Tensor<B, 2>>,
+        training: bool,
+    ) -> Posterior<B> {
+        let h = self.encoder.forward(x, cov, training);
+        let mean = self.mean_encoder.forward(h.clone());
+        let var = self.var_encoder.forward(h).exp() + self.var_eps;
+        let noise =
+            Tensor::<B, 2>::random(mean.shape(), Distribution::Normal(0.0, 1.0), &mean.device());
+        let sample = mean.clone() + var.clone().sqrt() * noise;
+        Posterior { mean, var, sample }
+    }
+}
+
+/// Redraws a sample from an existing posterior (fresh noise).
+pub fn resample<B: Backend>(mean: &Tensor<B, 2>, var: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let noise =
+        Tensor::<B, 2>::random(mean.shape(), Distribution::Normal(0.0, 1.0), &mean.device());
+    mean.clone() + var.clone().sqrt() * noise
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+
+    type B = Flex;
+
+    #[test]
+    fn batch_norm_training_uses_biased_batch_variance_and_unbiased_running_update() {
+        let dev = Default::default();
+        let bn = TorchBatchNorm::<B>::new(1, &dev);
+        let x =
+            Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 6.0], [4, 1]), &dev);
+        let y: Vec<f32> = bn.forward(x, true).into_data().to_vec().unwrap();
+        // mean 3, biased var 3.5
+        let want = (1.0 - 3.0) / (3.5f32 + 1e-3).sqrt();
+        assert!((y[0] - want).abs() < 1e-5);
+        let rm: Vec<f32> = bn.running_mean.value_sync().into_data().to_vec().unwrap();
+        let rv: Vec<f32> = bn.running_var.value_sync().into_data().to_vec().unwrap();
+        assert!((rm[0] - 0.03).abs() < 1e-6, "rm = {rm:?}");
+        // 0.99 * 1 + 0.01 * (3.5 * 4 / 3)
+        assert!((rv[0] - (0.99 + 0.01 * 14.0 / 3.0)).abs() < 1e-6);
+    }
+}

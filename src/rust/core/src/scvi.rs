@@ -1,0 +1,601 @@
+//! The SCVI variational autoencoder (scvi.md §2–§6): inference, generative model and loss.
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{activation, backend::Backend, Distribution, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{covariate_width, HostBatch};
+use crate::dist;
+use crate::error::{invalid_arg, Result};
+use crate::nn::{Encoder, FcLayers, FcOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dispersion {
+    Gene,
+    GeneBatch,
+    GeneLabel,
+    GeneCell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneLikelihood {
+    Zinb,
+    Nb,
+    Poisson,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentDistribution {
+    Normal,
+    Ln,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    None,
+    Encoder,
+    Decoder,
+    Both,
+}
+
+impl NormPlacement {
+    fn encoder(self) -> bool {
+        matches!(self, Self::Encoder | Self::Both)
+    }
+    fn decoder(self) -> bool {
+        matches!(self, Self::Decoder | Self::Both)
+    }
+}
+
+/// Model hyperparameters plus the data dimensions needed to rebuild the module.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScviConfig {
+    pub n_input: usize,
+    pub n_batch: usize,
+    pub n_labels: usize,
+    pub n_cats_per_cov: Vec<usize>,
+    pub n_continuous_cov: usize,
+    pub use_size_factor: bool,
+    pub n_hidden: usize,
+    pub n_latent: usize,
+    pub n_layers: usize,
+    pub dropout_rate: f64,
+    pub dispersion: Dispersion,
+    pub gene_likelihood: GeneLikelihood,
+    pub latent_distribution: LatentDistribution,
+    pub use_observed_lib_size: bool,
+    pub log_variational: bool,
+    pub encode_covariates: bool,
+    pub deeply_inject_covariates: bool,
+    pub use_batch_norm: NormPlacement,
+    pub use_layer_norm: NormPlacement,
+    pub var_eps: f64,
+}
+
+impl ScviConfig {
+    /// scvi-tools defaults for the given data dimensions.
+    pub fn new(n_input: usize, n_batch: usize) -> Self {
+        Self {
+            n_input,
+            n_batch,
+            n_labels: 1,
+            n_cats_per_cov: vec![],
+            n_continuous_cov: 0,
+            use_size_factor: false,
+            n_hidden: 128,
+            n_latent: 10,
+            n_layers: 1,
+            dropout_rate: 0.1,
+            dispersion: Dispersion::Gene,
+            gene_likelihood: GeneLikelihood::Zinb,
+            latent_distribution: LatentDistribution::Normal,
+            use_observed_lib_size: true,
+            log_variational: true,
+            encode_covariates: false,
+            deeply_inject_covariates: true,
+            use_batch_norm: NormPlacement::Both,
+            use_layer_norm: NormPlacement::None,
+            var_eps: 1e-4,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("n_hidden", self.n_hidden),
+            ("n_latent", self.n_latent),
+            ("n_layers", self.n_layers),
+        ];
+        for (name, v) in positive {
+            if v < 1 {
+                return Err(invalid_arg(name, format!("must be >= 1, got {v}")));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Err(invalid_arg(
+                "dropout_rate",
+                format!("must be in [0, 1), got {}", self.dropout_rate),
+            ));
+        }
+        if self.n_input == 0 {
+            return Err(invalid_arg("x", "has no genes"));
+        }
+        Ok(())
+    }
+
+    /// The size factor replaces the library and forces the observed library size.
+    pub fn uses_latent_library(&self) -> bool {
+        !self.use_observed_lib_size && !self.use_size_factor
+    }
+
+    pub fn covariate_width(&self) -> usize {
+        covariate_width(self.n_batch, &self.n_cats_per_cov)
+    }
+
+    fn dispersion_columns(&self) -> usize {
+        match self.dispersion {
+            Dispersion::Gene | Dispersion::GeneCell => 1,
+            Dispersion::GeneBatch => self.n_batch,
+            Dispersion::GeneLabel => self.n_labels,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderScvi<B: Backend> {
+    pub px_decoder: FcLayers<B>,
+    pub px_scale_decoder: Linear<B>,
+    pub px_r_decoder: Linear<B>,
+    pub px_dropout_decoder: Linear<B>,
+}
+
+/// The SCVI module. Parameter names follow scvi-tools' state dict (scvi.md §3.5); Linear
+/// weights use Burn's [in, out] layout (the transpose of PyTorch's).
+#[derive(Module, Debug)]
+pub struct Scvi<B: Backend> {
+    pub z_encoder: Encoder<B>,
+    pub l_encoder: Encoder<B>,
+    pub decoder: DecoderScvi<B>,
+    /// Log inverse dispersion, (columns, genes); unused for gene-cell.
+    pub px_r: Param<Tensor<B, 2>>,
+    pub library_log_means: RunningState<Tensor<B, 1>>,
+    pub library_log_vars: RunningState<Tensor<B, 1>>,
+    #[module(skip)]
+    pub config: ScviConfig,
+}
+
+/// Device-side copy of a [`HostBatch`].
+pub struct Batch<B: Backend> {
+    pub x: Tensor<B, 2>,
+    pub log_library: Tensor<B, 2>,
+    pub log_factorial: Tensor<B, 1>,
+    pub batch_onehot: Tensor<B, 2>,
+    pub labels_onehot: Tensor<B, 2>,
+    pub covariates: Option<Tensor<B, 2>>,
+    pub continuous: Option<Tensor<B, 2>>,
+    pub log_size_factor: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Batch<B> {
+    pub fn from_host(h: &HostBatch, n_genes: usize, device: &B::Device) -> Self {
+        let n = h.n;
+        let mat = |v: &Vec<f32>, cols: usize| {
+            Tensor::<B, 2>::from_data(TensorData::new(v.clone(), [n, cols]), device)
+        };
+        let nb = h.batch_onehot.len() / n.max(1);
+        let nl = h.labels_onehot.len() / n.max(1);
+        let u = h.continuous.len() / n.max(1);
+        Self {
+            x: mat(&h.x, n_genes),
+            log_library: mat(&h.log_library, 1),
+            log_factorial: Tensor::from_data(TensorData::new(h.log_factorial.clone(), [n]), device),
+            batch_onehot: mat(&h.batch_onehot, nb),
+            labels_onehot: mat(&h.labels_onehot, nl),
+            covariates: (h.covariate_width > 0).then(|| mat(&h.covariates, h.covariate_width)),
+            continuous: (u > 0).then(|| mat(&h.continuous, u)),
+            log_size_factor: h.size_factor.as_ref().map(|sf| {
+                let logs: Vec<f32> = sf.iter().map(|v| v.ln()).collect();
+                mat(&logs, 1)
+            }),
+        }
+    }
+}
+
+pub struct Inference<B: Backend> {
+    pub qz_mean: Tensor<B, 2>,
+    pub qz_var: Tensor<B, 2>,
+    /// Untransformed Gaussian sample.
+    pub z_raw: Tensor<B, 2>,
+    /// Sample after the latent transform (softmax for `ln`).
+    pub z: Tensor<B, 2>,
+    pub ql: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    /// Library fed to the decoder (log scale), (n, 1).
+    pub library: Tensor<B, 2>,
+}
+
+pub struct Generative<B: Backend> {
+    /// Normalised expression ρ.
+    pub scale: Tensor<B, 2>,
+    /// μ_x = exp(ℓ) ρ.
+    pub rate: Tensor<B, 2>,
+    /// Inverse dispersion θ, (1 or n, genes).
+    pub theta: Tensor<B, 2>,
+    pub dropout_logits: Option<Tensor<B, 2>>,
+}
+
+/// Per-cell loss terms.
+pub struct LossTerms<B: Backend> {
+    /// Minibatch objective (mean over cells of R + β K_z + K_ℓ).
+    pub loss: Tensor<B, 1>,
+    pub reconstruction: Tensor<B, 1>,
+    pub kl_z: Tensor<B, 1>,
+    pub kl_l: Tensor<B, 1>,
+}
+
+impl<B: Backend> Scvi<B> {
+    pub fn new(
+        config: ScviConfig,
+        library_prior: (Vec<f32>, Vec<f32>),
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let cov = c.covariate_width();
+        let enc_cov = if c.encode_covariates { cov } else { 0 };
+        let enc_in = c.n_input
+            + if c.encode_covariates {
+                c.n_continuous_cov
+            } else {
+                0
+            };
+        let enc = |n_layers| FcOptions {
+            n_in: enc_in,
+            n_out: c.n_hidden,
+            n_cov: enc_cov,
+            n_layers,
+            n_hidden: c.n_hidden,
+            dropout: c.dropout_rate,
+            batch_norm: c.use_batch_norm.encoder(),
+            layer_norm: c.use_layer_norm.encoder(),
+            inject_covariates: c.deeply_inject_covariates,
+        };
+        let dec = FcOptions {
+            n_in: c.n_latent + c.n_continuous_cov,
+            n_out: c.n_hidden,
+            n_cov: cov,
+            n_layers: c.n_layers,
+            n_hidden: c.n_hidden,
+            dropout: 0.0,
+            batch_norm: c.use_batch_norm.decoder(),
+            layer_norm: c.use_layer_norm.decoder(),
+            inject_covariates: c.deeply_inject_covariates,
+        };
+        let g = c.n_input;
+        let (means, vars) = library_prior;
+        if means.len() != c.n_batch || vars.len() != c.n_batch {
+            return Err(invalid_arg(
+                "batch",
+                "library prior does not match the number of batches",
+            ));
+        }
+        Ok(Self {
+            z_encoder: Encoder::new(&enc(c.n_layers), c.n_latent, c.var_eps, device),
+            l_encoder: Encoder::new(&enc(1), 1, c.var_eps, device),
+            decoder: DecoderScvi {
+                px_decoder: FcLayers::new(&dec, device),
+                px_scale_decoder: LinearConfig::new(c.n_hidden, g).init(device),
+                px_r_decoder: LinearConfig::new(c.n_hidden, g).init(device),
+                px_dropout_decoder: LinearConfig::new(c.n_hidden, g).init(device),
+            },
+            px_r: Param::from_tensor(Tensor::random(
+                [c.dispersion_columns(), g],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+            library_log_means: RunningState::new(Tensor::from_data(
+                TensorData::new(means, [c.n_batch]),
+                device,
+            )),
+            library_log_vars: RunningState::new(Tensor::from_data(
+                TensorData::new(vars, [c.n_batch]),
+                device,
+            )),
+            config,
+        })
+    }
+
+    fn encoder_input(&self, b: &Batch<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+        let c = &self.config;
+        let mut e = if c.log_variational {
+            b.x.clone().log1p()
+        } else {
+            b.x.clone()
+        };
+        if c.encode_covariates {
+            if let Some(u) = &b.continuous {
+                e = Tensor::cat(vec![e, u.clone()], 1);
+            }
+        }
+        let cov = if c.encode_covariates {
+            b.covariates.clone()
+        } else {
+            None
+        };
+        (e, cov)
+    }
+
+    pub fn inference(&self, b: &Batch<B>, training: bool) -> Inference<B> {
+        let (e, cov) = self.encoder_input(b);
+        let qz = self.z_encoder.forward(e.clone(), cov.as_ref(), training);
+        let z = self.transform_latent(qz.sample.clone());
+        let (ql, library) = if self.config.uses_latent_library() {
+            let ql = self.l_encoder.forward(e, cov.as_ref(), training);
+            (Some((ql.mean, ql.var)), ql.sample)
+        } else {
+            (None, b.log_library.clone())
+        };
+        Inference {
+            qz_mean: qz.mean,
+            qz_var: qz.var,
+            z_raw: qz.sample,
+            z,
+            ql,
+            library,
+        }
+    }
+
+    pub fn transform_latent(&self, z_raw: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.config.latent_distribution {
+            LatentDistribution::Normal => z_raw,
+            LatentDistribution::Ln => activation::softmax(z_raw, 1),
+        }
+    }
+
+    /// Decoder pass. `library` is on the log scale; a registered size factor replaces it.
+    pub fn generative(
+        &self,
+        b: &Batch<B>,
+        z: Tensor<B, 2>,
+        library: Tensor<B, 2>,
+        training: bool,
+    ) -> Generative<B> {
+        let c = &self.config;
+        let d = match &b.continuous {
+            Some(u) => Tensor::cat(vec![z, u.clone()], 1),
+            None => z,
+        };
+        let h = self
+            .decoder
+            .px_decoder
+            .forward(d, b.covariates.as_ref(), training);
+        let raw_scale = self.decoder.px_scale_decoder.forward(h.clone());
+        let (scale, library) = match &b.log_size_factor {
+            Some(lsf) => (dist::softplus(raw_scale), lsf.clone()),
+            None => (activation::softmax(raw_scale, 1), library),
+        };
+        let rate = library.exp() * scale.clone();
+        let theta = match c.dispersion {
+            Dispersion::Gene => self.px_r.val().exp(),
+            Dispersion::GeneBatch => b.batch_onehot.clone().matmul(self.px_r.val()).exp(),
+            Dispersion::GeneLabel => b.labels_onehot.clone().matmul(self.px_r.val()).exp(),
+            Dispersion::GeneCell => self.decoder.px_r_decoder.forward(h.clone()).exp(),
+        };
+        let dropout_logits = (c.gene_likelihood == GeneLikelihood::Zinb)
+            .then(|| self.decoder.px_dropout_decoder.forward(h));
+        Generative {
+            scale,
+            rate,
+            theta,
+            dropout_logits,
+        }
+    }
+
+    /// Per-cell log p(x | z, ℓ) without the lgamma(x+1) constant.
+    pub fn log_likelihood_unnormalized(
+        &self,
+        x: Tensor<B, 2>,
+        gen: &Generative<B>,
+    ) -> Tensor<B, 1> {
+        let lp = match self.config.gene_likelihood {
+            GeneLikelihood::Zinb => dist::zinb_log_prob_unnormalized(
+                x,
+                gen.rate.clone(),
+                gen.theta.clone(),
+                gen.dropout_logits.clone().expect("zinb has dropout logits"),
+            ),
+            GeneLikelihood::Nb => {
+                dist::nb_log_prob_unnormalized(x, gen.rate.clone(), gen.theta.clone())
+            }
+            GeneLikelihood::Poisson => dist::poisson_log_prob_unnormalized(x, gen.rate.clone()),
+        };
+        lp.sum_dim(1).squeeze_dim::<1>(1)
+    }
+
+    /// Library prior of each cell's batch: (mean, var), each (n, 1).
+    pub fn library_prior(&self, b: &Batch<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let nb = self.config.n_batch;
+        let means = self.library_log_means.value_sync().reshape([nb, 1]);
+        let vars = self.library_log_vars.value_sync().reshape([nb, 1]);
+        (
+            b.batch_onehot.clone().matmul(means),
+            b.batch_onehot.clone().matmul(vars),
+        )
+    }
+
+    /// Forward pass and loss terms (scvi.md §6).
+    pub fn loss(&self, b: &Batch<B>, kl_weight: f64, training: bool) -> LossTerms<B> {
+        let inf = self.inference(b, training);
+        let gen = self.generative(b, inf.z.clone(), inf.library.clone(), training);
+        let reconstruction =
+            b.log_factorial.clone() - self.log_likelihood_unnormalized(b.x.clone(), &gen);
+        let kl_z = dist::kl_standard_normal(inf.qz_mean, inf.qz_var)
+            .sum_dim(1)
+            .squeeze_dim::<1>(1);
+        let kl_l = match inf.ql {
+            Some((m, v)) => {
+                let (pm, pv) = self.library_prior(b);
+                dist::kl_normal(m, v, pm, pv).squeeze_dim::<1>(1)
+            }
+            None => kl_z.zeros_like(),
+        };
+        let loss = (reconstruction.clone() + kl_z.clone() * kl_weight + kl_l.clone()).mean();
+        LossTerms {
+            loss,
+            reconstruction,
+            kl_z,
+            kl_l,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::module::Param;
+
+    type B = Flex;
+
+    fn mat(v: &[f32], rows: usize, cols: usize) -> Tensor<B, 2> {
+        Tensor::from_data(
+            TensorData::new(v.to_vec(), [rows, cols]),
+            &Default::default(),
+        )
+    }
+    fn vec1(v: &[f32]) -> Tensor<B, 1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+    }
+    /// PyTorch (out, in) weight → Burn Linear.
+    fn set_linear(l: &mut Linear<B>, w: &[f32], out: usize, inp: usize, b: &[f32]) {
+        l.weight = Param::from_tensor(mat(w, out, inp).transpose());
+        l.bias = Some(Param::from_tensor(vec1(b)));
+    }
+    fn close(t: Tensor<B, 1>, want: &[f64], tol: f64) {
+        let got: Vec<f32> = t.into_data().to_vec().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < tol, "got {got:?}, want {want:?}");
+        }
+    }
+
+    /// scvi.md §12.5: the tiny network in eval mode.
+    #[test]
+    fn tiny_network_parity() {
+        let dev = Default::default();
+        let mut cfg = ScviConfig::new(3, 2);
+        cfg.n_hidden = 2;
+        cfg.n_latent = 2;
+        let mut m = Scvi::<B>::new(cfg, (vec![0.0; 2], vec![1.0; 2]), &dev).unwrap();
+        // Decoder
+        let layer = &mut m.decoder.px_decoder.layers[0];
+        set_linear(
+            &mut layer.linear,
+            &[0.1, -0.2, 0.3, 0.4, -0.5, 0.6, -0.7, 0.8],
+            2,
+            4,
+            &[0.05, -0.05],
+        );
+        let bn = layer.batch_norm.as_mut().unwrap();
+        bn.running_mean = RunningState::new(vec1(&[0.1, -0.1]));
+        bn.running_var = RunningState::new(vec1(&[0.5, 2.0]));
+        bn.gamma = Param::from_tensor(vec1(&[1.5, 0.5]));
+        bn.beta = Param::from_tensor(vec1(&[0.1, 0.3]));
+        set_linear(
+            &mut m.decoder.px_scale_decoder,
+            &[1.0, -1.0, 0.5, 0.5, -0.3, 0.2],
+            3,
+            2,
+            &[0.0, 0.1, -0.1],
+        );
+        set_linear(
+            &mut m.decoder.px_dropout_decoder,
+            &[0.2, 0.1, -0.4, 0.3, 0.0, -0.6],
+            3,
+            2,
+            &[-1.0, 0.0, 0.5],
+        );
+        m.px_r = Param::from_tensor(mat(&[0.0, 1.0, -1.0], 1, 3));
+        // Encoder
+        let layer = &mut m.z_encoder.encoder.layers[0];
+        set_linear(
+            &mut layer.linear,
+            &[0.2, -0.1, 0.3, -0.3, 0.4, 0.1],
+            2,
+            3,
+            &[0.0, 0.1],
+        );
+        let bn = layer.batch_norm.as_mut().unwrap();
+        bn.running_mean = RunningState::new(vec1(&[0.5, -0.5]));
+        bn.running_var = RunningState::new(vec1(&[1.0, 0.25]));
+        bn.gamma = Param::from_tensor(vec1(&[1.0, 2.0]));
+        bn.beta = Param::from_tensor(vec1(&[0.0, 0.1]));
+        set_linear(
+            &mut m.z_encoder.mean_encoder,
+            &[1.0, 0.5, -0.5, 1.0],
+            2,
+            2,
+            &[0.1, -0.1],
+        );
+        set_linear(
+            &mut m.z_encoder.var_encoder,
+            &[0.3, -0.2, 0.1, 0.4],
+            2,
+            2,
+            &[-1.0, 0.5],
+        );
+
+        let host = HostBatch {
+            n: 1,
+            x: vec![3.0, 0.0, 7.0],
+            log_library: vec![10f32.ln()],
+            log_factorial: vec![
+                (crate::data::ln_factorial(3.0) + crate::data::ln_factorial(7.0)) as f32,
+            ],
+            batch_onehot: vec![0.0, 1.0],
+            labels_onehot: vec![1.0],
+            covariates: vec![0.0, 1.0],
+            covariate_width: 2,
+            continuous: vec![],
+            size_factor: None,
+        };
+        let b = Batch::<B>::from_host(&host, 3, &dev);
+        let gen = m.generative(&b, mat(&[0.5, -1.0], 1, 2), b.log_library.clone(), false);
+        close(
+            gen.scale.clone().reshape([3]),
+            &[0.478_214_197_3, 0.417_505_652_7, 0.104_280_15],
+            1e-6,
+        );
+        close(
+            gen.rate.clone().reshape([3]),
+            &[4.782_141_973, 4.175_056_527, 1.042_801_5],
+            1e-5,
+        );
+        let zinb = b.log_factorial.clone().neg() + m.log_likelihood_unnormalized(b.x.clone(), &gen);
+        close(zinb, &[-9.163_952_383], 2e-4);
+        m.config.gene_likelihood = GeneLikelihood::Nb;
+        let nb = b.log_factorial.clone().neg() + m.log_likelihood_unnormalized(b.x.clone(), &gen);
+        close(nb, &[-9.593_176_061], 2e-4);
+        m.config.gene_likelihood = GeneLikelihood::Poisson;
+        let pois = b.log_factorial.clone().neg() + m.log_likelihood_unnormalized(b.x.clone(), &gen);
+        close(pois, &[-15.328_879_27], 2e-4);
+
+        let inf = m.inference(&b, false);
+        close(
+            inf.qz_mean.clone().reshape([2]),
+            &[1.333_439_097, 1.364_650_845],
+            1e-5,
+        );
+        close(
+            inf.qz_var.clone().reshape([2]),
+            &[0.297_477_774_3, 3.340_623_796],
+            1e-5,
+        );
+        let kl = dist::kl_standard_normal(inf.qz_mean, inf.qz_var)
+            .sum_dim(1)
+            .reshape([1]);
+        close(kl, &[2.642_345_767], 1e-5);
+    }
+}
