@@ -20,6 +20,8 @@ use rscvi_core::scvi::ScviConfig;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+/// (n_features, n_cells, (feature, cell, value) triplets).
+type Triplets = (usize, usize, Vec<(usize, usize, f32)>);
 
 fn open(path: &str) -> AnyResult<Box<dyn BufRead>> {
     let f = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
@@ -32,7 +34,7 @@ fn open(path: &str) -> AnyResult<Box<dyn BufRead>> {
 }
 
 /// MatrixMarket coordinate file, features x cells; returns (n_features, n_cells, triplets).
-fn read_mtx(path: &str) -> AnyResult<(usize, usize, Vec<(usize, usize, f32)>)> {
+fn read_mtx(path: &str) -> AnyResult<Triplets> {
     let mut lines = open(path)?.lines();
     let mut header = String::new();
     for line in lines.by_ref() {
@@ -121,7 +123,7 @@ impl Args {
 struct Printer;
 impl Observer for Printer {
     fn on_epoch(&mut self, r: &EpochRecord, done: usize, total: usize, elapsed: f64) {
-        if done == 1 || done == total || done % 10 == 0 {
+        if done == 1 || done == total || done.is_multiple_of(10) {
             eprintln!(
                 "epoch {done}/{total} {:.3}s/epoch elbo_train {:.2} elbo_validation {:?}",
                 elapsed / done as f64,

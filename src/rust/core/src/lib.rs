@@ -14,3 +14,8 @@ pub mod scvi;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// Flex's random stream is process-global: tests that draw from it take this lock so that
+/// parallel tests cannot interleave their draws.
+#[cfg(test)]
+pub(crate) static TEST_RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -24,7 +24,7 @@ fn knn(emb: &[f32], dim: usize, row: usize, candidates: &[usize], k: usize) -> V
 }
 
 fn check(emb: &[f32], dim: usize, groups: &[&[u32]], k: usize) -> Result<usize> {
-    if dim == 0 || emb.len() % dim != 0 {
+    if dim == 0 || !emb.len().is_multiple_of(dim) {
         return Err(invalid_arg(
             "embedding",
             "must be a numeric matrix with at least one column",
@@ -70,10 +70,10 @@ pub fn batch_mixing(
     batches: &[u32],
     k: usize,
 ) -> Result<f64> {
-    let n = check(emb, dim, &[labels, batches], k)?;
+    check(emb, dim, &[labels, batches], k)?;
     let mut by_label: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-    for i in 0..n {
-        by_label.entry(labels[i]).or_default().push(i);
+    for (i, &l) in labels.iter().enumerate() {
+        by_label.entry(l).or_default().push(i);
     }
     let (mut observed, mut expected) = (0.0, 0.0);
     for members in by_label.values() {

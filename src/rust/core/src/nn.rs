@@ -2,13 +2,47 @@
 //! momentum 0.01 and unbiased running variance, non-affine layer norm, covariate injection.
 //! Train/eval behaviour is an explicit flag, never inferred from the backend.
 
-use burn::module::{Module, Param, RunningState};
+use burn::module::{Module, Param, ParamId, RunningState};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Distribution, Tensor};
 
 pub const BN_EPS: f64 = 1e-3;
 pub const BN_MOMENTUM: f64 = 0.01;
 pub const LN_EPS: f64 = 1e-5;
+
+/// A trainable parameter holding `t`. `Param::from_tensor` would mark a parameter created on a
+/// non-autodiff backend as frozen (its flag is read off the tensor), and models are built on
+/// the inner backend, so the flag is set explicitly here.
+pub fn trainable<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    let (shape, device, data) = (t.shape(), t.device(), t.into_data());
+    Param::uninitialized(
+        ParamId::new(),
+        move |dev, require_grad| {
+            Tensor::from_data(data.clone(), dev).set_require_grad(require_grad)
+        },
+        device,
+        true,
+        shape,
+    )
+}
+
+/// A trainable N(0, 1)-initialised parameter. Like Burn's Linear weights it is drawn lazily, at
+/// first use: `train()` seeds the backend first, so the seed also fixes the initialisation.
+pub fn lazy_normal<B: Backend, const D: usize>(
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |dev, require_grad| {
+            Tensor::random(shape, Distribution::Normal(0.0, 1.0), dev)
+                .set_require_grad(require_grad)
+        },
+        device.clone(),
+        true,
+        shape.into(),
+    )
+}
 
 /// `torch.nn.BatchNorm1d` as scvi-tools configures it.
 #[derive(Module, Debug)]
@@ -24,8 +58,8 @@ pub struct TorchBatchNorm<B: Backend> {
 impl<B: Backend> TorchBatchNorm<B> {
     pub fn new(features: usize, device: &B::Device) -> Self {
         Self {
-            gamma: Param::from_tensor(Tensor::ones([features], device)),
-            beta: Param::from_tensor(Tensor::zeros([features], device)),
+            gamma: trainable(Tensor::ones([features], device)),
+            beta: trainable(Tensor::zeros([features], device)),
             running_mean: RunningState::new(Tensor::zeros([features], device)),
             running_var: RunningState::new(Tensor::ones([features], device)),
             momentum: BN_MOMENTUM,

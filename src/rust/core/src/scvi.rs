@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{activation, backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{covariate_width, HostBatch};
@@ -291,11 +291,7 @@ impl<B: Backend> Scvi<B> {
                 px_r_decoder: LinearConfig::new(c.n_hidden, g).init(device),
                 px_dropout_decoder: LinearConfig::new(c.n_hidden, g).init(device),
             },
-            px_r: Param::from_tensor(Tensor::random(
-                [c.dispersion_columns(), g],
-                Distribution::Normal(0.0, 1.0),
-                device,
-            )),
+            px_r: crate::nn::lazy_normal([c.dispersion_columns(), g], device),
             library_log_means: RunningState::new(Tensor::from_data(
                 TensorData::new(means, [c.n_batch]),
                 device,
@@ -484,6 +480,7 @@ mod tests {
     /// scvi.md §12.5: the tiny network in eval mode.
     #[test]
     fn tiny_network_parity() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
         let dev = Default::default();
         let mut cfg = ScviConfig::new(3, 2);
         cfg.n_hidden = 2;

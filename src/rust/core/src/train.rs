@@ -77,7 +77,7 @@ impl Default for TrainConfig {
 /// scvi-tools' default number of epochs (scvi.md §7.4), rounding half to even.
 pub fn max_epochs_heuristic(n_cells: usize) -> usize {
     let e = (20_000.0 / n_cells as f64 * 400.0).round_ties_even();
-    e.min(400.0).max(1.0) as usize
+    e.clamp(1.0, 400.0) as usize
 }
 
 /// KL warm-up weight for 0-based `epoch` and global optimizer `step` (scvi.md §7.5).
@@ -240,7 +240,7 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
             format!("must be a positive number, got {}", cfg.lr),
         ));
     }
-    if !(cfg.weight_decay >= 0.0) || !(cfg.eps > 0.0) {
+    if cfg.weight_decay.is_nan() || cfg.weight_decay < 0.0 || cfg.eps.is_nan() || cfg.eps <= 0.0 {
         return Err(invalid_arg(
             "weight_decay",
             "and `eps` must be >= 0 and > 0",
@@ -493,5 +493,108 @@ mod tests {
         };
         assert!((kl_weight(&steps, 3, 50) - 0.5).abs() < 1e-12);
         assert!((kl_weight(&steps, 3, 100) - 1.0).abs() < 1e-12);
+    }
+}
+
+#[cfg(test)]
+mod training_tests {
+    use super::*;
+    use crate::backend::{Cpu, CpuTrain};
+    use crate::data::{Categorical, CsrMatrix, DataSet};
+    use crate::scvi::ScviConfig;
+
+    /// 40 cells x 6 genes, two batches, counts from a fixed pattern.
+    fn toy_data() -> DataSet {
+        let (n, g) = (40, 6);
+        let mut indptr = vec![0];
+        let (mut idx, mut val) = (vec![], vec![]);
+        for c in 0..n {
+            for j in 0..g {
+                let v = ((c * 7 + j * 3) % 5) as f32;
+                if v > 0.0 {
+                    idx.push(j as u32);
+                    val.push(v);
+                }
+            }
+            indptr.push(val.len());
+        }
+        let counts = CsrMatrix::new(n, g, indptr, idx, val).unwrap();
+        let batch = Categorical {
+            codes: (0..n).map(|c| (c % 2) as u32).collect(),
+            n_categories: 2,
+        };
+        DataSet::new(
+            counts,
+            batch,
+            Categorical::constant(n),
+            vec![],
+            vec![],
+            None,
+        )
+        .unwrap()
+    }
+
+    fn flat<const D: usize>(t: burn::tensor::Tensor<Cpu, D>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn training_updates_every_kind_of_parameter_and_a_seed_reproduces_it() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let fresh = || {
+            let prior = crate::data::library_prior(&data);
+            Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap()
+        };
+        let tc = TrainConfig {
+            max_epochs: Some(2),
+            seed: Some(3),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let run = || {
+            let mut state = TrainState::default();
+            let (m, r) = train::<CpuTrain>(
+                fresh(),
+                &data,
+                &tc,
+                &mut state,
+                &mut Silent,
+                &Default::default(),
+            );
+            r.unwrap();
+            (m, state)
+        };
+        // The initialisation train() draws: seed, then materialise the parameters.
+        <CpuTrain as burn::tensor::backend::Backend>::seed(&Default::default(), 3);
+        let init = <Scvi<CpuTrain> as AutodiffModule<CpuTrain>>::from_inner(fresh()).valid();
+        let (after, state) = run();
+        let changed = |a: Vec<f32>, b: Vec<f32>| a.iter().zip(&b).any(|(x, y)| x != y);
+        assert!(
+            changed(flat(init.px_r.val()), flat(after.px_r.val())),
+            "px_r frozen"
+        );
+        let bn = |m: &Scvi<Cpu>| {
+            m.z_encoder.encoder.layers[0]
+                .batch_norm
+                .as_ref()
+                .unwrap()
+                .gamma
+                .val()
+        };
+        assert!(
+            changed(flat(bn(&init)), flat(bn(&after))),
+            "batch-norm gamma frozen"
+        );
+        let w = |m: &Scvi<Cpu>| m.decoder.px_scale_decoder.weight.val();
+        assert!(
+            changed(flat(w(&init)), flat(w(&after))),
+            "decoder weights frozen"
+        );
+        assert_eq!(state.history.len(), 2);
+        assert_eq!(state.split.validation.len() + state.split.train.len(), 40);
+        let (again, state2) = run();
+        assert_eq!(state.history[1].elbo_train, state2.history[1].elbo_train);
+        assert_eq!(flat(after.px_r.val()), flat(again.px_r.val()));
     }
 }

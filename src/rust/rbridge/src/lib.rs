@@ -80,7 +80,7 @@ fn matrix(values: &[f32], n_rows: usize, n_cols: usize) -> Robj {
     RMatrix::new_matrix(n_rows, n_cols, |r, c| values[r * n_cols + c] as f64).into()
 }
 
-fn dataset<'a>(ds: &'a Robj) -> Result<&'a DataSet> {
+fn dataset(ds: &Robj) -> Result<&DataSet> {
     let p: &ExternalPtr<DataSet> = ds.try_into().map_err(|_| other("invalid data handle"))?;
     p.try_addr()
         .map_err(|_| other("the data handle is no longer valid"))
