@@ -307,7 +307,7 @@ impl<B: Backend> Scvi<B> {
     fn encoder_input(&self, b: &Batch<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
         let c = &self.config;
         let mut e = if c.log_variational {
-            b.x.clone().log1p()
+            (b.x.clone() + 1.0).log() // counts are integers: log(1+x) is exact enough
         } else {
             b.x.clone()
         };

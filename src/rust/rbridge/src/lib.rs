@@ -16,6 +16,11 @@ use rscvi_core::scvi::ScviConfig;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
 use rscvi_core::{metrics, on_device};
 
+// Burn allocates a fresh buffer for every tensor op; glibc's malloc hands large buffers back
+// to the kernel and page-faults them in again on every step, which cost a third of CPU time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs core code, converting its errors and any panic into an R error message.
 fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
