@@ -11,6 +11,8 @@ pub type CpuTrain = burn::backend::Autodiff<Cpu>;
 pub type Gpu = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type GpuTrain = burn::backend::Autodiff<Gpu>;
+#[cfg(feature = "cuda")]
+pub type GpuDevice = burn::tensor::Device<Gpu>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {

@@ -67,8 +67,7 @@ macro_rules! on_device {
             }
             #[cfg(feature = "cuda")]
             $crate::backend::DeviceKind::Cuda => {
-                let dev: <$crate::backend::Gpu as burn::tensor::backend::Backend>::Device =
-                    Default::default();
+                let dev: $crate::backend::GpuDevice = Default::default();
                 let moved = $model.module_on::<$crate::backend::Gpu>(&dev)?;
                 let $d = &dev;
                 let $m = &moved;
