@@ -269,9 +269,9 @@
           arg, sum(v < 0), format(min(v)))
   }
   if (any(v != round(v))) {
-    # scvi-tools only warns here: non-integer input (e.g. ambient-corrected counts) still
-    # has a defined (Z)NB likelihood, but log-normalised data almost certainly is a mistake.
-    .warn(paste0("`%s` contains %d non-integer values (e.g. %s); rscvi expects raw counts, ",
+    # scvi-tools only warns, but the count likelihoods are defined on integers and
+    # non-integer input is almost always normalised or log-transformed data by mistake.
+    .stop(paste0("`%s` contains %d non-integer values (e.g. %s); rscvi expects raw counts, ",
                  "not normalised or log-transformed data"), arg, sum(v != round(v)),
           format(v[v != round(v)][1]))
   }

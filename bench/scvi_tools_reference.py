@@ -44,6 +44,14 @@ def parse_args(argv=None):
         "after the last epoch, which leaves training untouched); 0 = never",
     )
     p.add_argument("--marginal-ll-samples", type=int, default=1000)
+    p.add_argument(
+        "--torch-seed",
+        type=int,
+        default=None,
+        help="re-seed torch after scvi.settings.seed: same train/validation split (NumPy, "
+        "from --seed) but other weight init / minibatch / sampling draws; for measuring "
+        "run-to-run spread",
+    )
     return p.parse_args(argv)
 
 
@@ -120,6 +128,8 @@ def main(argv=None) -> int:
     import scvi
 
     scvi.settings.seed = args.seed  # seed_everything: torch, numpy, random
+    if args.torch_seed is not None:
+        torch.manual_seed(args.torch_seed)
     # keep the worker/thread setup explicit and identical between runs
     scvi.settings.dl_num_workers = 0
 
@@ -196,6 +206,8 @@ def main(argv=None) -> int:
     lat.to_csv(args.out / "latent.csv", float_format="%.7g")
 
     hist = history_frame(model.history)
+    if len(timer.times) == len(hist):
+        hist["epoch_wall_seconds"] = timer.times
     hist.to_csv(args.out / "history.csv", float_format="%.7g")
 
     def last_of(key):
@@ -218,6 +230,7 @@ def main(argv=None) -> int:
         "n_epochs": args.epochs,
         "epochs_completed": len(times),
         "seed": args.seed,
+        "torch_seed": args.torch_seed,
         "threads": args.threads,
         "torch_num_threads": torch.get_num_threads(),
         "n_cells": int(adata.n_obs),
@@ -232,6 +245,8 @@ def main(argv=None) -> int:
         "loadavg_1min_before_after_train": [load_before[0], load_after[0]],
         "niceness": os.nice(0),
         "epoch_seconds_median": float(np.median(times)) if times else None,
+        "epoch_seconds_min": float(np.min(times)) if times else None,
+        "epoch_seconds_p90": float(np.percentile(times, 90)) if times else None,
         "epoch_seconds_mean_after_first": float(np.mean(steady)) if steady else None,
         "epoch_seconds_first": float(times[0]) if times else None,
         "elbo_validation": elbo_val,

@@ -113,7 +113,7 @@ test_that("bad counts give errors naming the argument", {
   bad <- m; bad[2, 2] <- -1
   expect_error(.as_count_input(bad), "`x` contains 1 negative values")
   bad <- m; bad[2, 2] <- 0.5
-  expect_warning(.as_count_input(bad), "`x` contains 1 non-integer values")
+  expect_error(.as_count_input(bad), "`x` contains 1 non-integer values")
   expect_error(.as_count_input(m[, 0, drop = FALSE]), "`x` has no cells")
   expect_error(.as_count_input(m[0, , drop = FALSE]), "`x` has no genes")
   expect_error(.as_count_input(NULL), "`x` is NULL")

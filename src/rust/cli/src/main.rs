@@ -3,7 +3,8 @@
 //!
 //! rscvi-cli train --mtx M.mtx.gz --obs obs.tsv.gz [--features f.tsv.gz] [--genes list.txt]
 //!     [--filter COL=VALUE] [--batch-key COL] [--labels-key COL] [--epochs N] [--seed S]
-//!     [--batch-size B] [--device cpu|cuda|auto] [--out DIR]
+//!     [--batch-size B] [--device cpu|cuda|auto] [--gene-likelihood zinb|nb|poisson]
+//!     [--val-every N] [--mc-samples N] [--out DIR]
 //! rscvi-cli device
 
 use std::collections::HashMap;
@@ -200,13 +201,18 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
         None => (Categorical::constant(n), vec![]),
     };
     let data = DataSet::new(counts, batch, labels, vec![], vec![], None)?;
+    let gene_likelihood = serde_json::from_value(serde_json::Value::String(
+        a.get("gene-likelihood").unwrap_or("zinb").to_string(),
+    ))?;
     let config = ScviConfig {
         n_labels: data.labels.n_categories,
+        gene_likelihood,
         ..ScviConfig::new(data.n_genes(), data.batch.n_categories)
     };
     let mut model = ScviModel::new(config, &data, serde_json::Value::Null)?;
     let cfg = TrainConfig {
         max_epochs: Some(a.num("epochs", 50usize)?),
+        check_val_every_n_epoch: a.num("val-every", 1usize)?,
         seed: Some(a.num("seed", 0u64)?),
         batch_size: a.num("batch-size", 128usize)?,
         ..Default::default()
@@ -230,7 +236,7 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
         let t = Instant::now();
         let mll = infer::marginal_ll(m, &data, &val, a.num("mc-samples", 1000usize)?, 128, d)?;
         eprintln!("marginal LL: {:.2}s", t.elapsed().as_secs_f64());
-        let (lat, _) = infer::latent(m, &data, &all, true, 1, 128, d)?;
+        let (lat, _, _) = infer::latent(m, &data, &all, true, 1, 128, d)?;
         ((rec, kl), (rec_all, kl_all), mll, lat)
     });
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;

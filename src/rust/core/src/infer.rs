@@ -39,8 +39,9 @@ pub struct Matrix {
     pub values: Vec<f32>,
 }
 
-/// Latent representation: posterior mean (`give_mean`), or one sample; for the `ln` latent
-/// the mean is a Monte-Carlo average of `mc_samples` transformed draws.
+/// Latent representation (posterior mean if `give_mean`, else one sample; for the `ln` latent
+/// the mean is a Monte-Carlo average of `mc_samples` transformed draws), plus the
+/// untransformed posterior mean and variance.
 pub fn latent<B: Backend>(
     model: &Scvi<B>,
     data: &DataSet,
@@ -49,13 +50,10 @@ pub fn latent<B: Backend>(
     mc_samples: usize,
     batch_size: usize,
     device: &B::Device,
-) -> Result<(Matrix, Matrix)> {
+) -> Result<(Matrix, Matrix, Matrix)> {
     check_cells(data, cells, model)?;
     let l = model.config.n_latent;
-    let (mut out, mut var) = (
-        Vec::with_capacity(cells.len() * l),
-        Vec::with_capacity(cells.len() * l),
-    );
+    let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in cells.chunks(batch_size) {
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
         let inf = model.inference(&b, false);
@@ -72,6 +70,7 @@ pub fn latent<B: Backend>(
             (false, _) => inf.z,
         };
         out.extend(rows(z));
+        mean.extend(rows(inf.qz_mean));
         var.extend(rows(inf.qz_var));
     }
     let mk = |values| Matrix {
@@ -79,7 +78,7 @@ pub fn latent<B: Backend>(
         n_cols: l,
         values,
     };
-    Ok((mk(out), mk(var)))
+    Ok((mk(out), mk(mean), mk(var)))
 }
 
 /// Options of [`normalized_expression`].

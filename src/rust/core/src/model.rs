@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Cpu, CpuTrain, DeviceKind};
@@ -82,6 +83,21 @@ macro_rules! on_device {
             }
         }
     }};
+}
+
+/// Collects parameter shapes in visiting order (without materialising lazy parameters).
+struct Shapes(Vec<Vec<usize>>);
+
+impl<B: Backend> ModuleVisitor<B> for Shapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.lazy_shape().dims::<D>().to_vec());
+    }
+}
+
+fn shapes<B: Backend>(m: &Scvi<B>) -> Vec<Vec<usize>> {
+    let mut v = Shapes(Vec::new());
+    m.visit(&mut v);
+    v.0
 }
 
 impl ScviModel {
@@ -207,10 +223,19 @@ impl ScviModel {
             (vec![0.0; c.n_batch], vec![1.0; c.n_batch]),
             &device,
         )?;
+        let expected = shapes(&blank);
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let module = blank
             .load_file(dir.join(WEIGHTS_FILE), &recorder, &device)
             .map_err(|e| Error::Io(format!("cannot read the weights in {}: {e}", dir.display())))?;
+        // Burn loads tensors whatever their shape: a description that does not match the
+        // weights would otherwise fail later, or silently compute nonsense.
+        if shapes(&module) != expected {
+            return Err(Error::Io(format!(
+                "the weights in {} do not match the model description in {META_FILE}",
+                dir.display()
+            )));
+        }
         Ok(Self {
             module,
             state: meta.state,

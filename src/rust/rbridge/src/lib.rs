@@ -104,6 +104,7 @@ fn model_mut(m: &mut Robj) -> Result<&mut ScviModel> {
         .map_err(|_| other("the model handle is no longer valid"))
 }
 
+/// `library_size`: a number, or NaN for the latent library.
 /// Counts (dgCMatrix slots of a genes x cells matrix = CSR of cells x genes) and covariates.
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -341,7 +342,7 @@ fn rs_scvi_latent(
 ) -> Result<Robj> {
     let (m, data) = (model_ref(&model)?, dataset(&ds)?);
     let cells = indices(&idx, data.n_cells())?;
-    let (mean, var) = guarded(|| {
+    let (z, mean, var) = guarded(|| {
         let kind = resolve_device(device)?;
         on_device!(m, kind, |module, dev| infer::latent(
             module,
@@ -354,7 +355,8 @@ fn rs_scvi_latent(
         ))
     })?;
     Ok(list!(
-        z = matrix(&mean.values, mean.n_rows, mean.n_cols),
+        z = matrix(&z.values, z.n_rows, z.n_cols),
+        mean = matrix(&mean.values, mean.n_rows, mean.n_cols),
         var = matrix(&var.values, var.n_rows, var.n_cols)
     )
     .into())

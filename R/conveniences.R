@@ -1,0 +1,103 @@
+# One-call workflows for Bioconductor (scater conventions: calculateX() returns the result,
+# runX() stores it in the object) and Seurat (RunX() adds a DimReduc). All three share
+# .fit_scvi(): it splits `...` between scvi() and train() by their formal arguments, so the
+# parameter lists live only in those two functions.
+
+.fit_scvi <- function(x, dots, caller) {
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) {
+    .stop("%s(): arguments in `...` must be named (they are passed to scvi() and train())",
+          caller)
+  }
+  setup_args <- setdiff(names(formals(scvi)), c("x", "train", "..."))
+  train_args <- .train_arg_names()
+  unknown <- setdiff(nms, c(setup_args, train_args))
+  if (length(unknown)) {
+    .stop("%s(): unknown arguments: %s; `...` takes arguments of scvi() and train()", caller,
+          .enum(unknown, 10L))
+  }
+  model <- do.call(scvi, c(list(x), dots[nms %in% setup_args]))
+  model <- do.call(train.SCVI, c(list(model), dots[nms %in% train_args]))
+  # The embedding is computed where training ran.
+  z <- get_latent_representation.SCVI(model, device = dots$device %||% "auto")
+  list(model = model, latent = z)
+}
+
+#' SCVI embedding for SingleCellExperiment objects
+#'
+#' Builds an SCVI model on `x` ([scvi()]), trains it ([train()]) and returns its latent
+#' representation: `calculateSCVI()` as a cells x `n_latent` matrix, `runSCVI()` stored as
+#' `reducedDim(x, name)` (conventions of the scater package). Use [scvi()] and [train()]
+#' directly to keep the model for other queries.
+#'
+#' @param x a `SingleCellExperiment` (`calculateSCVI()` also takes anything [scvi()] takes).
+#' @param ... arguments of [scvi()] (e.g. `batch_key`, `n_latent`, `layer`) and of
+#'   [train()] (e.g. `max_epochs`, `seed`, `device`), by name.
+#' @param name name of the reduced dimension to store.
+#' @return `calculateSCVI()`: a cells x `n_latent` matrix. `runSCVI()`: `x` with the matrix
+#'   in `reducedDim(x, name)`.
+#' @export
+#' @rdname calculateSCVI
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' sce <- rscvi_example_sce()
+#' sce <- runSCVI(sce, batch_key = "batch", max_epochs = 3, seed = 0)
+#' SingleCellExperiment::reducedDimNames(sce)
+#' dim(SingleCellExperiment::reducedDim(sce, "SCVI"))
+runSCVI <- function(x, ..., name = "SCVI") {
+  if (!methods::is(x, "SingleCellExperiment")) {
+    .stop(paste0("`x` must be a SingleCellExperiment for runSCVI(), got %s; use ",
+                 "calculateSCVI() for a matrix or RunSCVI() for Seurat"), .describe(x))
+  }
+  name <- .check_scalar_string(name, "name")
+  fit <- .fit_scvi(x, list(...), "runSCVI")
+  SingleCellExperiment::reducedDim(x, name) <- fit$latent
+  x
+}
+
+#' @rdname calculateSCVI
+#' @export
+calculateSCVI <- function(x, ...) {
+  .fit_scvi(x, list(...), "calculateSCVI")$latent
+}
+
+#' SCVI embedding for Seurat objects
+#'
+#' Builds and trains an SCVI model on the raw counts of a Seurat assay and adds its latent
+#' representation as a dimensional reduction, for `FindNeighbors()`, `RunUMAP()` and
+#' friends. The model itself is kept in the reduction's `misc` slot
+#' (`Misc(object[[reduction.name]], "model")`), usable until the session ends.
+#'
+#' @param object a `Seurat` object.
+#' @param ... arguments of [scvi()] (e.g. `batch_key` naming a column of the object's
+#'   meta data, `layer` naming the assay, default `"RNA"`) and of [train()] (e.g.
+#'   `max_epochs`, `seed`), by name.
+#' @param reduction.name name of the reduction to add.
+#' @param reduction.key key (column prefix) of the reduction, ending in `"_"`.
+#' @return `object` with the reduction added.
+#' @export
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' d <- rscvi_example_data()
+#' so <- SeuratObject::CreateSeuratObject(d$counts, meta.data = d$cells)
+#' so <- RunSCVI(so, batch_key = "batch", max_epochs = 3, seed = 0)
+#' head(SeuratObject::Embeddings(so, "scvi")[, 1:3])
+RunSCVI <- function(object, ..., reduction.name = "scvi", reduction.key = "SCVI_") {
+  if (!methods::is(object, "Seurat")) {
+    .stop(paste0("`object` must be a Seurat object for RunSCVI(), got %s; use runSCVI() for ",
+                 "a SingleCellExperiment"), .describe(object))
+  }
+  reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
+  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
+  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
+    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"SCVI_\"), got \"%s\"",
+          reduction.key)
+  }
+  fit <- .fit_scvi(object, list(...), "RunSCVI")
+  emb <- fit$latent
+  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
+  reduction <- SeuratObject::CreateDimReducObject(
+    embeddings = emb, key = reduction.key, assay = fit$model$input$layer,
+    misc = list(model = fit$model)
+  )
+  object[[reduction.name]] <- reduction
+  object
+}

@@ -1,0 +1,534 @@
+# Downstream queries (scvi.md section 8), training history and split, and print / summary /
+# plot of SCVI models. Each query resolves its data (the model's own, or `x` registered
+# against the model), calls one bridge function and labels the result.
+
+.check_batch_size <- function(batch_size) .check_scalar_int(batch_size, "batch_size", min = 1)
+
+# Cell selection on the query data: 0-based indices for the bridge and the cells' names.
+.query_cells <- function(q, indices) {
+  idx <- .resolve_indices(indices, length(q$cell_names), "indices")
+  list(idx = idx, names = q$cell_names[idx + 1L])
+}
+
+#' Latent representation of cells
+#'
+#' The posterior of each cell's latent vector \eqn{z} under the encoder \eqn{q(z \mid x)}:
+#' its mean (the usual embedding for neighbours, clustering and UMAP), one posterior sample,
+#' or the mean and variance of the posterior.
+#'
+#' @param model an `SCVI` model.
+#' @param x optional new data (as for [scvi()]) to embed with this model: it must have the
+#'   model's genes in the model's order and only known categories. Default: the model's data.
+#' @param give_mean `TRUE` for the posterior mean (for `latent_distribution = "ln"`, a
+#'   Monte Carlo mean of the softmax over `mc_samples` draws); `FALSE` for one sample.
+#' @param return_dist return the posterior mean and variance of \eqn{z} instead.
+#' @param indices cells to use (1-based positions or a logical vector); `NULL` = all.
+#' @param mc_samples Monte Carlo samples for `give_mean` with `latent_distribution = "ln"`.
+#' @param batch_size cells per minibatch.
+#' @param device `"auto"`, `"cpu"` or `"cuda"`.
+#' @param ... unused.
+#' @return A cells x `n_latent` matrix with row names = cell names and column names
+#'   `SCVI_1`, `SCVI_2`, ...; with `return_dist = TRUE` a list with matrices `mean` and `var`.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
+#' z <- get_latent_representation(model)
+#' head(z)
+#' str(get_latent_representation(model, return_dist = TRUE, indices = 1:5))
+get_latent_representation <- function(model, ...) UseMethod("get_latent_representation")
+
+#' @rdname get_latent_representation
+#' @export
+get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
+                                           return_dist = FALSE, indices = NULL,
+                                           mc_samples = 5000L, batch_size = 128L,
+                                           device = "auto", ...) {
+  give_mean <- .check_scalar_bool(give_mean, "give_mean")
+  return_dist <- .check_scalar_bool(return_dist, "return_dist")
+  mc_samples <- .check_scalar_int(mc_samples, "mc_samples", min = 1)
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  res <- .rs(rs_scvi_latent(model$model, q$data, cells$idx, give_mean || return_dist,
+                            mc_samples, batch_size, device))
+  dn <- list(cells$names, paste0("SCVI_", seq_len(ncol(res$z))))
+  if (return_dist) {
+    # The untransformed Gaussian q(z|x), also for the "ln" latent (scvi.md §8.1).
+    dimnames(res$mean) <- dn
+    dimnames(res$var) <- dn
+    return(list(mean = res$mean, var = res$var))
+  }
+  z <- res$z
+  dimnames(z) <- dn
+  z
+}
+
+#' Normalized expression
+#'
+#' The decoder's expected expression \eqn{\rho} for each cell (a fraction of the cell's
+#' counts per gene, summing to 1 over all genes) scaled by `library_size`, averaged over
+#' `n_samples` posterior draws of \eqn{z}. With `transform_batch`, the decoder is run as if
+#' the cells came from that batch (several batches are averaged): batch-corrected
+#' expression.
+#'
+#' @inheritParams get_latent_representation
+#' @param library_size a positive number to scale \eqn{\rho} by (1: fractions, 1e4: counts per
+#'   10k), or `"latent"` for the expected counts \eqn{\mu} with each cell's own library size.
+#' @param n_samples posterior draws of \eqn{z} to average (1 = one random draw, as in
+#'   scvi-tools).
+#' @param transform_batch `NULL` (each cell's own batch) or batch category names of the
+#'   model's `batch_key` to decode with; several names are averaged.
+#' @param gene_list `NULL` (all genes) or names of the model's genes to return (returned in
+#'   the model's gene order).
+#' @return A cells x genes matrix with dimnames.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
+#' rho <- get_normalized_expression(model, library_size = 1e4, indices = 1:10)
+#' rho[1:3, 1:4]
+#' # batch-corrected: decode every cell as if it came from one batch
+#' corrected <- get_normalized_expression(model, transform_batch = "Dropseq_3cl",
+#'                                        indices = 1:10)
+get_normalized_expression <- function(model, ...) UseMethod("get_normalized_expression")
+
+#' @rdname get_normalized_expression
+#' @export
+get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_samples = 1L,
+                                           transform_batch = NULL, gene_list = NULL,
+                                           indices = NULL, batch_size = 128L,
+                                           device = "auto", ...) {
+  .check_model(model)
+  # NaN (not NA, which the bridge's f64 refuses) asks the core for the "latent" library.
+  lib <- if (identical(library_size, "latent")) NaN else {
+    ok <- is.numeric(library_size) && length(library_size) == 1L && !is.na(library_size) &&
+      is.finite(library_size) && library_size > 0
+    if (!ok) {
+      .stop("`library_size` must be a single positive number or \"latent\", got %s",
+            .describe(library_size))
+    }
+    as.double(library_size)
+  }
+  n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
+  genes <- model$gene_names
+  gene_idx <- NULL
+  if (!is.null(gene_list)) {
+    if (!(is.character(gene_list) || is.factor(gene_list)) || length(gene_list) == 0L ||
+        anyNA(gene_list)) {
+      .stop("`gene_list` must be NULL or a character vector of gene names, got %s",
+            .describe(gene_list))
+    }
+    gene_list <- as.character(gene_list)
+    unknown <- setdiff(gene_list, genes)
+    if (length(unknown)) {
+      .stop("`gene_list` has %d genes that are not in the model: %s", length(unknown),
+            .enum(unknown))
+    }
+    gene_idx <- which(genes %in% gene_list) - 1L
+  }
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  out <- .rs(rs_scvi_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
+                                           n_samples, batch_size, device))
+  dimnames(out) <- list(cells$names, if (is.null(gene_idx)) genes else genes[gene_idx + 1L])
+  out
+}
+
+# Batch category names -> 0-based codes (scvi.md section 8: a number is looked up as a
+# category name, never used as a code).
+.transform_batch_codes <- function(transform_batch, categories) {
+  if (is.null(transform_batch)) return(NULL)
+  if (!(is.atomic(transform_batch) || is.factor(transform_batch)) ||
+      length(transform_batch) == 0L || anyNA(transform_batch)) {
+    .stop("`transform_batch` must be NULL or batch category names, got %s",
+          .describe(transform_batch))
+  }
+  tb <- as.character(transform_batch)
+  codes <- match(tb, categories)
+  if (anyNA(codes)) {
+    .stop("`transform_batch` has unknown batch categories: %s; the model's batches are %s",
+          .enum(unique(tb[is.na(codes)])), .enum(categories, 20L))
+  }
+  as.integer(codes - 1L)
+}
+
+.elbo_terms <- function(model, x, indices, batch_size, device) {
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  .rs(rs_scvi_elbo_terms(model$model, q$data, cells$idx, batch_size, device))
+}
+
+#' ELBO, reconstruction error and marginal log-likelihood
+#'
+#' Goodness of fit on the model's data or on new data `x`, averaged over cells, for
+#' comparing models and checking for overfitting (compare the training and validation
+#' cells, see [train_indices()]).
+#'
+#' * `get_elbo()`: the evidence lower bound with unit KL weight, mean over cells of
+#'   \eqn{-(\mathrm{reconstruction\ loss} + \mathrm{KL}(q(z|x) \| p(z)))} (and the library's
+#'   KL when it is latent), from one posterior sample per cell. Higher is better; a negative
+#'   number for count data. `-get_elbo()` is the "elbo" that scvi-tools' training history
+#'   reports as a loss.
+#' * `get_reconstruction_error()`: mean over cells of the negative log-likelihood of the counts
+#'   under one posterior sample. Lower is better (a positive number).
+#' * `get_marginal_ll()`: importance-sampled estimate of \eqn{\log p(x)} with the encoder as
+#'   proposal and `n_mc_samples` samples per cell; as in scvi-tools, the mean of per-minibatch
+#'   means (cells in order, minibatches of `batch_size`). Higher is better.
+#'
+#' @inheritParams get_latent_representation
+#' @param n_mc_samples importance samples per cell.
+#' @return A single number.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
+#' get_elbo(model)
+#' get_elbo(model, indices = validation_indices(model))
+#' get_reconstruction_error(model)
+#' get_marginal_ll(model, indices = 1:20, n_mc_samples = 50)
+get_elbo <- function(model, ...) UseMethod("get_elbo")
+
+#' @rdname get_elbo
+#' @export
+get_elbo.SCVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
+                          device = "auto", ...) {
+  t <- .elbo_terms(model, x, indices, batch_size, device)
+  -mean(t$reconstruction_loss + t$kl_local)
+}
+
+#' @rdname get_elbo
+#' @export
+get_reconstruction_error <- function(model, ...) UseMethod("get_reconstruction_error")
+
+#' @rdname get_elbo
+#' @export
+get_reconstruction_error.SCVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
+                                          device = "auto", ...) {
+  t <- .elbo_terms(model, x, indices, batch_size, device)
+  mean(t$reconstruction_loss)
+}
+
+#' @rdname get_elbo
+#' @export
+get_marginal_ll <- function(model, ...) UseMethod("get_marginal_ll")
+
+#' @rdname get_elbo
+#' @export
+get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples = 1000L,
+                                 batch_size = 128L, device = "auto", ...) {
+  n_mc_samples <- .check_scalar_int(n_mc_samples, "n_mc_samples", min = 1)
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  v <- .rs(rs_scvi_marginal_ll(model$model, q$data, cells$idx, n_mc_samples, batch_size,
+                               device))
+  # scvi-tools averages per-minibatch means (scvi.md section 8.8).
+  minibatch <- (seq_along(v) - 1L) %/% batch_size
+  mean(vapply(split(v, minibatch), mean, numeric(1)))
+}
+
+# ---------------------------------------------------------------------------------------------
+# Training history and split.
+
+.history_columns <- c("epoch", "elbo_train", "elbo_validation", "reconstruction_loss_train",
+                      "reconstruction_loss_validation", "kl_local_train",
+                      "kl_local_validation", "kl_weight", "train_loss", "validation_loss",
+                      "seconds")
+
+#' Training history of a model
+#'
+#' One row per training epoch (continued across repeated [train()] calls). Losses are means
+#' per cell: `elbo_*` is the negative ELBO with unit KL weight (lower is better),
+#' `reconstruction_loss_*` the negative log-likelihood of the counts, `kl_local_*` the KL
+#' divergence of the posterior from the prior, `train_loss` / `validation_loss` the loss that
+#' was optimised (KL weighted by `kl_weight`, the warm-up weight of that epoch). Validation
+#' columns are `NA` in epochs without validation. `seconds` is the epoch's wall time.
+#'
+#' `history()` with anything other than a model (or no argument) is R's command history,
+#' [utils::history()], which this generic masks.
+#'
+#' @param model an `SCVI` model; for the default method, arguments of [utils::history()].
+#' @param ... passed to [utils::history()] by the default method.
+#' @return A data.frame with columns `epoch`, `elbo_train`, `elbo_validation`,
+#'   `reconstruction_loss_train`, `reconstruction_loss_validation`, `kl_local_train`,
+#'   `kl_local_validation`, `kl_weight`, `train_loss`, `validation_loss`, `seconds`.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
+#' history(model)
+history <- function(model, ...) UseMethod("history")
+
+#' @rdname history
+#' @export
+history.default <- function(model, ...) {
+  if (missing(model)) utils::history(...) else utils::history(model, ...)
+}
+
+#' @rdname history
+#' @export
+history.SCVI <- function(model, ...) {
+  .check_model(model)
+  h <- .rs(rs_scvi_history(model$model))
+  h <- lapply(h[.history_columns], function(col) col %||% numeric(0))
+  h$epoch <- as.integer(h$epoch)
+  as.data.frame(h, optional = TRUE)
+}
+
+#' Cells used for training and validation
+#'
+#' The 1-based positions (in the model's data) of the cells in the training and validation
+#' sets of the last [train()] call; empty before training.
+#'
+#' @param model an `SCVI` model.
+#' @param ... unused.
+#' @return An integer vector.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 2, seed = 0)
+#' length(train_indices(model))
+#' head(validation_indices(model))
+train_indices <- function(model, ...) UseMethod("train_indices")
+
+#' @rdname train_indices
+#' @export
+train_indices.SCVI <- function(model, ...) {
+  .check_model(model)
+  as.integer(.state(model)$train)
+}
+
+#' @rdname train_indices
+#' @export
+validation_indices <- function(model, ...) UseMethod("validation_indices")
+
+#' @rdname train_indices
+#' @export
+validation_indices.SCVI <- function(model, ...) {
+  .check_model(model)
+  as.integer(.state(model)$validation)
+}
+
+# ---------------------------------------------------------------------------------------------
+# print / summary / plot.
+
+.fmt_int <- function(n) format(n, big.mark = ",", scientific = FALSE, trim = TRUE)
+
+.key_text <- function(key, n, what) {
+  if (is.null(key)) sprintf("none (1 %s)", what)
+  else sprintf("\"%s\" (%d %s%s)", key, n, what, if (n == 1L) "" else "es")
+}
+
+.data_text <- function(model) {
+  inp <- model$input
+  if (is.null(model$data) || .null_ptr(model$data)) {
+    return(sprintf("none attached (model set up on %s cells x %s genes); pass `x` to queries",
+                   .fmt_int(inp$n_cells), .fmt_int(inp$n_genes)))
+  }
+  src <- if (is.na(inp$class %||% NA)) "" else sprintf(" from a %s", inp$class)
+  lay <- if (is.null(inp$layer)) "" else sprintf(", assay \"%s\"", inp$layer)
+  sprintf("%s cells x %s genes%s%s", .fmt_int(inp$n_cells), .fmt_int(inp$n_genes), src, lay)
+}
+
+#' @rdname summary.SCVI
+#' @method print SCVI
+#' @export
+print.SCVI <- function(x, ...) {
+  cat("SCVI model (rscvi)\n")
+  if (.null_ptr(x$model)) {
+    cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
+    return(invisible(x))
+  }
+  cfg <- x$config
+  reg <- x$registry
+  sa <- reg$setup_args
+  cat(sprintf("  data:     %s\n", .data_text(x)))
+  cat(sprintf("  batch:    %s\n", .key_text(sa$batch_key, reg$n_batch, "batch")))
+  if (!is.null(sa$labels_key)) {
+    cat(sprintf("  labels:   \"%s\" (%d labels)\n", sa$labels_key, reg$n_labels))
+  }
+  cov <- c(sa$categorical_covariate_keys, sa$continuous_covariate_keys)
+  if (length(cov)) cat(sprintf("  covariates: %s\n", .enum(cov, 10L)))
+  if (!is.null(sa$size_factor_key)) {
+    cat(sprintf("  size factor: \"%s\"\n", sa$size_factor_key))
+  }
+  cat(sprintf(paste0("  model:    n_latent = %d, n_hidden = %d, n_layers = %d, ",
+                     "dropout_rate = %s,\n            dispersion = \"%s\", ",
+                     "gene_likelihood = \"%s\", latent_distribution = \"%s\"\n"),
+              cfg$n_latent, cfg$n_hidden, cfg$n_layers, format(cfg$dropout_rate),
+              cfg$dispersion, cfg$gene_likelihood, cfg$latent_distribution))
+  cat(sprintf("  training: %s\n", .training_text(x)))
+  invisible(x)
+}
+
+.training_text <- function(model) {
+  st <- .state(model)
+  h <- history.SCVI(model)
+  if (!isTRUE(st$is_trained) && nrow(h) == 0L) return("not trained yet; call train(model)")
+  last <- h[nrow(h), ]
+  val <- if (is.na(last$elbo_validation)) "" else
+    sprintf(", elbo_validation %.1f", last$elbo_validation)
+  sprintf("%d epochs (%s training / %s validation cells); last elbo_train %.1f%s",
+          nrow(h), .fmt_int(length(st$train)), .fmt_int(length(st$validation)),
+          last$elbo_train, val)
+}
+
+#' Print and summarise an SCVI model
+#'
+#' `print()` shows the data, setup and architecture of a model and how far it was trained,
+#' in a few lines. `summary()` shows how the model was set up (as scvi-tools'
+#' `view_setup_args()`): the setup arguments and registered categories, all
+#' hyperparameters, and the training state.
+#'
+#' @param object an `SCVI` model.
+#' @param x an `SCVI` model (`print()`), or a `summary.SCVI` object.
+#' @param ... unused.
+#' @return `summary()`: an object of class `summary.SCVI`, a list with `data`, `setup_args`,
+#'   `categories`, `continuous_covariates`, `hyperparameters` and `training`. The print
+#'   methods return their argument invisibly.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- scvi(rscvi_example_sce(), batch_key = "batch", labels_key = "cell_line")
+#' model
+#' summary(model)
+#' @method summary SCVI
+summary.SCVI <- function(object, ...) {
+  .check_model(object)
+  reg <- object$registry
+  st <- .state(object)
+  h <- history.SCVI(object)
+  cats <- c(list(batch = reg$batch_categories, labels = reg$label_categories),
+            reg$categorical_covariate_categories)
+  training <- list(
+    is_trained = isTRUE(st$is_trained),
+    epochs = nrow(h),
+    n_train = length(st$train), n_validation = length(st$validation),
+    n_test = length(st$test),
+    last = if (nrow(h)) as.list(h[nrow(h), c("elbo_train", "elbo_validation",
+                                              "reconstruction_loss_train",
+                                              "kl_local_train", "kl_weight")])
+  )
+  structure(list(
+    data = .data_text(object),
+    setup_args = reg$setup_args,
+    categories = cats,
+    continuous_covariates = reg$continuous_covariate_keys,
+    hyperparameters = object$config,
+    training = training
+  ), class = "summary.SCVI")
+}
+
+#' @rdname summary.SCVI
+#' @method print summary.SCVI
+#' @export
+print.summary.SCVI <- function(x, ...) {
+  show <- function(v) {
+    if (is.null(v)) "NULL"
+    else if (length(v) == 0L) "(none)"
+    else if (is.character(v)) paste(encodeString(v, quote = "\""), collapse = ", ")
+    else paste(format(v), collapse = ", ")
+  }
+  table_lines <- function(l) {
+    w <- max(nchar(names(l)))
+    for (n in names(l)) cat(sprintf("  %-*s  %s\n", w, n, show(l[[n]])))
+  }
+  cat("SCVI model summary\n\nData\n")
+  cat(sprintf("  %s\n", x$data))
+  cat("\nSetup arguments\n")
+  table_lines(x$setup_args)
+  cat("\nRegistered categories\n")
+  for (n in names(x$categories)) {
+    v <- x$categories[[n]]
+    cat(sprintf("  %s (%d): %s\n", n, length(v), .enum(v, 10L)))
+  }
+  if (length(x$continuous_covariates)) {
+    cat(sprintf("  continuous covariates: %s\n", .enum(x$continuous_covariates, 10L)))
+  }
+  cat("\nHyperparameters\n")
+  table_lines(x$hyperparameters)
+  tr <- x$training
+  cat("\nTraining\n")
+  if (!tr$is_trained && tr$epochs == 0L) {
+    cat("  not trained yet\n")
+  } else {
+    cat(sprintf("  %d epochs; split: %s train / %s validation / %s test cells\n", tr$epochs,
+                .fmt_int(tr$n_train), .fmt_int(tr$n_validation), .fmt_int(tr$n_test)))
+    if (!is.null(tr$last)) {
+      cat("  last epoch: ")
+      cat(paste(sprintf("%s %s", names(tr$last),
+                        vapply(tr$last, function(v) format(round(v, 4)), "")),
+                collapse = ", "), "\n")
+    }
+  }
+  invisible(x)
+}
+
+#' Plot the training curves of a model
+#'
+#' Base-graphics panels of the training history against the epoch: the ELBO loss
+#' (per-cell negative ELBO, training and validation), the reconstruction loss, and the KL
+#' divergence (with the warm-up KL weight on a second axis).
+#'
+#' @param x an `SCVI` model.
+#' @param which panels to draw, any of `"elbo"`, `"reconstruction"`, `"kl"`.
+#' @param ... passed to [graphics::plot()] for every panel.
+#' @return `x`, invisibly.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 5, seed = 0)
+#' plot(model)
+plot.SCVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
+  .check_model(x, "x")
+  panels <- c("elbo", "reconstruction", "kl")
+  if (!is.character(which) || !length(which) || anyNA(which) || !all(which %in% panels)) {
+    .stop("`which` must hold some of %s, got %s",
+          paste(encodeString(panels, quote = "\""), collapse = ", "), .describe(which))
+  }
+  which <- unique(which)
+  h <- history.SCVI(x)
+  if (nrow(h) == 0L) .stop("`x` has no training history yet: train it with train(x)")
+  old <- graphics::par(mfrow = c(1L, length(which)), mar = c(4, 4.2, 2.5, 2.5))
+  on.exit(graphics::par(old), add = TRUE)
+  # Draw all panels at once on screen devices.
+  grDevices::dev.hold()
+  on.exit(grDevices::dev.flush(), add = TRUE)
+  cols <- c(train = "#1b6ca8", validation = "#d1495b")
+  curve <- function(train, validation, ylab, main) {
+    ys <- c(train, validation)
+    ys <- ys[is.finite(ys)]
+    graphics::plot(h$epoch, train, type = "l", lwd = 2, col = cols[["train"]],
+                   ylim = range(ys), xlab = "epoch", ylab = ylab, main = main, ...)
+    has_val <- any(is.finite(validation))
+    if (has_val) {
+      ok <- is.finite(validation)
+      graphics::lines(h$epoch[ok], validation[ok], lwd = 2, col = cols[["validation"]])
+      if (sum(ok) == 1L) {
+        graphics::points(h$epoch[ok], validation[ok], pch = 19, col = cols[["validation"]])
+      }
+    }
+    graphics::legend("topright", legend = c("train", if (has_val) "validation"),
+                     col = cols[c("train", if (has_val) "validation")], lwd = 2, bty = "n")
+  }
+  for (p in which) {
+    switch(p,
+      elbo = curve(h$elbo_train, h$elbo_validation, "negative ELBO per cell", "ELBO loss"),
+      reconstruction = curve(h$reconstruction_loss_train, h$reconstruction_loss_validation,
+                             "reconstruction loss per cell", "Reconstruction"),
+      kl = {
+        curve(h$kl_local_train, h$kl_local_validation, "KL divergence per cell",
+              "KL (local)")
+        # The warm-up weight on the right axis, rescaled into the panel.
+        usr <- graphics::par("usr")
+        w <- usr[3] + h$kl_weight * (usr[4] - usr[3])
+        graphics::lines(h$epoch, w, lty = 2, col = "grey40")
+        graphics::axis(4, at = usr[3] + c(0, 0.5, 1) * (usr[4] - usr[3]),
+                       labels = c("0", "0.5", "1"), col.axis = "grey40", cex.axis = 0.8)
+        graphics::legend("bottomright", legend = "KL weight (right axis)", lty = 2,
+                         col = "grey40", bty = "n", cex = 0.8)
+      })
+  }
+  invisible(x)
+}

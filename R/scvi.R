@@ -1,0 +1,562 @@
+# The SCVI model object: construction (scvi()), training (train()), save/load, and the
+# internal plumbing every query shares (handles, data pointers, registration of new data).
+# No model math here: everything numeric happens in the Rust core behind the bridge.
+
+# ---------------------------------------------------------------------------------------------
+# Internal helpers.
+
+# Bridge errors carry the bridge call (".Call(wrap__...)") as their call; users should see
+# only the message.
+.rs <- function(expr) {
+  tryCatch(expr, error = function(e) stop(conditionMessage(e), call. = FALSE))
+}
+
+# An external pointer whose address is NULL: what saveRDS()/readRDS() or a restored workspace
+# leaves of a handle. identical() compares external pointers by address.
+.null_ptr <- function(p) !inherits(p, "externalptr") || identical(p, methods::new("externalptr"))
+
+.lost_handle <- function(arg) {
+  .stop(paste0("`%s` is no longer usable: its Rust model handle was lost (objects restored ",
+               "with readRDS(), load() or a saved workspace keep only the R part); save ",
+               "models with save_model() and restore them with load_model()"), arg)
+}
+
+.check_model <- function(model, arg = "model") {
+  if (!inherits(model, "SCVI")) {
+    .stop("`%s` must be an SCVI model (from scvi() or load_model()), got %s", arg,
+          .describe(model))
+  }
+  if (.null_ptr(model$model)) .lost_handle(arg)
+  invisible(model)
+}
+
+# match.arg() with rscvi's messages: the full default vector means "first choice", anything
+# else must be exactly one of the choices (no partial matching).
+.match_choice <- function(x, choices, arg) {
+  if (identical(x, choices)) return(choices[[1]])
+  .check_choice(x, choices, arg)
+}
+
+.check_device <- function(device) {
+  device <- .match_choice(device, c("auto", "cpu", "cuda"), "device")
+  if (device == "cuda") {
+    info <- rs_device_info()
+    if (!isTRUE(info$cuda_compiled)) {
+      .stop(paste0("`device` = \"cuda\" is not available: this rscvi was built without CUDA ",
+                   "support (reinstall with RSCVI_FEATURES=cuda), use \"auto\" or \"cpu\""))
+    }
+    if (!isTRUE(info$cuda_driver)) {
+      .stop(paste0("`device` = \"cuda\" is not available: no NVIDIA driver was found ",
+                   "(libcuda.so.1); use \"auto\" or \"cpu\""))
+    }
+  }
+  device
+}
+
+# Seeds are u32 in the core (numpy's legacy RandomState takes 0..2^32-1), wider than R ints.
+.check_seed <- function(seed) {
+  if (is.null(seed)) return(NULL)
+  ok <- is.numeric(seed) && length(seed) == 1L && !is.na(seed) && is.finite(seed) &&
+    seed == round(seed) && seed >= 0 && seed <= 4294967295
+  if (!ok) {
+    .stop("`seed` must be NULL or a single whole number between 0 and 4294967295, got %s",
+          .describe(seed))
+  }
+  as.double(seed)
+}
+
+# Accepted count inputs: what .as_count_input() takes, plus list(counts, cells) as returned
+# by rscvi_example_data().
+.input_from <- function(x, cells = NULL, layer = NULL, arg = "x") {
+  if (is.list(x) && !is.data.frame(x) && !is.object(x) && "counts" %in% names(x)) {
+    if (!is.null(cells)) {
+      .stop("`cells` must be NULL when `%s` is a list with `counts` and `cells`", arg)
+    }
+    return(.as_count_input(x$counts, cells = x$cells, layer = layer, arg = arg))
+  }
+  .as_count_input(x, cells = cells, layer = layer, arg = arg)
+}
+
+# The core re-checks the data; its complaints are about `x`.
+.new_dataset <- function(f, arg = "x") {
+  tryCatch(rs_dataset_new(
+    f$counts$p, f$counts$i, f$counts$x, as.integer(f$counts$n_genes),
+    as.integer(f$batch), as.integer(f$registry$n_batch),
+    as.integer(f$labels), as.integer(f$registry$n_labels),
+    as.integer(f$cat_covs), as.integer(unname(f$cat_sizes)),
+    as.double(f$cont_covs), f$size_factor
+  ), error = function(e) .stop("`%s`: %s", arg, conditionMessage(e)))
+}
+
+.config_to_json <- function(config) {
+  config$n_cats_per_cov <- I(as.integer(config$n_cats_per_cov))
+  as.character(jsonlite::toJSON(config, auto_unbox = TRUE, null = "null", digits = NA))
+}
+
+.config_from_json <- function(json) {
+  cfg <- jsonlite::fromJSON(json, simplifyVector = TRUE)
+  cfg$n_cats_per_cov <- as.integer(unlist(cfg$n_cats_per_cov))
+  cfg
+}
+
+.input_class <- function(x) {
+  if (is.list(x) && !is.object(x) && "counts" %in% names(x)) class(x$counts)[1] else class(x)[1]
+}
+
+.input_summary <- function(input, n_genes) {
+  list(n_cells = length(input$cell_names), n_genes = n_genes, layer = input$layer)
+}
+
+.new_scvi <- function(ptr, data, registry, config, cell_names, cell_data, input, dir = NULL) {
+  structure(list(
+    model = ptr,            # Rust model (parameters, training state, registry)
+    data = data,            # Rust data set the model was built or loaded with, or NULL
+    registry = registry,    # R copy of the registry (genes, categories, setup arguments)
+    config = config,        # hyperparameters as sent to the core
+    gene_names = registry$gene_names,
+    cell_names = cell_names,
+    cell_data = cell_data,
+    input = input,          # class / layer / dimensions of the data, for print()
+    dir = dir               # where a loaded model came from
+  ), class = "SCVI")
+}
+
+# Register `x` against the model's registry (same genes in the same order, known
+# categories) for a query. Returns list(data, cell_names, cell_data).
+.register_query <- function(model, x, cells = NULL, layer = NULL, arg = "x") {
+  reg <- model$registry
+  if (is.null(layer)) layer <- .layer_like(x, reg$setup_args$layer)
+  input <- withCallingHandlers(
+    .input_from(x, cells = cells, layer = layer, arg = arg),
+    warning = function(w) {
+      if (grepl("genes with no counts", conditionMessage(w))) invokeRestart("muffleWarning")
+    })
+  # Warnings about rare categories or genes without counts matter for training, not for
+  # applying a fitted model to a few cells.
+  f <- withCallingHandlers(
+    .register_fields(input, registry = reg),
+    warning = function(w) {
+      if (grepl("fewer than 3 cells", conditionMessage(w))) invokeRestart("muffleWarning")
+    })
+  list(data = .new_dataset(f), cell_names = input$cell_names, cell_data = input$cell_data,
+       layer = input$layer)
+}
+
+# The assay the model was set up with, if `x` has one of that name (an SCE model applied to a
+# Seurat object, or the reverse, falls back to the default assay).
+.layer_like <- function(x, layer) {
+  if (is.null(layer)) return(NULL)
+  has <- tryCatch({
+    if (methods::is(x, "SummarizedExperiment")) {
+      layer %in% SummarizedExperiment::assayNames(x)
+    } else if (methods::is(x, "Seurat")) {
+      layer %in% SeuratObject::Assays(x)
+    } else {
+      FALSE
+    }
+  }, error = function(e) FALSE)
+  if (isTRUE(has)) layer else NULL
+}
+
+# The data a query runs on: the model's own, or `x` registered against the model.
+.query_data <- function(model, x, arg = "x") {
+  .check_model(model)
+  if (is.null(x)) {
+    if (is.null(model$data) || .null_ptr(model$data)) {
+      .stop(paste0("this model has no data attached (it was loaded with load_model() without ",
+                   "`x`): pass the data as `%s`, e.g. get_latent_representation(model, x = sce)"),
+            arg)
+    }
+    return(list(data = model$data, cell_names = model$cell_names))
+  }
+  .register_query(model, x, arg = arg)
+}
+
+.state <- function(model) .rs(rs_scvi_state(model$model))
+
+# ---------------------------------------------------------------------------------------------
+# Construction.
+
+#' Set up and build an SCVI model
+#'
+#' Registers the counts and cell annotations of `x` (as scvi-tools' `setup_anndata()` does)
+#' and builds an untrained SCVI model (Lopez et al. 2018) with scvi-tools' default
+#' hyperparameters. Train it with [train()], or pass `train = TRUE`.
+#'
+#' Categories of `batch_key`, `labels_key` and `categorical_covariate_keys` are taken in
+#' sorted order (a factor's levels in level order); the registry of the model keeps that
+#' mapping, so new data given to a query must carry the same genes (same order) and only
+#' known categories.
+#'
+#' The returned object is a list holding handles to the Rust model and data; it is changed
+#' in place by [train()] (copies of the object share the same model), and it cannot be kept
+#' with `saveRDS()`: use [save_model()] and [load_model()].
+#'
+#' @param x the counts: a `SingleCellExperiment` (assay `layer`, default `"counts"`), a
+#'   `Seurat` object (assay `layer`, default `"RNA"`, its `counts`), a genes x cells
+#'   `dgCMatrix`, other `Matrix` or base matrix of raw counts (cell annotations in `cells`),
+#'   or a list with elements `counts` and `cells` (as from [rscvi_example_data()]).
+#' @param cells for matrix input: a data.frame with one row per cell (column order of `x`)
+#'   holding the columns named by the `*_key` arguments.
+#' @param layer assay to take counts from (`SingleCellExperiment` or `Seurat` only).
+#' @param batch_key column with the batch of each cell, or `NULL` (one batch).
+#' @param labels_key column with cell labels (used only by `dispersion = "gene-label"`), or
+#'   `NULL`.
+#' @param size_factor_key column with a positive size factor per cell; when given, the
+#'   library size is that factor (and `use_observed_lib_size` is forced to `TRUE`).
+#' @param categorical_covariate_keys columns of extra categorical covariates (injected into
+#'   the decoder, and the encoder when `encode_covariates = TRUE`).
+#' @param continuous_covariate_keys columns of numeric covariates.
+#' @param n_hidden nodes per hidden layer.
+#' @param n_latent dimension of the latent space.
+#' @param n_layers hidden layers of the encoder and decoder.
+#' @param dropout_rate dropout rate of the encoders, in \[0, 1).
+#' @param dispersion `"gene"` (one per gene), `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
+#' @param gene_likelihood `"zinb"` (zero-inflated negative binomial), `"nb"` or `"poisson"`.
+#' @param latent_distribution `"normal"` or `"ln"` (logistic normal).
+#' @param use_observed_lib_size use each cell's observed total count as its library size
+#'   (`FALSE` learns a latent library size with a per-batch log-normal prior).
+#' @param encode_covariates whether the encoder also sees batch and covariates.
+#' @param deeply_inject_covariates whether covariates are fed to every hidden layer.
+#' @param use_batch_norm,use_layer_norm where batch / layer normalisation is used: `"none"`,
+#'   `"encoder"`, `"decoder"` or `"both"`.
+#' @param train if `TRUE`, train the model right away with `train(model, ...)`.
+#' @param ... with `train = TRUE`: arguments of [train()].
+#' @return An object of class `SCVI`.
+#' @seealso [train()], [get_latent_representation()], [runSCVI()], [RunSCVI()].
+#' @references Lopez R, Regier J, Cole MB, Jordan MI, Yosef N (2018). Deep generative
+#'   modeling for single-cell transcriptomics. Nature Methods 15, 1053-1058.
+#'   \doi{10.1038/s41592-018-0229-2}
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' sce <- rscvi_example_sce()
+#' model <- scvi(sce, batch_key = "batch", n_latent = 5)
+#' model
+#' # or set up and train in one go (a real fit uses the default number of epochs)
+#' model <- scvi(sce, batch_key = "batch", train = TRUE, max_epochs = 3, seed = 1)
+#' dim(get_latent_representation(model))
+scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = NULL,
+                 size_factor_key = NULL, categorical_covariate_keys = NULL,
+                 continuous_covariate_keys = NULL,
+                 n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
+                 dispersion = c("gene", "gene-batch", "gene-label", "gene-cell"),
+                 gene_likelihood = c("zinb", "nb", "poisson"),
+                 latent_distribution = c("normal", "ln"),
+                 use_observed_lib_size = TRUE, encode_covariates = FALSE,
+                 deeply_inject_covariates = TRUE,
+                 use_batch_norm = c("both", "encoder", "decoder", "none"),
+                 use_layer_norm = c("none", "encoder", "decoder", "both"),
+                 train = FALSE, ...) {
+  # Cheap argument checks first, so a typo fails before the data are converted.
+  norms <- c("none", "encoder", "decoder", "both")
+  hp <- list(
+    n_hidden = .check_scalar_int(n_hidden, "n_hidden", min = 1),
+    n_latent = .check_scalar_int(n_latent, "n_latent", min = 1),
+    n_layers = .check_scalar_int(n_layers, "n_layers", min = 1),
+    dropout_rate = .check_dropout(dropout_rate),
+    dispersion = .match_choice(dispersion, c("gene", "gene-batch", "gene-label", "gene-cell"),
+                               "dispersion"),
+    gene_likelihood = .match_choice(gene_likelihood, c("zinb", "nb", "poisson"),
+                                    "gene_likelihood"),
+    latent_distribution = .match_choice(latent_distribution, c("normal", "ln"),
+                                        "latent_distribution"),
+    use_observed_lib_size = .check_scalar_bool(use_observed_lib_size, "use_observed_lib_size"),
+    log_variational = TRUE,
+    encode_covariates = .check_scalar_bool(encode_covariates, "encode_covariates"),
+    deeply_inject_covariates = .check_scalar_bool(deeply_inject_covariates,
+                                                  "deeply_inject_covariates"),
+    use_batch_norm = .match_choice(use_batch_norm, c("both", "encoder", "decoder", "none"),
+                                   "use_batch_norm"),
+    use_layer_norm = .match_choice(use_layer_norm, norms, "use_layer_norm"),
+    var_eps = 1e-4
+  )
+  do_train <- .check_scalar_bool(train, "train")
+  dots <- list(...)
+  if (length(dots) && !do_train) {
+    .stop(paste0("scvi() got arguments it does not use: %s; training arguments apply only ",
+                 "with train = TRUE (or call train(model, ...))"), .dots_names(dots))
+  }
+  if (do_train) .check_train_dots(dots, "scvi")
+
+  input <- .input_from(x, cells = cells, layer = layer, arg = "x")
+  f <- .register_fields(input, batch_key = batch_key, labels_key = labels_key,
+                        size_factor_key = size_factor_key,
+                        categorical_covariate_keys = categorical_covariate_keys,
+                        continuous_covariate_keys = continuous_covariate_keys)
+  if (hp$dispersion == "gene-label" && is.null(f$registry$setup_args$labels_key)) {
+    .warn("`dispersion` = \"gene-label\" without `labels_key`: all cells share one label")
+  }
+  data <- .new_dataset(f)
+  has_sf <- !is.null(f$size_factor)
+  config <- c(
+    list(n_input = f$counts$n_genes, n_batch = f$registry$n_batch,
+         n_labels = f$registry$n_labels, n_cats_per_cov = as.integer(unname(f$cat_sizes)),
+         n_continuous_cov = ncol(f$cont_covs), use_size_factor = has_sf),
+    hp
+  )
+  # scvi-tools: a registered size factor always means the observed library.
+  config$use_observed_lib_size <- config$use_observed_lib_size || has_sf
+  ptr <- .rs(rs_scvi_new(data, .config_to_json(config), .registry_to_json(f$registry)))
+  input_info <- c(list(class = .input_class(x)), .input_summary(input, f$counts$n_genes))
+  model <- .new_scvi(ptr, data, f$registry, config, input$cell_names, input$cell_data,
+                     input_info)
+  if (do_train) model <- train.SCVI(model, ...)
+  model
+}
+
+.check_dropout <- function(x) {
+  ok <- is.numeric(x) && length(x) == 1L && !is.na(x) && is.finite(x) && x >= 0 && x < 1
+  if (!ok) .stop("`dropout_rate` must be a single number in [0, 1), got %s", .describe(x))
+  as.double(x)
+}
+
+# Names of `...` arguments for messages ("<unnamed argument 2>" for unnamed ones); `keep`
+# selects which to show.
+.dots_names <- function(dots, keep = rep(TRUE, length(dots))) {
+  nms <- names(dots) %||% rep("", length(dots))
+  nms[!nzchar(nms)] <- sprintf("<unnamed argument %d>", which(!nzchar(nms)))
+  .enum(nms[keep], 10L, quote = FALSE)
+}
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+#' Train a model
+#'
+#' Fits the model by stochastic gradient descent on the negative ELBO, with scvi-tools'
+#' defaults: Adam with learning rate 1e-3, `eps` 0.01 and weight decay 1e-6, minibatches of
+#' 128 cells, a KL warm-up over 400 epochs, and a 90% / 10% train / validation split.
+#'
+#' Training happens in place: the model object passed in is updated (copies of it share the
+#' same Rust model), and is also returned so that `model <- train(model)` reads naturally.
+#' Calling `train()` again continues from the current parameters (the history continues).
+#' Pressing Ctrl-C (Esc in RStudio) stops after the current minibatch; the model stays usable
+#' with the parameters of the last completed epoch. A non-finite loss is an error and the
+#' model keeps the parameters of the last finite epoch.
+#'
+#' With a `seed`, the train / validation split is the one scvi-tools draws with
+#' `scvi.settings.seed = seed` (NumPy's legacy permutation), and the minibatch order and
+#' sampling noise are reproducible on the CPU.
+#'
+#' @param model an `SCVI` model.
+#' @param max_epochs number of passes over the training cells; `NULL` uses scvi-tools'
+#'   heuristic `min(round(20000 / n_cells * 400), 400)`.
+#' @param train_size fraction of cells to train on, in (0, 1]; `NULL` = 0.9 (then a last
+#'   minibatch of 1 or 2 cells is moved to the validation set).
+#' @param validation_size fraction of cells for validation; `NULL` = all cells not used for
+#'   training.
+#' @param shuffle_set_split whether to draw the split at random (otherwise cells are taken in
+#'   order: validation first).
+#' @param batch_size minibatch size (>= 2).
+#' @param early_stopping stop when `early_stopping_monitor` has not improved by more than
+#'   `early_stopping_min_delta` for `early_stopping_patience` epochs.
+#' @param early_stopping_patience,early_stopping_min_delta see `early_stopping`.
+#' @param early_stopping_monitor one of `"elbo_validation"`,
+#'   `"reconstruction_loss_validation"`, `"validation_loss"`, `"elbo_train"`,
+#'   `"reconstruction_loss_train"`, `"train_loss"`.
+#' @param lr learning rate.
+#' @param weight_decay weight decay (Adam: L2 penalty added to the gradient; AdamW: decoupled).
+#' @param eps Adam's epsilon (scvi-tools uses 0.01, not PyTorch's 1e-8).
+#' @param optimizer `"Adam"` or `"AdamW"`.
+#' @param n_epochs_kl_warmup epochs over which the KL weight grows linearly from 0 to 1;
+#'   `NULL` or 0 to use `n_steps_kl_warmup` instead.
+#' @param n_steps_kl_warmup optimizer steps of KL warm-up (used only when
+#'   `n_epochs_kl_warmup` is `NULL` or 0); `NULL` or 0 = no warm-up.
+#' @param seed `NULL` (random) or a whole number in 0..4294967295 for a reproducible split
+#'   and minibatch order.
+#' @param device `"auto"` (CUDA when available, else CPU), `"cpu"` or `"cuda"`.
+#' @param progress draw a progress line (epoch, elapsed time, ETA, ELBO).
+#' @param ... for `SCVI` models, advanced options: `min_kl_weight` (0), `max_kl_weight` (1),
+#'   `check_val_every_n_epoch` (1: the validation ELBO is recorded every epoch; 0 = never).
+#' @return The trained model (the same object, updated).
+#' @seealso [history()], [plot.SCVI()] for the training curves.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- scvi(rscvi_example_sce(), batch_key = "batch")
+#' model <- train(model, max_epochs = 3, seed = 0)
+#' history(model)[, c("epoch", "elbo_train", "elbo_validation")]
+train <- function(model, ...) UseMethod("train")
+
+# train() options that are not formal arguments of train.SCVI (rarely changed).
+.train_extra_args <- c("min_kl_weight", "max_kl_weight", "check_val_every_n_epoch")
+
+.train_arg_names <- function() {
+  c(setdiff(names(formals(train.SCVI)), c("model", "...")), .train_extra_args)
+}
+
+# Arguments meant for train(), checked by name before any work is done.
+.check_train_dots <- function(dots, caller) {
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) {
+    .stop("%s(): arguments passed on to train() must be named", caller)
+  }
+  unknown <- setdiff(nms, .train_arg_names())
+  if (length(unknown)) {
+    .stop("%s(): unknown training arguments: %s; train() takes %s", caller,
+          .enum(unknown, 10L), .enum(.train_arg_names(), 30L))
+  }
+  invisible(TRUE)
+}
+
+#' @rdname train
+#' @export
+train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_size = NULL,
+                       shuffle_set_split = TRUE, batch_size = 128L, early_stopping = FALSE,
+                       early_stopping_patience = 45L,
+                       early_stopping_monitor = "elbo_validation",
+                       early_stopping_min_delta = 0, lr = 1e-3, weight_decay = 1e-6,
+                       eps = 0.01, optimizer = c("Adam", "AdamW"), n_epochs_kl_warmup = 400L,
+                       n_steps_kl_warmup = NULL, seed = NULL,
+                       device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
+  .check_model(model)
+  extra <- list(...)
+  nms <- names(extra) %||% rep("", length(extra))
+  known <- nzchar(nms) & nms %in% .train_extra_args
+  if (!all(known)) {
+    .stop("train() got unknown arguments: %s; see ?train for the accepted ones",
+          .dots_names(extra, !known))
+  }
+  min_kl <- .check_scalar_num(extra$min_kl_weight %||% 0, "min_kl_weight", min = 0)
+  max_kl <- .check_scalar_num(extra$max_kl_weight %||% 1, "max_kl_weight", min = 0)
+  if (min_kl > max_kl) {
+    .stop("`min_kl_weight` (%s) must not exceed `max_kl_weight` (%s)", min_kl, max_kl)
+  }
+  train_size <- .check_scalar_num(train_size, "train_size", min = 0, max = 1, min_open = TRUE,
+                                  null_ok = TRUE)
+  validation_size <- .check_scalar_num(validation_size, "validation_size", min = 0, max = 1,
+                                       null_ok = TRUE)
+  if (!is.null(validation_size) &&
+      (validation_size >= 1 || (train_size %||% 0.9) + validation_size > 1)) {
+    .stop("`validation_size` must be in [0, 1) with train_size + validation_size <= 1, got %s",
+          validation_size)
+  }
+  monitors <- c("elbo_validation", "reconstruction_loss_validation", "validation_loss",
+                "elbo_train", "reconstruction_loss_train", "train_loss")
+  cfg <- list(
+    max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1, null_ok = TRUE),
+    train_size = train_size,
+    validation_size = validation_size,
+    shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
+    batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
+    early_stopping = .check_scalar_bool(early_stopping, "early_stopping"),
+    early_stopping_monitor = .check_choice(early_stopping_monitor, monitors,
+                                           "early_stopping_monitor"),
+    early_stopping_patience = .check_scalar_int(early_stopping_patience,
+                                                "early_stopping_patience", min = 1),
+    early_stopping_min_delta = .check_scalar_num(early_stopping_min_delta,
+                                                 "early_stopping_min_delta", min = 0),
+    optimizer = .match_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
+    lr = .check_scalar_num(lr, "lr", min = 0, min_open = TRUE),
+    weight_decay = .check_scalar_num(weight_decay, "weight_decay", min = 0),
+    eps = .check_scalar_num(eps, "eps", min = 0, min_open = TRUE),
+    n_epochs_kl_warmup = .check_scalar_int(n_epochs_kl_warmup, "n_epochs_kl_warmup", min = 0,
+                                           null_ok = TRUE),
+    n_steps_kl_warmup = .check_scalar_int(n_steps_kl_warmup, "n_steps_kl_warmup", min = 0,
+                                          null_ok = TRUE),
+    min_kl_weight = min_kl,
+    max_kl_weight = max_kl,
+    check_val_every_n_epoch = .check_scalar_int(extra$check_val_every_n_epoch %||% 1L,
+                                                "check_val_every_n_epoch", min = 0),
+    seed = .check_seed(seed)
+  )
+  device <- .check_device(device)
+  progress <- .check_scalar_bool(progress, "progress")
+  if (is.null(model$data) || .null_ptr(model$data)) {
+    .stop(paste0("`model` has no training data attached (it was loaded without `x`); ",
+                 "load it with load_model(dir, x = <data>) to train it further"))
+  }
+  json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
+  res <- .rs(rs_scvi_train(model$model, model$data, json, device, progress))
+  if (isTRUE(res$interrupted)) {
+    message(sprintf(paste0("Training interrupted after %d of %d epochs; the model keeps the ",
+                           "parameters of the last completed epoch and can be used or ",
+                           "trained further."), res$epochs_run, res$max_epochs))
+  } else if (isTRUE(res$early_stopped)) {
+    message(sprintf(paste0("Early stopping: %s did not improve for %d epochs; stopped ",
+                           "after %d of %d epochs."),
+                    cfg$early_stopping_monitor, cfg$early_stopping_patience, res$epochs_run,
+                    res$max_epochs))
+  }
+  model$last_training <- res
+  model
+}
+
+# ---------------------------------------------------------------------------------------------
+# Save / load.
+
+#' Save a model to a folder, and load it back
+#'
+#' `save_model()` writes the model's parameters (`model.mpk`) and a JSON description
+#' (`model.json`: hyperparameters, registry with genes and categories, training history and
+#' split) into `dir`. `load_model()` restores it. Data are not saved: pass them to
+#' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
+#' each query.
+#'
+#' @param model an `SCVI` model.
+#' @param dir a folder (created if needed).
+#' @param overwrite replace a model already saved in `dir`.
+#' @param x optional data to attach, as for [scvi()]: it must hold the model's genes in the
+#'   model's order and only known batch / label / covariate categories.
+#' @param ... for `load_model()`: `cells` and `layer`, as for [scvi()], describing `x`.
+#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI` model.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' sce <- rscvi_example_sce()
+#' model <- train(scvi(sce, batch_key = "batch"), max_epochs = 2, seed = 0)
+#' dir <- file.path(tempdir(), "scvi-example")
+#' save_model(model, dir, overwrite = TRUE)
+#' again <- load_model(dir, x = sce)
+#' all.equal(get_latent_representation(model), get_latent_representation(again))
+save_model <- function(model, ...) UseMethod("save_model")
+
+#' @rdname save_model
+#' @export
+save_model.SCVI <- function(model, dir, overwrite = FALSE, ...) {
+  .check_model(model)
+  dir <- .check_scalar_string(dir, "dir")
+  overwrite <- .check_scalar_bool(overwrite, "overwrite")
+  if (file.exists(dir) && !dir.exists(dir)) {
+    .stop("`dir` '%s' is a file, not a folder", dir)
+  }
+  .rs(rs_scvi_save(model$model, path.expand(dir), overwrite))
+  invisible(dir)
+}
+
+#' @rdname save_model
+#' @export
+load_model <- function(dir, x = NULL, ...) {
+  dir <- .check_scalar_string(dir, "dir")
+  if (!dir.exists(dir)) .stop("`dir` '%s' does not exist", dir)
+  if (!file.exists(file.path(dir, "model.json"))) {
+    .stop("`dir` '%s' holds no saved model (no model.json); save one with save_model()", dir)
+  }
+  dots <- list(...)
+  known <- (names(dots) %||% rep("", length(dots))) %in% c("cells", "layer")
+  if (!all(known)) {
+    .stop("load_model() got unknown arguments: %s; it takes `cells` and `layer` for `x`",
+          .dots_names(dots, !known))
+  }
+  ptr <- .rs(rs_scvi_load(path.expand(dir)))
+  st <- .rs(rs_scvi_state(ptr))
+  registry <- tryCatch(.registry_from_json(st$registry), error = function(e) {
+    .stop("`dir` '%s': the saved registry is not readable (%s)", dir, conditionMessage(e))
+  })
+  config <- .config_from_json(st$config)
+  if (length(registry$gene_names) != config$n_input) {
+    .stop("`dir` '%s': the saved registry lists %d genes but the model has %d inputs", dir,
+          length(registry$gene_names), config$n_input)
+  }
+  input_info <- list(class = NA_character_, n_cells = registry$n_cells,
+                     n_genes = config$n_input, layer = registry$setup_args$layer)
+  model <- .new_scvi(ptr, NULL, registry, config, NULL, NULL, input_info,
+                     dir = normalizePath(dir))
+  if (!is.null(x)) {
+    q <- .register_query(model, x, cells = dots$cells, layer = dots$layer)
+    model$data <- q$data
+    model$cell_names <- q$cell_names
+    model$cell_data <- q$cell_data
+    model$input <- list(class = .input_class(x), n_cells = length(q$cell_names),
+                        n_genes = config$n_input, layer = q$layer)
+  }
+  model
+}
