@@ -300,6 +300,8 @@ pub struct HostBatch {
     pub n: usize,
     /// Dense counts, n x genes, row-major.
     pub x: Vec<f32>,
+    /// log(1 + x), the encoder's input, computed from the nonzeros only.
+    pub x_log: Vec<f32>,
     pub log_library: Vec<f32>,
     pub log_factorial: Vec<f32>,
     /// One-hot of the batch used by the decoder (n x n_batch), always present.
@@ -329,11 +331,12 @@ impl DataSet {
         let n = cells.len();
         let g = self.n_genes();
         let mut x = vec![0f32; n * g];
+        let mut x_log = vec![0f32; n * g];
         for (r, &c) in cells.iter().enumerate() {
             let (idx, val) = self.counts.row(c);
-            let row = &mut x[r * g..(r + 1) * g];
             for (&j, &v) in idx.iter().zip(val) {
-                row[j as usize] = v;
+                x[r * g + j as usize] = v;
+                x_log[r * g + j as usize] = v.ln_1p();
             }
         }
         let n_batch = self.batch.n_categories;
@@ -374,6 +377,7 @@ impl DataSet {
         HostBatch {
             n,
             x,
+            x_log,
             log_library: cells.iter().map(|&c| self.log_library[c]).collect(),
             log_factorial: cells.iter().map(|&c| self.log_factorial[c]).collect(),
             batch_onehot,

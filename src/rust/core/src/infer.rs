@@ -222,6 +222,7 @@ pub fn marginal_ll<B: Backend>(
             let k = per_pass.min(n_mc_samples - done);
             let bt = Batch {
                 x: tiled(&b.x, k),
+                x_log: tiled(&b.x_log, k),
                 log_library: tiled(&b.log_library, k),
                 log_factorial: b.log_factorial.clone().repeat_dim(0, k),
                 batch_onehot: tiled(&b.batch_onehot, k),
@@ -248,8 +249,8 @@ pub fn marginal_ll<B: Backend>(
                 None => bt.log_library.clone(),
             };
             let gen = model.generative(&bt, z, library, false);
-            let ll =
-                model.log_likelihood_unnormalized(bt.x.clone(), &gen) - bt.log_factorial.clone();
+            let ll = model.log_likelihood_unnormalized(bt.x.clone(), &gen, false)
+                - bt.log_factorial.clone();
             let w = w.squeeze_dim::<1>(1) + ll;
             let wv: Vec<f32> = w.into_data().convert::<f32>().to_vec().unwrap_or_default();
             for (j, &v) in wv.iter().enumerate() {

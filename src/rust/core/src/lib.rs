@@ -5,6 +5,7 @@ pub mod backend;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod fused;
 pub mod infer;
 pub mod metrics;
 pub mod model;

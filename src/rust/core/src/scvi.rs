@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{covariate_width, HostBatch};
 use crate::dist;
 use crate::error::{invalid_arg, Result};
+use crate::fused::{self, Likelihood, Theta};
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,11 +167,15 @@ pub struct Scvi<B: Backend> {
     pub library_log_vars: RunningState<Tensor<B, 1>>,
     #[module(skip)]
     pub config: ScviConfig,
+    /// Evaluate the likelihood with the fused host kernel (CPU backend) instead of tensor ops.
+    #[module(skip)]
+    pub fused_likelihood: bool,
 }
 
 /// Device-side copy of a [`HostBatch`].
 pub struct Batch<B: Backend> {
     pub x: Tensor<B, 2>,
+    pub x_log: Tensor<B, 2>,
     pub log_library: Tensor<B, 2>,
     pub log_factorial: Tensor<B, 1>,
     pub batch_onehot: Tensor<B, 2>,
@@ -191,6 +196,7 @@ impl<B: Backend> Batch<B> {
         let u = h.continuous.len() / n.max(1);
         Self {
             x: mat(&h.x, n_genes),
+            x_log: mat(&h.x_log, n_genes),
             log_library: mat(&h.log_library, 1),
             log_factorial: Tensor::from_data(TensorData::new(h.log_factorial.clone(), [n]), device),
             batch_onehot: mat(&h.batch_onehot, nb),
@@ -301,13 +307,14 @@ impl<B: Backend> Scvi<B> {
                 device,
             )),
             config,
+            fused_likelihood: true,
         })
     }
 
     fn encoder_input(&self, b: &Batch<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
         let c = &self.config;
         let mut e = if c.log_variational {
-            (b.x.clone() + 1.0).log() // counts are integers: log(1+x) is exact enough
+            b.x_log.clone()
         } else {
             b.x.clone()
         };
@@ -390,12 +397,17 @@ impl<B: Backend> Scvi<B> {
         }
     }
 
-    /// Per-cell log p(x | z, ℓ) without the lgamma(x+1) constant.
+    /// Per-cell log p(x | z, ℓ) without the lgamma(x+1) constant. `grad` asks for a result
+    /// that back-propagates (training); queries skip the derivative work.
     pub fn log_likelihood_unnormalized(
         &self,
         x: Tensor<B, 2>,
         gen: &Generative<B>,
+        grad: bool,
     ) -> Tensor<B, 1> {
+        if self.fused_likelihood {
+            return self.fused_log_likelihood(x, gen, grad);
+        }
         let lp = match self.config.gene_likelihood {
             GeneLikelihood::Zinb => dist::zinb_log_prob_unnormalized(
                 x,
@@ -409,6 +421,61 @@ impl<B: Backend> Scvi<B> {
             GeneLikelihood::Poisson => dist::poisson_log_prob_unnormalized(x, gen.rate.clone()),
         };
         lp.sum_dim(1).squeeze_dim::<1>(1)
+    }
+
+    /// The fused host kernel (fused.rs) gives the values and ∂/∂μ, ∂/∂θ, ∂/∂π; the graph gets
+    /// them through a surrogate Σ(∂μ·μ + ∂θ·θ + ∂π·π) whose value is cancelled out, so the
+    /// result equals the log-likelihood and back-propagates its exact gradient.
+    fn fused_log_likelihood(
+        &self,
+        x: Tensor<B, 2>,
+        gen: &Generative<B>,
+        grad: bool,
+    ) -> Tensor<B, 1> {
+        let [n, g] = x.dims();
+        let device = x.device();
+        let host = |t: &Tensor<B, 2>| -> Vec<f32> {
+            t.clone()
+                .detach()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default()
+        };
+        let lik = match self.config.gene_likelihood {
+            GeneLikelihood::Zinb => Likelihood::Zinb,
+            GeneLikelihood::Nb => Likelihood::Nb,
+            GeneLikelihood::Poisson => Likelihood::Poisson,
+        };
+        let (xv, mu, theta) = (host(&x), host(&gen.rate), host(&gen.theta));
+        let pi = gen.dropout_logits.as_ref().map(host);
+        let per_gene = gen.theta.dims()[0] == 1 && n != 1;
+        let out = fused::log_likelihood(
+            lik,
+            &xv,
+            &mu,
+            Theta {
+                values: &theta,
+                per_gene,
+            },
+            pi.as_deref(),
+            g,
+            grad,
+        );
+        let value = Tensor::<B, 1>::from_data(TensorData::new(out.per_cell, [n]), &device);
+        if !grad {
+            return value;
+        }
+        let mat = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [n, g]), &device);
+        let mut surrogate = mat(out.d_mu) * gen.rate.clone();
+        if lik != Likelihood::Poisson {
+            surrogate = surrogate + mat(out.d_theta) * gen.theta.clone();
+        }
+        if let Some(p) = &gen.dropout_logits {
+            surrogate = surrogate + mat(out.d_pi) * p.clone();
+        }
+        let surrogate = surrogate.sum_dim(1).squeeze_dim::<1>(1);
+        surrogate.clone() - surrogate.detach() + value
     }
 
     /// Library prior of each cell's batch: (mean, var), each (n, 1).
@@ -427,7 +494,7 @@ impl<B: Backend> Scvi<B> {
         let inf = self.inference(b, training);
         let gen = self.generative(b, inf.z.clone(), inf.library.clone(), training);
         let reconstruction =
-            b.log_factorial.clone() - self.log_likelihood_unnormalized(b.x.clone(), &gen);
+            b.log_factorial.clone() - self.log_likelihood_unnormalized(b.x.clone(), &gen, training);
         let kl_z = dist::kl_standard_normal(inf.qz_mean, inf.qz_var)
             .sum_dim(1)
             .squeeze_dim::<1>(1);
@@ -547,6 +614,7 @@ mod tests {
         let host = HostBatch {
             n: 1,
             x: vec![3.0, 0.0, 7.0],
+            x_log: vec![4f32.ln(), 0.0, 8f32.ln()],
             log_library: vec![10f32.ln()],
             log_factorial: vec![
                 (crate::data::ln_factorial(3.0) + crate::data::ln_factorial(7.0)) as f32,
@@ -570,14 +638,19 @@ mod tests {
             &[4.782_141_973, 4.175_056_527, 1.042_801_5],
             1e-5,
         );
-        let zinb = b.log_factorial.clone().neg() + m.log_likelihood_unnormalized(b.x.clone(), &gen);
-        close(zinb, &[-9.163_952_383], 2e-4);
-        m.config.gene_likelihood = GeneLikelihood::Nb;
-        let nb = b.log_factorial.clone().neg() + m.log_likelihood_unnormalized(b.x.clone(), &gen);
-        close(nb, &[-9.593_176_061], 2e-4);
-        m.config.gene_likelihood = GeneLikelihood::Poisson;
-        let pois = b.log_factorial.clone().neg() + m.log_likelihood_unnormalized(b.x.clone(), &gen);
-        close(pois, &[-15.328_879_27], 2e-4);
+        for fused in [false, true] {
+            m.fused_likelihood = fused;
+            let ll = |m: &Scvi<B>| {
+                b.log_factorial.clone().neg()
+                    + m.log_likelihood_unnormalized(b.x.clone(), &gen, false)
+            };
+            m.config.gene_likelihood = GeneLikelihood::Zinb;
+            close(ll(&m), &[-9.163_952_383], 2e-4);
+            m.config.gene_likelihood = GeneLikelihood::Nb;
+            close(ll(&m), &[-9.593_176_061], 2e-4);
+            m.config.gene_likelihood = GeneLikelihood::Poisson;
+            close(ll(&m), &[-15.328_879_27], 2e-4);
+        }
 
         let inf = m.inference(&b, false);
         close(
