@@ -100,6 +100,16 @@ fn shapes<B: Backend>(m: &Scvi<B>) -> Vec<Vec<usize>> {
     v.0
 }
 
+/// Device memory the resident dataset may take (RSCVI_GPU_DATA_GB, default 32 GB).
+#[cfg(feature = "cuda")]
+fn gpu_data_budget() -> usize {
+    let gb = std::env::var("RSCVI_GPU_DATA_GB")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(32.0);
+    (gb * 1e9) as usize
+}
+
 impl ScviModel {
     pub fn new(config: ScviConfig, data: &DataSet, registry: serde_json::Value) -> Result<Self> {
         if data.n_genes() != config.n_input || data.batch.n_categories != config.n_batch {
@@ -141,6 +151,7 @@ impl ScviModel {
                     &mut self.state,
                     observer,
                     &Default::default(),
+                    None,
                 );
                 self.module = m;
                 r
@@ -156,6 +167,7 @@ impl ScviModel {
                     &mut self.state,
                     observer,
                     &dev,
+                    Some(gpu_data_budget()),
                 );
                 self.module = convert::<crate::backend::Gpu, Cpu>(&m, &Default::default())?;
                 r

@@ -211,6 +211,45 @@ impl<B: Backend> Batch<B> {
     }
 }
 
+impl<B: Backend> Batch<B> {
+    /// Rows `idx` of every field (a minibatch of a device-resident dataset).
+    pub fn select(&self, idx: Tensor<B, 1, burn::tensor::Int>) -> Self {
+        let rows = |t: &Tensor<B, 2>| t.clone().select(0, idx.clone());
+        Self {
+            x: rows(&self.x),
+            x_log: rows(&self.x_log),
+            log_library: rows(&self.log_library),
+            log_factorial: self.log_factorial.clone().select(0, idx.clone()),
+            batch_onehot: rows(&self.batch_onehot),
+            labels_onehot: rows(&self.labels_onehot),
+            covariates: self.covariates.as_ref().map(rows),
+            continuous: self.continuous.as_ref().map(rows),
+            log_size_factor: self.log_size_factor.as_ref().map(rows),
+        }
+    }
+
+    /// Concatenates batches along cells.
+    pub fn cat(parts: Vec<Self>) -> Self {
+        let cat2 =
+            |f: &dyn Fn(&Self) -> Tensor<B, 2>| Tensor::cat(parts.iter().map(f).collect(), 0);
+        let opt = |f: &dyn Fn(&Self) -> Option<Tensor<B, 2>>| {
+            let v: Option<Vec<_>> = parts.iter().map(f).collect();
+            v.map(|v| Tensor::cat(v, 0))
+        };
+        Self {
+            x: cat2(&|b| b.x.clone()),
+            x_log: cat2(&|b| b.x_log.clone()),
+            log_library: cat2(&|b| b.log_library.clone()),
+            log_factorial: Tensor::cat(parts.iter().map(|b| b.log_factorial.clone()).collect(), 0),
+            batch_onehot: cat2(&|b| b.batch_onehot.clone()),
+            labels_onehot: cat2(&|b| b.labels_onehot.clone()),
+            covariates: opt(&|b| b.covariates.clone()),
+            continuous: opt(&|b| b.continuous.clone()),
+            log_size_factor: opt(&|b| b.log_size_factor.clone()),
+        }
+    }
+}
+
 pub struct Inference<B: Backend> {
     pub qz_mean: Tensor<B, 2>,
     pub qz_var: Tensor<B, 2>,

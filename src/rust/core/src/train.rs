@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{make_split, split_sizes, DataSet, Split};
 use crate::error::{invalid_arg, Error, Result};
+use crate::resident::ResidentData;
 use crate::scvi::{Batch, Scvi};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +267,8 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
 
 /// Fits `model` on `data`. On a non-finite loss the parameters of the last finished epoch
 /// are returned inside the error path's model (the caller keeps its previous model).
+/// `resident_budget` (bytes) keeps the whole dataset on the device when it fits (GPU
+/// training); otherwise minibatches are assembled on the host from the sparse counts.
 pub fn train<B: AutodiffBackend>(
     model: Scvi<B::InnerBackend>,
     data: &DataSet,
@@ -273,6 +276,7 @@ pub fn train<B: AutodiffBackend>(
     state: &mut TrainState,
     observer: &mut dyn Observer,
     device: &B::Device,
+    resident_budget: Option<usize>,
 ) -> (Scvi<B::InnerBackend>, Result<TrainSummary>) {
     if let Err(e) = validate_config(cfg) {
         return (model, Err(e));
@@ -311,6 +315,12 @@ pub fn train<B: AutodiffBackend>(
     let max_epochs = cfg.max_epochs.unwrap_or_else(|| max_epochs_heuristic(n));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1));
 
+    let resident =
+        resident_budget.and_then(|max| ResidentData::<B>::upload(data, device, max).ok());
+    let minibatch = |cells: &[usize]| match &resident {
+        Some(r) => r.batch(cells),
+        None => Batch::<B>::from_host(&data.host_batch(cells, None), data.n_genes(), device),
+    };
     let mut model_ad = <Scvi<B> as AutodiffModule<B>>::from_inner(model);
     let mut last_good = model_ad.valid();
     let mut adam = (cfg.optimizer == OptimizerKind::Adam).then(|| {
@@ -351,7 +361,7 @@ pub fn train<B: AutodiffBackend>(
                 continue; // batch norm cannot use a single cell; the split rules avoid this
             }
             let kl_step = kl_weight(cfg, epoch, step);
-            let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
+            let b = minibatch(chunk);
             let t = model_ad.loss(&b, kl_step, true);
             let ok = sums.add(
                 t.loss.clone().detach(),
@@ -561,6 +571,7 @@ mod training_tests {
                 &mut state,
                 &mut Silent,
                 &Default::default(),
+                None,
             );
             r.unwrap();
             (m, state)
@@ -596,5 +607,39 @@ mod training_tests {
         let (again, state2) = run();
         assert_eq!(state.history[1].elbo_train, state2.history[1].elbo_train);
         assert_eq!(flat(after.px_r.val()), flat(again.px_r.val()));
+    }
+
+    #[test]
+    fn device_resident_data_trains_like_host_minibatches() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let tc = TrainConfig {
+            max_epochs: Some(2),
+            seed: Some(5),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let run = |budget| {
+            let prior = crate::data::library_prior(&data);
+            let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+            let mut state = TrainState::default();
+            let (m, r) = train::<CpuTrain>(
+                m,
+                &data,
+                &tc,
+                &mut state,
+                &mut Silent,
+                &Default::default(),
+                budget,
+            );
+            r.unwrap();
+            (flat(m.px_r.val()), state.history[1].elbo_train)
+        };
+        let (host_px_r, host_elbo) = run(None);
+        let (dev_px_r, dev_elbo) = run(Some(usize::MAX));
+        assert_eq!(host_elbo, dev_elbo);
+        assert_eq!(host_px_r, dev_px_r);
+        // A budget too small for the data falls back to host minibatches.
+        assert_eq!(run(Some(1)).1, host_elbo);
     }
 }
