@@ -386,77 +386,44 @@ mod tests {
     /// Parity vectors of scvi.md §12.1-12.3 through the fused path.
     #[test]
     fn fused_values_match_parity_vectors() {
-        let check = |lik, x: &[f32], mu: &[f32], th: &[f32], pi: Option<&[f32]>, want: &[f64]| {
-            for i in 0..x.len() {
-                let out = log_likelihood(
-                    lik,
-                    &x[i..=i],
-                    &mu[i..=i],
-                    Theta {
-                        values: &th[i..=i],
-                        per_gene: false,
-                    },
-                    pi.map(|p| &p[i..=i]),
-                    1,
-                    false,
-                );
-                let v = out.per_cell[0] as f64 - ln_factorial(x[i] as f64);
-                let tol = if th[i] >= 100.0 {
-                    1e-3
-                } else {
-                    2e-6 + 2e-6 * want[i].abs()
-                };
-                assert!(
-                    (v - want[i]).abs() < tol,
-                    "{lik:?} case {i}: {v} vs {}",
-                    want[i]
-                );
-            }
+        use crate::parity::{tolerance, NB, POISSON, ZINB};
+        let one = |lik, x: f32, mu: f32, th: f32, pi: Option<f32>| {
+            let pi = pi.map(|p| vec![p]);
+            let out = log_likelihood(
+                lik,
+                &[x],
+                &[mu],
+                Theta {
+                    values: &[th],
+                    per_gene: false,
+                },
+                pi.as_deref(),
+                1,
+                false,
+            );
+            out.per_cell[0] as f64 - ln_factorial(x as f64)
         };
-        check(
-            Likelihood::Nb,
-            &[0.0, 0.0, 3.0, 10.0, 1.0, 7.0, 25.0, 0.0, 2.0],
-            &[0.5, 5.0, 2.5, 1.0, 100.0, 7.0, 3.0, 1e-6, 0.0],
-            &[2.0, 0.1, 1.5, 0.5, 10.0, 1000.0, 0.01, 1.0, 1.0],
-            None,
-            &[
-                -0.446_287_100_6,
-                -0.393_182_553_5,
-                -2.098_495_417,
-                -6.340_109_482,
-                -21.771_677_81,
-                -1.907_278_694,
-                -7.926_632_082,
-                -9.999_994_899e-07,
-                -36.841_361_51,
-            ],
-        );
-        check(
-            Likelihood::Zinb,
-            &[0.0, 0.0, 0.0, 3.0, 3.0, 10.0, 1.0, 0.0, 2.0],
-            &[0.5, 5.0, 3.0, 2.5, 2.5, 1.0, 100.0, 20.0, 0.0],
-            &[2.0, 0.1, 2.0, 1.5, 1.5, 0.5, 10.0, 5.0, 1.0],
-            Some(&[-1.0, 0.0, 2.0, -1.0, 3.0, -5.0, 0.5, -20.0, 0.0]),
-            &[
-                -0.305_413_125_8,
-                -0.177_390_416_9,
-                -0.105_505_475_5,
-                -2.411_757_105,
-                -5.147_082_769,
-                -6.346_824_831,
-                -22.745_754_79,
-                -8.047_183_115,
-                -37.534_508_69,
-            ],
-        );
-        check(
-            Likelihood::Poisson,
-            &[0.0, 3.0, 10.0, 0.0, 50.0],
-            &[0.5, 2.5, 1.0, 0.001, 40.0],
-            &[1.0; 5],
-            None,
-            &[-0.5, -1.542_887_274, -16.104_412_57, -0.001, -4.033_794_246],
-        );
+        for (i, &(x, mu, th, want)) in NB.iter().enumerate() {
+            let got = one(Likelihood::Nb, x, mu, th, None);
+            assert!(
+                (got - want).abs() <= tolerance(th, want),
+                "nb[{i}]: {got} vs {want}"
+            );
+        }
+        for (i, &(x, mu, th, pi, want)) in ZINB.iter().enumerate() {
+            let got = one(Likelihood::Zinb, x, mu, th, Some(pi));
+            assert!(
+                (got - want).abs() <= tolerance(th, want),
+                "zinb[{i}]: {got} vs {want}"
+            );
+        }
+        for (i, &(x, lambda, want)) in POISSON.iter().enumerate() {
+            let got = one(Likelihood::Poisson, x, lambda, 1.0, None);
+            assert!(
+                (got - want).abs() <= tolerance(1.0, want),
+                "poisson[{i}]: {got} vs {want}"
+            );
+        }
     }
 
     /// The fused derivatives equal autodiff through the tensor formulas of dist.rs.

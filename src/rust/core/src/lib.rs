@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod mt;
 pub mod nn;
+pub mod parity;
 pub mod resident;
 pub mod scvi;
 pub mod train;
