@@ -5,11 +5,19 @@
 //!     [--filter COL=VALUE] [--batch-key COL] [--labels-key COL] [--epochs N] [--seed S]
 //!     [--batch-size B] [--device cpu|cuda|auto] [--gene-likelihood zinb|nb|poisson]
 //!     [--val-every N] [--mc-samples N] [--out DIR]
+//! rscvi-cli synth (the train data options, as --source-*) --cells N [--source-epochs E]
+//!     [--seed S] --out DIR      synthetic dataset drawn from a model fitted on the source
+//! rscvi-cli bench --data DIR [--epochs E] [--batch-size B] [--device D] [--out DIR]
+//! rscvi-cli gpu-check --cellbench DIR [--out DIR]   parity + CPU-vs-CUDA training check
 //! rscvi-cli device
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::time::Instant;
+
+mod npy;
+
+use std::path::Path;
 
 use rscvi_core::backend::resolve_device;
 use rscvi_core::data::{Categorical, CsrMatrix, DataSet};
@@ -18,6 +26,7 @@ use rscvi_core::metrics;
 use rscvi_core::model::ScviModel;
 use rscvi_core::on_device;
 use rscvi_core::scvi::ScviConfig;
+use rscvi_core::synth;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
 
 // Burn allocates a fresh buffer for every tensor op; glibc's malloc hands large buffers back
@@ -140,7 +149,8 @@ impl Observer for Printer {
     }
 }
 
-fn train_cmd(a: &Args) -> AnyResult<()> {
+/// The data named by --mtx/--obs/--features/--genes/--filter/--batch-key/--labels-key.
+fn load_data(a: &Args) -> AnyResult<DataSet> {
     let (n_feat, n_cells_all, trip) = read_mtx(a.get("mtx").ok_or("--mtx is required")?)?;
     let (header, obs) = read_tsv(a.get("obs").ok_or("--obs is required")?)?;
     let mut keep_cells: Vec<usize> = (0..n_cells_all).collect();
@@ -200,7 +210,12 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
         Some(k) => categorical(&sub(k)?),
         None => (Categorical::constant(n), vec![]),
     };
-    let data = DataSet::new(counts, batch, labels, vec![], vec![], None)?;
+    Ok(DataSet::new(counts, batch, labels, vec![], vec![], None)?)
+}
+
+fn train_cmd(a: &Args) -> AnyResult<()> {
+    let data = load_data(a)?;
+    let n = data.n_cells();
     let gene_likelihood = serde_json::from_value(serde_json::Value::String(
         a.get("gene-likelihood").unwrap_or("zinb").to_string(),
     ))?;
@@ -279,6 +294,220 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
     Ok(())
 }
 
+/// Fits SCVI on the source data, then writes a synthetic dataset of --cells cells.
+fn synth_cmd(a: &Args) -> AnyResult<()> {
+    let mut src = HashMap::new();
+    for k in [
+        "mtx",
+        "obs",
+        "features",
+        "genes",
+        "filter",
+        "batch-key",
+        "labels-key",
+    ] {
+        if let Some(v) = a.get(&format!("source-{k}")).or_else(|| a.get(k)) {
+            src.insert(k.to_string(), v.to_string());
+        }
+    }
+    let data = load_data(&Args(src))?;
+    let config = ScviConfig::new(data.n_genes(), data.batch.n_categories);
+    let mut model = ScviModel::new(config, &data, serde_json::Value::Null)?;
+    let cfg = TrainConfig {
+        max_epochs: Some(a.num("source-epochs", 100usize)?),
+        seed: Some(a.num("seed", 0u64)?),
+        check_val_every_n_epoch: 0,
+        ..Default::default()
+    };
+    model.train(
+        &data,
+        &cfg,
+        rscvi_core::backend::DeviceKind::Cpu,
+        &mut Printer,
+    )?;
+    let n = a.num("cells", 10_000usize)?;
+    let t = Instant::now();
+    let (counts, batch) = synth::sample(&model, n, a.num("seed", 0u64)?)?;
+    let dir = Path::new(a.get("out").ok_or("--out is required")?);
+    std::fs::create_dir_all(dir)?;
+    npy::write(
+        &dir.join("indptr.npy"),
+        &counts.indptr.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+    )?;
+    npy::write(
+        &dir.join("indices.npy"),
+        &counts.indices.iter().map(|&v| v as i32).collect::<Vec<_>>(),
+    )?;
+    npy::write(&dir.join("data.npy"), &counts.values)?;
+    npy::write(
+        &dir.join("batch.npy"),
+        &batch.iter().map(|&v| v as i32).collect::<Vec<_>>(),
+    )?;
+    let meta = serde_json::json!({
+        "n_cells": n, "n_genes": counts.n_cols, "n_batch": data.batch.n_categories,
+        "nnz": counts.values.len(), "seconds": t.elapsed().as_secs_f64(),
+    });
+    std::fs::write(dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+    println!("{meta}");
+    Ok(())
+}
+
+fn read_synthetic(dir: &Path) -> AnyResult<DataSet> {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
+    let get = |k: &str| {
+        meta[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or(format!("meta.json lacks {k}"))
+    };
+    let (n, g, nb) = (get("n_cells")?, get("n_genes")?, get("n_batch")?);
+    let indptr: Vec<usize> = npy::read::<i64>(&dir.join("indptr.npy"))?
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+    let indices: Vec<u32> = npy::read::<i32>(&dir.join("indices.npy"))?
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    let values = npy::read::<f32>(&dir.join("data.npy"))?;
+    let batch: Vec<u32> = npy::read::<i32>(&dir.join("batch.npy"))?
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    let counts = CsrMatrix::new(n, g, indptr, indices, values)?;
+    let batch = Categorical {
+        codes: batch,
+        n_categories: nb,
+    };
+    Ok(DataSet::new(
+        counts,
+        batch,
+        Categorical::constant(n),
+        vec![],
+        vec![],
+        None,
+    )?)
+}
+
+/// Times SCVI training on a synthetic dataset (validation only after the last epoch).
+fn bench_cmd(a: &Args) -> AnyResult<()> {
+    let dir = Path::new(a.get("data").ok_or("--data is required")?);
+    let data = read_synthetic(dir)?;
+    let device = resolve_device(a.get("device").unwrap_or("auto"))?;
+    let epochs = a.num("epochs", 5usize)?;
+    let batch_size = a.num("batch-size", 128usize)?;
+    let config = ScviConfig::new(data.n_genes(), data.batch.n_categories);
+    let mut model = ScviModel::new(config, &data, serde_json::Value::Null)?;
+    let cfg = TrainConfig {
+        max_epochs: Some(epochs),
+        batch_size,
+        seed: Some(a.num("seed", 0u64)?),
+        check_val_every_n_epoch: epochs,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let summary = model.train(&data, &cfg, device, &mut Printer)?;
+    let total = t.elapsed().as_secs_f64();
+    let h = &model.state.history;
+    let epoch_seconds: Vec<f64> = h.iter().map(|r| r.seconds).collect();
+    // The first epoch includes uploads and kernel compilation: report the rest too.
+    let steady = if epoch_seconds.len() > 1 {
+        epoch_seconds[1..].iter().sum::<f64>() / (epoch_seconds.len() - 1) as f64
+    } else {
+        total
+    };
+    let out = serde_json::json!({
+        "n_cells": data.n_cells(), "n_genes": data.n_genes(), "batch_size": batch_size,
+        "device": device.name(), "epochs": summary.epochs_run,
+        "seconds_total": total, "seconds_per_epoch": total / summary.epochs_run.max(1) as f64,
+        "seconds_per_epoch_after_first": steady, "epoch_seconds": epoch_seconds,
+        "elbo_train_last": h.last().map(|r| r.elbo_train),
+        "elbo_validation": h.last().and_then(|r| r.elbo_validation),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if let Some(o) = a.get("out") {
+        std::fs::create_dir_all(o)?;
+        std::fs::write(
+            Path::new(o).join("metrics.json"),
+            serde_json::to_string_pretty(&out)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// On a CUDA build: the parity vectors on the GPU backend, then SCVI on cellbench trained on
+/// the CPU and on the GPU with the same seed; the validation ELBOs must agree within 1%.
+fn gpu_check_cmd(a: &Args) -> AnyResult<()> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = a;
+        Err("rscvi-cli was built without the cuda feature".into())
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let device = resolve_device("cuda")?;
+        let checks = rscvi_core::parity::check_tensor_likelihoods::<rscvi_core::backend::Gpu>(
+            &Default::default(),
+        );
+        let parity_ok = checks.iter().all(|c| c.ok);
+        let dir = a.get("cellbench").ok_or("--cellbench DIR is required")?;
+        let mut src = HashMap::new();
+        for (k, v) in [
+            ("mtx", format!("{dir}/matrix.mtx.gz")),
+            ("obs", format!("{dir}/obs.tsv.gz")),
+            ("features", format!("{dir}/features.tsv.gz")),
+            ("genes", format!("{dir}/hvg2000.txt")),
+            ("filter", "demuxlet_cls=SNG".into()),
+            ("batch-key", "batch".into()),
+            ("labels-key", "cell_line".into()),
+        ] {
+            src.insert(k.to_string(), v);
+        }
+        let data = load_data(&Args(src))?;
+        let epochs = a.num("epochs", 50usize)?;
+        let mut elbo = Vec::new();
+        for kind in [rscvi_core::backend::DeviceKind::Cpu, device] {
+            let config = ScviConfig::new(data.n_genes(), data.batch.n_categories);
+            let mut model = ScviModel::new(config, &data, serde_json::Value::Null)?;
+            let cfg = TrainConfig {
+                max_epochs: Some(epochs),
+                seed: Some(0),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            model.train(&data, &cfg, kind, &mut Printer)?;
+            let secs = t.elapsed().as_secs_f64();
+            let val = model.state.split.validation.clone();
+            let (rec, kl) = on_device!(model, kind, |m, d| infer::elbo_terms(
+                m, &data, &val, 128, d
+            )?);
+            let v = (rec.iter().sum::<f64>() + kl.iter().sum::<f64>()) / val.len() as f64;
+            elbo.push((kind.name(), v, secs));
+        }
+        let rel = (elbo[1].1 - elbo[0].1).abs() / elbo[0].1;
+        let out = serde_json::json!({
+            "parity_ok": parity_ok, "parity": checks,
+            "cellbench_epochs": epochs,
+            "elbo_validation": elbo.iter().map(|(k, v, s)| serde_json::json!({"device": k, "elbo_validation": v, "train_seconds": s})).collect::<Vec<_>>(),
+            "relative_difference": rel, "within_1_percent": rel <= 0.01,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        if let Some(o) = a.get("out") {
+            std::fs::create_dir_all(o)?;
+            std::fs::write(
+                Path::new(o).join("gpu-check.json"),
+                serde_json::to_string_pretty(&out)?,
+            )?;
+        }
+        if parity_ok && rel <= 0.01 {
+            Ok(())
+        } else {
+            Err("gpu-check failed".into())
+        }
+    }
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut map = HashMap::new();
@@ -294,6 +523,9 @@ fn main() {
     let args = Args(map);
     let result = match argv.first().map(|s| s.as_str()) {
         Some("train") => train_cmd(&args),
+        Some("synth") => synth_cmd(&args),
+        Some("bench") => bench_cmd(&args),
+        Some("gpu-check") => gpu_check_cmd(&args),
         Some("device") => {
             println!(
                 "cuda compiled: {}, driver: {}",
@@ -302,7 +534,7 @@ fn main() {
             );
             Ok(())
         }
-        _ => Err("usage: rscvi-cli <train|device> [--options]; see the source header".into()),
+        _ => Err("usage: rscvi-cli <train|synth|bench|gpu-check|device> [--options]; see the source header".into()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

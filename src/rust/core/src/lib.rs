@@ -14,6 +14,7 @@ pub mod nn;
 pub mod parity;
 pub mod resident;
 pub mod scvi;
+pub mod synth;
 pub mod train;
 
 pub use error::{Error, Result};

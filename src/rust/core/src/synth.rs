@@ -1,0 +1,183 @@
+//! Synthetic count data drawn from a fitted SCVI model, for benchmarks at sizes no shipped
+//! dataset has (realistic sparsity and mean-variance structure): z ~ N(0, I), a uniform
+//! batch, a log library from that batch's prior, then a draw from p(x | z, ℓ).
+//! The Poisson draw uses a normal approximation above λ = 12 (benchmark data, not inference).
+
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::backend::Cpu;
+use crate::data::{covariate_width, CsrMatrix, HostBatch};
+use crate::error::Result;
+use crate::model::ScviModel;
+use crate::scvi::{Batch, GeneLikelihood};
+
+fn normal(rng: &mut impl Rng) -> f64 {
+    // Box-Muller; the cosine branch only.
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Gamma(shape, scale 1), Marsaglia & Tsang; shape < 1 through the U^(1/shape) boost.
+fn gamma(rng: &mut impl Rng, shape: f64) -> f64 {
+    if shape < 1.0 {
+        let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        return gamma(rng, shape + 1.0) * u.powf(1.0 / shape);
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let x = normal(rng);
+        let v = (1.0 + c * x).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u: f64 = rng.random();
+        if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
+fn poisson(rng: &mut impl Rng, lambda: f64) -> f64 {
+    if lambda <= 0.0 {
+        return 0.0;
+    }
+    if lambda < 12.0 {
+        let limit = (-lambda).exp();
+        let (mut k, mut p) = (0.0, rng.random::<f64>());
+        while p > limit {
+            k += 1.0;
+            p *= rng.random::<f64>();
+        }
+        return k;
+    }
+    (lambda + lambda.sqrt() * normal(rng)).round().max(0.0)
+}
+
+/// `n_cells` synthetic cells: (counts, batch codes).
+pub fn sample(model: &ScviModel, n_cells: usize, seed: u64) -> Result<(CsrMatrix, Vec<u32>)> {
+    let c = model.config().clone();
+    let (g, nb, l) = (c.n_input, c.n_batch, c.n_latent);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let means: Vec<f32> = model
+        .module
+        .library_log_means
+        .value_sync()
+        .into_data()
+        .to_vec()
+        .unwrap_or_default();
+    let vars: Vec<f32> = model
+        .module
+        .library_log_vars
+        .value_sync()
+        .into_data()
+        .to_vec()
+        .unwrap_or_default();
+    let width = covariate_width(nb, &c.n_cats_per_cov);
+    let device = Default::default();
+    let (mut indptr, mut indices, mut values) = (vec![0usize], Vec::new(), Vec::new());
+    let mut batches = Vec::with_capacity(n_cells);
+    const CHUNK: usize = 4096;
+    let mut done = 0;
+    while done < n_cells {
+        let n = CHUNK.min(n_cells - done);
+        let codes: Vec<u32> = (0..n).map(|_| rng.random_range(0..nb as u32)).collect();
+        let mut onehot = vec![0f32; n * nb];
+        let mut covs = vec![0f32; n * width];
+        let mut lib = vec![0f32; n];
+        for (r, &b) in codes.iter().enumerate() {
+            onehot[r * nb + b as usize] = 1.0;
+            if nb > 1 {
+                covs[r * width + b as usize] = 1.0; // extra categorical covariates stay at code 0
+            }
+            lib[r] = means[b as usize] + vars[b as usize].sqrt() * normal(&mut rng) as f32;
+        }
+        let z: Vec<f32> = (0..n * l).map(|_| normal(&mut rng) as f32).collect();
+        let host = HostBatch {
+            n,
+            x: vec![0.0; n * g],
+            x_log: vec![0.0; n * g],
+            log_library: lib.clone(),
+            log_factorial: vec![0.0; n],
+            batch_onehot: onehot,
+            // every synthetic cell gets label code 0
+            labels_onehot: (0..n * c.n_labels)
+                .map(|i| (i % c.n_labels == 0) as u8 as f32)
+                .collect(),
+            covariates: covs,
+            covariate_width: width,
+            continuous: vec![0.0; n * c.n_continuous_cov],
+            size_factor: c
+                .use_size_factor
+                .then(|| lib.iter().map(|v| v.exp()).collect()),
+        };
+        let b = Batch::<Cpu>::from_host(&host, g, &device);
+        let zt = burn::tensor::Tensor::<Cpu, 2>::from_data(
+            burn::tensor::TensorData::new(z, [n, l]),
+            &device,
+        );
+        let m = &model.module;
+        let gen = m.generative(&b, m.transform_latent(zt), b.log_library.clone(), false);
+        let host_vec = |t: burn::tensor::Tensor<Cpu, 2>| -> Vec<f32> {
+            t.into_data().to_vec().unwrap_or_default()
+        };
+        let rate = host_vec(gen.rate);
+        let theta_per_gene = gen.theta.dims()[0] == 1;
+        let theta = host_vec(gen.theta);
+        let pi = gen.dropout_logits.map(host_vec);
+        for r in 0..n {
+            for j in 0..g {
+                let mu = rate[r * g + j] as f64;
+                let th = theta[if theta_per_gene { j } else { r * g + j }] as f64;
+                let w = match c.gene_likelihood {
+                    GeneLikelihood::Poisson => mu,
+                    _ => (gamma(&mut rng, th) * mu / th).min(1e8),
+                };
+                let mut count = poisson(&mut rng, w);
+                if let Some(pi) = &pi {
+                    let p_zero = 1.0 / (1.0 + (-(pi[r * g + j] as f64)).exp());
+                    if rng.random::<f64>() < p_zero {
+                        count = 0.0;
+                    }
+                }
+                if count > 0.0 {
+                    indices.push(j as u32);
+                    values.push(count as f32);
+                }
+            }
+            indptr.push(values.len());
+        }
+        batches.extend(codes);
+        done += n;
+    }
+    Ok((
+        CsrMatrix::new(n_cells, g, indptr, indices, values)?,
+        batches,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samplers_have_the_right_means() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let n = 20_000;
+        for shape in [0.3, 2.5] {
+            let m: f64 = (0..n).map(|_| gamma(&mut rng, shape)).sum::<f64>() / n as f64;
+            assert!(
+                (m - shape).abs() < 0.05 * shape.max(1.0),
+                "gamma({shape}) mean {m}"
+            );
+        }
+        for lambda in [0.7, 30.0] {
+            let m: f64 = (0..n).map(|_| poisson(&mut rng, lambda)).sum::<f64>() / n as f64;
+            assert!(
+                (m - lambda).abs() < 0.05 * lambda.max(1.0),
+                "poisson({lambda}) mean {m}"
+            );
+        }
+    }
+}
