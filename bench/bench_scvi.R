@@ -34,7 +34,8 @@ metrics_for <- function(z) c(
 
 # PCA on log-normalised counts: the uncorrected baseline for batch mixing.
 counts <- SingleCellExperiment::counts(sce)
-lognorm <- log1p(t(t(as.matrix(counts)) / colSums(counts)) * 1e4)
+counts <- as.matrix(counts)
+lognorm <- log1p(t(t(counts) / colSums(counts)) * 1e4)
 pca <- stats::prcomp(t(lognorm), rank. = 10)$x
 pca_metrics <- metrics_for(pca)
 

@@ -4,6 +4,7 @@
 //! The Poisson draw uses a normal approximation above λ = 12 (benchmark data, not inference).
 
 use rand::{Rng, RngExt, SeedableRng};
+use rayon::prelude::*;
 
 use crate::backend::Cpu;
 use crate::data::{covariate_width, CsrMatrix, HostBatch};
@@ -55,11 +56,13 @@ fn poisson(rng: &mut impl Rng, lambda: f64) -> f64 {
     (lambda + lambda.sqrt() * normal(rng)).round().max(0.0)
 }
 
-/// `n_cells` synthetic cells: (counts, batch codes).
-pub fn sample(model: &ScviModel, n_cells: usize, seed: u64) -> Result<(CsrMatrix, Vec<u32>)> {
-    let c = model.config().clone();
+/// One chunk of synthetic cells: (per-cell (gene, count) rows, batch codes).
+type Chunk = (Vec<Vec<(u32, f32)>>, Vec<u32>);
+
+/// `n` synthetic cells drawn with `rng`.
+fn sample_chunk(model: &ScviModel, n: usize, rng: &mut rand::rngs::StdRng) -> Chunk {
+    let c = model.config();
     let (g, nb, l) = (c.n_input, c.n_batch, c.n_latent);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let means: Vec<f32> = model
         .module
         .library_log_means
@@ -76,65 +79,61 @@ pub fn sample(model: &ScviModel, n_cells: usize, seed: u64) -> Result<(CsrMatrix
         .unwrap_or_default();
     let width = covariate_width(nb, &c.n_cats_per_cov);
     let device = Default::default();
-    let (mut indptr, mut indices, mut values) = (vec![0usize], Vec::new(), Vec::new());
-    let mut batches = Vec::with_capacity(n_cells);
-    const CHUNK: usize = 4096;
-    let mut done = 0;
-    while done < n_cells {
-        let n = CHUNK.min(n_cells - done);
-        let codes: Vec<u32> = (0..n).map(|_| rng.random_range(0..nb as u32)).collect();
-        let mut onehot = vec![0f32; n * nb];
-        let mut covs = vec![0f32; n * width];
-        let mut lib = vec![0f32; n];
-        for (r, &b) in codes.iter().enumerate() {
-            onehot[r * nb + b as usize] = 1.0;
-            if nb > 1 {
-                covs[r * width + b as usize] = 1.0; // extra categorical covariates stay at code 0
-            }
-            lib[r] = means[b as usize] + vars[b as usize].sqrt() * normal(&mut rng) as f32;
+    let codes: Vec<u32> = (0..n).map(|_| rng.random_range(0..nb as u32)).collect();
+    let mut onehot = vec![0f32; n * nb];
+    let mut covs = vec![0f32; n * width];
+    let mut lib = vec![0f32; n];
+    for (r, &b) in codes.iter().enumerate() {
+        onehot[r * nb + b as usize] = 1.0;
+        if nb > 1 {
+            covs[r * width + b as usize] = 1.0; // extra categorical covariates stay at code 0
         }
-        let z: Vec<f32> = (0..n * l).map(|_| normal(&mut rng) as f32).collect();
-        let host = HostBatch {
-            n,
-            x: vec![0.0; n * g],
-            x_log: vec![0.0; n * g],
-            log_library: lib.clone(),
-            log_factorial: vec![0.0; n],
-            batch_onehot: onehot,
-            // every synthetic cell gets label code 0
-            labels_onehot: (0..n * c.n_labels)
-                .map(|i| (i % c.n_labels == 0) as u8 as f32)
-                .collect(),
-            covariates: covs,
-            covariate_width: width,
-            continuous: vec![0.0; n * c.n_continuous_cov],
-            size_factor: c
-                .use_size_factor
-                .then(|| lib.iter().map(|v| v.exp()).collect()),
-        };
-        let b = Batch::<Cpu>::from_host(&host, g, &device);
-        let zt = burn::tensor::Tensor::<Cpu, 2>::from_data(
-            burn::tensor::TensorData::new(z, [n, l]),
-            &device,
-        );
-        let m = &model.module;
-        let gen = m.generative(&b, m.transform_latent(zt), b.log_library.clone(), false);
-        let host_vec = |t: burn::tensor::Tensor<Cpu, 2>| -> Vec<f32> {
-            t.into_data().to_vec().unwrap_or_default()
-        };
-        let rate = host_vec(gen.rate);
-        let theta_per_gene = gen.theta.dims()[0] == 1;
-        let theta = host_vec(gen.theta);
-        let pi = gen.dropout_logits.map(host_vec);
-        for r in 0..n {
+        lib[r] = means[b as usize] + vars[b as usize].sqrt() * normal(rng) as f32;
+    }
+    let z: Vec<f32> = (0..n * l).map(|_| normal(rng) as f32).collect();
+    let host = HostBatch {
+        n,
+        x: vec![0.0; n * g],
+        x_log: vec![0.0; n * g],
+        log_library: lib.clone(),
+        log_factorial: vec![0.0; n],
+        batch_onehot: onehot,
+        // every synthetic cell gets label code 0
+        labels_onehot: (0..n * c.n_labels)
+            .map(|i| (i % c.n_labels == 0) as u8 as f32)
+            .collect(),
+        covariates: covs,
+        covariate_width: width,
+        continuous: vec![0.0; n * c.n_continuous_cov],
+        size_factor: c
+            .use_size_factor
+            .then(|| lib.iter().map(|v| v.exp()).collect()),
+    };
+    let b = Batch::<Cpu>::from_host(&host, g, &device);
+    let zt = burn::tensor::Tensor::<Cpu, 2>::from_data(
+        burn::tensor::TensorData::new(z, [n, l]),
+        &device,
+    );
+    let m = &model.module;
+    let gen = m.generative(&b, m.transform_latent(zt), b.log_library.clone(), false);
+    let host_vec = |t: burn::tensor::Tensor<Cpu, 2>| -> Vec<f32> {
+        t.into_data().to_vec().unwrap_or_default()
+    };
+    let rate = host_vec(gen.rate);
+    let theta_per_gene = gen.theta.dims()[0] == 1;
+    let theta = host_vec(gen.theta);
+    let pi = gen.dropout_logits.map(host_vec);
+    let rows = (0..n)
+        .map(|r| {
+            let mut row = Vec::new();
             for j in 0..g {
                 let mu = rate[r * g + j] as f64;
                 let th = theta[if theta_per_gene { j } else { r * g + j }] as f64;
                 let w = match c.gene_likelihood {
                     GeneLikelihood::Poisson => mu,
-                    _ => (gamma(&mut rng, th) * mu / th).min(1e8),
+                    _ => (gamma(rng, th) * mu / th).min(1e8),
                 };
-                let mut count = poisson(&mut rng, w);
+                let mut count = poisson(rng, w);
                 if let Some(pi) = &pi {
                     let p_zero = 1.0 / (1.0 + (-(pi[r * g + j] as f64)).exp());
                     if rng.random::<f64>() < p_zero {
@@ -142,19 +141,42 @@ pub fn sample(model: &ScviModel, n_cells: usize, seed: u64) -> Result<(CsrMatrix
                     }
                 }
                 if count > 0.0 {
-                    indices.push(j as u32);
-                    values.push(count as f32);
+                    row.push((j as u32, count as f32));
                 }
             }
+            row
+        })
+        .collect();
+    (rows, codes)
+}
+
+/// `n_cells` synthetic cells: (counts, batch codes). Chunks are drawn in parallel, each with
+/// its own stream derived from `seed`, so the result does not depend on the thread count.
+pub fn sample(model: &ScviModel, n_cells: usize, seed: u64) -> Result<(CsrMatrix, Vec<u32>)> {
+    const CHUNK: usize = 2048;
+    let n_chunks = n_cells.div_ceil(CHUNK);
+    let chunks: Vec<Chunk> = (0..n_chunks)
+        .into_par_iter()
+        .map(|k| {
+            let n = CHUNK.min(n_cells - k * CHUNK);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(k as u64),
+            );
+            sample_chunk(model, n, &mut rng)
+        })
+        .collect();
+    let (mut indptr, mut indices, mut values) = (vec![0usize], Vec::new(), Vec::new());
+    let mut batches = Vec::with_capacity(n_cells);
+    for (rows, codes) in chunks {
+        for row in rows {
+            indices.extend(row.iter().map(|e| e.0));
+            values.extend(row.iter().map(|e| e.1));
             indptr.push(values.len());
         }
         batches.extend(codes);
-        done += n;
     }
-    Ok((
-        CsrMatrix::new(n_cells, g, indptr, indices, values)?,
-        batches,
-    ))
+    CsrMatrix::new(n_cells, model.config().n_input, indptr, indices, values).map(|m| (m, batches))
 }
 
 #[cfg(test)]
