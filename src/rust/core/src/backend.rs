@@ -4,7 +4,11 @@
 
 use crate::error::{Error, Result};
 
+#[cfg(not(feature = "ndarray"))]
 pub type Cpu = burn::backend::Flex;
+/// NdArray instead of Flex, only to re-measure the choice (`--features ndarray`).
+#[cfg(feature = "ndarray")]
+pub type Cpu = burn::backend::NdArray;
 pub type CpuTrain = burn::backend::Autodiff<Cpu>;
 
 #[cfg(feature = "cuda")]

@@ -116,6 +116,8 @@ pub struct DataSet {
     pub log_library: Vec<f32>,
     /// sum over genes of lgamma(x + 1): the constant part of every count likelihood.
     pub log_factorial: Vec<f32>,
+    /// log(1 + x) of every stored count (the encoder's input), computed once.
+    pub log1p_values: Vec<f32>,
 }
 
 impl DataSet {
@@ -182,8 +184,10 @@ impl DataSet {
                     .sum::<f64>() as f32
             })
             .collect();
+        let log1p_values = counts.values.iter().map(|v| v.ln_1p()).collect();
         Ok(Self {
             counts,
+            log1p_values,
             batch,
             labels,
             categorical_covariates,
@@ -333,10 +337,11 @@ impl DataSet {
         let mut x = vec![0f32; n * g];
         let mut x_log = vec![0f32; n * g];
         for (r, &c) in cells.iter().enumerate() {
-            let (idx, val) = self.counts.row(c);
-            for (&j, &v) in idx.iter().zip(val) {
-                x[r * g + j as usize] = v;
-                x_log[r * g + j as usize] = v.ln_1p();
+            let (start, end) = (self.counts.indptr[c], self.counts.indptr[c + 1]);
+            for k in start..end {
+                let j = r * g + self.counts.indices[k] as usize;
+                x[j] = self.counts.values[k];
+                x_log[j] = self.log1p_values[k];
             }
         }
         let n_batch = self.batch.n_categories;

@@ -112,6 +112,8 @@ pub struct FusedOut {
     pub d_mu: Vec<f32>,
     pub d_theta: Vec<f32>,
     pub d_pi: Vec<f32>,
+    /// ∂/∂ℓ per cell (only from logits).
+    pub d_library: Vec<f32>,
 }
 
 /// θ per gene (shared by all cells) or per element.
@@ -276,12 +278,74 @@ fn split_rows(v: &mut [f32], n: usize, g: usize) -> Vec<&mut [f32]> {
     }
 }
 
+/// Where μ comes from: given, or softmax(logits)·exp(log library) per cell.
+#[derive(Clone, Copy)]
+enum Mean<'a> {
+    Given(&'a [f32]),
+    Logits {
+        raw: &'a [f32],
+        log_library: &'a [f32],
+    },
+}
+
 /// Evaluates `lik` on n cells x g genes (row-major `x`, `mu`, `pi`). A cell whose μ, θ or π
 /// is not finite gets a NaN value, so divergence is still detected.
 pub fn log_likelihood(
     lik: Likelihood,
     x: &[f32],
     mu: &[f32],
+    theta: Theta,
+    pi: Option<&[f32]>,
+    g: usize,
+    grad: bool,
+) -> FusedOut {
+    run(lik, x, Mean::Given(mu), theta, pi, g, grad)
+}
+
+/// As [`log_likelihood`] with μ = exp(ℓ)·softmax(raw) per cell; `d_mu` then holds ∂/∂raw and
+/// `d_library` ∂/∂ℓ, folding the softmax and the library scaling into the same pass.
+#[allow(clippy::too_many_arguments)]
+pub fn log_likelihood_from_logits(
+    lik: Likelihood,
+    x: &[f32],
+    raw: &[f32],
+    log_library: &[f32],
+    theta: Theta,
+    pi: Option<&[f32]>,
+    g: usize,
+    grad: bool,
+) -> FusedOut {
+    run(
+        lik,
+        x,
+        Mean::Logits { raw, log_library },
+        theta,
+        pi,
+        g,
+        grad,
+    )
+}
+
+/// softmax(raw)·exp(ℓ) into `mu`; returns the softmax normaliser's scale exp(ℓ)/Σe.
+#[inline(always)]
+fn softmax_mean(raw: &[f32], log_library: f32, mu: &mut [f32]) {
+    let g = raw.len();
+    let (raw, mu) = (&raw[..g], &mut mu[..g]);
+    let max = raw.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for j in 0..g {
+        mu[j] = exp(raw[j] - max);
+    }
+    let sum: f64 = mu.iter().map(|&v| v as f64).sum();
+    let scale = ((log_library as f64).exp() / sum) as f32;
+    for v in mu.iter_mut() {
+        *v *= scale;
+    }
+}
+
+fn run(
+    lik: Likelihood,
+    x: &[f32],
+    mean: Mean,
     theta: Theta,
     pi: Option<&[f32]>,
     g: usize,
@@ -299,23 +363,31 @@ pub fn log_likelihood(
         d_mu: vec![0.0; grad_len],
         d_theta: vec![0.0; grad_len],
         d_pi: vec![0.0; pi_len],
+        d_library: vec![0.0; if grad { n } else { 0 }],
     };
     let (mut d_mu, mut d_theta, mut d_pi) = (
         std::mem::take(&mut out.d_mu),
         std::mem::take(&mut out.d_theta),
         std::mem::take(&mut out.d_pi),
     );
+    let mut d_lib = std::mem::take(&mut out.d_library);
+    let lib_slots: Vec<Option<&mut f32>> = if grad {
+        d_lib.iter_mut().map(Some).collect()
+    } else {
+        (0..n).map(|_| None).collect()
+    };
     let jobs: Vec<_> = out
         .per_cell
         .iter_mut()
         .zip(split_rows(&mut d_mu, n, g))
         .zip(split_rows(&mut d_theta, n, g))
         .zip(split_rows(&mut d_pi, n, g))
+        .zip(lib_slots)
         .enumerate()
         .collect();
     jobs.into_par_iter().for_each_init(
-        || (vec![0f32; g], ThetaConsts::default()),
-        |(values, own), (c, (((v, dm), dt), dp))| {
+        || (vec![0f32; g], vec![0f32; g], ThetaConsts::default()),
+        |(values, mu_buf, own), (c, ((((v, dm), dt), dp), dl))| {
             let cells = c * g..(c + 1) * g;
             let k = if theta.per_gene || lik == Likelihood::Poisson {
                 &shared
@@ -323,10 +395,18 @@ pub fn log_likelihood(
                 own.fill(&theta.values[cells.clone()]);
                 &*own
             };
+            let mu: &[f32] = match mean {
+                Mean::Given(mu) => &mu[cells.clone()],
+                Mean::Logits { raw, log_library } => {
+                    softmax_mean(&raw[cells.clone()], log_library[c], mu_buf);
+                    mu_buf
+                }
+            };
+            let pi_row = pi.map_or(&[][..], |p| &p[cells.clone()]);
             let r = Row {
                 x: &x[cells.clone()],
-                mu: &mu[cells.clone()],
-                pi: pi.map_or(&[][..], |p| &p[cells.clone()]),
+                mu,
+                pi: pi_row,
                 k,
             };
             let mut o = RowOut {
@@ -336,17 +416,33 @@ pub fn log_likelihood(
                 d_pi: dp,
             };
             row(lik, grad, &r, &mut o);
-            let finite = all_finite(r.mu) && all_finite(&k.theta) && all_finite(r.pi);
+            let finite = all_finite(mu) && all_finite(&k.theta) && all_finite(pi_row);
             *v = if finite {
-                values.iter().map(|&v| v as f64).sum::<f64>() as f32
+                o.value.iter().map(|&v| v as f64).sum::<f64>() as f32
             } else {
                 f32::NAN
             };
+            if let (Mean::Logits { .. }, Some(dl)) = (mean, dl) {
+                // μ_j = e^ℓ s_j: ∂/∂raw_j = μ_j g_j - s_j Σ_k μ_k g_k and ∂/∂ℓ = Σ_k μ_k g_k.
+                let dm = &mut o.d_mu[..g];
+                let t: f64 = dm
+                    .iter()
+                    .zip(mu)
+                    .map(|(&gk, &mk)| gk as f64 * mk as f64)
+                    .sum();
+                let total: f64 = mu.iter().map(|&m| m as f64).sum();
+                let t_over_total = (t / total) as f32;
+                for j in 0..g {
+                    dm[j] = mu[j] * (dm[j] - t_over_total);
+                }
+                *dl = t as f32;
+            }
         },
     );
     out.d_mu = d_mu;
     out.d_theta = d_theta;
     out.d_pi = d_pi;
+    out.d_library = d_lib;
     out
 }
 
@@ -499,6 +595,58 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The logits variant equals the tensor chain softmax -> ·exp(ℓ) -> likelihood, with its
+    /// gradients in the logits and the library.
+    #[test]
+    fn logits_path_matches_autodiff_through_softmax() {
+        type AD = Autodiff<Flex>;
+        let dev = Default::default();
+        let x = [0.0f32, 3.0, 0.0, 12.0, 1.0, 0.0];
+        let raw = [0.3f32, -1.0, 2.0, 0.5, 0.0, -0.7];
+        let lib = [2.0f32, 3.5];
+        let th = [1.3f32, 0.4, 7.0];
+        let pi = [-1.0f32, 0.5, 2.0, -3.0, 0.3, 1.5];
+        let t2 =
+            |v: &[f32], r, c| Tensor::<AD, 2>::from_data(TensorData::new(v.to_vec(), [r, c]), &dev);
+        let (rt, lt) = (t2(&raw, 2, 3).require_grad(), t2(&lib, 2, 1).require_grad());
+        let mu = burn::tensor::activation::softmax(rt.clone(), 1) * lt.clone().exp();
+        let lp = dist::zinb_log_prob_unnormalized(t2(&x, 2, 3), mu, t2(&th, 1, 3), t2(&pi, 2, 3));
+        let total: f32 = lp.clone().sum().into_scalar();
+        let grads = lp.sum().backward();
+        let gr: Vec<f32> = rt.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let gl: Vec<f32> = lt.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let out = log_likelihood_from_logits(
+            Likelihood::Zinb,
+            &x,
+            &raw,
+            &lib,
+            Theta {
+                values: &th,
+                per_gene: true,
+            },
+            Some(&pi),
+            3,
+            true,
+        );
+        assert!((total - out.per_cell.iter().sum::<f32>()).abs() < 1e-4);
+        for i in 0..6 {
+            assert!(
+                (gr[i] - out.d_mu[i]).abs() < 1e-5,
+                "d_raw[{i}] {} vs {}",
+                gr[i],
+                out.d_mu[i]
+            );
+        }
+        for c in 0..2 {
+            assert!(
+                (gl[c] - out.d_library[c]).abs() < 1e-4,
+                "d_lib[{c}] {} vs {}",
+                gl[c],
+                out.d_library[c]
+            );
         }
     }
 }

@@ -211,6 +211,46 @@ impl<B: Backend> Batch<B> {
     }
 }
 
+fn host<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
+    t.clone()
+        .detach()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// `values` (per cell) as a tensor that back-propagates Σ ∂·t for each (∂, t) pair: the
+/// surrogate's own value is subtracted, so only its gradient remains.
+fn with_surrogate<B: Backend>(
+    values: Vec<f32>,
+    terms: Vec<(Vec<f32>, Tensor<B, 2>)>,
+    library: Option<(Vec<f32>, Tensor<B, 2>)>,
+    grad: bool,
+    n: usize,
+    g: usize,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let value = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+    if !grad {
+        return value;
+    }
+    let mut surrogate: Option<Tensor<B, 2>> = None;
+    for (d, t) in terms {
+        let term = Tensor::<B, 2>::from_data(TensorData::new(d, [n, g]), device) * t;
+        surrogate = Some(match surrogate {
+            Some(s) => s + term,
+            None => term,
+        });
+    }
+    let mut s = surrogate.expect("at least one term").sum_dim(1);
+    if let Some((d, l)) = library {
+        s = s + Tensor::<B, 2>::from_data(TensorData::new(d, [n, 1]), device) * l;
+    }
+    let s = s.squeeze_dim::<1>(1);
+    s.clone() - s.detach() + value
+}
+
 impl<B: Backend> Batch<B> {
     /// Rows `idx` of every field (a minibatch of a device-resident dataset).
     pub fn select(&self, idx: Tensor<B, 1, burn::tensor::Int>) -> Self {
@@ -260,6 +300,12 @@ pub struct Inference<B: Backend> {
     pub ql: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
     /// Library fed to the decoder (log scale), (n, 1).
     pub library: Tensor<B, 2>,
+}
+
+pub struct DecoderOutputs<B: Backend> {
+    pub raw_scale: Tensor<B, 2>,
+    pub theta: Tensor<B, 2>,
+    pub dropout_logits: Option<Tensor<B, 2>>,
 }
 
 pub struct Generative<B: Backend> {
@@ -398,13 +444,14 @@ impl<B: Backend> Scvi<B> {
     }
 
     /// Decoder pass. `library` is on the log scale; a registered size factor replaces it.
-    pub fn generative(
+    /// Decoder network up to its heads: the unnormalised scale logits, θ and the dropout
+    /// logits (ZINB only).
+    pub fn decoder_outputs(
         &self,
         b: &Batch<B>,
         z: Tensor<B, 2>,
-        library: Tensor<B, 2>,
         training: bool,
-    ) -> Generative<B> {
+    ) -> DecoderOutputs<B> {
         let c = &self.config;
         let d = match &b.continuous {
             Some(u) => Tensor::cat(vec![z, u.clone()], 1),
@@ -415,11 +462,6 @@ impl<B: Backend> Scvi<B> {
             .px_decoder
             .forward(d, b.covariates.as_ref(), training);
         let raw_scale = self.decoder.px_scale_decoder.forward(h.clone());
-        let (scale, library) = match &b.log_size_factor {
-            Some(lsf) => (dist::softplus(raw_scale), lsf.clone()),
-            None => (activation::softmax(raw_scale, 1), library),
-        };
-        let rate = library.exp() * scale.clone();
         let theta = match c.dispersion {
             Dispersion::Gene => self.px_r.val().exp(),
             Dispersion::GeneBatch => b.batch_onehot.clone().matmul(self.px_r.val()).exp(),
@@ -428,11 +470,32 @@ impl<B: Backend> Scvi<B> {
         };
         let dropout_logits = (c.gene_likelihood == GeneLikelihood::Zinb)
             .then(|| self.decoder.px_dropout_decoder.forward(h));
+        DecoderOutputs {
+            raw_scale,
+            theta,
+            dropout_logits,
+        }
+    }
+
+    /// Decoder pass. `library` is on the log scale; a registered size factor replaces it.
+    pub fn generative(
+        &self,
+        b: &Batch<B>,
+        z: Tensor<B, 2>,
+        library: Tensor<B, 2>,
+        training: bool,
+    ) -> Generative<B> {
+        let out = self.decoder_outputs(b, z, training);
+        let (scale, library) = match &b.log_size_factor {
+            Some(lsf) => (dist::softplus(out.raw_scale), lsf.clone()),
+            None => (activation::softmax(out.raw_scale, 1), library),
+        };
+        let rate = library.exp() * scale.clone();
         Generative {
             scale,
             rate,
-            theta,
-            dropout_logits,
+            theta: out.theta,
+            dropout_logits: out.dropout_logits,
         }
     }
 
@@ -462,6 +525,14 @@ impl<B: Backend> Scvi<B> {
         lp.sum_dim(1).squeeze_dim::<1>(1)
     }
 
+    fn fused_kind(&self) -> Likelihood {
+        match self.config.gene_likelihood {
+            GeneLikelihood::Zinb => Likelihood::Zinb,
+            GeneLikelihood::Nb => Likelihood::Nb,
+            GeneLikelihood::Poisson => Likelihood::Poisson,
+        }
+    }
+
     /// The fused host kernel (fused.rs) gives the values and ∂/∂μ, ∂/∂θ, ∂/∂π; the graph gets
     /// them through a surrogate Σ(∂μ·μ + ∂θ·θ + ∂π·π) whose value is cancelled out, so the
     /// result equals the log-likelihood and back-propagates its exact gradient.
@@ -472,20 +543,7 @@ impl<B: Backend> Scvi<B> {
         grad: bool,
     ) -> Tensor<B, 1> {
         let [n, g] = x.dims();
-        let device = x.device();
-        let host = |t: &Tensor<B, 2>| -> Vec<f32> {
-            t.clone()
-                .detach()
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .unwrap_or_default()
-        };
-        let lik = match self.config.gene_likelihood {
-            GeneLikelihood::Zinb => Likelihood::Zinb,
-            GeneLikelihood::Nb => Likelihood::Nb,
-            GeneLikelihood::Poisson => Likelihood::Poisson,
-        };
+        let lik = self.fused_kind();
         let (xv, mu, theta) = (host(&x), host(&gen.rate), host(&gen.theta));
         let pi = gen.dropout_logits.as_ref().map(host);
         let per_gene = gen.theta.dims()[0] == 1 && n != 1;
@@ -501,20 +559,60 @@ impl<B: Backend> Scvi<B> {
             g,
             grad,
         );
-        let value = Tensor::<B, 1>::from_data(TensorData::new(out.per_cell, [n]), &device);
-        if !grad {
-            return value;
-        }
-        let mat = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [n, g]), &device);
-        let mut surrogate = mat(out.d_mu) * gen.rate.clone();
+        let mut terms = vec![(out.d_mu, gen.rate.clone())];
         if lik != Likelihood::Poisson {
-            surrogate = surrogate + mat(out.d_theta) * gen.theta.clone();
+            terms.push((out.d_theta, gen.theta.clone()));
         }
         if let Some(p) = &gen.dropout_logits {
-            surrogate = surrogate + mat(out.d_pi) * p.clone();
+            terms.push((out.d_pi, p.clone()));
         }
-        let surrogate = surrogate.sum_dim(1).squeeze_dim::<1>(1);
-        surrogate.clone() - surrogate.detach() + value
+        with_surrogate(out.per_cell, terms, None, grad, n, g, &x.device())
+    }
+
+    /// As `fused_log_likelihood`, from the decoder's scale logits: the softmax, the library
+    /// scaling and their derivatives are folded into the kernel (training, no size factor).
+    fn fused_log_likelihood_from_logits(
+        &self,
+        x: Tensor<B, 2>,
+        dec: &DecoderOutputs<B>,
+        library: Tensor<B, 2>,
+        grad: bool,
+    ) -> Tensor<B, 1> {
+        let [n, g] = x.dims();
+        let lik = self.fused_kind();
+        let (xv, raw, theta) = (host(&x), host(&dec.raw_scale), host(&dec.theta));
+        let lib = host(&library);
+        let pi = dec.dropout_logits.as_ref().map(host);
+        let per_gene = dec.theta.dims()[0] == 1 && n != 1;
+        let out = fused::log_likelihood_from_logits(
+            lik,
+            &xv,
+            &raw,
+            &lib,
+            Theta {
+                values: &theta,
+                per_gene,
+            },
+            pi.as_deref(),
+            g,
+            grad,
+        );
+        let mut terms = vec![(out.d_mu, dec.raw_scale.clone())];
+        if lik != Likelihood::Poisson {
+            terms.push((out.d_theta, dec.theta.clone()));
+        }
+        if let Some(p) = &dec.dropout_logits {
+            terms.push((out.d_pi, p.clone()));
+        }
+        with_surrogate(
+            out.per_cell,
+            terms,
+            Some((out.d_library, library)),
+            grad,
+            n,
+            g,
+            &x.device(),
+        )
     }
 
     /// Library prior of each cell's batch: (mean, var), each (n, 1).
@@ -531,9 +629,14 @@ impl<B: Backend> Scvi<B> {
     /// Forward pass and loss terms (scvi.md §6).
     pub fn loss(&self, b: &Batch<B>, kl_weight: f64, training: bool) -> LossTerms<B> {
         let inf = self.inference(b, training);
-        let gen = self.generative(b, inf.z.clone(), inf.library.clone(), training);
-        let reconstruction =
-            b.log_factorial.clone() - self.log_likelihood_unnormalized(b.x.clone(), &gen, training);
+        let log_lik = if self.fused_likelihood && b.log_size_factor.is_none() {
+            let dec = self.decoder_outputs(b, inf.z.clone(), training);
+            self.fused_log_likelihood_from_logits(b.x.clone(), &dec, inf.library.clone(), training)
+        } else {
+            let gen = self.generative(b, inf.z.clone(), inf.library.clone(), training);
+            self.log_likelihood_unnormalized(b.x.clone(), &gen, training)
+        };
+        let reconstruction = b.log_factorial.clone() - log_lik;
         let kl_z = dist::kl_standard_normal(inf.qz_mean, inf.qz_var)
             .sum_dim(1)
             .squeeze_dim::<1>(1);
