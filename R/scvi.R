@@ -468,9 +468,9 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
   json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
   res <- .rs(rs_scvi_train(model$model, model$data, json, device, progress))
   if (isTRUE(res$interrupted)) {
-    message(sprintf(paste0("Training interrupted after %d of %d epochs; the model keeps the ",
-                           "parameters of the last completed epoch and can be used or ",
-                           "trained further."), res$epochs_run, res$max_epochs))
+    message(sprintf(paste0("Training interrupted after %d of %d epochs (stopped at the end of ",
+                           "a step); the model keeps the parameters reached and can be used ",
+                           "or trained further."), res$epochs_run, res$max_epochs))
   } else if (isTRUE(res$early_stopped)) {
     message(sprintf(paste0("Early stopping: %s did not improve for %d epochs; stopped ",
                            "after %d of %d epochs."),
