@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod data;
+pub mod de;
 pub mod dist;
 pub mod error;
 pub mod fused;
