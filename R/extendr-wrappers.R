@@ -5,6 +5,7 @@
 #' @useDynLib rscvi, .registration = TRUE
 NULL
 
+# `library_size`: a number, or NaN for the latent library.
 # Counts (dgCMatrix slots of a genes x cells matrix = CSR of cells x genes) and covariates.
 rs_dataset_new <- function(p, i, x, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, p, i, x, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
 
@@ -23,6 +24,10 @@ rs_scvi_normalized_expression <- function(model, ds, idx, transform_batch, genes
 rs_scvi_elbo_terms <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_elbo_terms, model, ds, idx, batch_size, device)
 
 rs_scvi_marginal_ll <- function(model, ds, idx, n_mc_samples, batch_size, device) .Call(wrap__rs_scvi_marginal_ll, model, ds, idx, n_mc_samples, batch_size, device)
+
+# Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
+# `batches1/2` NULL = observed batches, else batch codes to marginalise over.
+rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, device)
 
 rs_scvi_save <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save, model, dir, overwrite)
 

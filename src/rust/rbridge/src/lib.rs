@@ -468,6 +468,86 @@ fn rs_scvi_marginal_ll(
     Ok(v.into())
 }
 
+/// Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
+/// `batches1/2` NULL = observed batches, else batch codes to marginalise over.
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_scvi_de(
+    model: Robj,
+    ds: Robj,
+    idx1: Robj,
+    idx2: Robj,
+    change_mode: bool,
+    delta: f64,
+    three_states: bool,
+    pseudocount: f64,
+    batches1: Robj,
+    batches2: Robj,
+    n_samples_overall: i32,
+    batch_size: i32,
+    fdr_target: f64,
+    levels: Robj,
+    seed: f64,
+    device: &str,
+) -> Result<Robj> {
+    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
+    let cells1 = indices(&idx1, data.n_cells())?;
+    let cells2 = indices(&idx2, data.n_cells())?;
+    let codes = |b: &Robj| -> Result<Option<Vec<u32>>> {
+        if b.is_null() {
+            return Ok(None);
+        }
+        Ok(Some(
+            ints(b, "batches")?
+                .into_iter()
+                .map(|v| v.max(0) as u32)
+                .collect(),
+        ))
+    };
+    let req = infer::DeRequest {
+        cells1: &cells1,
+        cells2: &cells2,
+        change_mode,
+        delta,
+        test_mode: if three_states {
+            rscvi_core::de::TestMode::Three
+        } else {
+            rscvi_core::de::TestMode::Two
+        },
+        pseudocount: pseudocount.is_finite().then_some(pseudocount),
+        batches1: codes(&batches1)?,
+        batches2: codes(&batches2)?,
+        n_samples_overall: n_samples_overall.max(1) as usize,
+        batch_size: batch_size.max(1) as usize,
+        fdr_target,
+        interval_levels: if levels.is_null() {
+            vec![]
+        } else {
+            reals(&levels, "levels")?
+        },
+        seed: seed.max(0.0) as u64,
+    };
+    let table = guarded(|| {
+        let kind = resolve_device(device)?;
+        on_device!(m, kind, |module, dev| infer::differential_expression(
+            module, data, &req, dev
+        ))
+    })?;
+    let names: Vec<String> = table.columns.iter().map(|(n, _)| n.clone()).collect();
+    let values: Vec<Robj> = table
+        .columns
+        .into_iter()
+        .map(|(_, v)| Robj::from(v))
+        .collect();
+    let mut cols = List::from_values(values);
+    cols.set_names(names)?;
+    Ok(list!(
+        columns = cols,
+        is_de = table.is_de.map(Robj::from).unwrap_or(().into())
+    )
+    .into())
+}
+
 #[extendr]
 fn rs_scvi_save(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     let m = model_ref(&model)?;
@@ -545,6 +625,7 @@ extendr_module! {
     fn rs_scvi_normalized_expression;
     fn rs_scvi_elbo_terms;
     fn rs_scvi_marginal_ll;
+    fn rs_scvi_de;
     fn rs_scvi_save;
     fn rs_scvi_load;
     fn rs_knn_purity;
