@@ -192,9 +192,9 @@ pub fn vanilla_mode(p1: &Samples, p2: &Samples) -> Result<[Vec<f64>; 5]> {
     check_pair(p1, p2)?;
     let (j, g) = (p1.rows(), p1.n_genes);
     let mut m1 = vec![0f64; g];
-    for r in 0..j {
-        for gene in 0..g {
-            m1[gene] += (p1.values[r * g + gene] > p2.values[r * g + gene]) as u8 as f64;
+    for (r1, r2) in p1.values.chunks(g).zip(p2.values.chunks(g)) {
+        for ((m, a), b) in m1.iter_mut().zip(r1).zip(r2) {
+            *m += (a > b) as u8 as f64;
         }
     }
     let m1: Vec<f64> = m1.iter().map(|v| v / j as f64).collect();
