@@ -34,6 +34,11 @@ T0_MS=${T0_MS:-$(( $(date +%s%N) / 1000000 ))}
 OUT=${OUT:-/tmp/rscvi-gpu-out}
 WORK=${WORK:-/tmp/rscvi-gpu}
 BIN=${BIN:-$ROOT/.gpu/rscvi-cli}
+# stage.sh ships the binary gzip'ed to stay under the 64 MiB carry limit
+if [ ! -x "$BIN" ] && [ -f "$ROOT/.gpu/rscvi-cli.gz" ]; then
+  BIN=/tmp/rscvi-cli
+  gunzip -c "$ROOT/.gpu/rscvi-cli.gz" > "$BIN" && chmod +x "$BIN"
+fi
 PY=${PY:-python3}
 NS=${NS:-"10000 1000000 100000"}
 BUDGET=${BUDGET:-530}

@@ -30,10 +30,14 @@ git check-ignore -q .gpu/x || { echo ".gpu/ is not git-ignored" >&2; exit 1; }
 
 mkdir -p .gpu
 if [ -x "$bin" ]; then
-  cp -f "$bin" .gpu/rscvi-cli
-  strip --strip-unneeded .gpu/rscvi-cli 2>/dev/null || true
-  file .gpu/rscvi-cli | grep -q 'x86-64' || echo "warning: .gpu/rscvi-cli is not an x86-64 binary" >&2
-  echo "binary: $bin -> .gpu/rscvi-cli ($(du -h .gpu/rscvi-cli | cut -f1))"
+  # The stripped CUDA binary is ~58 MB: it travels gzip'ed (~14 MB), session.sh unpacks it.
+  rm -f .gpu/rscvi-cli
+  cp -f "$bin" /tmp/rscvi-cli-stage
+  strip --strip-unneeded /tmp/rscvi-cli-stage 2>/dev/null || true
+  file /tmp/rscvi-cli-stage | grep -q 'x86-64' || echo "warning: the binary is not x86-64" >&2
+  gzip -9 -c /tmp/rscvi-cli-stage > .gpu/rscvi-cli.gz
+  rm -f /tmp/rscvi-cli-stage
+  echo "binary: $bin -> .gpu/rscvi-cli.gz ($(du -h .gpu/rscvi-cli.gz | cut -f1))"
 else
   echo "warning: no binary at $bin (build it: BUILD=1 bash bench/gpu/stage.sh)" >&2
 fi
