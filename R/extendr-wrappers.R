@@ -29,6 +29,12 @@ rs_scvi_marginal_ll <- function(model, ds, idx, n_mc_samples, batch_size, device
 # `batches1/2` NULL = observed batches, else batch codes to marginalise over.
 rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, device)
 
+rs_scvi_likelihood_parameters <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_likelihood_parameters, model, ds, idx, batch_size, device)
+
+rs_scvi_library_size <- function(model, ds, idx, give_mean, batch_size, device) .Call(wrap__rs_scvi_library_size, model, ds, idx, give_mean, batch_size, device)
+
+rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed, device) .Call(wrap__rs_scvi_posterior_predictive, model, ds, idx, genes, batch_size, seed, device)
+
 rs_scvi_save <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save, model, dir, overwrite)
 
 rs_scvi_load <- function(dir) .Call(wrap__rs_scvi_load, dir)

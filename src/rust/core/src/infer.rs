@@ -504,3 +504,135 @@ pub fn differential_expression<B: Backend>(
     }
     Ok(DeTable { columns, is_de })
 }
+
+/// Parameters of p(x | z, ℓ) for one posterior draw per cell (scvi.md §8.4): the mean μ,
+/// the inverse dispersion θ broadcast to cells x genes (not for Poisson) and the
+/// zero-inflation probability σ(π) (ZINB only).
+pub struct LikelihoodParameters {
+    pub mean: Matrix,
+    pub dispersions: Option<Matrix>,
+    pub dropout: Option<Matrix>,
+}
+
+pub fn likelihood_parameters<B: Backend>(
+    model: &Scvi<B>,
+    data: &DataSet,
+    cells: &[usize],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<LikelihoodParameters> {
+    check_cells(data, cells, model)?;
+    let g = data.n_genes();
+    let (mut mean, mut disp, mut drop) = (Vec::new(), Vec::new(), Vec::new());
+    let poisson = model.config.gene_likelihood == crate::scvi::GeneLikelihood::Poisson;
+    for chunk in cells.chunks(batch_size) {
+        let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
+        let inf = model.inference(&b, false);
+        let gen = model.generative(&b, inf.z, inf.library, false);
+        mean.extend(rows(gen.rate));
+        if !poisson {
+            let n = chunk.len();
+            disp.extend(rows(gen.theta.expand([n as i64, g as i64])));
+        }
+        if let Some(p) = gen.dropout_logits {
+            drop.extend(rows(burn::tensor::activation::sigmoid(p)));
+        }
+    }
+    let mk = |values: Vec<f32>| Matrix {
+        n_rows: cells.len(),
+        n_cols: g,
+        values,
+    };
+    Ok(LikelihoodParameters {
+        mean: mk(mean),
+        dispersions: (!poisson).then(|| mk(disp)),
+        dropout: (!drop.is_empty()).then(|| mk(drop)),
+    })
+}
+
+/// Library size per cell (scvi.md §8.5): with `give_mean`, the log-normal mean
+/// exp(μ_ℓ + v_ℓ/2) of the latent library (an error with the observed library); otherwise
+/// exp(ℓ) of the forward pass (observed total, or one draw from q(ℓ | x)).
+pub fn latent_library_size<B: Backend>(
+    model: &Scvi<B>,
+    data: &DataSet,
+    cells: &[usize],
+    give_mean: bool,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    check_cells(data, cells, model)?;
+    if give_mean && !model.config.uses_latent_library() {
+        return Err(invalid_arg(
+            "give_mean",
+            "= TRUE needs a latent library (use_observed_lib_size = FALSE and no size factor); \
+             this model uses the observed library, use give_mean = FALSE",
+        ));
+    }
+    let mut out = Vec::with_capacity(cells.len());
+    for chunk in cells.chunks(batch_size) {
+        let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
+        let inf = model.inference(&b, false);
+        let lib = match (give_mean, inf.ql) {
+            (true, Some((m, v))) => (m + v / 2.0).exp(),
+            _ => inf.library.exp(),
+        };
+        out.extend(rows(lib).into_iter().map(f64::from));
+    }
+    Ok(out)
+}
+
+/// One draw of counts from the posterior predictive p(x | z, ℓ), z ~ q(z | x) (scvi.md §8.3,
+/// samplers of §5.5), for the genes `genes` (None = all). Row-major cells x genes.
+#[allow(clippy::too_many_arguments)]
+pub fn posterior_predictive_sample<B: Backend>(
+    model: &Scvi<B>,
+    data: &DataSet,
+    cells: &[usize],
+    genes: Option<&[usize]>,
+    batch_size: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Matrix> {
+    use rand::{RngExt, SeedableRng};
+    check_cells(data, cells, model)?;
+    B::seed(device, seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let g = data.n_genes();
+    let keep: Vec<usize> = genes.map_or_else(|| (0..g).collect(), |s| s.to_vec());
+    let lik = model.config.gene_likelihood;
+    let mut out = Vec::with_capacity(cells.len() * keep.len());
+    for chunk in cells.chunks(batch_size) {
+        let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
+        let inf = model.inference(&b, false);
+        let gen = model.generative(&b, inf.z, inf.library, false);
+        let per_gene = gen.theta.dims()[0] == 1;
+        let (mu, theta) = (rows(gen.rate), rows(gen.theta));
+        let pi = gen.dropout_logits.map(rows);
+        for r in 0..chunk.len() {
+            for &j in &keep {
+                let m = mu[r * g + j] as f64;
+                let w = match lik {
+                    crate::scvi::GeneLikelihood::Poisson => m.min(1e8),
+                    _ => {
+                        let th = theta[if per_gene { j } else { r * g + j }] as f64;
+                        (crate::synth::gamma(&mut rng, th) * m / th).min(1e8)
+                    }
+                };
+                let mut x = crate::synth::poisson(&mut rng, w);
+                if let Some(pi) = &pi {
+                    let p_zero = 1.0 / (1.0 + (-(pi[r * g + j] as f64)).exp());
+                    if rng.random::<f64>() <= p_zero {
+                        x = 0.0;
+                    }
+                }
+                out.push(x as f32);
+            }
+        }
+    }
+    Ok(Matrix {
+        n_rows: cells.len(),
+        n_cols: keep.len(),
+        values: out,
+    })
+}

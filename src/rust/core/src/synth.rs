@@ -1,7 +1,6 @@
 //! Synthetic count data drawn from a fitted SCVI model, for benchmarks at sizes no shipped
 //! dataset has (realistic sparsity and mean-variance structure): z ~ N(0, I), a uniform
 //! batch, a log library from that batch's prior, then a draw from p(x | z, ℓ).
-//! The Poisson draw uses a normal approximation above λ = 12 (benchmark data, not inference).
 
 use rand::{Rng, RngExt, SeedableRng};
 use rayon::prelude::*;
@@ -20,7 +19,7 @@ fn normal(rng: &mut impl Rng) -> f64 {
 }
 
 /// Gamma(shape, scale 1), Marsaglia & Tsang; shape < 1 through the U^(1/shape) boost.
-fn gamma(rng: &mut impl Rng, shape: f64) -> f64 {
+pub(crate) fn gamma(rng: &mut impl Rng, shape: f64) -> f64 {
     if shape < 1.0 {
         let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
         return gamma(rng, shape + 1.0) * u.powf(1.0 / shape);
@@ -40,11 +39,13 @@ fn gamma(rng: &mut impl Rng, shape: f64) -> f64 {
     }
 }
 
-fn poisson(rng: &mut impl Rng, lambda: f64) -> f64 {
+/// Poisson(λ): multiplication of uniforms below λ = 10, Hörmann's transformed rejection
+/// (PTRS, exact) above.
+pub(crate) fn poisson(rng: &mut impl Rng, lambda: f64) -> f64 {
     if lambda <= 0.0 {
         return 0.0;
     }
-    if lambda < 12.0 {
+    if lambda < 10.0 {
         let limit = (-lambda).exp();
         let (mut k, mut p) = (0.0, rng.random::<f64>());
         while p > limit {
@@ -53,7 +54,28 @@ fn poisson(rng: &mut impl Rng, lambda: f64) -> f64 {
         }
         return k;
     }
-    (lambda + lambda.sqrt() * normal(rng)).round().max(0.0)
+    let (slam, loglam) = (lambda.sqrt(), lambda.ln());
+    let b = 0.931 + 2.53 * slam;
+    let a = -0.059 + 0.02483 * b;
+    let inv_alpha = 1.1239 + 1.1328 / (b - 3.4);
+    let vr = 0.9277 - 3.6224 / (b - 2.0);
+    loop {
+        let u = rng.random::<f64>() - 0.5;
+        let v: f64 = rng.random();
+        let us = 0.5 - u.abs();
+        let k = ((2.0 * a / us + b) * u + lambda + 0.43).floor();
+        if us >= 0.07 && v <= vr {
+            return k;
+        }
+        if k < 0.0 || (us < 0.013 && v > us) {
+            continue;
+        }
+        if v.ln() + inv_alpha.ln() - (a / (us * us) + b).ln()
+            <= -lambda + k * loglam - crate::data::ln_factorial(k)
+        {
+            return k;
+        }
+    }
 }
 
 /// One chunk of synthetic cells: (per-cell (gene, count) rows, batch codes).

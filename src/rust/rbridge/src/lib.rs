@@ -549,6 +549,94 @@ fn rs_scvi_de(
 }
 
 #[extendr]
+fn rs_scvi_likelihood_parameters(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
+    let cells = indices(&idx, data.n_cells())?;
+    let p = guarded(|| {
+        let kind = resolve_device(device)?;
+        on_device!(m, kind, |module, dev| infer::likelihood_parameters(
+            module,
+            data,
+            &cells,
+            batch_size.max(1) as usize,
+            dev
+        ))
+    })?;
+    let opt =
+        |x: Option<infer::Matrix>| x.map_or(().into(), |x| matrix(&x.values, x.n_rows, x.n_cols));
+    Ok(list!(
+        mean = matrix(&p.mean.values, p.mean.n_rows, p.mean.n_cols),
+        dispersions = opt(p.dispersions),
+        dropout = opt(p.dropout)
+    )
+    .into())
+}
+
+#[extendr]
+fn rs_scvi_library_size(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    give_mean: bool,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
+    let cells = indices(&idx, data.n_cells())?;
+    let v = guarded(|| {
+        let kind = resolve_device(device)?;
+        on_device!(m, kind, |module, dev| infer::latent_library_size(
+            module,
+            data,
+            &cells,
+            give_mean,
+            batch_size.max(1) as usize,
+            dev
+        ))
+    })?;
+    Ok(v.into())
+}
+
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_scvi_posterior_predictive(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    genes: Robj,
+    batch_size: i32,
+    seed: f64,
+    device: &str,
+) -> Result<Robj> {
+    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
+    let cells = indices(&idx, data.n_cells())?;
+    let gene_idx = if genes.is_null() {
+        None
+    } else {
+        Some(indices(&genes, data.n_genes())?)
+    };
+    let out = guarded(|| {
+        let kind = resolve_device(device)?;
+        on_device!(m, kind, |module, dev| infer::posterior_predictive_sample(
+            module,
+            data,
+            &cells,
+            gene_idx.as_deref(),
+            batch_size.max(1) as usize,
+            seed.max(0.0) as u64,
+            dev
+        ))
+    })?;
+    Ok(matrix(&out.values, out.n_rows, out.n_cols))
+}
+
+#[extendr]
 fn rs_scvi_save(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     let m = model_ref(&model)?;
     guarded(|| m.save(Path::new(dir), overwrite))?;
@@ -626,6 +714,9 @@ extendr_module! {
     fn rs_scvi_elbo_terms;
     fn rs_scvi_marginal_ll;
     fn rs_scvi_de;
+    fn rs_scvi_likelihood_parameters;
+    fn rs_scvi_library_size;
+    fn rs_scvi_posterior_predictive;
     fn rs_scvi_save;
     fn rs_scvi_load;
     fn rs_knn_purity;
