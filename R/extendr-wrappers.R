@@ -35,6 +35,8 @@ rs_scvi_library_size <- function(model, ds, idx, give_mean, batch_size, device) 
 
 rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed, device) .Call(wrap__rs_scvi_posterior_predictive, model, ds, idx, genes, batch_size, seed, device)
 
+rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)
+
 rs_scvi_save <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save, model, dir, overwrite)
 
 rs_scvi_load <- function(dir) .Call(wrap__rs_scvi_load, dir)

@@ -129,3 +129,44 @@ posterior_predictive_sample.SCVI <- function(model, x = NULL, indices = NULL, n_
   dimnames(arr) <- list(cells$names, genes$names, NULL)
   arr
 }
+
+#' Gene-gene correlation of denoised expression
+#'
+#' Correlation between genes across posterior draws of denoised expression: for each cell,
+#' `n_samples` draws of \eqn{z}, expression \eqn{\lambda = } `rna_size_factor` \eqn{\rho}, and
+#' one gamma draw with the model's dispersion (scvi-tools' `get_feature_correlation_matrix`).
+#'
+#' @inheritParams get_normalized_expression
+#' @param n_samples posterior draws per cell.
+#' @param rna_size_factor library size the expression is scaled to.
+#' @param correlation_type `"spearman"` or `"pearson"`.
+#' @return A genes x genes correlation matrix with the gene names as dimnames (averaged over
+#'   `transform_batch` when several batches are given).
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
+#' r <- get_feature_correlation_matrix(model, indices = 1:50, n_samples = 2)
+#' r[1:3, 1:3]
+get_feature_correlation_matrix <- function(model, ...) UseMethod("get_feature_correlation_matrix")
+
+#' @rdname get_feature_correlation_matrix
+#' @export
+get_feature_correlation_matrix.SCVI <- function(model, x = NULL, indices = NULL, n_samples = 10L,
+                                                batch_size = 64L, rna_size_factor = 1000,
+                                                transform_batch = NULL,
+                                                correlation_type = c("spearman", "pearson"),
+                                                device = "auto", ...) {
+  n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
+  batch_size <- .check_batch_size(batch_size)
+  rna_size_factor <- .check_scalar_num(rna_size_factor, "rna_size_factor", min = 0, min_open = TRUE)
+  correlation_type <- .match_choice(correlation_type, c("spearman", "pearson"), "correlation_type")
+  device <- .check_device(device)
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
+  r <- .rs(rs_scvi_feature_correlation(model$model, q$data, cells$idx, tb, n_samples,
+                                       rna_size_factor, correlation_type == "spearman",
+                                       batch_size, floor(stats::runif(1, 0, 2^31)), device))
+  dimnames(r) <- list(model$registry$gene_names, model$registry$gene_names)
+  r
+}

@@ -52,3 +52,18 @@ test_that("posterior predictive samples are non-negative integer counts", {
   set.seed(3)
   expect_identical(posterior_predictive_sample(m, indices = 1:10), s)
 })
+
+test_that("feature correlation is a symmetric correlation matrix over genes", {
+  m <- small_model()
+  set.seed(2)
+  r <- get_feature_correlation_matrix(m, indices = 1:40, n_samples = 3L)
+  expect_identical(dim(r), c(200L, 200L))
+  expect_equal(unname(diag(r)), rep(1, 200), tolerance = 1e-10)
+  expect_equal(r, t(r))
+  expect_true(all(abs(r) <= 1 + 1e-10))
+  p <- get_feature_correlation_matrix(m, indices = 1:40, n_samples = 2L,
+                                      correlation_type = "pearson",
+                                      transform_batch = m$registry$batch_categories[1:2])
+  expect_equal(unname(diag(p)), rep(1, 200), tolerance = 1e-10)
+  expect_error(get_feature_correlation_matrix(m, correlation_type = "kendall"), "correlation_type")
+})

@@ -637,6 +637,49 @@ fn rs_scvi_posterior_predictive(
 }
 
 #[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_scvi_feature_correlation(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    transform_batch: Robj,
+    n_samples: i32,
+    rna_size_factor: f64,
+    spearman: bool,
+    batch_size: i32,
+    seed: f64,
+    device: &str,
+) -> Result<Robj> {
+    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
+    let cells = indices(&idx, data.n_cells())?;
+    let tb: Vec<Option<u32>> = if transform_batch.is_null() {
+        vec![None]
+    } else {
+        ints(&transform_batch, "transform_batch")?
+            .into_iter()
+            .map(|b| (b >= 0).then_some(b as u32))
+            .collect()
+    };
+    let g = data.n_genes();
+    let v = guarded(|| {
+        let kind = resolve_device(device)?;
+        on_device!(m, kind, |module, dev| infer::feature_correlation(
+            module,
+            data,
+            &cells,
+            &tb,
+            n_samples.max(1) as usize,
+            rna_size_factor,
+            spearman,
+            batch_size.max(1) as usize,
+            seed.max(0.0) as u64,
+            dev
+        ))
+    })?;
+    Ok(RMatrix::new_matrix(g, g, |r, c| v[r * g + c]).into())
+}
+
+#[extendr]
 fn rs_scvi_save(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     let m = model_ref(&model)?;
     guarded(|| m.save(Path::new(dir), overwrite))?;
@@ -717,6 +760,7 @@ extendr_module! {
     fn rs_scvi_likelihood_parameters;
     fn rs_scvi_library_size;
     fn rs_scvi_posterior_predictive;
+    fn rs_scvi_feature_correlation;
     fn rs_scvi_save;
     fn rs_scvi_load;
     fn rs_knn_purity;
