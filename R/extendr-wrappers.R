@@ -37,6 +37,9 @@ rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed
 
 rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)
 
+# `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall).
+rs_scvi_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, batch_size, seed, device) .Call(wrap__rs_scvi_scale_samples, model, ds, idx, transform_batch, library_size, m, batch_size, seed, device)
+
 rs_scvi_save <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save, model, dir, overwrite)
 
 rs_scvi_load <- function(dir) .Call(wrap__rs_scvi_load, dir)

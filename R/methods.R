@@ -81,6 +81,11 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
 #'   model's `batch_key` to decode with; several names are averaged.
 #' @param gene_list `NULL` (all genes) or names of the model's genes to return (returned in
 #'   the model's gene order).
+#' @param n_samples_overall if given, return this many rows drawn with replacement from the
+#'   `n_samples_overall / n_cells + 1` posterior draws of every selected cell (the sampler of
+#'   differential expression); rows are then not cells.
+#' @param return_mean with `n_samples > 1`, `FALSE` returns all draws as an array
+#'   (draws x cells x genes) instead of their mean.
 #' @return A cells x genes matrix with dimnames.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
@@ -97,7 +102,8 @@ get_normalized_expression <- function(model, ...) UseMethod("get_normalized_expr
 get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_samples = 1L,
                                            transform_batch = NULL, gene_list = NULL,
                                            indices = NULL, batch_size = 128L,
-                                           device = "auto", ...) {
+                                           device = "auto", n_samples_overall = NULL,
+                                           return_mean = TRUE, ...) {
   .check_model(model)
   # NaN (not NA, which the bridge's f64 refuses) asks the core for the "latent" library.
   lib <- if (identical(library_size, "latent")) NaN else {
@@ -129,12 +135,33 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
     }
     gene_idx <- which(genes %in% gene_list) - 1L
   }
+  return_mean <- .check_scalar_bool(return_mean, "return_mean")
   q <- .query_data(model, x)
   cells <- .query_cells(q, indices)
-  out <- .rs(rs_scvi_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
-                                           n_samples, batch_size, device))
-  dimnames(out) <- list(cells$names, if (is.null(gene_idx)) genes else genes[gene_idx + 1L])
-  out
+  gene_names <- if (is.null(gene_idx)) genes else genes[gene_idx + 1L]
+  if (!is.null(n_samples_overall)) {
+    # scvi-tools' DE sampler: rows drawn with replacement from n_samples x cells draws
+    m <- .check_scalar_int(n_samples_overall, "n_samples_overall", min = 1)
+    if (is.nan(lib)) .stop("`n_samples_overall` needs a numeric `library_size`, not \"latent\"")
+    if (length(tb) > 1) .stop("`n_samples_overall` takes at most one `transform_batch`")
+    out <- .rs(rs_scvi_scale_samples(model$model, q$data, cells$idx, if (is.null(tb)) -1L else tb,
+                                     lib, m, batch_size, floor(stats::runif(1, 0, 2^31)), device))
+    out <- out[, if (is.null(gene_idx)) seq_along(genes) else gene_idx + 1L, drop = FALSE]
+    colnames(out) <- gene_names
+    return(out)
+  }
+  one <- function(s) {
+    out <- .rs(rs_scvi_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
+                                             s, batch_size, device))
+    dimnames(out) <- list(cells$names, gene_names)
+    out
+  }
+  if (return_mean || n_samples == 1) return(one(n_samples))
+  # samples x cells x genes, as scvi-tools returns them
+  draws <- lapply(seq_len(n_samples), function(i) one(1L))
+  arr <- array(unlist(draws), dim = c(length(cells$names), length(gene_names), n_samples),
+               dimnames = list(cells$names, gene_names, NULL))
+  aperm(arr, c(3, 1, 2))
 }
 
 # Batch category names -> 0-based codes (scvi.md section 8: a number is looked up as a

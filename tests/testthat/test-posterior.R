@@ -67,3 +67,19 @@ test_that("feature correlation is a symmetric correlation matrix over genes", {
   expect_equal(unname(diag(p)), rep(1, 200), tolerance = 1e-10)
   expect_error(get_feature_correlation_matrix(m, correlation_type = "kendall"), "correlation_type")
 })
+
+test_that("normalized expression: all draws, and the n_samples_overall sampler", {
+  m <- small_model()
+  arr <- get_normalized_expression(m, n_samples = 3L, return_mean = FALSE, indices = 1:4)
+  expect_identical(dim(arr), c(3L, 4L, 200L))
+  expect_equal(unname(apply(arr, c(1, 2), sum)), matrix(1, 3, 4), tolerance = 1e-4)
+  set.seed(5)
+  s <- get_normalized_expression(m, n_samples_overall = 50L, indices = 1:10, library_size = 1e4,
+                                 gene_list = m$registry$gene_names[1:7])
+  expect_identical(dim(s), c(50L, 7L))
+  expect_true(all(s > 0))
+  full <- get_normalized_expression(m, n_samples_overall = 20L, indices = 1:10, library_size = 1e4)
+  expect_equal(unname(rowSums(full)), rep(1e4, 20), tolerance = 1e-3)
+  expect_error(get_normalized_expression(m, n_samples_overall = 5L, library_size = "latent"),
+               "library_size")
+})

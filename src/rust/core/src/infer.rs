@@ -295,7 +295,7 @@ mod tests {
     }
 }
 
-/// `m` rows of ρ for `cells` decoded with `transform_batch` (None = each cell's own batch),
+/// `m` rows of ρ·`library_size` for `cells` decoded with `transform_batch` (None = each cell's own batch),
 /// drawn uniformly with replacement from S·N posterior draws, S = m / N + 1 (scvi.md §8.2
 /// `n_samples_overall`, the DE sampler of §9.2). Row-major m x genes. Only the drawn rows are
 /// kept, so memory stays at m x genes whatever S·N is.
@@ -305,6 +305,7 @@ pub fn scale_samples<B: Backend>(
     data: &DataSet,
     cells: &[usize],
     transform_batch: Option<u32>,
+    library_size: f32,
     m: usize,
     batch_size: usize,
     rng: &mut impl rand::Rng,
@@ -345,7 +346,12 @@ pub fn scale_samples<B: Backend>(
             for p in 0..chunk.len() {
                 if let Some(targets) = wanted.get(&(smp, offset + p)) {
                     for &row in targets {
-                        out[row * g..(row + 1) * g].copy_from_slice(&rho[p * g..(p + 1) * g]);
+                        for (o, &r) in out[row * g..(row + 1) * g]
+                            .iter_mut()
+                            .zip(&rho[p * g..(p + 1) * g])
+                        {
+                            *o = r * library_size;
+                        }
                     }
                 }
             }
@@ -427,6 +433,7 @@ pub fn differential_expression<B: Backend>(
                     data,
                     cells,
                     tb,
+                    1.0,
                     per,
                     req.batch_size,
                     rng,

@@ -20,6 +20,12 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+/// A seeded random stream for front ends that must not depend on `rand` themselves.
+pub fn rand_seeded(seed: u64) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
 /// Flex's random stream is process-global: tests that draw from it take this lock so that
 /// parallel tests cannot interleave their draws.
 #[cfg(test)]

@@ -679,6 +679,43 @@ fn rs_scvi_feature_correlation(
     Ok(RMatrix::new_matrix(g, g, |r, c| v[r * g + c]).into())
 }
 
+/// `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall).
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_scvi_scale_samples(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    transform_batch: i32,
+    library_size: f64,
+    m: i32,
+    batch_size: i32,
+    seed: f64,
+    device: &str,
+) -> Result<Robj> {
+    use rscvi_core::rand_seeded;
+    let (mdl, data) = (model_ref(&model)?, dataset(&ds)?);
+    let cells = indices(&idx, data.n_cells())?;
+    let g = data.n_genes();
+    let m = m.max(1) as usize;
+    let v = guarded(|| {
+        let kind = resolve_device(device)?;
+        let mut rng = rand_seeded(seed.max(0.0) as u64);
+        on_device!(mdl, kind, |module, dev| infer::scale_samples(
+            module,
+            data,
+            &cells,
+            (transform_batch >= 0).then_some(transform_batch as u32),
+            library_size as f32,
+            m,
+            batch_size.max(1) as usize,
+            &mut rng,
+            dev
+        ))
+    })?;
+    Ok(matrix(&v, m, g))
+}
+
 #[extendr]
 fn rs_scvi_save(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     let m = model_ref(&model)?;
@@ -761,6 +798,7 @@ extendr_module! {
     fn rs_scvi_library_size;
     fn rs_scvi_posterior_predictive;
     fn rs_scvi_feature_correlation;
+    fn rs_scvi_scale_samples;
     fn rs_scvi_save;
     fn rs_scvi_load;
     fn rs_knn_purity;
