@@ -2,7 +2,7 @@
 //! momentum 0.01 and unbiased running variance, non-affine layer norm, covariate injection.
 //! Train/eval behaviour is an explicit flag, never inferred from the backend.
 
-use burn::module::{Module, Param, ParamId, RunningState};
+use burn::module::{Module, ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Distribution, Tensor};
 
@@ -24,6 +24,29 @@ pub fn trainable<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B,
         true,
         shape,
     )
+}
+
+/// Rebuilds every parameter of a module as trainable with its current value. Burn derives a
+/// parameter's `require_grad` from its tensor when the parameter is cloned or loaded, and on
+/// the inner (non-autodiff) backend that reads false: a model that was cloned after use,
+/// trained before or loaded from disk would otherwise silently stop learning. (Running
+/// statistics pass through the same mapper; their flag is never used.)
+pub struct Retrainable;
+
+impl<B: Backend> ModuleMapper<B> for Retrainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, _) = param.consume();
+        let (shape, device, data) = (tensor.shape(), tensor.device(), tensor.into_data());
+        Param::uninitialized(
+            id,
+            move |dev, require_grad| {
+                Tensor::from_data(data.clone(), dev).set_require_grad(require_grad)
+            },
+            device,
+            true,
+            shape,
+        )
+    }
 }
 
 /// A trainable N(0, 1)-initialised parameter. Like Burn's Linear weights it is drawn lazily, at

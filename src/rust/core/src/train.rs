@@ -321,6 +321,7 @@ pub fn train<B: AutodiffBackend>(
         Some(r) => r.batch(cells),
         None => Batch::<B>::from_host(&data.host_batch(cells, None), data.n_genes(), device),
     };
+    let model = burn::module::Module::map(model, &mut crate::nn::Retrainable);
     let mut model_ad = <Scvi<B> as AutodiffModule<B>>::from_inner(model);
     let mut last_good = model_ad.valid();
     let mut adam = (cfg.optimizer == OptimizerKind::Adam).then(|| {
@@ -641,5 +642,49 @@ mod training_tests {
         assert_eq!(host_px_r, dev_px_r);
         // A budget too small for the data falls back to host minibatches.
         assert_eq!(run(Some(1)).1, host_elbo);
+    }
+
+    /// Regression: a model that was used, cloned, trained before or reloaded must still
+    /// learn (Burn resets require_grad on cloned/loaded inner-backend parameters).
+    #[test]
+    fn a_used_or_trained_model_keeps_learning() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let tc = TrainConfig {
+            max_epochs: Some(1),
+            seed: Some(2),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let prior = crate::data::library_prior(&data);
+        let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+        let w = |m: &Scvi<Cpu>| flat(m.decoder.px_scale_decoder.weight.val());
+        let _ = w(&m); // use it first: parameters are now initialised
+        let before = w(&m);
+        let mut state = TrainState::default();
+        let (once, r) = train::<CpuTrain>(
+            m.clone(),
+            &data,
+            &tc,
+            &mut state,
+            &mut Silent,
+            &Default::default(),
+            None,
+        );
+        r.unwrap();
+        assert_ne!(w(&once), before, "a used model did not train");
+        let (twice, r) = train::<CpuTrain>(
+            once.clone(),
+            &data,
+            &tc,
+            &mut state,
+            &mut Silent,
+            &Default::default(),
+            None,
+        );
+        r.unwrap();
+        assert_ne!(w(&twice), w(&once), "a trained model did not train further");
+        assert_eq!(state.history.len(), 2);
+        assert_eq!(state.history[1].epoch, 1);
     }
 }
