@@ -14,6 +14,7 @@ pub mod mt;
 pub mod nn;
 pub mod parity;
 pub mod resident;
+pub mod scarches;
 pub mod scvi;
 pub mod synth;
 pub mod train;

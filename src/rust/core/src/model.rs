@@ -21,6 +21,8 @@ const META_FILE: &str = "model.json";
 
 pub struct ScviModel {
     pub module: Scvi<Cpu>,
+    /// scArches freezing of a query model (None: everything trains).
+    pub freeze: Option<crate::scarches::FreezeSpec>,
     pub state: TrainState,
     /// Registry written by the front end (gene names, category mappings, setup arguments);
     /// stored verbatim.
@@ -36,6 +38,8 @@ struct SavedMeta {
     config: ScviConfig,
     state: TrainState,
     registry: serde_json::Value,
+    #[serde(default)]
+    freeze: Option<crate::scarches::FreezeSpec>,
 }
 
 /// Moves a module between backends through Burn's byte recorder.
@@ -122,6 +126,28 @@ impl ScviModel {
             module: Scvi::new(config, prior, &Default::default())?,
             state: TrainState::default(),
             registry,
+            freeze: None,
+        })
+    }
+
+    /// A query model for `data` (scArches): `config` has the query's (extended) category
+    /// counts; weights come from `reference`, grown where categories were added; `freeze`
+    /// says what trains.
+    pub fn for_query(
+        reference: &ScviModel,
+        config: ScviConfig,
+        data: &DataSet,
+        registry: serde_json::Value,
+        freeze: crate::scarches::FreezeSpec,
+    ) -> Result<Self> {
+        let fresh = Self::new(config, data, registry)?;
+        let module = crate::scarches::transfer_weights(&reference.module, fresh.module)?;
+        let module = crate::scarches::apply_module_freeze(module, &freeze);
+        Ok(Self {
+            module,
+            freeze: Some(freeze),
+            state: fresh.state,
+            registry: fresh.registry,
         })
     }
 
@@ -152,6 +178,7 @@ impl ScviModel {
                     observer,
                     &Default::default(),
                     None,
+                    self.freeze.as_ref(),
                 );
                 self.module = m;
                 r
@@ -168,6 +195,7 @@ impl ScviModel {
                     observer,
                     &dev,
                     Some(gpu_data_budget()),
+                    self.freeze.as_ref(),
                 );
                 self.module = convert::<crate::backend::Gpu, Cpu>(&m, &Default::default())?;
                 r
@@ -195,6 +223,7 @@ impl ScviModel {
             config: self.module.config.clone(),
             state: self.state.clone(),
             registry: self.registry.clone(),
+            freeze: self.freeze.clone(),
         };
         let json = serde_json::to_string_pretty(&meta).map_err(|e| Error::Io(e.to_string()))?;
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
@@ -248,8 +277,13 @@ impl ScviModel {
                 dir.display()
             )));
         }
+        let module = match &meta.freeze {
+            Some(f) => crate::scarches::apply_module_freeze(module, f),
+            None => module,
+        };
         Ok(Self {
             module,
+            freeze: meta.freeze,
             state: meta.state,
             registry: meta.registry,
         })

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{make_split, split_sizes, DataSet, Split};
 use crate::error::{invalid_arg, Error, Result};
 use crate::resident::ResidentData;
+use crate::scarches::{self, FreezeSpec};
 use crate::scvi::{Batch, Scvi};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +278,7 @@ pub fn train<B: AutodiffBackend>(
     observer: &mut dyn Observer,
     device: &B::Device,
     resident_budget: Option<usize>,
+    freeze: Option<&FreezeSpec>,
 ) -> (Scvi<B::InnerBackend>, Result<TrainSummary>) {
     if let Err(e) = validate_config(cfg) {
         return (model, Err(e));
@@ -323,6 +325,9 @@ pub fn train<B: AutodiffBackend>(
     };
     let model = burn::module::Module::map(model, &mut crate::nn::Retrainable);
     let mut model_ad = <Scvi<B> as AutodiffModule<B>>::from_inner(model);
+    let grad_rules = freeze
+        .map(|f| scarches::grad_rules(&model_ad, f))
+        .unwrap_or_default();
     let mut last_good = model_ad.valid();
     let mut adam = (cfg.optimizer == OptimizerKind::Adam).then(|| {
         AdamConfig::new()
@@ -381,7 +386,8 @@ pub fn train<B: AutodiffBackend>(
                 state.is_trained = state.is_trained || epoch > 0;
                 return (last_good, Err(Error::NonFinite(msg)));
             }
-            let grads = GradientsParams::from_grads(t.loss.backward(), &model_ad);
+            let mut grads = GradientsParams::from_grads(t.loss.backward(), &model_ad);
+            scarches::apply_grad_rules::<B>(&mut grads, &grad_rules);
             model_ad = match (&mut adam, &mut adamw) {
                 (Some(o), _) => o.step(cfg.lr, model_ad, grads),
                 (_, Some(o)) => o.step(cfg.lr, model_ad, grads),
@@ -573,6 +579,7 @@ mod training_tests {
                 &mut Silent,
                 &Default::default(),
                 None,
+                None,
             );
             r.unwrap();
             (m, state)
@@ -632,6 +639,7 @@ mod training_tests {
                 &mut Silent,
                 &Default::default(),
                 budget,
+                None,
             );
             r.unwrap();
             (flat(m.px_r.val()), state.history[1].elbo_train)
@@ -670,6 +678,7 @@ mod training_tests {
             &mut Silent,
             &Default::default(),
             None,
+            None,
         );
         r.unwrap();
         assert_ne!(w(&once), before, "a used model did not train");
@@ -680,6 +689,7 @@ mod training_tests {
             &mut state,
             &mut Silent,
             &Default::default(),
+            None,
             None,
         );
         r.unwrap();
