@@ -40,6 +40,9 @@ rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_sampl
 # `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall).
 rs_scvi_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, batch_size, seed, device) .Call(wrap__rs_scvi_scale_samples, model, ds, idx, transform_batch, library_size, m, batch_size, seed, device)
 
+# A scArches query model from `reference` for the query data `ds`.
+rs_scvi_query_new <- function(reference, ds, config_json, registry_json, freeze_json) .Call(wrap__rs_scvi_query_new, reference, ds, config_json, registry_json, freeze_json)
+
 rs_scvi_save <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save, model, dir, overwrite)
 
 rs_scvi_load <- function(dir) .Call(wrap__rs_scvi_load, dir)

@@ -58,3 +58,65 @@ prepare_query_data <- function(x_query, reference, layer = NULL) {
   }
   .stop("`reference` must be an SCVI model or the directory of a saved model")
 }
+
+#' Map a query dataset onto a trained reference model (scArches)
+#'
+#' Builds a model for `x_query` that starts from the reference's weights: the query's new
+#' batch (and label / covariate) categories are appended after the reference's, their new
+#' weights start fresh, and by default only the weights tied to the covariate one-hots (plus
+#' the decoder's batch-norm scale and shift and the library encoder) are trained, as
+#' scvi-tools' `load_query_data()`. Train the result with [train()]; the latent space of the
+#' query cells is then comparable with the reference's.
+#'
+#' @param x_query the query data (as for [scvi()]), with the reference's genes in its order
+#'   (see [prepare_query_data()]) and the reference's setup columns.
+#' @param reference a trained `SCVI` model, or the directory of one saved with [save_model()].
+#' @param cells,layer as in [scvi()].
+#' @param unfrozen train every weight.
+#' @param freeze_dropout switch dropout off outside the library encoder.
+#' @param freeze_expression keep the encoder's first layer frozen except its covariate
+#'   columns.
+#' @param freeze_decoder_first_layer the same for the decoder's first layer.
+#' @param freeze_batchnorm_encoder,freeze_batchnorm_decoder freeze the batch-norm scale and
+#'   shift (and running statistics) of the encoder / decoder.
+#' @return An untrained `SCVI` model over the query cells.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' sce <- rscvi_example_sce()
+#' ref_cells <- sce$batch != "Dropseq_3cl"
+#' ref <- train(scvi(sce[, ref_cells], batch_key = "batch"), max_epochs = 5, seed = 0)
+#' query <- train(load_query_data(sce[, !ref_cells], ref), max_epochs = 5, seed = 0)
+#' dim(get_latent_representation(query))
+load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, unfrozen = FALSE,
+                            freeze_dropout = FALSE, freeze_expression = TRUE,
+                            freeze_decoder_first_layer = TRUE, freeze_batchnorm_encoder = TRUE,
+                            freeze_batchnorm_decoder = FALSE) {
+  if (!inherits(reference, "SCVI")) {
+    if (!(is.character(reference) && length(reference) == 1 && dir.exists(reference))) {
+      .stop("`reference` must be an SCVI model or the directory of a saved model")
+    }
+    reference <- load_model(reference)
+  }
+  .check_model(reference, "reference")
+  freeze <- list(
+    unfrozen = .check_scalar_bool(unfrozen, "unfrozen"),
+    freeze_dropout = .check_scalar_bool(freeze_dropout, "freeze_dropout"),
+    freeze_expression = .check_scalar_bool(freeze_expression, "freeze_expression"),
+    freeze_decoder_first_layer = .check_scalar_bool(freeze_decoder_first_layer, "freeze_decoder_first_layer"),
+    freeze_batchnorm_encoder = .check_scalar_bool(freeze_batchnorm_encoder, "freeze_batchnorm_encoder"),
+    freeze_batchnorm_decoder = .check_scalar_bool(freeze_batchnorm_decoder, "freeze_batchnorm_decoder"))
+  if (is.null(layer)) layer <- .layer_like(x_query, reference$registry$setup_args$layer)
+  input <- .input_from(x_query, cells = cells, layer = layer, arg = "x_query")
+  # new categories are appended after the reference's (scvi.md §1, extend_categories)
+  f <- .register_fields(input, registry = reference$registry, extend_categories = TRUE)
+  config <- reference$config
+  config$n_batch <- f$registry$n_batch
+  config$n_labels <- f$registry$n_labels
+  config$n_cats_per_cov <- as.integer(unname(f$cat_sizes))
+  data <- .new_dataset(f)
+  ptr <- .rs(rs_scvi_query_new(reference$model, data, .config_to_json(config),
+                               .registry_to_json(f$registry),
+                               as.character(jsonlite::toJSON(freeze, auto_unbox = TRUE))))
+  input_info <- c(list(class = .input_class(x_query)), .input_summary(input, f$counts$n_genes))
+  .new_scvi(ptr, data, f$registry, config, input$cell_names, input$cell_data, input_info)
+}

@@ -716,6 +716,26 @@ fn rs_scvi_scale_samples(
     Ok(matrix(&v, m, g))
 }
 
+/// A scArches query model from `reference` for the query data `ds`.
+#[extendr]
+fn rs_scvi_query_new(
+    reference: Robj,
+    ds: Robj,
+    config_json: &str,
+    registry_json: &str,
+    freeze_json: &str,
+) -> Result<Robj> {
+    let (r, data) = (model_ref(&reference)?, dataset(&ds)?);
+    let config: ScviConfig = serde_json::from_str(config_json)
+        .map_err(|e| other(format!("internal: bad model config: {e}")))?;
+    let registry: serde_json::Value = serde_json::from_str(registry_json)
+        .map_err(|e| other(format!("internal: bad registry: {e}")))?;
+    let freeze: rscvi_core::scarches::FreezeSpec = serde_json::from_str(freeze_json)
+        .map_err(|e| other(format!("internal: bad freeze options: {e}")))?;
+    let m = guarded(|| ScviModel::for_query(r, config, data, registry, freeze))?;
+    Ok(ExternalPtr::new(m).into())
+}
+
 #[extendr]
 fn rs_scvi_save(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     let m = model_ref(&model)?;
@@ -799,6 +819,7 @@ extendr_module! {
     fn rs_scvi_posterior_predictive;
     fn rs_scvi_feature_correlation;
     fn rs_scvi_scale_samples;
+    fn rs_scvi_query_new;
     fn rs_scvi_save;
     fn rs_scvi_load;
     fn rs_knn_purity;
