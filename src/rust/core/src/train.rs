@@ -270,6 +270,7 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
 /// are returned inside the error path's model (the caller keeps its previous model).
 /// `resident_budget` (bytes) keeps the whole dataset on the device when it fits (GPU
 /// training); otherwise minibatches are assembled on the host from the sparse counts.
+#[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     model: Scvi<B::InnerBackend>,
     data: &DataSet,
