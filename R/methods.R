@@ -559,3 +559,19 @@ plot.SCVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   }
   invisible(x)
 }
+
+#' How a model was set up
+#'
+#' scvi-tools' `view_setup_args()`: the registration arguments, categories, hyperparameters
+#' and training state of a model (the same as `summary(model)`).
+#'
+#' @param model an `SCVI` model.
+#' @return The `summary.SCVI` object, printed.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' view_setup_args(scvi(rscvi_example_sce(), batch_key = "batch"))
+view_setup_args <- function(model) {
+  s <- summary(model)
+  print(s)
+  invisible(s)
+}
