@@ -28,6 +28,11 @@ fn check_cells(data: &DataSet, cells: &[usize], model: &Scvi<impl Backend>) -> R
     Ok(())
 }
 
+/// Refuses minibatches that could not be allocated (an allocation failure aborts R).
+fn check_batch(batch_size: usize, cells: &[usize], data: &DataSet) -> Result<()> {
+    crate::train::check_minibatch_memory(batch_size.min(cells.len()), data.n_genes())
+}
+
 fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap_or_default()
 }
@@ -52,6 +57,7 @@ pub fn latent<B: Backend>(
     device: &B::Device,
 ) -> Result<(Matrix, Matrix, Matrix)> {
     check_cells(data, cells, model)?;
+    check_batch(batch_size, cells, data)?;
     let l = model.config.n_latent;
     let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in cells.chunks(batch_size) {
@@ -101,6 +107,7 @@ pub fn normalized_expression<B: Backend>(
     device: &B::Device,
 ) -> Result<Matrix> {
     check_cells(data, q.cells, model)?;
+    check_batch(q.batch_size, q.cells, data)?;
     if let Some(&b) = q
         .transform_batch
         .iter()
@@ -171,6 +178,7 @@ pub fn elbo_terms<B: Backend>(
     device: &B::Device,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     check_cells(data, cells, model)?;
+    check_batch(batch_size, cells, data)?;
     let (mut rec, mut kl) = (Vec::new(), Vec::new());
     for chunk in cells.chunks(batch_size) {
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
@@ -313,6 +321,7 @@ pub fn scale_samples<B: Backend>(
 ) -> Result<Vec<f32>> {
     use rand::RngExt;
     check_cells(data, cells, model)?;
+    check_batch(batch_size, cells, data)?;
     if cells.is_empty() {
         return Err(invalid_arg("idx1", "selects no cells"));
     }
@@ -529,6 +538,7 @@ pub fn likelihood_parameters<B: Backend>(
     device: &B::Device,
 ) -> Result<LikelihoodParameters> {
     check_cells(data, cells, model)?;
+    check_batch(batch_size, cells, data)?;
     let g = data.n_genes();
     let (mut mean, mut disp, mut drop) = (Vec::new(), Vec::new(), Vec::new());
     let poisson = model.config.gene_likelihood == crate::scvi::GeneLikelihood::Poisson;
@@ -569,6 +579,7 @@ pub fn latent_library_size<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<f64>> {
     check_cells(data, cells, model)?;
+    check_batch(batch_size, cells, data)?;
     if give_mean && !model.config.uses_latent_library() {
         return Err(invalid_arg(
             "give_mean",
@@ -603,6 +614,7 @@ pub fn posterior_predictive_sample<B: Backend>(
 ) -> Result<Matrix> {
     use rand::{RngExt, SeedableRng};
     check_cells(data, cells, model)?;
+    check_batch(batch_size, cells, data)?;
     B::seed(device, seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let g = data.n_genes();
@@ -713,6 +725,14 @@ pub fn feature_correlation<B: Backend>(
 ) -> Result<Vec<f64>> {
     use rand::SeedableRng;
     check_cells(data, cells, model)?;
+    check_batch(batch_size * n_samples.max(1), cells, data)?;
+    // all draws are kept (f64, plus ranks): n_samples x cells x genes
+    let draws_bytes = (n_samples.max(1) * cells.len()) as u64 * data.n_genes() as u64 * 16;
+    crate::train::check_memory(
+        draws_bytes,
+        "n_samples",
+        "use fewer cells (indices) or fewer samples",
+    )?;
     if model.config.gene_likelihood == crate::scvi::GeneLikelihood::Poisson {
         return Err(invalid_arg(
             "model",

@@ -229,6 +229,50 @@ fn evaluate<B: burn::tensor::backend::Backend>(
     Some(sums.means())
 }
 
+/// Available memory in bytes (Linux /proc/meminfo), if it can be read.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses an allocation of `bytes` that cannot fit in the available memory.
+pub fn check_memory(bytes: u64, arg: &str, hint: &str) -> Result<()> {
+    match available_memory() {
+        Some(avail) if bytes > avail => Err(invalid_arg(
+            arg,
+            format!(
+                "needs about {:.1} GB, more than the {:.1} GB of memory available; {hint}",
+                bytes as f64 / 1e9,
+                avail as f64 / 1e9
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A minibatch keeps a few dozen cells x genes buffers alive (forward values, gradients);
+/// an allocation failure would abort the whole R session, so refuse sizes that cannot fit.
+pub fn check_minibatch_memory(batch_size: usize, n_genes: usize) -> Result<()> {
+    const LIVE_BUFFERS: u64 = 48;
+    let need = (batch_size as u64)
+        .saturating_mul(n_genes as u64)
+        .saturating_mul(4 * LIVE_BUFFERS);
+    match available_memory() {
+        Some(avail) if need > avail => Err(invalid_arg(
+            "batch_size",
+            format!(
+                "= {batch_size} with {n_genes} genes needs about {:.1} GB per training step, more than the \
+                 {:.1} GB of memory available; use a smaller batch_size",
+                need as f64 / 1e9,
+                avail as f64 / 1e9
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
     if cfg.batch_size < 2 {
         return Err(invalid_arg(
@@ -282,6 +326,9 @@ pub fn train<B: AutodiffBackend>(
     freeze: Option<&FreezeSpec>,
 ) -> (Scvi<B::InnerBackend>, Result<TrainSummary>) {
     if let Err(e) = validate_config(cfg) {
+        return (model, Err(e));
+    }
+    if let Err(e) = check_minibatch_memory(cfg.batch_size.min(data.n_cells()), data.n_genes()) {
         return (model, Err(e));
     }
     if data.n_genes() != model.config.n_input {
@@ -697,5 +744,14 @@ mod training_tests {
         assert_ne!(w(&twice), w(&once), "a trained model did not train further");
         assert_eq!(state.history.len(), 2);
         assert_eq!(state.history[1].epoch, 1);
+    }
+
+    #[test]
+    fn an_impossible_batch_size_is_refused_not_allocated() {
+        if available_memory().is_some() {
+            let e = check_minibatch_memory(usize::MAX / 1024, 1_000_000).unwrap_err();
+            assert!(e.to_string().contains("batch_size"), "{e}");
+        }
+        assert!(check_minibatch_memory(128, 2000).is_ok());
     }
 }
