@@ -29,23 +29,6 @@ use rscvi_core::scvi::ScviConfig;
 use rscvi_core::synth;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
 
-// Burn allocates a fresh buffer for every tensor op; glibc's malloc hands large buffers back
-// to the kernel and page-faults them in again on every step, which cost a third of CPU time.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_purge_delay` (its position in mimalloc 3's option enum; the Rust
-/// bindings do not name it). Freed pages are kept for 1 s instead of 10 ms, so the buffers
-/// of one training step are reused by the next instead of being zeroed again by the kernel
-/// (about 20% of a cellbench epoch).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-fn tune_allocator() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: setting an allocator option is thread-safe and has no other precondition.
-    ONCE.call_once(|| unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) });
-}
-
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 /// (n_features, n_cells, (feature, cell, value) triplets).
 type Triplets = (usize, usize, Vec<(usize, usize, f32)>);
@@ -521,7 +504,7 @@ fn gpu_check_cmd(a: &Args) -> AnyResult<()> {
 }
 
 fn main() {
-    tune_allocator();
+    rscvi_core::alloc::tune_allocator();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut map = HashMap::new();
     let mut i = 1;

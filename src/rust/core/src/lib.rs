@@ -1,6 +1,7 @@
 //! rscvi-core: scvi-tools' SCVI on Burn, with no R dependency. The R package (rbridge) and
 //! the command-line tool (cli) are thin front ends over this crate.
 
+pub mod alloc;
 pub mod backend;
 pub mod data;
 pub mod de;

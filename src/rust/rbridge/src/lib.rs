@@ -16,26 +16,9 @@ use rscvi_core::scvi::ScviConfig;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
 use rscvi_core::{metrics, on_device};
 
-// Burn allocates a fresh buffer for every tensor op; glibc's malloc hands large buffers back
-// to the kernel and page-faults them in again on every step, which cost a third of CPU time.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_purge_delay` (its position in mimalloc 3's option enum; the Rust
-/// bindings do not name it). Freed pages are kept for 1 s instead of 10 ms, so the buffers
-/// of one training step are reused by the next instead of being zeroed again by the kernel
-/// (about 20% of a cellbench epoch).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-fn tune_allocator() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: setting an allocator option is thread-safe and has no other precondition.
-    ONCE.call_once(|| unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) });
-}
-
 /// Runs core code, converting its errors and any panic into an R error message.
 fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
-    tune_allocator();
+    rscvi_core::alloc::tune_allocator();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Other(e.to_string())),
@@ -82,6 +65,17 @@ fn indices(x: &Robj, n: usize) -> Result<Vec<usize>> {
             }
         })
         .collect()
+}
+
+/// NULL = each cell's own batch; else batch codes, -1 meaning "own batch".
+fn transform_batches(x: &Robj) -> Result<Vec<Option<u32>>> {
+    if x.is_null() {
+        return Ok(vec![None]);
+    }
+    Ok(ints(x, "transform_batch")?
+        .into_iter()
+        .map(|b| (b >= 0).then_some(b as u32))
+        .collect())
 }
 
 fn codes(x: &Robj, n_categories: i32, name: &str) -> Result<Categorical> {
@@ -390,14 +384,7 @@ fn rs_scvi_normalized_expression(
 ) -> Result<Robj> {
     let (m, data) = (model_ref(&model)?, dataset(&ds)?);
     let cells = indices(&idx, data.n_cells())?;
-    let tb: Vec<Option<u32>> = if transform_batch.is_null() {
-        vec![None]
-    } else {
-        ints(&transform_batch, "transform_batch")?
-            .into_iter()
-            .map(|b| (b >= 0).then_some(b as u32))
-            .collect()
-    };
+    let tb = transform_batches(&transform_batch)?;
     let gene_idx = if genes.is_null() {
         None
     } else {
@@ -652,14 +639,7 @@ fn rs_scvi_feature_correlation(
 ) -> Result<Robj> {
     let (m, data) = (model_ref(&model)?, dataset(&ds)?);
     let cells = indices(&idx, data.n_cells())?;
-    let tb: Vec<Option<u32>> = if transform_batch.is_null() {
-        vec![None]
-    } else {
-        ints(&transform_batch, "transform_batch")?
-            .into_iter()
-            .map(|b| (b >= 0).then_some(b as u32))
-            .collect()
-    };
+    let tb = transform_batches(&transform_batch)?;
     let g = data.n_genes();
     let v = guarded(|| {
         let kind = resolve_device(device)?;
