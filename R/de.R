@@ -27,7 +27,9 @@
 #' @param fdr_target target of the posterior expected FDR (column `is_de_fdr_<target>`).
 #' @param silent `TRUE` hides the per-comparison progress messages.
 #' @param weights only `"uniform"` is available; importance weights are not implemented yet.
-#' @param filter_outlier_cells not available yet (must be `FALSE`).
+#' @param filter_outlier_cells drop the 10% of each group's cells farthest from the group in
+#'   latent space (robust Gaussian fit, as scvi-tools' `EllipticEnvelope`; not bitwise
+#'   identical) before sampling; the raw statistics still use every cell.
 #' @param ... `n_samples_overall` (default 5000), `test_mode` (`"three"`/`"two"`),
 #'   `pseudocounts` (default: estimated), `cred_interval_lvls` (HPD levels).
 #' @return A data.frame with one row per gene (per comparison), sorted by `proba_de` (change)
@@ -62,9 +64,7 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
   if (weights != "uniform") {
     .stop("`weights` = \"importance\" is not implemented yet; use \"uniform\"")
   }
-  if (!isFALSE(.check_scalar_bool(filter_outlier_cells, "filter_outlier_cells"))) {
-    .stop("`filter_outlier_cells` = TRUE is not implemented yet")
-  }
+  filter_outlier_cells <- .check_scalar_bool(filter_outlier_cells, "filter_outlier_cells")
   delta <- .check_scalar_num(delta, "delta", min = 0)
   fdr_target <- .check_scalar_num(fdr_target, "fdr_target", min = 0, max = 1)
   batch_size <- .check_batch_size(batch_size %||% 128L)
@@ -110,7 +110,7 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
     res <- .rs(rs_scvi_de(model$model, q$data, cmp$cells1 - 1L, cmp$cells2 - 1L,
                           mode == "change", delta, test_mode == "three", pseudocount, b1, b2,
                           n_samples, batch_size, fdr_target, levels_ci,
-                          floor(stats::runif(1, 0, 2^31)), device))
+                          floor(stats::runif(1, 0, 2^31)), filter_outlier_cells, device))
     df <- as.data.frame(res$columns, check.names = FALSE)
     if (!all_stats) df <- df[, !grepl("^(raw_|non_zeros_)", names(df)), drop = FALSE]
     if (mode == "change") df[[paste0("is_de_fdr_", .py_float(fdr_target))]] <- res$is_de

@@ -27,7 +27,7 @@ rs_scvi_marginal_ll <- function(model, ds, idx, n_mc_samples, batch_size, device
 
 # Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
 # `batches1/2` NULL = observed batches, else batch codes to marginalise over.
-rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, device)
+rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, device)
 
 rs_scvi_likelihood_parameters <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_likelihood_parameters, model, ds, idx, batch_size, device)
 

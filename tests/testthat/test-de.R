@@ -48,6 +48,11 @@ test_that("vanilla mode, idx conditions, several groups and intervals", {
   all <- differential_expression(m, groupby = "cell_line", silent = TRUE, n_samples_overall = 200L)
   expect_identical(nrow(all), 200L * length(unique(small_data()$cells$cell_line)))
   expect_false(anyDuplicated(rownames(all)) > 0)
+  fo <- differential_expression(m, groupby = "cell_line", group1 = "H1975",
+                                filter_outlier_cells = TRUE, n_samples_overall = 300L)
+  expect_identical(nrow(fo), 200L)
+  expect_equal(fo[rownames(fo), "raw_mean1"], differential_expression(
+    m, groupby = "cell_line", group1 = "H1975", n_samples_overall = 300L)[rownames(fo), "raw_mean1"])
   bc <- differential_expression(m, groupby = "cell_line", group1 = "H1975", group2 = "H2228",
                                 batch_correction = TRUE, n_samples_overall = 250L)
   expect_true(all(bc$group2 == "H2228"))

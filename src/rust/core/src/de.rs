@@ -338,3 +338,136 @@ mod tests {
         assert!((quantile(&[0.10, 0.42], 0.9) - 0.388).abs() < 1e-12);
     }
 }
+
+/// Cholesky factor (lower, row-major) of a symmetric positive-definite d x d matrix.
+fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            if i == j {
+                let v = a[i * d + i] - s;
+                if v <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = v.sqrt();
+            } else {
+                l[i * d + j] = (a[i * d + j] - s) / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// Mean, covariance Cholesky factor and log-determinant of the rows `subset` of `x` (n x d).
+fn gaussian_fit(x: &[f64], d: usize, subset: &[usize]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
+    let k = subset.len() as f64;
+    let mut mean = vec![0.0; d];
+    for &r in subset {
+        for j in 0..d {
+            mean[j] += x[r * d + j] / k;
+        }
+    }
+    let mut cov = vec![0.0; d * d];
+    for &r in subset {
+        for a in 0..d {
+            for b in 0..=a {
+                cov[a * d + b] += (x[r * d + a] - mean[a]) * (x[r * d + b] - mean[b]) / k;
+            }
+        }
+    }
+    for a in 0..d {
+        for b in 0..a {
+            cov[b * d + a] = cov[a * d + b];
+        }
+        cov[a * d + a] += 1e-9; // keeps a degenerate subset factorable
+    }
+    let l = cholesky(&cov, d)?;
+    let logdet = 2.0 * (0..d).map(|i| l[i * d + i].ln()).sum::<f64>();
+    Some((mean, l, logdet))
+}
+
+/// Squared Mahalanobis distance of every row under (mean, Cholesky factor).
+fn mahalanobis(x: &[f64], d: usize, mean: &[f64], l: &[f64]) -> Vec<f64> {
+    x.chunks(d)
+        .map(|row| {
+            // solve L y = (row - mean) by forward substitution
+            let mut y = vec![0.0; d];
+            for i in 0..d {
+                let s: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+                y[i] = (row[i] - mean[i] - s) / l[i * d + i];
+            }
+            y.iter().map(|v| v * v).sum()
+        })
+        .collect()
+}
+
+/// Inlier flags of an embedding (n x d, row-major) under a robust Gaussian fit: minimum
+/// covariance determinant by random starts and concentration steps (the FastMCD idea),
+/// then the `contamination` fraction of cells farthest in Mahalanobis distance are
+/// outliers, as sklearn's EllipticEnvelope decides (not bitwise: random starts differ).
+pub fn inliers(embedding: &[f32], d: usize, contamination: f64, seed: u64) -> Vec<bool> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let n = embedding.len().checked_div(d).unwrap_or(0);
+    if n <= d + 1 {
+        return vec![true; n];
+    }
+    let x: Vec<f64> = embedding.iter().map(|&v| v as f64).collect();
+    let h = (n + d).div_ceil(2); // floor((n + d + 1) / 2)
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    let mut all: Vec<usize> = (0..n).collect();
+    for _ in 0..10 {
+        all.shuffle(&mut rng);
+        let mut subset = all[..d + 1].to_vec();
+        let mut fit: Option<(f64, Vec<f64>)> = None;
+        for _ in 0..30 {
+            let Some((mean, l, logdet)) = gaussian_fit(&x, d, &subset) else {
+                break;
+            };
+            let dist = mahalanobis(&x, d, &mean, &l);
+            let converged = fit.as_ref().is_some_and(|f| logdet >= f.0 - 1e-12);
+            if subset.len() == h {
+                fit = Some((logdet, dist.clone()));
+            }
+            if converged {
+                break;
+            }
+            // concentration step: the h cells closest under the current fit
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]));
+            subset = order[..h].to_vec();
+        }
+        if let Some(f) = fit {
+            if best.as_ref().is_none_or(|b| f.0 < b.0) {
+                best = Some(f);
+            }
+        }
+    }
+    let Some((_, dist)) = best else {
+        return vec![true; n];
+    };
+    let cut = quantile(&dist, 1.0 - contamination);
+    dist.iter().map(|&v| v <= cut).collect()
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    #[test]
+    fn far_points_are_outliers_and_the_bulk_is_kept() {
+        // 200 points on a tight 2-D grid plus 10 far away
+        let mut emb = Vec::new();
+        for i in 0..200 {
+            emb.push((i % 20) as f32 * 0.1);
+            emb.push((i / 20) as f32 * 0.1);
+        }
+        for i in 0..10 {
+            emb.push(50.0 + i as f32);
+            emb.push(-40.0);
+        }
+        let keep = super::inliers(&emb, 2, 0.1, 0);
+        assert!(keep[200..].iter().all(|&k| !k), "far points kept");
+        assert!(keep[..200].iter().filter(|&&k| k).count() >= 185);
+    }
+}

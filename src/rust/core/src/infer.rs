@@ -385,6 +385,9 @@ pub struct DeRequest<'a> {
     pub fdr_target: f64,
     pub interval_levels: Vec<f64>,
     pub seed: u64,
+    /// Drop each group's latent-space outliers (10%) before sampling (raw statistics keep
+    /// every cell).
+    pub filter_outlier_cells: bool,
 }
 
 /// Named per-gene columns in the reference's order, plus the FDR flags in change mode.
@@ -451,8 +454,22 @@ pub fn differential_expression<B: Backend>(
             }
             Ok::<_, crate::Error>(all)
         };
-    let a1 = sample_group(req.cells1, &req.batches1, &mut rng)?;
-    let a2 = sample_group(req.cells2, &req.batches2, &mut rng)?;
+    let keep = |cells: &[usize]| -> Result<Vec<usize>> {
+        if !req.filter_outlier_cells {
+            return Ok(cells.to_vec());
+        }
+        let (mean, _, _) = latent(model, data, cells, true, 1, req.batch_size, device)?;
+        let flags = crate::de::inliers(&mean.values, mean.n_cols, 0.1, req.seed);
+        Ok(cells
+            .iter()
+            .zip(flags)
+            .filter(|(_, k)| *k)
+            .map(|(&c, _)| c)
+            .collect())
+    };
+    let (kept1, kept2) = (keep(req.cells1)?, keep(req.cells2)?);
+    let a1 = sample_group(&kept1, &req.batches1, &mut rng)?;
+    let a2 = sample_group(&kept2, &req.batches2, &mut rng)?;
     let j = (a1.len() / g).min(a2.len() / g);
     let (p1, p2) = (
         crate::de::Samples {

@@ -475,6 +475,7 @@ fn rs_scvi_de(
     fdr_target: f64,
     levels: Robj,
     seed: f64,
+    filter_outlier_cells: bool,
     device: &str,
 ) -> Result<Robj> {
     let (m, data) = (model_ref(&model)?, dataset(&ds)?);
@@ -513,6 +514,7 @@ fn rs_scvi_de(
             reals(&levels, "levels")?
         },
         seed: seed.max(0.0) as u64,
+        filter_outlier_cells,
     };
     let table = guarded(|| {
         let kind = resolve_device(device)?;
