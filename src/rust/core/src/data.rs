@@ -29,7 +29,7 @@ impl CsrMatrix {
                 "row pointer array does not match the number of cells".into(),
             ));
         }
-        if indices.len() != values.len() || *indptr.last().unwrap() != values.len() {
+        if indices.len() != values.len() || indptr.last() != Some(&values.len()) {
             return Err(Error::InvalidData(
                 "index and value arrays of the count matrix differ in length".into(),
             ));
@@ -417,6 +417,39 @@ pub fn library_prior(data: &DataSet) -> (Vec<f32>, Vec<f32>) {
         vars[b] = v as f32;
     }
     (means, vars)
+}
+
+/// 40 cells x 6 genes with counts from a fixed pattern, batches alternating over `n_batch`:
+/// the small dataset of the training and reference-mapping tests.
+#[cfg(test)]
+pub(crate) fn toy_dataset(n_batch: u32) -> DataSet {
+    let (n, g) = (40, 6);
+    let mut indptr = vec![0];
+    let (mut idx, mut val) = (vec![], vec![]);
+    for c in 0..n {
+        for j in 0..g {
+            let v = ((c * 7 + j * 3) % 5) as f32;
+            if v > 0.0 {
+                idx.push(j as u32);
+                val.push(v);
+            }
+        }
+        indptr.push(val.len());
+    }
+    let counts = CsrMatrix::new(n, g, indptr, idx, val).unwrap();
+    let batch = Categorical {
+        codes: (0..n).map(|c| c as u32 % n_batch).collect(),
+        n_categories: n_batch as usize,
+    };
+    DataSet::new(
+        counts,
+        batch,
+        Categorical::constant(n),
+        vec![],
+        vec![],
+        None,
+    )
+    .unwrap()
 }
 
 #[cfg(test)]

@@ -108,6 +108,12 @@ pub fn normalized_expression<B: Backend>(
 ) -> Result<Matrix> {
     check_cells(data, q.cells, model)?;
     check_batch(q.batch_size, q.cells, data)?;
+    if q.transform_batch.is_empty() {
+        return Err(invalid_arg(
+            "transform_batch",
+            "must name at least one batch",
+        ));
+    }
     if let Some(&b) = q
         .transform_batch
         .iter()

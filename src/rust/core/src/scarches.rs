@@ -287,39 +287,9 @@ pub fn apply_grad_rules<B: AutodiffBackend>(
 mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuTrain};
-    use crate::data::{library_prior, Categorical, CsrMatrix, DataSet};
+    use crate::data::{library_prior, toy_dataset};
     use crate::scvi::ScviConfig;
     use crate::train::{train, Silent, TrainConfig, TrainState};
-
-    fn data(n_batch: u32) -> DataSet {
-        let (n, g) = (40, 6);
-        let mut indptr = vec![0];
-        let (mut idx, mut val) = (vec![], vec![]);
-        for c in 0..n {
-            for j in 0..g {
-                let v = ((c * 5 + j * 3) % 4) as f32;
-                if v > 0.0 {
-                    idx.push(j as u32);
-                    val.push(v);
-                }
-            }
-            indptr.push(val.len());
-        }
-        let counts = CsrMatrix::new(n, g, indptr, idx, val).unwrap();
-        let batch = Categorical {
-            codes: (0..n).map(|c| c as u32 % n_batch).collect(),
-            n_categories: n_batch as usize,
-        };
-        DataSet::new(
-            counts,
-            batch,
-            Categorical::constant(n),
-            vec![],
-            vec![],
-            None,
-        )
-        .unwrap()
-    }
 
     fn vals<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
         t.into_data().to_vec().unwrap()
@@ -328,7 +298,7 @@ mod tests {
     #[test]
     fn query_grows_new_batch_rows_and_trains_only_covariate_weights() {
         let _rng = crate::TEST_RNG_LOCK.lock();
-        let (ref_data, query_data) = (data(2), data(3));
+        let (ref_data, query_data) = (toy_dataset(2), toy_dataset(3));
         let reference = Scvi::<Cpu>::new(
             ScviConfig::new(6, 2),
             library_prior(&ref_data),

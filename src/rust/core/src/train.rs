@@ -565,38 +565,11 @@ mod tests {
 mod training_tests {
     use super::*;
     use crate::backend::{Cpu, CpuTrain};
-    use crate::data::{Categorical, CsrMatrix, DataSet};
+    use crate::data::DataSet;
     use crate::scvi::ScviConfig;
 
-    /// 40 cells x 6 genes, two batches, counts from a fixed pattern.
     fn toy_data() -> DataSet {
-        let (n, g) = (40, 6);
-        let mut indptr = vec![0];
-        let (mut idx, mut val) = (vec![], vec![]);
-        for c in 0..n {
-            for j in 0..g {
-                let v = ((c * 7 + j * 3) % 5) as f32;
-                if v > 0.0 {
-                    idx.push(j as u32);
-                    val.push(v);
-                }
-            }
-            indptr.push(val.len());
-        }
-        let counts = CsrMatrix::new(n, g, indptr, idx, val).unwrap();
-        let batch = Categorical {
-            codes: (0..n).map(|c| (c % 2) as u32).collect(),
-            n_categories: 2,
-        };
-        DataSet::new(
-            counts,
-            batch,
-            Categorical::constant(n),
-            vec![],
-            vec![],
-            None,
-        )
-        .unwrap()
+        crate::data::toy_dataset(2)
     }
 
     fn flat<const D: usize>(t: burn::tensor::Tensor<Cpu, D>) -> Vec<f32> {

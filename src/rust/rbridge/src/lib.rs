@@ -105,6 +105,17 @@ fn model_ref(m: &Robj) -> Result<&ScviModel> {
     })
 }
 
+/// The model, its data and the selected cells (0-based) of a query call.
+fn model_data_cells<'a>(
+    model: &'a Robj,
+    ds: &'a Robj,
+    idx: &Robj,
+) -> Result<(&'a ScviModel, &'a DataSet, Vec<usize>)> {
+    let (m, data) = (model_ref(model)?, dataset(ds)?);
+    let cells = indices(idx, data.n_cells())?;
+    Ok((m, data, cells))
+}
+
 fn model_mut(m: &mut Robj) -> Result<&mut ScviModel> {
     let p: &mut ExternalPtr<ScviModel> = m.try_into().map_err(|_| other("invalid model handle"))?;
     p.try_addr_mut()
@@ -347,8 +358,7 @@ fn rs_scvi_latent(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let (z, mean, var) = guarded(|| {
         let kind = resolve_device(device)?;
         on_device!(m, kind, |module, dev| infer::latent(
@@ -382,8 +392,7 @@ fn rs_scvi_normalized_expression(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let tb = transform_batches(&transform_batch)?;
     let gene_idx = if genes.is_null() {
         None
@@ -415,8 +424,7 @@ fn rs_scvi_elbo_terms(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let (rec, kl) = guarded(|| {
         let kind = resolve_device(device)?;
         on_device!(m, kind, |module, dev| infer::elbo_terms(
@@ -439,8 +447,7 @@ fn rs_scvi_marginal_ll(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let v = guarded(|| {
         let kind = resolve_device(device)?;
         on_device!(m, kind, |module, dev| infer::marginal_ll(
@@ -545,8 +552,7 @@ fn rs_scvi_likelihood_parameters(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let p = guarded(|| {
         let kind = resolve_device(device)?;
         on_device!(m, kind, |module, dev| infer::likelihood_parameters(
@@ -576,8 +582,7 @@ fn rs_scvi_library_size(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let v = guarded(|| {
         let kind = resolve_device(device)?;
         on_device!(m, kind, |module, dev| infer::latent_library_size(
@@ -603,8 +608,7 @@ fn rs_scvi_posterior_predictive(
     seed: f64,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let gene_idx = if genes.is_null() {
         None
     } else {
@@ -639,8 +643,7 @@ fn rs_scvi_feature_correlation(
     seed: f64,
     device: &str,
 ) -> Result<Robj> {
-    let (m, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let tb = transform_batches(&transform_batch)?;
     let g = data.n_genes();
     let v = guarded(|| {
@@ -676,8 +679,7 @@ fn rs_scvi_scale_samples(
     device: &str,
 ) -> Result<Robj> {
     use rscvi_core::rand_seeded;
-    let (mdl, data) = (model_ref(&model)?, dataset(&ds)?);
-    let cells = indices(&idx, data.n_cells())?;
+    let (mdl, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let g = data.n_genes();
     let m = m.max(1) as usize;
     let v = guarded(|| {
