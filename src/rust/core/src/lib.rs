@@ -1,6 +1,7 @@
-//! rscvi-core: scvi-tools' SCVI on Burn, with no R dependency. The R package (rbridge) and
+//! rscvi-core: scvi-tools' SCVI and GIMVI on Burn, with no R dependency. The R package (rbridge) and
 //! the command-line tool (cli) are thin front ends over this crate.
 
+pub mod adversarial;
 pub mod alloc;
 pub mod backend;
 pub mod data;
@@ -8,6 +9,8 @@ pub mod de;
 pub mod dist;
 pub mod error;
 pub mod fused;
+pub mod gimvi;
+pub mod gimvi_model;
 pub mod infer;
 pub mod metrics;
 pub mod model;

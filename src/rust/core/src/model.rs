@@ -16,8 +16,8 @@ use crate::scvi::{Scvi, ScviConfig};
 use crate::train::{self, Observer, TrainConfig, TrainState, TrainSummary};
 
 pub const FORMAT_VERSION: u32 = 1;
-const WEIGHTS_FILE: &str = "model.mpk";
-const META_FILE: &str = "model.json";
+pub(crate) const WEIGHTS_FILE: &str = "model.mpk";
+pub(crate) const META_FILE: &str = "model.json";
 
 pub struct ScviModel {
     pub module: Scvi<Cpu>,
@@ -98,7 +98,7 @@ impl<B: Backend> ModuleVisitor<B> for Shapes {
     }
 }
 
-fn shapes<B: Backend>(m: &Scvi<B>) -> Vec<Vec<usize>> {
+pub(crate) fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
     let mut v = Shapes(Vec::new());
     m.visit(&mut v);
     v.0
