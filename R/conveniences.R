@@ -101,3 +101,94 @@ RunSCVI <- function(object, ..., reduction.name = "scvi", reduction.key = "SCVI_
   object[[reduction.name]] <- reduction
   object
 }
+
+# GIMVI: fit on (reference, spatial object) and write the results into the spatial object.
+.fit_gimvi <- function(x, reference, dots, caller) {
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) {
+    .stop("%s(): arguments in `...` must be named (they are passed to gimvi() and train())",
+          caller)
+  }
+  setup_args <- setdiff(names(formals(gimvi)), c("x_seq", "x_spatial", "train", "..."))
+  train_args <- setdiff(names(formals(train.GIMVI)), c("model", "..."))
+  unknown <- setdiff(nms, c(setup_args, train_args, "normalized"))
+  if (length(unknown)) {
+    .stop("%s(): unknown arguments: %s; `...` takes arguments of gimvi() and train()", caller,
+          .enum(unknown, 10L))
+  }
+  normalized <- .check_scalar_bool(dots$normalized %||% TRUE, "normalized")
+  model <- do.call(gimvi, c(list(reference, x), dots[nms %in% setup_args]))
+  model <- do.call(train.GIMVI, c(list(model), dots[nms %in% train_args]))
+  list(model = model, latent = get_latent_representation.GIMVI(model)$spatial,
+       imputed = get_imputed_values.GIMVI(model, normalized = normalized)$spatial)
+}
+
+#' GIMVI imputation into SingleCellExperiment and Seurat objects
+#'
+#' Fits a GIMVI model on a spatial object and an scRNA-seq reference ([gimvi()], [train()])
+#' and stores the results in the spatial object: the imputed expression of every reference
+#' gene (genes x spatial cells) and the joint latent space of the spatial cells.
+#' `runGIMVI()` adds an alternative experiment `name` (assay `"imputed"`, the model in its
+#' `metadata()`) and `reducedDim(x, name)`; `RunGIMVI()` adds an assay `assay.name` (imputed
+#' values in its data layer) and a reduction `reduction.name` (the model in its `misc`).
+#'
+#' @param x,object the spatial `SingleCellExperiment` / `Seurat` object.
+#' @param reference the scRNA-seq reference: anything [gimvi()] takes as `x_seq`.
+#' @param ... arguments of [gimvi()] (e.g. `batch_key_spatial`, `layer_seq`) and [train()]
+#'   (e.g. `max_epochs`, `seed`), by name, and `normalized` (default `TRUE`: proportions;
+#'   `FALSE`: expected counts at each cell's observed panel total) for the imputed values.
+#' @param name name of the alternative experiment and of the reduced dimension.
+#' @param assay.name,reduction.name,reduction.key names of the Seurat assay and reduction
+#'   (the key ends in `"_"`).
+#' @return `x` / `object` with the results added.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' d <- rscvi_example_merfish()
+#' spatial <- SingleCellExperiment::SingleCellExperiment(
+#'   assays = list(counts = d$spatial$counts[1:100, ]))
+#' reference <- d$seq$counts[, Matrix::colSums(d$seq$counts) > 0]
+#' spatial <- runGIMVI(spatial, reference, max_epochs = 5, seed = 0)
+#' SingleCellExperiment::altExp(spatial, "GIMVI")
+runGIMVI <- function(x, reference, ..., name = "GIMVI") {
+  if (!methods::is(x, "SingleCellExperiment")) {
+    .stop(paste0("`x` must be a SingleCellExperiment for runGIMVI(), got %s; use RunGIMVI() ",
+                 "for Seurat, or gimvi() for matrices"), .describe(x))
+  }
+  name <- .check_scalar_string(name, "name")
+  fit <- .fit_gimvi(x, reference, list(...), "runGIMVI")
+  imputed <- SummarizedExperiment::SummarizedExperiment(
+    assays = list(imputed = t(fit$imputed)), metadata = list(model = fit$model))
+  SingleCellExperiment::altExp(x, name) <- imputed
+  SingleCellExperiment::reducedDim(x, name) <- fit$latent
+  x
+}
+
+#' @rdname runGIMVI
+#' @export
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' d <- rscvi_example_merfish()
+#' so <- SeuratObject::CreateSeuratObject(d$spatial$counts[1:100, ], assay = "MERFISH")
+#' reference <- d$seq$counts[, Matrix::colSums(d$seq$counts) > 0]
+#' so <- RunGIMVI(so, reference, layer_spatial = "MERFISH", max_epochs = 5, seed = 0)
+#' SeuratObject::Assays(so)
+RunGIMVI <- function(object, reference, ..., assay.name = "GIMVI", reduction.name = "gimvi",
+                     reduction.key = "GIMVI_") {
+  if (!methods::is(object, "Seurat")) {
+    .stop("`object` must be a Seurat object for RunGIMVI(), got %s; use runGIMVI() for a SingleCellExperiment",
+          .describe(object))
+  }
+  assay.name <- .check_scalar_string(assay.name, "assay.name")
+  reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
+  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
+  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
+    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"GIMVI_\"), got \"%s\"",
+          reduction.key)
+  }
+  fit <- .fit_gimvi(object, reference, list(...), "RunGIMVI")
+  object[[assay.name]] <- SeuratObject::CreateAssayObject(data = t(fit$imputed))
+  emb <- fit$latent
+  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
+  object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
+    embeddings = emb, key = reduction.key, assay = assay.name, misc = list(model = fit$model))
+  object
+}

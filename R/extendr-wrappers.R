@@ -51,6 +51,26 @@ rs_knn_purity <- function(emb, labels, k) .Call(wrap__rs_knn_purity, emb, labels
 
 rs_batch_mixing <- function(emb, labels, batches, k) .Call(wrap__rs_batch_mixing, emb, labels, batches, k)
 
+# The kind of model saved in `dir` ("SCVI", "GIMVI").
+rs_saved_model_kind <- function(dir) .Call(wrap__rs_saved_model_kind, dir)
+
 rs_device_info <- function() .Call(wrap__rs_device_info)
+
+rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__rs_gimvi_new, seq, spatial, config_json, registry_json)
+
+rs_gimvi_train <- function(model, seq, spatial, train_json, kappa, device, progress) .Call(wrap__rs_gimvi_train, model, seq, spatial, train_json, kappa, device, progress)
+
+rs_gimvi_history <- function(model) .Call(wrap__rs_gimvi_history, model)
+
+rs_gimvi_state <- function(model) .Call(wrap__rs_gimvi_state, model)
+
+rs_gimvi_latent <- function(model, which, ds, idx, deterministic, batch_size) .Call(wrap__rs_gimvi_latent, model, which, ds, idx, deterministic, batch_size)
+
+# `decode_mode` < 0: the dataset's own mode.
+rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
+
+rs_gimvi_save <- function(model, dir, overwrite) .Call(wrap__rs_gimvi_save, model, dir, overwrite)
+
+rs_gimvi_load <- function(dir) .Call(wrap__rs_gimvi_load, dir)
 
 

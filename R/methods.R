@@ -300,7 +300,11 @@ history.default <- function(model, ...) {
 #' @export
 history.SCVI <- function(model, ...) {
   .check_model(model)
-  h <- .rs(rs_scvi_history(model$model))
+  .history_frame(.rs(rs_scvi_history(model$model)))
+}
+
+# The bridge's history columns as a data.frame.
+.history_frame <- function(h) {
   h <- lapply(h[.history_columns], function(col) col %||% numeric(0))
   h$epoch <- as.integer(h$epoch)
   as.data.frame(h, optional = TRUE)
@@ -499,7 +503,7 @@ print.summary.SCVI <- function(x, ...) {
 #' (per-cell negative ELBO, training and validation), the reconstruction loss, and the KL
 #' divergence (with the warm-up KL weight on a second axis).
 #'
-#' @param x an `SCVI` model.
+#' @param x an `SCVI` or `GIMVI` model.
 #' @param which panels to draw, any of `"elbo"`, `"reconstruction"`, `"kl"`.
 #' @param ... passed to [graphics::plot()] for every panel.
 #' @return `x`, invisibly.
@@ -509,13 +513,18 @@ print.summary.SCVI <- function(x, ...) {
 #' plot(model)
 plot.SCVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   .check_model(x, "x")
+  .plot_history(history.SCVI(x), which, ...)
+  invisible(x)
+}
+
+# Training-curve panels of a history data.frame.
+.plot_history <- function(h, which, ...) {
   panels <- c("elbo", "reconstruction", "kl")
   if (!is.character(which) || !length(which) || anyNA(which) || !all(which %in% panels)) {
     .stop("`which` must hold some of %s, got %s",
           paste(encodeString(panels, quote = "\""), collapse = ", "), .describe(which))
   }
   which <- unique(which)
-  h <- history.SCVI(x)
   if (nrow(h) == 0L) .stop("`x` has no training history yet: train it with train(x)")
   old <- graphics::par(mfrow = c(1L, length(which)), mar = c(4, 4.2, 2.5, 2.5))
   on.exit(graphics::par(old), add = TRUE)
@@ -557,7 +566,7 @@ plot.SCVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
                          col = "grey40", bty = "n", cex = 0.8)
       })
   }
-  invisible(x)
+  invisible(h)
 }
 
 #' How a model was set up

@@ -338,7 +338,7 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 #' `scvi.settings.seed = seed` (NumPy's legacy permutation), and the minibatch order and
 #' sampling noise are reproducible on the CPU.
 #'
-#' @param model an `SCVI` model.
+#' @param model an `SCVI` or `GIMVI` model.
 #' @param max_epochs number of passes over the training cells; `NULL` uses scvi-tools'
 #'   heuristic `min(round(20000 / n_cells * 400), 400)`.
 #' @param train_size fraction of cells to train on, in (0, 1]; `NULL` = 0.9 (then a last
@@ -492,13 +492,15 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
-#' @param model an `SCVI` model.
+#' @param model an `SCVI` or `GIMVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
-#' @param x optional data to attach, as for [scvi()]: it must hold the model's genes in the
+#' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
+#'   `list(seq = , spatial = )` of both datasets): it must hold the model's genes in the
 #'   model's order and only known batch / label / covariate categories.
 #' @param ... for `load_model()`: `cells` and `layer`, as for [scvi()], describing `x`.
-#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI` model.
+#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI` or `GIMVI` model
+#'   (whichever was saved).
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' sce <- rscvi_example_sce()
@@ -535,6 +537,11 @@ load_model <- function(dir, x = NULL, ...) {
   if (!all(known)) {
     .stop("load_model() got unknown arguments: %s; it takes `cells` and `layer` for `x`",
           .dots_names(dots, !known))
+  }
+  kind <- .rs(rs_saved_model_kind(path.expand(dir)))
+  if (kind == "GIMVI") {
+    if (length(dots)) .stop("load_model(): `cells` and `layer` do not apply to a GIMVI model")
+    return(.load_gimvi(dir, x))
   }
   ptr <- .rs(rs_scvi_load(path.expand(dir)))
   st <- .rs(rs_scvi_state(ptr))

@@ -585,35 +585,44 @@ pub fn library_priors(data: [&DataSet; 2]) -> [(Vec<f32>, Vec<f32>); 2] {
     [library_prior(data[0]), library_prior(data[1])]
 }
 
-/// Checks that `data` matches what the module was built for.
+/// Checks that both datasets match what the module was built for.
 pub fn check_data(config: &GimviConfig, data: [&DataSet; 2]) -> Result<()> {
-    for (i, (d, arg)) in data.iter().zip(["x_seq", "x_spatial"]).enumerate() {
-        if d.n_genes() != config.n_genes_of(i) {
-            return Err(invalid_arg(
-                arg,
-                format!(
-                    "has {} genes but the model expects {}",
-                    d.n_genes(),
-                    config.n_genes_of(i)
-                ),
-            ));
-        }
-        if d.batch.n_categories != config.n_batch[i] {
-            return Err(invalid_arg(
-                arg,
-                format!(
-                    "has {} batch categories but the model expects {}",
-                    d.batch.n_categories, config.n_batch[i]
-                ),
-            ));
-        }
-        if let Some(c) = d.log_library.iter().position(|l| !l.is_finite()) {
-            // G5: an empty cell has log library -inf.
-            return Err(Error::InvalidData(format!(
-                "cell {} of `{arg}` has no counts; remove empty cells first",
-                c + 1
-            )));
-        }
+    check_data_one(config, SEQ, data[SEQ])?;
+    check_data_one(config, SPATIAL, data[SPATIAL])
+}
+
+/// Checks that `data` fits the module as dataset `dataset`.
+pub fn check_data_one(config: &GimviConfig, dataset: usize, data: &DataSet) -> Result<()> {
+    let arg = if dataset == SPATIAL {
+        "x_spatial"
+    } else {
+        "x_seq"
+    };
+    if data.n_genes() != config.n_genes_of(dataset) {
+        return Err(invalid_arg(
+            arg,
+            format!(
+                "has {} genes but the model expects {}",
+                data.n_genes(),
+                config.n_genes_of(dataset)
+            ),
+        ));
+    }
+    if data.batch.n_categories != config.n_batch[dataset] {
+        return Err(invalid_arg(
+            arg,
+            format!(
+                "has {} batch categories but the model expects {}",
+                data.batch.n_categories, config.n_batch[dataset]
+            ),
+        ));
+    }
+    if let Some(c) = data.log_library.iter().position(|l| !l.is_finite()) {
+        // G5: an empty cell has log library -inf.
+        return Err(Error::InvalidData(format!(
+            "cell {} of `{arg}` has no counts; remove empty cells first",
+            c + 1
+        )));
     }
     Ok(())
 }

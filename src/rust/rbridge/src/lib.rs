@@ -13,11 +13,11 @@ use rscvi_core::data::{Categorical, CsrMatrix, DataSet};
 use rscvi_core::infer::{self, ExpressionQuery};
 use rscvi_core::model::ScviModel;
 use rscvi_core::scvi::ScviConfig;
-use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
+use rscvi_core::train::{EpochRecord, Observer, TrainConfig, TrainSummary};
 use rscvi_core::{metrics, on_device};
 
 /// Runs core code, converting its errors and any panic into an R error message.
-fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
     rscvi_core::alloc::tune_allocator();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
@@ -35,11 +35,11 @@ fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
     }
 }
 
-fn other(msg: impl Into<String>) -> Error {
+pub(crate) fn other(msg: impl Into<String>) -> Error {
     Error::Other(msg.into())
 }
 
-fn ints(x: &Robj, name: &str) -> Result<Vec<i32>> {
+pub(crate) fn ints(x: &Robj, name: &str) -> Result<Vec<i32>> {
     x.as_integer_slice()
         .map(|s| s.to_vec())
         .ok_or_else(|| other(format!("internal: `{name}` must be an integer vector")))
@@ -51,7 +51,7 @@ fn reals(x: &Robj, name: &str) -> Result<Vec<f64>> {
         .ok_or_else(|| other(format!("internal: `{name}` must be a double vector")))
 }
 
-fn indices(x: &Robj, n: usize) -> Result<Vec<usize>> {
+pub(crate) fn indices(x: &Robj, n: usize) -> Result<Vec<usize>> {
     if x.is_null() {
         return Ok((0..n).collect());
     }
@@ -88,11 +88,11 @@ fn codes(x: &Robj, n_categories: i32, name: &str) -> Result<Categorical> {
     })
 }
 
-fn matrix(values: &[f32], n_rows: usize, n_cols: usize) -> Robj {
+pub(crate) fn matrix(values: &[f32], n_rows: usize, n_cols: usize) -> Robj {
     RMatrix::new_matrix(n_rows, n_cols, |r, c| values[r * n_cols + c] as f64).into()
 }
 
-fn dataset(ds: &Robj) -> Result<&DataSet> {
+pub(crate) fn dataset(ds: &Robj) -> Result<&DataSet> {
     let p: &ExternalPtr<DataSet> = ds.try_into().map_err(|_| other("invalid data handle"))?;
     p.try_addr()
         .map_err(|_| other("the data handle is no longer valid"))
@@ -210,14 +210,31 @@ unsafe extern "C" fn check_interrupt(_: *mut c_void) {
 
 /// True when the user pressed Ctrl-C. R_CheckUserInterrupt would longjmp over Rust frames;
 /// inside R_ToplevelExec the jump ends there and only the return value tells.
-fn interrupt_pending() -> bool {
+pub(crate) fn interrupt_pending() -> bool {
     unsafe { R_ToplevelExec(Some(check_interrupt), std::ptr::null_mut()) == 0 }
 }
 
-struct RProgress {
+pub(crate) struct RProgress {
     show: bool,
     last_draw: Option<Instant>,
     interrupted: bool,
+}
+
+impl RProgress {
+    pub(crate) fn new(show: bool) -> Self {
+        Self {
+            show,
+            last_draw: None,
+            interrupted: false,
+        }
+    }
+
+    /// Ends the progress line when training stopped early (Ctrl-C or an error).
+    pub(crate) fn finish(&self, failed: bool) {
+        if self.show && self.last_draw.is_some() && (self.interrupted || failed) {
+            reprint!("\n");
+        }
+    }
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -287,36 +304,37 @@ fn rs_scvi_train(
     let cfg: TrainConfig = serde_json::from_str(train_json)
         .map_err(|e| other(format!("internal: bad train config: {e}")))?;
     let m = model_mut(&mut model)?;
-    let mut observer = RProgress {
-        show: progress,
-        last_draw: None,
-        interrupted: false,
-    };
+    let mut observer = RProgress::new(progress);
     let summary = guarded(|| {
         let kind = resolve_device(device)?;
         m.train(&data, &cfg, kind, &mut observer)
     });
-    if progress && observer.last_draw.is_some() && (observer.interrupted || summary.is_err()) {
-        reprint!("\n");
-    }
-    let s = summary?;
-    Ok(list!(
+    observer.finish(summary.is_err());
+    Ok(summary_list(&summary?))
+}
+
+pub(crate) fn summary_list(s: &TrainSummary) -> Robj {
+    list!(
         epochs_run = s.epochs_run as i32,
         max_epochs = s.max_epochs as i32,
         interrupted = s.interrupted,
         early_stopped = s.early_stopped,
         seconds = s.seconds
     )
-    .into())
+    .into()
 }
 
 #[extendr]
 fn rs_scvi_history(model: Robj) -> Result<Robj> {
-    let h = &model_ref(&model)?.state.history;
+    Ok(history_list(&model_ref(&model)?.state.history))
+}
+
+/// A training history as an R list of columns (epochs 1-based).
+pub(crate) fn history_list(h: &[EpochRecord]) -> Robj {
     let opt =
         |f: fn(&EpochRecord) -> Option<f64>| -> Vec<Option<f64>> { h.iter().map(f).collect() };
     let req = |f: fn(&EpochRecord) -> f64| -> Vec<f64> { h.iter().map(f).collect() };
-    Ok(list!(
+    list!(
         epoch = h.iter().map(|r| r.epoch as i32 + 1).collect::<Vec<i32>>(),
         elbo_train = req(|r| r.elbo_train),
         elbo_validation = opt(|r| r.elbo_validation),
@@ -329,7 +347,7 @@ fn rs_scvi_history(model: Robj) -> Result<Robj> {
         validation_loss = opt(|r| r.validation_loss),
         seconds = req(|r| r.seconds)
     )
-    .into())
+    .into()
 }
 
 #[extendr]
@@ -776,6 +794,12 @@ fn rs_batch_mixing(emb: Robj, labels: Robj, batches: Robj, k: i32) -> Result<f64
     guarded(|| metrics::batch_mixing(&rows, d, &labels, &batches, k.max(0) as usize))
 }
 
+/// The kind of model saved in `dir` ("SCVI", "GIMVI").
+#[extendr]
+fn rs_saved_model_kind(dir: &str) -> Result<String> {
+    guarded(|| rscvi_core::gimvi_model::saved_model_kind(Path::new(dir)))
+}
+
 #[extendr]
 fn rs_device_info() -> Robj {
     list!(
@@ -786,8 +810,11 @@ fn rs_device_info() -> Robj {
     .into()
 }
 
+mod gimvi;
+
 extendr_module! {
     mod rscvi;
+    use gimvi;
     fn rs_dataset_new;
     fn rs_scvi_new;
     fn rs_scvi_train;
@@ -808,5 +835,6 @@ extendr_module! {
     fn rs_scvi_load;
     fn rs_knn_purity;
     fn rs_batch_mixing;
+    fn rs_saved_model_kind;
     fn rs_device_info;
 }
