@@ -1,0 +1,150 @@
+# GIMVI leave-genes-out imputation benchmark: rscvi vs scvi-tools 1.5.1 (and a kNN baseline),
+# same data, same folds, same protocol (documented in bench/scvi_tools_gimvi.py), one run.
+#
+#   Rscript bench/bench_gimvi.R [datasets] [seeds]
+#   Rscript bench/bench_gimvi.R merfish,osmfish 0,1,2
+#
+# Needs the installed rscvi, ../shared/data (or RSCVI_SHARED_DATA) and the scvi-tools venv
+# of bench/setup-venv.sh. RSCVI_BENCH_REUSE=1 reads existing scvi-tools results from
+# bench/results/gimvi-scvi-tools/<dataset> instead of rerunning them. Both tools use 2
+# threads. Writes bench/results/gimvi-<dataset>.md and gimvi-<dataset>-rscvi.tsv.
+
+suppressPackageStartupMessages(library(rscvi))
+args <- commandArgs(trailingOnly = TRUE)
+datasets <- strsplit(if (length(args) >= 1) args[[1]] else "merfish,osmfish", ",")[[1]]
+seeds <- as.integer(strsplit(if (length(args) >= 2) args[[2]] else "0,1,2", ",")[[1]])
+here <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", commandArgs(FALSE),
+                                                      value = TRUE)[1])))
+data_root <- Sys.getenv("RSCVI_SHARED_DATA", file.path(here, "..", "..", "shared", "data"))
+venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rscvi/bench-venv"))
+reuse <- Sys.getenv("RSCVI_BENCH_REUSE") == "1"
+Sys.setenv(RAYON_NUM_THREADS = "2")
+out_dir <- file.path(here, "results")
+
+read_part <- function(dir, feature_col = "gene") {
+  m <- methods::as(Matrix::readMM(gzfile(file.path(dir, "matrix.mtx.gz"))), "CsparseMatrix")
+  features <- utils::read.delim(gzfile(file.path(dir, "features.tsv.gz")))
+  obs <- utils::read.delim(gzfile(file.path(dir, "obs.tsv.gz")), stringsAsFactors = FALSE)
+  list(m = methods::as(m, "dgCMatrix"), features = features, obs = obs)
+}
+
+# Panel genes (spatial order), seq and spatial counts (genes x cells) and the folds.
+load_pair <- function(name) {
+  if (name == "merfish") {
+    base <- file.path(data_root, "merfish_hypothalamus")
+    sp <- read_part(file.path(base, "spatial"))
+    sq <- read_part(file.path(base, "scrna"))
+    genes <- sp$features$gene
+    rownames(sp$m) <- genes
+    rownames(sq$m) <- sq$features$gene
+    folds <- utils::read.delim(file.path(base, "folds.tsv"))
+    return(list(genes = genes, seq = sq$m[genes, ], spatial = sp$m, folds = folds))
+  }
+  folds <- utils::read.delim(file.path(data_root, "osmfish", "folds_mop20.tsv"))
+  sp <- read_part(file.path(data_root, "osmfish"))
+  genes <- sp$features$gene[sp$features$gene %in% folds$gene]
+  spatial <- sp$m[match(genes, sp$features$gene), sp$obs$Valid == 1]
+  rownames(spatial) <- genes
+  mop <- read_part(file.path(data_root, "mop_snareseq2"))
+  rna <- mop$features$feature_type == "Gene Expression"
+  seq <- mop$m[which(rna)[match(genes, mop$features$name[rna])], ]
+  rownames(seq) <- genes
+  list(genes = genes, seq = seq, spatial = spatial, folds = folds)
+}
+
+spearman <- function(truth, imputed) {
+  if (all(imputed == 0)) return(0)
+  if (length(unique(truth)) < 2) return(NA_real_)
+  suppressWarnings(stats::cor(truth, imputed, method = "spearman"))
+}
+
+run_rscvi <- function(name, pair, seed) {
+  rows <- list()
+  runs <- list()
+  seq <- pair$seq[, Matrix::colSums(pair$seq) > 0]
+  colnames(seq) <- paste0("s", seq_len(ncol(seq)))
+  for (f in sort(unique(pair$folds$fold))) {
+    test <- pair$folds$gene[pair$folds$fold == f]
+    test <- pair$genes[pair$genes %in% test]
+    train_genes <- setdiff(pair$genes, test)
+    partial <- pair$spatial[train_genes, ]
+    keep <- Matrix::colSums(partial) > 0
+    full <- pair$spatial[, keep]
+    partial <- partial[, keep]
+    colnames(partial) <- paste0("p", seq_len(ncol(partial)))
+    model <- suppressWarnings(gimvi(seq, partial))
+    t0 <- proc.time()[["elapsed"]]
+    model <- train(model, seed = seed, progress = FALSE)
+    secs <- proc.time()[["elapsed"]] - t0
+    truth <- t(as.matrix(full[test, , drop = FALSE])) / Matrix::colSums(full)
+    imp <- get_imputed_values(model, normalized = TRUE)$spatial
+    raw <- get_imputed_values(model, normalized = FALSE)$spatial
+    rows[[length(rows) + 1]] <- data.frame(
+      dataset = name, method = "rscvi", seed = seed, fold = f, gene = test,
+      spearman_normalized = vapply(test, function(g) spearman(truth[, g], imp[, g]), 0),
+      spearman_unnormalized = vapply(test, function(g) spearman(truth[, g], raw[, g]), 0))
+    runs[[length(runs) + 1]] <- data.frame(
+      dataset = name, seed = seed, fold = f, n_seq = ncol(seq), n_spatial = ncol(partial),
+      n_train_genes = length(train_genes), n_test_genes = length(test),
+      train_seconds = secs, s_per_epoch = secs / 200)
+    cat(sprintf("  rscvi %s seed %d fold %d: %.1f s, median %.3f / %.3f\n", name, seed, f,
+                secs, stats::median(rows[[length(rows)]]$spearman_normalized, na.rm = TRUE),
+                stats::median(rows[[length(rows)]]$spearman_unnormalized, na.rm = TRUE)))
+  }
+  list(genes = do.call(rbind, rows), runs = do.call(rbind, runs))
+}
+
+run_reference <- function(name) {
+  ref_dir <- file.path(out_dir, "gimvi-scvi-tools", name)
+  if (!reuse) {
+    if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
+    status <- system2(file.path(venv, "bin", "python"), c(
+      file.path(here, "scvi_tools_gimvi.py"), "--data", data_root, "--dataset", name,
+      "--seeds", seeds, "--threads", "2", "--out", ref_dir))
+    if (status != 0) stop("scvi-tools reference run failed")
+  }
+  list(genes = utils::read.delim(file.path(ref_dir, "genes.tsv")),
+       runs = utils::read.delim(file.path(ref_dir, "runs.tsv")))
+}
+
+pooled <- function(g, col) stats::median(g[[col]], na.rm = TRUE)
+
+for (name in datasets) {
+  cat(sprintf("== %s\n", name))
+  pair <- load_pair(name)
+  ours <- lapply(seeds, function(s) run_rscvi(name, pair, s))
+  ours_genes <- do.call(rbind, lapply(ours, `[[`, "genes"))
+  ours_runs <- do.call(rbind, lapply(ours, `[[`, "runs"))
+  utils::write.table(ours_genes, file.path(out_dir, sprintf("gimvi-%s-rscvi.tsv", name)),
+                     sep = "\t", quote = FALSE, row.names = FALSE)
+  ref <- run_reference(name)
+  ref_genes <- ref$genes[ref$genes$method == "scvi-tools" & ref$genes$seed %in% seeds, ]
+  knn <- ref$genes[ref$genes$method == "knn", ]
+  per_seed <- function(g, col) {
+    vapply(seeds, function(s) pooled(g[g$seed == s, ], col), 0)
+  }
+  row <- function(label, g, runs) {
+    n <- per_seed(g, "spearman_normalized")
+    u <- per_seed(g, "spearman_unnormalized")
+    sprintf("| %s | %.3f | %s | %.3f | %s | %.3f |", label, mean(n),
+            paste(sprintf("%.3f", n), collapse = " / "), mean(u),
+            paste(sprintf("%.3f", u), collapse = " / "),
+            stats::median(runs$s_per_epoch[runs$seed %in% seeds]))
+  }
+  lines <- c(
+    sprintf("# GIMVI leave-genes-out imputation, %s (%d seq x %d spatial cells, %d genes, 5 folds)",
+            name, ncol(pair$seq), ncol(pair$spatial), length(pair$genes)),
+    "",
+    sprintf("Seeds %s; median per-gene Spearman over all held-out genes (pooled over folds); `Rscript bench/bench_gimvi.R %s %s`.",
+            paste(seeds, collapse = ", "), name, paste(seeds, collapse = ",")),
+    "",
+    "| method | normalized (mean) | per seed | unnormalized (mean) | per seed | s/epoch (median) |",
+    "|---|---|---|---|---|---|",
+    row("rscvi", ours_genes, ours_runs),
+    row("scvi-tools 1.5.1", ref_genes, ref$runs),
+    sprintf("| kNN baseline (15 neighbours) | %.3f | | %.3f | | |",
+            pooled(knn, "spearman_normalized"), pooled(knn, "spearman_unnormalized"))
+  )
+  writeLines(lines, file.path(out_dir, sprintf("gimvi-%s.md", name)))
+  cat(lines, sep = "\n")
+}
