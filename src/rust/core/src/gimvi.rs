@@ -12,7 +12,7 @@ use crate::data::{library_prior, DataSet};
 use crate::dist;
 use crate::error::{invalid_arg, Error, Result};
 use crate::nn::{Encoder, FcLayers, FcOptions};
-use crate::scvi::{Dispersion, GeneLikelihood};
+use crate::scvi::{fused_log_likelihood_from_logits, Dispersion, GeneLikelihood};
 
 /// Index of the sequencing dataset.
 pub const SEQ: usize = 0;
@@ -484,15 +484,13 @@ impl<B: Backend> Jvae<B> {
         }
     }
 
-    /// Decoder pass in decode mode `mode` (0: sequencing genes, 1: spatial panel).
-    pub fn generative(
+    /// Decoder network up to its heads: scale logits, θ and zero-inflation logits, (n, G).
+    fn decoder_outputs(
         &self,
         z: Tensor<B, 2>,
-        library: Tensor<B, 2>,
         batch_onehot: &Tensor<B, 2>,
-        mode: usize,
         training: bool,
-    ) -> GimviGenerative<B> {
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
         let dec = &self.decoder;
         let mut h = z;
         if let Some(cond) = &dec.px_decoder_conditioned {
@@ -502,20 +500,37 @@ impl<B: Backend> Jvae<B> {
         if let Some(fin) = &dec.px_decoder_final {
             h = fin.forward(h, None, training);
         }
-        let rho_tilde = activation::softmax(dec.px_scale_decoder.forward(h.clone()), 1);
-        let mode_genes = (mode == SPATIAL).then(|| self.spatial_genes(&h.device()));
-        let scale = renormalize(rho_tilde, mode_genes.as_ref());
-        let rate = scale.clone() * library.exp();
         let theta = match self.config.dispersion {
             Dispersion::GeneBatch => batch_onehot.clone().matmul(self.px_r.val()).exp(),
             Dispersion::GeneCell => dec.px_r_decoder.forward(h.clone()).exp(),
             _ => self.px_r.val().exp(),
         };
+        (
+            dec.px_scale_decoder.forward(h.clone()),
+            theta,
+            dec.px_dropout_decoder.forward(h),
+        )
+    }
+
+    /// Decoder pass in decode mode `mode` (0: sequencing genes, 1: spatial panel).
+    pub fn generative(
+        &self,
+        z: Tensor<B, 2>,
+        library: Tensor<B, 2>,
+        batch_onehot: &Tensor<B, 2>,
+        mode: usize,
+        training: bool,
+    ) -> GimviGenerative<B> {
+        let (logits, theta, dropout_logits) = self.decoder_outputs(z, batch_onehot, training);
+        let rho_tilde = activation::softmax(logits, 1);
+        let mode_genes = (mode == SPATIAL).then(|| self.spatial_genes(&library.device()));
+        let scale = renormalize(rho_tilde, mode_genes.as_ref());
+        let rate = scale.clone() * library.exp();
         GimviGenerative {
             scale,
             rate,
             theta,
-            dropout_logits: dec.px_dropout_decoder.forward(h),
+            dropout_logits,
         }
     }
 
@@ -524,27 +539,28 @@ impl<B: Backend> Jvae<B> {
     pub fn loss(&self, b: &GimviBatch<B>, kl_weight: f64, training: bool) -> GimviLoss<B> {
         let i = b.dataset;
         let inf = self.inference(b, training, false);
-        let gen = self.generative(
-            inf.z.clone(),
-            inf.library.clone(),
-            &b.batch_onehot,
-            i,
-            training,
-        );
-        let (rate, theta, pi) = if i == SPATIAL {
+        // ρ renormalised over the dataset's genes, at those genes, is the softmax of the
+        // logits restricted to them: the fused kernel takes the (selected) logits directly.
+        let (logits, theta, pi) = self.decoder_outputs(inf.z.clone(), &b.batch_onehot, training);
+        let (logits, theta, pi) = if i == SPATIAL {
             let idx = self.spatial_genes(&b.x.device());
             let cols = |t: Tensor<B, 2>| t.select(1, idx.clone());
-            (cols(gen.rate), cols(gen.theta), cols(gen.dropout_logits))
+            (cols(logits), cols(theta), cols(pi))
         } else {
-            (gen.rate, gen.theta, gen.dropout_logits)
+            (logits, theta, pi)
         };
-        let x = b.x.clone();
-        let lp = match self.config.generative_distributions[i] {
-            GeneLikelihood::Zinb => dist::zinb_log_prob_unnormalized(x, rate, theta, pi),
-            GeneLikelihood::Nb => dist::nb_log_prob_unnormalized(x, rate, theta),
-            GeneLikelihood::Poisson => dist::poisson_log_prob_unnormalized(x, rate),
-        };
-        let reconstruction = b.log_factorial.clone() - lp.sum_dim(1).squeeze_dim::<1>(1);
+        let lik = self.config.generative_distributions[i];
+        let pi = (lik == GeneLikelihood::Zinb).then_some(pi);
+        let lp = fused_log_likelihood_from_logits(
+            lik,
+            b.x.clone(),
+            logits,
+            theta,
+            pi,
+            inf.library.clone(),
+            training,
+        );
+        let reconstruction = b.log_factorial.clone() - lp;
         let kl_z = dist::kl_standard_normal(inf.qz_mean, inf.qz_var)
             .sum_dim(1)
             .squeeze_dim::<1>(1);

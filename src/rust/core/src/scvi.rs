@@ -251,6 +251,61 @@ fn with_surrogate<B: Backend>(
     s.clone() - s.detach() + value
 }
 
+/// Per-cell log p(x | μ, θ, π) without the lgamma(x+1) constant, with μ = exp(ℓ)·softmax(raw)
+/// and `library` = ℓ: the fused host kernel (fused.rs) folds the softmax and the library
+/// scaling into one pass and returns the values with ∂/∂raw, ∂/∂θ, ∂/∂π and ∂/∂ℓ; the graph
+/// gets them through a surrogate whose value is cancelled out, so the result equals the
+/// log-likelihood and back-propagates its exact gradient. `dropout_logits` only for ZINB.
+pub fn fused_log_likelihood_from_logits<B: Backend>(
+    likelihood: GeneLikelihood,
+    x: Tensor<B, 2>,
+    raw_scale: Tensor<B, 2>,
+    theta: Tensor<B, 2>,
+    dropout_logits: Option<Tensor<B, 2>>,
+    library: Tensor<B, 2>,
+    grad: bool,
+) -> Tensor<B, 1> {
+    let [n, g] = x.dims();
+    let lik = match likelihood {
+        GeneLikelihood::Zinb => Likelihood::Zinb,
+        GeneLikelihood::Nb => Likelihood::Nb,
+        GeneLikelihood::Poisson => Likelihood::Poisson,
+    };
+    let (xv, raw, th) = (host(&x), host(&raw_scale), host(&theta));
+    let lib = host(&library);
+    let pi = dropout_logits.as_ref().map(host);
+    let per_gene = theta.dims()[0] == 1 && n != 1;
+    let out = fused::log_likelihood_from_logits(
+        lik,
+        &xv,
+        &raw,
+        &lib,
+        Theta {
+            values: &th,
+            per_gene,
+        },
+        pi.as_deref(),
+        g,
+        grad,
+    );
+    let mut terms = vec![(out.d_mu, raw_scale)];
+    if lik != Likelihood::Poisson {
+        terms.push((out.d_theta, theta));
+    }
+    if let Some(p) = dropout_logits {
+        terms.push((out.d_pi, p));
+    }
+    with_surrogate(
+        out.per_cell,
+        terms,
+        Some((out.d_library, library)),
+        grad,
+        n,
+        g,
+        &x.device(),
+    )
+}
+
 impl<B: Backend> Batch<B> {
     /// Rows `idx` of every field (a minibatch of a device-resident dataset).
     pub fn select(&self, idx: Tensor<B, 1, burn::tensor::Int>) -> Self {
@@ -569,8 +624,8 @@ impl<B: Backend> Scvi<B> {
         with_surrogate(out.per_cell, terms, None, grad, n, g, &x.device())
     }
 
-    /// As `fused_log_likelihood`, from the decoder's scale logits: the softmax, the library
-    /// scaling and their derivatives are folded into the kernel (training, no size factor).
+    /// As `fused_log_likelihood`, from the decoder's scale logits (see
+    /// [`fused_log_likelihood_from_logits`]).
     fn fused_log_likelihood_from_logits(
         &self,
         x: Tensor<B, 2>,
@@ -578,40 +633,14 @@ impl<B: Backend> Scvi<B> {
         library: Tensor<B, 2>,
         grad: bool,
     ) -> Tensor<B, 1> {
-        let [n, g] = x.dims();
-        let lik = self.fused_kind();
-        let (xv, raw, theta) = (host(&x), host(&dec.raw_scale), host(&dec.theta));
-        let lib = host(&library);
-        let pi = dec.dropout_logits.as_ref().map(host);
-        let per_gene = dec.theta.dims()[0] == 1 && n != 1;
-        let out = fused::log_likelihood_from_logits(
-            lik,
-            &xv,
-            &raw,
-            &lib,
-            Theta {
-                values: &theta,
-                per_gene,
-            },
-            pi.as_deref(),
-            g,
+        fused_log_likelihood_from_logits(
+            self.config.gene_likelihood,
+            x,
+            dec.raw_scale.clone(),
+            dec.theta.clone(),
+            dec.dropout_logits.clone(),
+            library,
             grad,
-        );
-        let mut terms = vec![(out.d_mu, dec.raw_scale.clone())];
-        if lik != Likelihood::Poisson {
-            terms.push((out.d_theta, dec.theta.clone()));
-        }
-        if let Some(p) = &dec.dropout_logits {
-            terms.push((out.d_pi, p.clone()));
-        }
-        with_surrogate(
-            out.per_cell,
-            terms,
-            Some((out.d_library, library)),
-            grad,
-            n,
-            g,
-            &x.device(),
         )
     }
 
