@@ -79,10 +79,13 @@ run_rscvi <- function(name, pair, seed) {
     truth <- t(as.matrix(full[test, , drop = FALSE])) / Matrix::colSums(full)
     imp <- get_imputed_values(model, normalized = TRUE)$spatial
     raw <- get_imputed_values(model, normalized = FALSE)$spatial
+    # Secondary view: truth = raw counts (the scoring behind the task's 0.205 / 0.314).
+    counts <- t(as.matrix(full[test, , drop = FALSE]))
+    score <- function(tr, im) vapply(test, function(g) spearman(tr[, g], im[, g]), 0)
     rows[[length(rows) + 1]] <- data.frame(
       dataset = name, method = "rscvi", seed = seed, fold = f, gene = test,
-      spearman_normalized = vapply(test, function(g) spearman(truth[, g], imp[, g]), 0),
-      spearman_unnormalized = vapply(test, function(g) spearman(truth[, g], raw[, g]), 0))
+      spearman_normalized = score(truth, imp), spearman_unnormalized = score(truth, raw),
+      counts_normalized = score(counts, imp), counts_unnormalized = score(counts, raw))
     runs[[length(runs) + 1]] <- data.frame(
       dataset = name, seed = seed, fold = f, n_seq = ncol(seq), n_spatial = ncol(partial),
       n_train_genes = length(train_genes), n_test_genes = length(test),
@@ -103,8 +106,9 @@ run_reference <- function(name) {
       "--seeds", seeds, "--threads", "2", "--out", ref_dir))
     if (status != 0) stop("scvi-tools reference run failed")
   }
+  counts <- utils::read.delim(file.path(ref_dir, "genes_truth_counts.tsv"))
   list(genes = utils::read.delim(file.path(ref_dir, "genes.tsv")),
-       runs = utils::read.delim(file.path(ref_dir, "runs.tsv")))
+       counts = counts, runs = utils::read.delim(file.path(ref_dir, "runs.tsv")))
 }
 
 pooled <- function(g, col) stats::median(g[[col]], na.rm = TRUE)
@@ -123,9 +127,9 @@ for (name in datasets) {
   per_seed <- function(g, col) {
     vapply(seeds, function(s) pooled(g[g$seed == s, ], col), 0)
   }
-  row <- function(label, g, runs) {
-    n <- per_seed(g, "spearman_normalized")
-    u <- per_seed(g, "spearman_unnormalized")
+  row <- function(label, g, runs, cols = c("spearman_normalized", "spearman_unnormalized")) {
+    n <- per_seed(g, cols[1])
+    u <- per_seed(g, cols[2])
     sprintf("| %s | %.3f | %s | %.3f | %s | %.3f |", label, mean(n),
             paste(sprintf("%.3f", n), collapse = " / "), mean(u),
             paste(sprintf("%.3f", u), collapse = " / "),
@@ -143,7 +147,18 @@ for (name in datasets) {
     row("rscvi", ours_genes, ours_runs),
     row("scvi-tools 1.5.1", ref_genes, ref$runs),
     sprintf("| kNN baseline (15 neighbours) | %.3f | | %.3f | | |",
-            pooled(knn, "spearman_normalized"), pooled(knn, "spearman_unnormalized"))
+            pooled(knn, "spearman_normalized"), pooled(knn, "spearman_unnormalized")),
+    "",
+    "Secondary view, truth = raw counts of the held-out genes (not divided by the cell total):",
+    "",
+    "| method | normalized (mean) | per seed | unnormalized (mean) | per seed | s/epoch (median) |",
+    "|---|---|---|---|---|---|",
+    row("rscvi", ours_genes, ours_runs, c("counts_normalized", "counts_unnormalized")),
+    row("scvi-tools 1.5.1", ref$counts[ref$counts$method == "scvi-tools" &
+                                       ref$counts$seed %in% seeds, ], ref$runs),
+    sprintf("| kNN baseline (15 neighbours) | %.3f | | %.3f | | |",
+            pooled(ref$counts[ref$counts$method == "knn", ], "spearman_normalized"),
+            pooled(ref$counts[ref$counts$method == "knn", ], "spearman_unnormalized"))
   )
   writeLines(lines, file.path(out_dir, sprintf("gimvi-%s.md", name)))
   cat(lines, sep = "\n")
