@@ -230,19 +230,11 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
     .stop("train() got unknown arguments for a GIMVI model: %s; see ?train",
           .dots_names(dots))
   }
-  train_size <- .check_scalar_num(train_size, "train_size", min = 0, max = 1, min_open = TRUE,
-                                  null_ok = TRUE)
-  validation_size <- .check_scalar_num(validation_size, "validation_size", min = 0, max = 1,
-                                       null_ok = TRUE)
-  if (!is.null(validation_size) &&
-      (validation_size >= 1 || (train_size %||% 0.9) + validation_size > 1)) {
-    .stop("`validation_size` must be in [0, 1) with train_size + validation_size <= 1, got %s",
-          validation_size)
-  }
+  sizes <- .check_split_sizes(train_size, validation_size)
   cfg <- list(
     max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1),
-    train_size = train_size,
-    validation_size = validation_size,
+    train_size = sizes$train_size,
+    validation_size = sizes$validation_size,
     shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
     batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
     early_stopping = FALSE,
@@ -267,11 +259,7 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
   json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
   res <- .rs(rs_gimvi_train(model$model, model$data$seq, model$data$spatial, json, kappa,
                             device, progress))
-  if (isTRUE(res$interrupted)) {
-    message(sprintf(paste0("Training interrupted after %d of %d epochs (stopped at the end of ",
-                           "a step); the model keeps the parameters reached and can be used ",
-                           "or trained further."), res$epochs_run, res$max_epochs))
-  }
+  if (isTRUE(res$interrupted)) .message_interrupted(res)
   model$last_training <- res
   model
 }
@@ -290,18 +278,7 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
       }
       return(list(data = model$data[[p]], cell_names = model$cell_names[[p]]))
     }
-    reg <- model$registry[[p]]
-    # Warnings about genes without counts or rare categories matter for training only.
-    quiet <- function(w) {
-      if (grepl("genes with no counts|fewer than 3 cells", conditionMessage(w))) {
-        invokeRestart("muffleWarning")
-      }
-    }
-    input <- withCallingHandlers(
-      .input_from(x, layer = .layer_like(x, reg$setup_args$layer), arg = arg),
-      warning = quiet)
-    f <- withCallingHandlers(.register_fields(input, registry = reg), warning = quiet)
-    list(data = .new_dataset(f, arg), cell_names = input$cell_names)
+    .register_against(x, model$registry[[p]], arg = arg)
   })
 }
 

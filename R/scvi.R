@@ -122,23 +122,23 @@
 }
 
 # Register `x` against the model's registry (same genes in the same order, known
-# categories) for a query. Returns list(data, cell_names, cell_data).
+# categories) for a query. Returns list(data, cell_names, cell_data, layer).
 .register_query <- function(model, x, cells = NULL, layer = NULL, arg = "x") {
-  reg <- model$registry
-  if (is.null(layer)) layer <- .layer_like(x, reg$setup_args$layer)
-  input <- withCallingHandlers(
-    .input_from(x, cells = cells, layer = layer, arg = arg),
-    warning = function(w) {
-      if (grepl("genes with no counts", conditionMessage(w))) invokeRestart("muffleWarning")
-    })
-  # Warnings about rare categories or genes without counts matter for training, not for
-  # applying a fitted model to a few cells.
-  f <- withCallingHandlers(
-    .register_fields(input, registry = reg),
-    warning = function(w) {
-      if (grepl("fewer than 3 cells", conditionMessage(w))) invokeRestart("muffleWarning")
-    })
-  list(data = .new_dataset(f), cell_names = input$cell_names, cell_data = input$cell_data,
+  .register_against(x, model$registry, cells = cells, layer = layer, arg = arg)
+}
+
+# Register new data against a fitted model's `registry`. Warnings about genes without counts
+# or rare categories matter for training, not for applying a fitted model to a few cells.
+.register_against <- function(x, registry, cells = NULL, layer = NULL, arg = "x") {
+  if (is.null(layer)) layer <- .layer_like(x, registry$setup_args$layer)
+  quiet <- function(pattern) function(w) {
+    if (grepl(pattern, conditionMessage(w))) invokeRestart("muffleWarning")
+  }
+  input <- withCallingHandlers(.input_from(x, cells = cells, layer = layer, arg = arg),
+                               warning = quiet("genes with no counts"))
+  f <- withCallingHandlers(.register_fields(input, registry = registry),
+                           warning = quiet("fewer than 3 cells"))
+  list(data = .new_dataset(f, arg), cell_names = input$cell_names, cell_data = input$cell_data,
        layer = input$layer)
 }
 
@@ -398,6 +398,26 @@ train <- function(model, ...) UseMethod("train")
   invisible(TRUE)
 }
 
+# train_size / validation_size as scvi-tools' DataSplitter accepts them.
+.check_split_sizes <- function(train_size, validation_size) {
+  train_size <- .check_scalar_num(train_size, "train_size", min = 0, max = 1, min_open = TRUE,
+                                  null_ok = TRUE)
+  validation_size <- .check_scalar_num(validation_size, "validation_size", min = 0, max = 1,
+                                       null_ok = TRUE)
+  if (!is.null(validation_size) &&
+      (validation_size >= 1 || (train_size %||% 0.9) + validation_size > 1)) {
+    .stop("`validation_size` must be in [0, 1) with train_size + validation_size <= 1, got %s",
+          validation_size)
+  }
+  list(train_size = train_size, validation_size = validation_size)
+}
+
+.message_interrupted <- function(res) {
+  message(sprintf(paste0("Training interrupted after %d of %d epochs (stopped at the end of ",
+                         "a step); the model keeps the parameters reached and can be used ",
+                         "or trained further."), res$epochs_run, res$max_epochs))
+}
+
 #' @rdname train
 #' @export
 train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_size = NULL,
@@ -421,21 +441,13 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
   if (min_kl > max_kl) {
     .stop("`min_kl_weight` (%s) must not exceed `max_kl_weight` (%s)", min_kl, max_kl)
   }
-  train_size <- .check_scalar_num(train_size, "train_size", min = 0, max = 1, min_open = TRUE,
-                                  null_ok = TRUE)
-  validation_size <- .check_scalar_num(validation_size, "validation_size", min = 0, max = 1,
-                                       null_ok = TRUE)
-  if (!is.null(validation_size) &&
-      (validation_size >= 1 || (train_size %||% 0.9) + validation_size > 1)) {
-    .stop("`validation_size` must be in [0, 1) with train_size + validation_size <= 1, got %s",
-          validation_size)
-  }
+  sizes <- .check_split_sizes(train_size, validation_size)
   monitors <- c("elbo_validation", "reconstruction_loss_validation", "validation_loss",
                 "elbo_train", "reconstruction_loss_train", "train_loss")
   cfg <- list(
     max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1, null_ok = TRUE),
-    train_size = train_size,
-    validation_size = validation_size,
+    train_size = sizes$train_size,
+    validation_size = sizes$validation_size,
     shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
     batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
     early_stopping = .check_scalar_bool(early_stopping, "early_stopping"),
@@ -468,9 +480,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
   json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
   res <- .rs(rs_scvi_train(model$model, model$data, json, device, progress))
   if (isTRUE(res$interrupted)) {
-    message(sprintf(paste0("Training interrupted after %d of %d epochs (stopped at the end of ",
-                           "a step); the model keeps the parameters reached and can be used ",
-                           "or trained further."), res$epochs_run, res$max_epochs))
+    .message_interrupted(res)
   } else if (isTRUE(res$early_stopped)) {
     message(sprintf(paste0("Early stopping: %s did not improve for %d epochs; stopped ",
                            "after %d of %d epochs."),

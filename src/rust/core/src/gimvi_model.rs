@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use rand::seq::SliceRandom;
@@ -19,9 +17,11 @@ use crate::adversarial::{adversarial_loss, cyclic_schedule, one_hot, Classifier}
 use crate::backend::{Cpu, CpuTrain, DeviceKind};
 use crate::data::{make_split, split_sizes, DataSet, Split};
 use crate::error::{invalid_arg, Error, Result};
-use crate::gimvi::{check_data, library_priors, GimviBatch, GimviConfig, Jvae};
-use crate::model::{shapes, FORMAT_VERSION, META_FILE, WEIGHTS_FILE};
-use crate::train::{kl_weight, validate_config, EpochRecord, Observer, TrainConfig, TrainSummary};
+use crate::gimvi::{check_data, library_priors, GimviBatch, GimviConfig, GimviLoss, Jvae};
+use crate::model::{load_weights, read_meta, save_files, FORMAT_VERSION};
+use crate::train::{
+    adam_config, kl_weight, validate_config, EpochRecord, Observer, Sums, TrainConfig, TrainSummary,
+};
 
 /// Default number of epochs of `GIMVI.train`.
 pub const DEFAULT_MAX_EPOCHS: usize = 200;
@@ -65,53 +65,18 @@ fn blank<B: Backend>(c: &GimviConfig, device: &B::Device) -> Result<Jvae<B>> {
 
 #[cfg(feature = "cuda")]
 fn convert<A: Backend, Z: Backend>(m: &Jvae<A>, device: &Z::Device) -> Result<Jvae<Z>> {
-    use burn::record::{BinBytesRecorder, Recorder};
-    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-    let bytes = recorder
-        .record(m.clone().into_record(), ())
-        .map_err(|e| Error::Io(format!("could not serialise the module: {e}")))?;
-    let record = recorder
-        .load(bytes, device)
-        .map_err(|e| Error::Io(format!("could not move the module: {e}")))?;
-    Ok(blank::<Z>(&m.config, device)?.load_record(record))
+    crate::model::transfer(m, blank::<Z>(&m.config, device)?, device)
 }
 
-#[derive(Default)]
-struct Sums {
-    loss: f64,
-    reconstruction: f64,
-    kl: f64,
-    cells: usize,
-}
-
-impl Sums {
-    /// Adds one dataset's minibatch; false when a value is not finite.
-    fn add<B: Backend>(
-        &mut self,
-        loss_sum: Tensor<B, 1>,
-        rec: Tensor<B, 1>,
-        kl: Tensor<B, 1>,
-    ) -> bool {
-        let n = rec.dims()[0];
-        let v: Vec<f32> = Tensor::cat(vec![loss_sum, rec.sum(), kl.sum()], 0)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        if v.len() != 3 || v.iter().any(|x| !x.is_finite()) {
-            return false;
-        }
-        self.loss += v[0] as f64;
-        self.reconstruction += v[1] as f64;
-        self.kl += v[2] as f64;
-        self.cells += n;
-        true
-    }
-
-    fn means(&self) -> (f64, f64, f64) {
-        let n = self.cells.max(1) as f64;
-        (self.loss / n, self.reconstruction / n, self.kl / n)
-    }
+/// Adds one dataset's minibatch terms to `sums`; false when a value is not finite.
+fn add_terms<B: Backend>(sums: &mut Sums, t: &GimviLoss<B>) -> bool {
+    let n = t.reconstruction.dims()[0];
+    sums.add(
+        t.loss_sum.clone().detach() / n as f64,
+        t.reconstruction.clone().detach(),
+        t.kl_local.clone().detach(),
+        n,
+    )
 }
 
 /// Validation terms (gimvi.md §6.3): each dataset with its own head, eval mode, summed over
@@ -128,8 +93,7 @@ fn evaluate<B: Backend>(
     for (i, split) in splits.iter().enumerate() {
         for chunk in split.validation.chunks(batch_size) {
             let b = GimviBatch::<B>::new(&module.config, i, data[i], chunk, device);
-            let t = module.loss(&b, kl_w, false);
-            if !sums.add(t.loss_sum, t.reconstruction, t.kl_local) {
+            if !add_terms(&mut sums, &module.loss(&b, kl_w, false)) {
                 return None;
             }
         }
@@ -184,15 +148,8 @@ pub fn train<B: AutodiffBackend>(
     let config = module.config.clone();
     let mut model = <Jvae<B> as AutodiffModule<B>>::from_inner(module);
     let mut classifier = Classifier::<B>::adversarial(config.n_latent, 2, device);
-    let adam = || {
-        AdamConfig::new()
-            .with_epsilon(cfg.eps as f32)
-            .with_weight_decay(
-                (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
-            )
-    };
-    let mut opt_module = adam().init::<B, Jvae<B>>();
-    let mut opt_classifier = adam().init::<B, Classifier<B>>();
+    let mut opt_module = adam_config(cfg).init::<B, Jvae<B>>();
+    let mut opt_classifier = adam_config(cfg).init::<B, Classifier<B>>();
     let mut last_good = model.valid();
 
     let epoch_offset = state.history.last().map_or(0, |r| r.epoch + 1);
@@ -230,14 +187,7 @@ pub fn train<B: AutodiffBackend>(
                 .collect();
             let n_total = dataset_of.len() as f64;
             let terms: Vec<_> = batches.iter().map(|b| model.loss(b, beta, true)).collect();
-            let finite = terms.iter().all(|t| {
-                sums.add(
-                    t.loss_sum.clone().detach(),
-                    t.reconstruction.clone().detach(),
-                    t.kl_local.clone().detach(),
-                )
-            });
-            if !finite {
+            if !terms.iter().all(|t| add_terms(&mut sums, t)) {
                 let msg = format!(
                     "training produced a non-finite loss in epoch {} (step {}); the model keeps \
                      the parameters of the last completed epoch. Try a lower `lr` or check the counts",
@@ -248,16 +198,11 @@ pub fn train<B: AutodiffBackend>(
                 return (last_good, Err(Error::NonFinite(msg)));
             }
             let labels = one_hot::<B>(&dataset_of, 2, device);
-            let (mut loss, zs) =
-                terms
-                    .into_iter()
-                    .fold((None::<Tensor<B, 1>>, Vec::new()), |(acc, mut zs), t| {
-                        zs.push(t.z);
-                        (Some(acc.map_or(t.loss_sum.clone(), |a| a + t.loss_sum)), zs)
-                    });
-            let mut objective = loss.take().expect("two datasets") / n_total;
+            let loss_sum = Tensor::cat(terms.iter().map(|t| t.loss_sum.clone()).collect(), 0).sum();
+            let mut objective = loss_sum / n_total;
             if kappa > 0.0 {
-                let logits = classifier.forward(Tensor::cat(zs, 0), true);
+                let z = Tensor::cat(terms.into_iter().map(|t| t.z).collect(), 0);
+                let logits = classifier.forward(z, true);
                 objective = objective + adversarial_loss(logits, labels.clone(), false) * kappa;
             }
             let grads = GradientsParams::from_grads(objective.backward(), &model);
@@ -279,30 +224,20 @@ pub fn train<B: AutodiffBackend>(
                 break;
             }
         }
-        let (train_loss, rec, kl) = sums.means();
-        let mut record = EpochRecord {
-            epoch: epoch_offset + epoch,
-            elbo_train: rec + kl,
-            reconstruction_loss_train: rec,
-            kl_local_train: kl,
-            kl_weight: kl_w,
-            train_loss,
-            ..Default::default()
-        };
+        let mut record = sums.record(epoch_offset + epoch, kl_w);
         last_good = model.valid();
         let validate = cfg.check_val_every_n_epoch > 0
             && splits.iter().any(|s| !s.validation.is_empty())
             && ((epoch + 1) % cfg.check_val_every_n_epoch == 0 || epoch + 1 == max_epochs);
         if validate && !summary.interrupted {
-            match evaluate(&last_good, data, &splits, cfg.batch_size, kl_w, device) {
-                Some((vl, vr, vk)) => {
-                    record.validation_loss = Some(vl);
-                    record.reconstruction_loss_validation = Some(vr);
-                    record.kl_local_validation = Some(vk);
-                    record.elbo_validation = Some(vr + vk);
-                }
-                None => record.elbo_validation = Some(f64::NAN),
-            }
+            record.set_validation(evaluate(
+                &last_good,
+                data,
+                &splits,
+                cfg.batch_size,
+                kl_w,
+                device,
+            ));
         }
         record.seconds = epoch_start.elapsed().as_secs_f64();
         summary.epochs_run = epoch + 1;
@@ -321,29 +256,6 @@ pub fn train<B: AutodiffBackend>(
     state.is_trained = true;
     state.splits = splits;
     (last_good, Ok(summary))
-}
-
-/// The "model" field of a saved model's description (SCVI, GIMVI, ...).
-pub fn saved_model_kind(dir: &Path) -> Result<String> {
-    let meta_path = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&meta_path)
-        .map_err(|e| Error::Io(format!("cannot read {}: {e}", meta_path.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::Io(format!(
-            "{} is not a valid rscvi model description: {e}",
-            meta_path.display()
-        ))
-    })?;
-    match (
-        v.get("format").and_then(|f| f.as_str()),
-        v.get("model").and_then(|m| m.as_str()),
-    ) {
-        (Some("rscvi"), Some(m)) => Ok(m.to_string()),
-        _ => Err(Error::Io(format!(
-            "{} does not describe an rscvi model",
-            meta_path.display()
-        ))),
-    }
 }
 
 impl GimviModel {
@@ -410,15 +322,6 @@ impl GimviModel {
     }
 
     pub fn save(&self, dir: &Path, overwrite: bool) -> Result<()> {
-        let meta_path = dir.join(META_FILE);
-        if meta_path.exists() && !overwrite {
-            return Err(Error::Io(format!(
-                "{} already holds a saved model; use overwrite = TRUE",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let meta = SavedMeta {
             format: "rscvi".into(),
             format_version: FORMAT_VERSION,
@@ -428,51 +331,12 @@ impl GimviModel {
             state: self.state.clone(),
             registry: self.registry.clone(),
         };
-        let json = serde_json::to_string_pretty(&meta).map_err(|e| Error::Io(e.to_string()))?;
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        self.module
-            .clone()
-            .save_file(dir.join(WEIGHTS_FILE), &recorder)
-            .map_err(|e| Error::Io(format!("cannot write weights: {e}")))?;
-        std::fs::write(&meta_path, json)
-            .map_err(|e| Error::Io(format!("cannot write {}: {e}", meta_path.display())))
+        save_files(dir, overwrite, &self.module, &meta)
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        if saved_model_kind(dir)? != "GIMVI" {
-            return Err(Error::Io(format!(
-                "{} does not hold a GIMVI model",
-                dir.display()
-            )));
-        }
-        let meta_path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&meta_path)
-            .map_err(|e| Error::Io(format!("cannot read {}: {e}", meta_path.display())))?;
-        let meta: SavedMeta = serde_json::from_str(&text).map_err(|e| {
-            Error::Io(format!(
-                "{} is not a valid rscvi GIMVI description: {e}",
-                meta_path.display()
-            ))
-        })?;
-        if meta.format_version > FORMAT_VERSION {
-            return Err(Error::Io(format!(
-                "the model was saved by a newer rscvi (format {}); update rscvi",
-                meta.format_version
-            )));
-        }
-        let device = Default::default();
-        let empty = blank::<Cpu>(&meta.config, &device)?;
-        let expected = shapes(&empty);
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        let module = empty
-            .load_file(dir.join(WEIGHTS_FILE), &recorder, &device)
-            .map_err(|e| Error::Io(format!("cannot read the weights in {}: {e}", dir.display())))?;
-        if shapes(&module) != expected {
-            return Err(Error::Io(format!(
-                "the weights in {} do not match the model description in {META_FILE}",
-                dir.display()
-            )));
-        }
+        let meta: SavedMeta = read_meta(dir, "GIMVI")?;
+        let module = load_weights(dir, blank::<Cpu>(&meta.config, &Default::default())?)?;
         Ok(Self {
             module,
             state: meta.state,
@@ -492,7 +356,7 @@ mod tests {
     /// 0..8 (in another order) with its own capture efficiency.
     fn pair() -> (DataSet, DataSet, Vec<usize>) {
         let profile = |t: usize, g: usize| -> f32 {
-            let hi = if t == 0 { g % 2 == 0 } else { g % 2 == 1 };
+            let hi = g.is_multiple_of(2) == (t == 0);
             if hi {
                 8.0
             } else {
@@ -565,7 +429,8 @@ mod tests {
         let cells: Vec<usize> = (0..40).collect();
         let imp = imputed_values(
             &m.module, SPATIAL, &spatial, &cells, true, true, None, 128, &dev,
-        );
+        )
+        .unwrap();
         let panel: f32 = m.config().spatial_gene_index.iter().map(|&g| imp[g]).sum();
         assert!((panel - 1.0).abs() < 1e-4, "{panel}");
         // The held-out genes 8..12 follow the cell type: type 0 is high on even genes.
@@ -583,16 +448,17 @@ mod tests {
             None,
             128,
             &dev,
-        );
+        )
+        .unwrap();
         let total: f32 = m.config().spatial_gene_index.iter().map(|&g| raw[g]).sum();
         assert!((total - spatial.log_library[0].exp()).abs() < 1e-2 * total);
 
         let dir = std::env::temp_dir().join(format!("rscvi-gimvi-{}", std::process::id()));
         m.save(&dir, true).unwrap();
-        assert_eq!(saved_model_kind(&dir).unwrap(), "GIMVI");
+        assert_eq!(crate::model::saved_model_kind(&dir).unwrap(), "GIMVI");
         let back = GimviModel::load(&dir).unwrap();
-        let a = latent(&m.module, SEQ, &seq, &cells[..5], true, 128, &dev);
-        let b = latent(&back.module, SEQ, &seq, &cells[..5], true, 128, &dev);
+        let a = latent(&m.module, SEQ, &seq, &cells[..5], true, 128, &dev).unwrap();
+        let b = latent(&back.module, SEQ, &seq, &cells[..5], true, 128, &dev).unwrap();
         assert_eq!(a, b);
         assert_eq!(back.registry["k"], 1);
         assert!(crate::model::ScviModel::load(&dir).is_err());
@@ -600,14 +466,14 @@ mod tests {
 
         // A second train() call trains again (parameters stay trainable after reloading).
         let mut back = back;
-        let before = latent(&back.module, SEQ, &seq, &cells[..5], true, 128, &dev);
+        let before = latent(&back.module, SEQ, &seq, &cells[..5], true, 128, &dev).unwrap();
         let tc1 = TrainConfig {
             max_epochs: Some(1),
             ..tc
         };
         back.train([&seq, &spatial], &tc1, 5.0, DeviceKind::Cpu, &mut Silent)
             .unwrap();
-        let after = latent(&back.module, SEQ, &seq, &cells[..5], true, 128, &dev);
+        let after = latent(&back.module, SEQ, &seq, &cells[..5], true, 128, &dev).unwrap();
         assert_ne!(before, after);
     }
 

@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::data::DataSet;
 use crate::dist;
 use crate::error::{invalid_arg, Result};
-use crate::scvi::{Batch, LatentDistribution, Scvi};
+use crate::scvi::{host, Batch, LatentDistribution, Scvi};
 
 fn check_cells(data: &DataSet, cells: &[usize], model: &Scvi<impl Backend>) -> Result<()> {
     if data.n_genes() != model.config.n_input {
@@ -31,10 +31,6 @@ fn check_cells(data: &DataSet, cells: &[usize], model: &Scvi<impl Backend>) -> R
 /// Refuses minibatches that could not be allocated (an allocation failure aborts R).
 fn check_batch(batch_size: usize, cells: &[usize], data: &DataSet) -> Result<()> {
     crate::train::check_minibatch_memory(batch_size.min(cells.len()), data.n_genes())
-}
-
-fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().unwrap_or_default()
 }
 
 /// Row-major (cells x dims) matrices returned to callers.
@@ -75,9 +71,9 @@ pub fn latent<B: Backend>(
             }
             (false, _) => inf.z,
         };
-        out.extend(rows(z));
-        mean.extend(rows(inf.qz_mean));
-        var.extend(rows(inf.qz_var));
+        out.extend(host(&z));
+        mean.extend(host(&inf.qz_mean));
+        var.extend(host(&inf.qz_var));
     }
     let mk = |values| Matrix {
         n_rows: cells.len(),
@@ -166,7 +162,7 @@ pub fn normalized_expression<B: Backend>(
             }
         }
         let mean = acc.expect("at least one sample") / (s * n_tb) as f64;
-        values.extend(rows(mean));
+        values.extend(host(&mean));
     }
     Ok(Matrix {
         n_rows: q.cells.len(),
@@ -357,7 +353,7 @@ pub fn scale_samples<B: Backend>(
                 model.transform_latent(crate::nn::resample(&inf.qz_mean, &inf.qz_var))
             };
             let gen = model.generative(&b, z, inf.library.clone(), false);
-            let rho = rows(gen.scale);
+            let rho = host(&gen.scale);
             for p in 0..chunk.len() {
                 if let Some(targets) = wanted.get(&(smp, offset + p)) {
                     for &row in targets {
@@ -569,13 +565,13 @@ pub fn likelihood_parameters<B: Backend>(
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
         let inf = model.inference(&b, false);
         let gen = model.generative(&b, inf.z, inf.library, false);
-        mean.extend(rows(gen.rate));
+        mean.extend(host(&gen.rate));
         if !poisson {
             let n = chunk.len();
-            disp.extend(rows(gen.theta.expand([n as i64, g as i64])));
+            disp.extend(host(&gen.theta.expand([n as i64, g as i64])));
         }
         if let Some(p) = gen.dropout_logits {
-            drop.extend(rows(burn::tensor::activation::sigmoid(p)));
+            drop.extend(host(&burn::tensor::activation::sigmoid(p)));
         }
     }
     let mk = |values: Vec<f32>| Matrix {
@@ -618,7 +614,7 @@ pub fn latent_library_size<B: Backend>(
             (true, Some((m, v))) => (m + v / 2.0).exp(),
             _ => inf.library.exp(),
         };
-        out.extend(rows(lib).into_iter().map(f64::from));
+        out.extend(host(&lib).into_iter().map(f64::from));
     }
     Ok(out)
 }
@@ -649,8 +645,8 @@ pub fn posterior_predictive_sample<B: Backend>(
         let inf = model.inference(&b, false);
         let gen = model.generative(&b, inf.z, inf.library, false);
         let per_gene = gen.theta.dims()[0] == 1;
-        let (mu, theta) = (rows(gen.rate), rows(gen.theta));
-        let pi = gen.dropout_logits.map(rows);
+        let (mu, theta) = (host(&gen.rate), host(&gen.theta));
+        let pi = gen.dropout_logits.as_ref().map(host);
         for r in 0..chunk.len() {
             for &j in &keep {
                 let m = mu[r * g + j] as f64;
@@ -779,7 +775,7 @@ pub fn feature_correlation<B: Backend>(
                 };
                 let gen = model.generative(&b, z, inf.library.clone(), false);
                 let per_gene = gen.theta.dims()[0] == 1;
-                let (rho, theta) = (rows(gen.scale), rows(gen.theta));
+                let (rho, theta) = (host(&gen.scale), host(&gen.theta));
                 for r in 0..chunk.len() {
                     for j in 0..g {
                         let lambda = rna_size_factor * rho[r * g + j] as f64;

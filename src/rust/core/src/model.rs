@@ -7,6 +7,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Cpu, CpuTrain, DeviceKind};
@@ -16,8 +17,8 @@ use crate::scvi::{Scvi, ScviConfig};
 use crate::train::{self, Observer, TrainConfig, TrainState, TrainSummary};
 
 pub const FORMAT_VERSION: u32 = 1;
-pub(crate) const WEIGHTS_FILE: &str = "model.mpk";
-pub(crate) const META_FILE: &str = "model.json";
+const WEIGHTS_FILE: &str = "model.mpk";
+const META_FILE: &str = "model.json";
 
 pub struct ScviModel {
     pub module: Scvi<Cpu>,
@@ -42,8 +43,13 @@ struct SavedMeta {
     freeze: Option<crate::scarches::FreezeSpec>,
 }
 
-/// Moves a module between backends through Burn's byte recorder.
-fn convert<A: Backend, Z: Backend>(m: &Scvi<A>, device: &Z::Device) -> Result<Scvi<Z>> {
+/// Moves a module between backends through Burn's byte recorder: the record of `m` is
+/// loaded over `blank`, a module of the same architecture on the target backend.
+pub(crate) fn transfer<A: Backend, Z: Backend, MA: Module<A>, MZ: Module<Z>>(
+    m: &MA,
+    blank: MZ,
+    device: &Z::Device,
+) -> Result<MZ> {
     let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let bytes = recorder
         .record(m.clone().into_record(), ())
@@ -51,13 +57,121 @@ fn convert<A: Backend, Z: Backend>(m: &Scvi<A>, device: &Z::Device) -> Result<Sc
     let record = recorder
         .load(bytes, device)
         .map_err(|e| Error::Io(format!("could not move the module: {e}")))?;
-    let c = &m.config;
-    let blank = Scvi::<Z>::new(
+    Ok(blank.load_record(record))
+}
+
+/// An SCVI module with blank parameters of the right shapes (weights are loaded over it).
+fn blank_scvi<B: Backend>(c: &ScviConfig, device: &B::Device) -> Result<Scvi<B>> {
+    Scvi::new(
         c.clone(),
         (vec![0.0; c.n_batch], vec![1.0; c.n_batch]),
         device,
-    )?;
-    Ok(blank.load_record(record))
+    )
+}
+
+fn convert<A: Backend, Z: Backend>(m: &Scvi<A>, device: &Z::Device) -> Result<Scvi<Z>> {
+    transfer(m, blank_scvi::<Z>(&m.config, device)?, device)
+}
+
+/// Writes a saved model into `dir`: its description `meta` (model.json) and the weights of
+/// `module` (model.mpk).
+pub(crate) fn save_files<M: Module<Cpu>>(
+    dir: &Path,
+    overwrite: bool,
+    module: &M,
+    meta: &impl Serialize,
+) -> Result<()> {
+    let meta_path = dir.join(META_FILE);
+    if meta_path.exists() && !overwrite {
+        return Err(Error::Io(format!(
+            "{} already holds a saved model; use overwrite = TRUE",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let json = serde_json::to_string_pretty(meta).map_err(|e| Error::Io(e.to_string()))?;
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    module
+        .clone()
+        .save_file(dir.join(WEIGHTS_FILE), &recorder)
+        .map_err(|e| Error::Io(format!("cannot write weights: {e}")))?;
+    std::fs::write(&meta_path, json)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", meta_path.display())))
+}
+
+fn read_description(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value)> {
+    let meta_path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&meta_path)
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", meta_path.display())))?;
+    let v = serde_json::from_str(&text).map_err(|e| {
+        Error::Io(format!(
+            "{} is not a valid rscvi model description: {e}",
+            meta_path.display()
+        ))
+    })?;
+    Ok((meta_path, v))
+}
+
+/// The kind ("SCVI", "GIMVI", ...) of the model saved in `dir`.
+pub fn saved_model_kind(dir: &Path) -> Result<String> {
+    let (meta_path, v) = read_description(dir)?;
+    match (
+        v.get("format").and_then(|f| f.as_str()),
+        v.get("model").and_then(|m| m.as_str()),
+    ) {
+        (Some("rscvi"), Some(m)) => Ok(m.to_string()),
+        _ => Err(Error::Io(format!(
+            "{} does not describe an rscvi model",
+            meta_path.display()
+        ))),
+    }
+}
+
+/// The description of a saved model of kind `kind`, checked for kind and format version.
+pub(crate) fn read_meta<T: DeserializeOwned>(dir: &Path, kind: &str) -> Result<T> {
+    let (meta_path, v) = read_description(dir)?;
+    let is_kind = v.get("format").and_then(|f| f.as_str()) == Some("rscvi")
+        && v.get("model").and_then(|m| m.as_str()) == Some(kind);
+    if !is_kind {
+        return Err(Error::Io(format!(
+            "{} does not describe an rscvi {kind} model",
+            meta_path.display()
+        )));
+    }
+    let version = v
+        .get("format_version")
+        .and_then(|f| f.as_u64())
+        .unwrap_or(0);
+    if version > FORMAT_VERSION as u64 {
+        return Err(Error::Io(format!(
+            "the model was saved by a newer rscvi (format {version}); update rscvi"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| {
+        Error::Io(format!(
+            "{} is not a valid rscvi model description: {e}",
+            meta_path.display()
+        ))
+    })
+}
+
+/// Loads the weights saved in `dir` over `blank`. Burn loads tensors whatever their shape:
+/// weights that do not match the description would otherwise fail later, or silently
+/// compute nonsense, so they are refused here.
+pub(crate) fn load_weights<M: Module<Cpu>>(dir: &Path, blank: M) -> Result<M> {
+    let expected = shapes(&blank);
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let module = blank
+        .load_file(dir.join(WEIGHTS_FILE), &recorder, &Default::default())
+        .map_err(|e| Error::Io(format!("cannot read the weights in {}: {e}", dir.display())))?;
+    if shapes(&module) != expected {
+        return Err(Error::Io(format!(
+            "the weights in {} do not match the model description in {META_FILE}",
+            dir.display()
+        )));
+    }
+    Ok(module)
 }
 
 /// Runs `$body` with `$m` bound to the module on the requested device and `$d` to the device.
@@ -98,7 +212,7 @@ impl<B: Backend> ModuleVisitor<B> for Shapes {
     }
 }
 
-pub(crate) fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
+fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
     let mut v = Shapes(Vec::new());
     m.visit(&mut v);
     v.0
@@ -206,15 +320,6 @@ impl ScviModel {
     }
 
     pub fn save(&self, dir: &Path, overwrite: bool) -> Result<()> {
-        let meta_path = dir.join(META_FILE);
-        if meta_path.exists() && !overwrite {
-            return Err(Error::Io(format!(
-                "{} already holds a saved model; use overwrite = TRUE",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let meta = SavedMeta {
             format: "rscvi".into(),
             format_version: FORMAT_VERSION,
@@ -225,58 +330,12 @@ impl ScviModel {
             registry: self.registry.clone(),
             freeze: self.freeze.clone(),
         };
-        let json = serde_json::to_string_pretty(&meta).map_err(|e| Error::Io(e.to_string()))?;
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        self.module
-            .clone()
-            .save_file(dir.join(WEIGHTS_FILE), &recorder)
-            .map_err(|e| Error::Io(format!("cannot write weights: {e}")))?;
-        std::fs::write(&meta_path, json)
-            .map_err(|e| Error::Io(format!("cannot write {}: {e}", meta_path.display())))
+        save_files(dir, overwrite, &self.module, &meta)
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let meta_path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&meta_path)
-            .map_err(|e| Error::Io(format!("cannot read {}: {e}", meta_path.display())))?;
-        let meta: SavedMeta = serde_json::from_str(&text).map_err(|e| {
-            Error::Io(format!(
-                "{} is not a valid rscvi model description: {e}",
-                meta_path.display()
-            ))
-        })?;
-        if meta.format != "rscvi" || meta.model != "SCVI" {
-            return Err(Error::Io(format!(
-                "{} does not describe an rscvi SCVI model",
-                meta_path.display()
-            )));
-        }
-        if meta.format_version > FORMAT_VERSION {
-            return Err(Error::Io(format!(
-                "the model was saved by a newer rscvi (format {}); update rscvi",
-                meta.format_version
-            )));
-        }
-        let c = meta.config;
-        let device = Default::default();
-        let blank = Scvi::<Cpu>::new(
-            c.clone(),
-            (vec![0.0; c.n_batch], vec![1.0; c.n_batch]),
-            &device,
-        )?;
-        let expected = shapes(&blank);
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        let module = blank
-            .load_file(dir.join(WEIGHTS_FILE), &recorder, &device)
-            .map_err(|e| Error::Io(format!("cannot read the weights in {}: {e}", dir.display())))?;
-        // Burn loads tensors whatever their shape: a description that does not match the
-        // weights would otherwise fail later, or silently compute nonsense.
-        if shapes(&module) != expected {
-            return Err(Error::Io(format!(
-                "the weights in {} do not match the model description in {META_FILE}",
-                dir.display()
-            )));
-        }
+        let meta: SavedMeta = read_meta(dir, "SCVI")?;
+        let module = load_weights(dir, blank_scvi::<Cpu>(&meta.config, &Default::default())?)?;
         let module = match &meta.freeze {
             Some(f) => crate::scarches::apply_module_freeze(module, f),
             None => module,

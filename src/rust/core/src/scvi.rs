@@ -211,7 +211,8 @@ impl<B: Backend> Batch<B> {
     }
 }
 
-fn host<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
+/// A matrix's values on the host, row-major.
+pub(crate) fn host<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
     t.clone()
         .detach()
         .into_data()

@@ -172,8 +172,9 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
+/// Per-cell sums of an epoch's loss terms.
 #[derive(Default)]
-struct Sums {
+pub(crate) struct Sums {
     loss: f64,
     reconstruction: f64,
     kl: f64,
@@ -181,7 +182,9 @@ struct Sums {
 }
 
 impl Sums {
-    fn add<B: burn::tensor::backend::Backend>(
+    /// Adds a minibatch of `n` cells (`loss_mean` is its mean loss); false when a value is
+    /// not finite.
+    pub(crate) fn add<B: burn::tensor::backend::Backend>(
         &mut self,
         loss_mean: Tensor<B, 1>,
         rec: Tensor<B, 1>,
@@ -203,10 +206,49 @@ impl Sums {
         self.cells += n;
         true
     }
-    fn means(&self) -> (f64, f64, f64) {
+    pub(crate) fn means(&self) -> (f64, f64, f64) {
         let n = self.cells.max(1) as f64;
         (self.loss / n, self.reconstruction / n, self.kl / n)
     }
+
+    /// The history row of a training epoch.
+    pub(crate) fn record(&self, epoch: usize, kl_weight: f64) -> EpochRecord {
+        let (train_loss, rec, kl) = self.means();
+        EpochRecord {
+            epoch,
+            elbo_train: rec + kl,
+            reconstruction_loss_train: rec,
+            kl_local_train: kl,
+            kl_weight,
+            train_loss,
+            ..Default::default()
+        }
+    }
+}
+
+impl EpochRecord {
+    /// Validation columns from the means (loss, reconstruction, KL) of an evaluation; a
+    /// non-finite evaluation (None) is recorded as a NaN ELBO.
+    pub(crate) fn set_validation(&mut self, means: Option<(f64, f64, f64)>) {
+        match means {
+            Some((vl, vr, vk)) => {
+                self.validation_loss = Some(vl);
+                self.reconstruction_loss_validation = Some(vr);
+                self.kl_local_validation = Some(vk);
+                self.elbo_validation = Some(vr + vk);
+            }
+            None => self.elbo_validation = Some(f64::NAN),
+        }
+    }
+}
+
+/// Adam with the reference's epsilon and coupled (L2) weight decay.
+pub(crate) fn adam_config(cfg: &TrainConfig) -> AdamConfig {
+    AdamConfig::new()
+        .with_epsilon(cfg.eps as f32)
+        .with_weight_decay(
+            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
+        )
 }
 
 /// Mean loss terms of `model` (eval mode) over `cells`.
@@ -377,14 +419,8 @@ pub fn train<B: AutodiffBackend>(
         .map(|f| scarches::grad_rules(&model_ad, f))
         .unwrap_or_default();
     let mut last_good = model_ad.valid();
-    let mut adam = (cfg.optimizer == OptimizerKind::Adam).then(|| {
-        AdamConfig::new()
-            .with_epsilon(cfg.eps as f32)
-            .with_weight_decay(
-                (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
-            )
-            .init::<B, Scvi<B>>()
-    });
+    let mut adam =
+        (cfg.optimizer == OptimizerKind::Adam).then(|| adam_config(cfg).init::<B, Scvi<B>>());
     let mut adamw = (cfg.optimizer == OptimizerKind::AdamW).then(|| {
         AdamWConfig::new()
             .with_epsilon(cfg.eps as f32)
@@ -447,37 +483,20 @@ pub fn train<B: AutodiffBackend>(
                 break;
             }
         }
-        let (train_loss, rec, kl) = sums.means();
-        let mut record = EpochRecord {
-            epoch: epoch_offset + epoch,
-            elbo_train: rec + kl,
-            reconstruction_loss_train: rec,
-            kl_local_train: kl,
-            kl_weight: kl_w,
-            train_loss,
-            ..Default::default()
-        };
+        let mut record = sums.record(epoch_offset + epoch, kl_w);
         last_good = model_ad.valid();
         let validate = !split.validation.is_empty()
             && cfg.check_val_every_n_epoch > 0
             && ((epoch + 1) % cfg.check_val_every_n_epoch == 0 || epoch + 1 == max_epochs);
         if validate && !summary.interrupted {
-            match evaluate(
+            record.set_validation(evaluate(
                 &last_good,
                 data,
                 &split.validation,
                 cfg.batch_size,
                 kl_w,
                 device,
-            ) {
-                Some((vl, vr, vk)) => {
-                    record.validation_loss = Some(vl);
-                    record.reconstruction_loss_validation = Some(vr);
-                    record.kl_local_validation = Some(vk);
-                    record.elbo_validation = Some(vr + vk);
-                }
-                None => record.elbo_validation = Some(f64::NAN),
-            }
+            ));
         }
         record.seconds = epoch_start.elapsed().as_secs_f64();
         summary.epochs_run = epoch + 1;

@@ -113,8 +113,7 @@ fn rs_gimvi_latent(
     let (m, data, i) = (gimvi_ref(&model)?, dataset(&ds)?, which_dataset(which)?);
     let cells = indices(&idx, data.n_cells())?;
     let z = guarded(|| {
-        gimvi::check_data_one(m.config(), i, data)?;
-        Ok(gimvi::latent(
+        gimvi::latent(
             &m.module,
             i,
             data,
@@ -122,7 +121,7 @@ fn rs_gimvi_latent(
             deterministic,
             batch_size.max(1) as usize,
             &Default::default(),
-        ))
+        )
     })?;
     Ok(matrix(&z, cells.len(), m.config().n_latent))
 }
@@ -148,8 +147,7 @@ fn rs_gimvi_imputed(
         Some(which_dataset(decode_mode)?)
     };
     let v = guarded(|| {
-        gimvi::check_data_one(m.config(), i, data)?;
-        Ok(gimvi::imputed_values(
+        gimvi::imputed_values(
             &m.module,
             i,
             data,
@@ -159,7 +157,7 @@ fn rs_gimvi_imputed(
             mode,
             batch_size.max(1) as usize,
             &Default::default(),
-        ))
+        )
     })?;
     Ok(matrix(&v, cells.len(), m.config().n_genes))
 }

@@ -797,7 +797,7 @@ fn rs_batch_mixing(emb: Robj, labels: Robj, batches: Robj, k: i32) -> Result<f64
 /// The kind of model saved in `dir` ("SCVI", "GIMVI").
 #[extendr]
 fn rs_saved_model_kind(dir: &str) -> Result<String> {
-    guarded(|| rscvi_core::gimvi_model::saved_model_kind(Path::new(dir)))
+    guarded(|| rscvi_core::model::saved_model_kind(Path::new(dir)))
 }
 
 #[extendr]
