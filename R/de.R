@@ -26,10 +26,14 @@
 #' @param batchid1,batchid2 batch categories to marginalise over with `batch_correction`.
 #' @param fdr_target target of the posterior expected FDR (column `is_de_fdr_<target>`).
 #' @param silent `TRUE` hides the per-comparison progress messages.
-#' @param weights only `"uniform"` is available; importance weights are not implemented yet.
+#' @param weights how each group's posterior draws are resampled: `"uniform"`, or
+#'   `"importance"` to weight every draw by how well it explains the whole group (see
+#'   [get_normalized_expression()]); with `batch_correction` each batch is weighted on its own.
 #' @param filter_outlier_cells drop the 10% of each group's cells farthest from the group in
 #'   latent space (robust Gaussian fit, as scvi-tools' `EllipticEnvelope`; not bitwise
 #'   identical) before sampling; the raw statistics still use every cell.
+#' @param importance_weighting_kwargs with `weights = "importance"`, a named list of the
+#'   options described in [get_normalized_expression()].
 #' @param ... `n_samples_overall` (default 5000), `test_mode` (`"three"`/`"two"`),
 #'   `pseudocounts` (default: estimated), `cred_interval_lvls` (HPD levels).
 #' @return A data.frame with one row per gene (per comparison), sorted by `proba_de` (change)
@@ -57,13 +61,13 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
                                          batch_correction = FALSE, batchid1 = NULL,
                                          batchid2 = NULL, fdr_target = 0.05, silent = FALSE,
                                          weights = c("uniform", "importance"),
-                                         filter_outlier_cells = FALSE, device = "auto", ...) {
+                                         filter_outlier_cells = FALSE,
+                                         importance_weighting_kwargs = NULL, device = "auto",
+                                         ...) {
   model <- object
   mode <- .match_choice(mode, c("change", "vanilla"), "mode")
   weights <- .match_choice(weights, c("uniform", "importance"), "weights")
-  if (weights != "uniform") {
-    .stop("`weights` = \"importance\" is not implemented yet; use \"uniform\"")
-  }
+  importance_json <- .importance_json(weights, importance_weighting_kwargs)
   filter_outlier_cells <- .check_scalar_bool(filter_outlier_cells, "filter_outlier_cells")
   delta <- .check_scalar_num(delta, "delta", min = 0)
   fdr_target <- .check_scalar_num(fdr_target, "fdr_target", min = 0, max = 1)
@@ -110,7 +114,8 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
     res <- .rs(rs_scvi_de(model$model, q$data, cmp$cells1 - 1L, cmp$cells2 - 1L,
                           mode == "change", delta, test_mode == "three", pseudocount, b1, b2,
                           n_samples, batch_size, fdr_target, levels_ci,
-                          floor(stats::runif(1, 0, 2^31)), filter_outlier_cells, device))
+                          floor(stats::runif(1, 0, 2^31)), filter_outlier_cells,
+                          importance_json, device))
     df <- as.data.frame(res$columns, check.names = FALSE)
     if (!all_stats) df <- df[, !grepl("^(raw_|non_zeros_)", names(df)), drop = FALSE]
     if (mode == "change") df[[paste0("is_de_fdr_", .py_float(fdr_target))]] <- res$is_de
@@ -187,4 +192,34 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
     g2 <- group2 %||% "Rest"
     list(cells1 = c1, cells2 = c2, label = paste(g1, "vs", g2), group1 = g1, group2 = g2)
   })
+}
+
+# "" for uniform row draws, else the JSON of the importance-weight options (scvi.md 8.10)
+# that the core reads; shared by get_normalized_expression() and differential_expression().
+.importance_json <- function(weights, importance_weighting_kwargs) {
+  kw <- importance_weighting_kwargs
+  if (weights == "uniform") {
+    if (length(kw)) .stop("`importance_weighting_kwargs` needs weights = \"importance\"")
+    return("")
+  }
+  kw <- kw %||% list()
+  if (!is.list(kw) || (length(kw) && (is.null(names(kw)) || any(names(kw) == "")))) {
+    .stop("`importance_weighting_kwargs` must be a named list, got %s", .describe(kw))
+  }
+  known <- c("max_cells", "truncation", "n_mc_samples", "n_mc_samples_per_pass")
+  unknown <- setdiff(names(kw), known)
+  if (length(unknown)) {
+    .stop("`importance_weighting_kwargs` has unknown entries %s; known: %s", .enum(unknown),
+          .enum(known))
+  }
+  arg <- function(name) paste0("importance_weighting_kwargs$", name)
+  # The pass size only bounds memory (rscvi sizes its passes itself); it is checked so that
+  # scvi-tools calls carry over.
+  .check_scalar_int(kw$n_mc_samples_per_pass %||% 250L, arg("n_mc_samples_per_pass"), min = 1)
+  opts <- list(
+    max_cells = .check_scalar_int(kw$max_cells %||% 1024L, arg("max_cells"), min = 1),
+    truncation = .check_scalar_bool(kw$truncation %||% FALSE, arg("truncation")),
+    n_mc_samples = .check_scalar_int(kw$n_mc_samples %||% 500L, arg("n_mc_samples"), min = 1)
+  )
+  as.character(jsonlite::toJSON(opts, auto_unbox = TRUE))
 }

@@ -27,7 +27,7 @@ rs_scvi_marginal_ll <- function(model, ds, idx, n_mc_samples, batch_size, device
 
 # Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
 # `batches1/2` NULL = observed batches, else batch codes to marginalise over.
-rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, device)
+rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device)
 
 rs_scvi_likelihood_parameters <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_likelihood_parameters, model, ds, idx, batch_size, device)
 
@@ -37,8 +37,9 @@ rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed
 
 rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)
 
-# `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall).
-rs_scvi_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, batch_size, seed, device) .Call(wrap__rs_scvi_scale_samples, model, ds, idx, transform_batch, library_size, m, batch_size, seed, device)
+# `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall),
+# uniformly or with importance weights (`importance_json`, see `row_weights`).
+rs_scvi_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device) .Call(wrap__rs_scvi_scale_samples, model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device)
 
 # A scArches query model from `reference` for the query data `ds`.
 rs_scvi_query_new <- function(reference, ds, config_json, registry_json, freeze_json) .Call(wrap__rs_scvi_query_new, reference, ds, config_json, registry_json, freeze_json)

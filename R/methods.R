@@ -84,6 +84,16 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
 #' @param n_samples_overall if given, return this many rows drawn with replacement from the
 #'   `n_samples_overall / n_cells + 1` posterior draws of every selected cell (the sampler of
 #'   differential expression); rows are then not cells.
+#' @param weights with `n_samples_overall`: `"uniform"` draws every posterior draw with the
+#'   same probability; `"importance"` weights each draw \eqn{z} by how well it explains the
+#'   selected cells as a group, \eqn{p(z) \sum_a p(x_a|z)/p(x_a)} over up to `max_cells`
+#'   anchor cells \eqn{a}, divided by the mixture of their posteriors it was drawn from
+#'   (scvi-tools' importance-weighted sampler). Needs a single `transform_batch`.
+#' @param importance_weighting_kwargs with `weights = "importance"`, a named list of:
+#'   `max_cells` (anchor cells, default 1024), `truncation` (raise weights below their mean
+#'   to the mean, default `FALSE`), `n_mc_samples` (samples of each anchor's marginal
+#'   likelihood, default 500); `n_mc_samples_per_pass` is accepted for scvi-tools
+#'   compatibility and does not change the result (rscvi sizes its passes itself).
 #' @param return_mean with `n_samples > 1`, `FALSE` returns all draws as an array
 #'   (draws x cells x genes) instead of their mean.
 #' @return A cells x genes matrix with dimnames.
@@ -95,6 +105,10 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
 #' # batch-corrected: decode every cell as if it came from one batch
 #' corrected <- get_normalized_expression(model, transform_batch = "Dropseq_3cl",
 #'                                        indices = 1:10)
+#' # 200 rows resampled from the posterior draws of 20 cells with importance weights
+#' rows <- get_normalized_expression(model, indices = 1:20, n_samples_overall = 200,
+#'                                   weights = "importance",
+#'                                   importance_weighting_kwargs = list(n_mc_samples = 100))
 get_normalized_expression <- function(model, ...) UseMethod("get_normalized_expression")
 
 #' @rdname get_normalized_expression
@@ -103,8 +117,15 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
                                            transform_batch = NULL, gene_list = NULL,
                                            indices = NULL, batch_size = 128L,
                                            device = "auto", n_samples_overall = NULL,
-                                           return_mean = TRUE, ...) {
+                                           return_mean = TRUE,
+                                           weights = c("uniform", "importance"),
+                                           importance_weighting_kwargs = NULL, ...) {
   .check_model(model)
+  weights <- .match_choice(weights, c("uniform", "importance"), "weights")
+  importance_json <- .importance_json(weights, importance_weighting_kwargs)
+  if (weights == "importance" && is.null(n_samples_overall)) {
+    .stop("`weights` = \"importance\" weights the draws of `n_samples_overall`; give it too")
+  }
   # NaN (not NA, which the bridge's f64 refuses) asks the core for the "latent" library.
   lib <- if (identical(library_size, "latent")) NaN else {
     ok <- is.numeric(library_size) && length(library_size) == 1L && !is.na(library_size) &&
@@ -145,7 +166,8 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
     if (is.nan(lib)) .stop("`n_samples_overall` needs a numeric `library_size`, not \"latent\"")
     if (length(tb) > 1) .stop("`n_samples_overall` takes at most one `transform_batch`")
     out <- .rs(rs_scvi_scale_samples(model$model, q$data, cells$idx, if (is.null(tb)) -1L else tb,
-                                     lib, m, batch_size, floor(stats::runif(1, 0, 2^31)), device))
+                                     lib, m, importance_json, batch_size,
+                                     floor(stats::runif(1, 0, 2^31)), device))
     out <- out[, if (is.null(gene_idx)) seq_along(genes) else gene_idx + 1L, drop = FALSE]
     colnames(out) <- gene_names
     return(out)

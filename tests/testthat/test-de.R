@@ -69,6 +69,53 @@ test_that("bad DE arguments give clear errors", {
   expect_error(differential_expression(m), "groupby")
   expect_error(differential_expression(m, groupby = "cell_line", mode = "x"), "`mode`")
   expect_error(differential_expression(m, groupby = "cell_line", batchid1 = "a"), "batch_correction")
-  expect_error(differential_expression(m, groupby = "cell_line", weights = "importance"),
-               "not implemented")
+  expect_error(differential_expression(m, groupby = "cell_line", weights = "uniform",
+                                       importance_weighting_kwargs = list(max_cells = 5)),
+               "needs weights = \"importance\"")
+  expect_error(differential_expression(m, groupby = "cell_line", weights = "importance",
+                                       importance_weighting_kwargs = list(cells = 5)),
+               "unknown entries 'cells'")
+  expect_error(differential_expression(m, groupby = "cell_line", weights = "importance",
+                                       importance_weighting_kwargs = list(max_cells = 0)),
+               "importance_weighting_kwargs\\$max_cells")
+  expect_error(differential_expression(m, groupby = "cell_line", weights = "importance",
+                                       importance_weighting_kwargs = list(5)),
+               "named list")
+})
+
+test_that("importance weights: DE and n_samples_overall draws", {
+  m <- small_model()
+  set.seed(2)
+  opts <- list(n_mc_samples = 50, truncation = TRUE)
+  imp <- differential_expression(m, groupby = "cell_line", group1 = "H1975",
+                                 n_samples_overall = 400L, weights = "importance",
+                                 importance_weighting_kwargs = opts)
+  set.seed(2)
+  uni <- differential_expression(m, groupby = "cell_line", group1 = "H1975",
+                                 n_samples_overall = 400L)
+  expect_identical(names(imp), names(uni))
+  expect_false(is.unsorted(rev(imp$proba_de)))
+  expect_false(identical(imp$lfc_mean, uni[rownames(imp), "lfc_mean"]))
+  set.seed(2)
+  expect_identical(differential_expression(m, groupby = "cell_line", group1 = "H1975",
+                                           n_samples_overall = 400L, weights = "importance",
+                                           importance_weighting_kwargs = opts), imp)
+  # batch correction weights each batch's draws on its own
+  bc <- differential_expression(m, groupby = "cell_line", group1 = "H1975", group2 = "H2228",
+                                batch_correction = TRUE, n_samples_overall = 200L,
+                                weights = "importance",
+                                importance_weighting_kwargs = list(n_mc_samples = 20))
+  expect_true(all(is.finite(bc$lfc_mean)))
+
+  cells <- which(small_data()$cells$cell_line == "H2228")
+  rows <- get_normalized_expression(m, indices = cells, n_samples_overall = 300L,
+                                    weights = "importance",
+                                    importance_weighting_kwargs = list(max_cells = 10,
+                                                                       n_mc_samples = 50))
+  expect_identical(dim(rows), c(300L, 200L))
+  expect_equal(unname(rowSums(rows)), rep(1, 300), tolerance = 1e-4)
+  expect_error(get_normalized_expression(m, weights = "importance"), "n_samples_overall")
+  expect_error(get_normalized_expression(m, n_samples_overall = 10L, weights = "importance",
+                                         transform_batch = m$registry$batch_categories[1:2]),
+               "at most one `transform_batch`")
 })

@@ -46,8 +46,12 @@ pub fn ln(x: f32) -> f32 {
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E;
-    let n = (t + if t >= 0.0 { 0.5 } else { -0.5 }) as i32;
-    let nf = n as f32;
+    // Round to nearest by adding 1.5·2^23 (|t| < 2^22): unlike a float-to-int cast, which
+    // Rust saturates, this keeps the loops that call exp vectorised.
+    const SHIFTER: f32 = 12_582_912.0;
+    let shifted = t + SHIFTER;
+    let nf = shifted - SHIFTER;
+    let n = shifted.to_bits() as i32 - SHIFTER.to_bits() as i32;
     let r = x - nf * 0.693_359_4 + nf * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -133,6 +137,21 @@ struct ThetaConsts {
 }
 
 impl ThetaConsts {
+    /// The constants of the genes `idx` of `src` (nothing for Poisson, which has none).
+    fn gather(&mut self, src: &ThetaConsts, idx: &[u32]) {
+        let pick = |dst: &mut Vec<f32>, from: &[f32]| {
+            dst.clear();
+            if !from.is_empty() {
+                dst.extend(idx.iter().map(|&j| from[j as usize]));
+            }
+        };
+        pick(&mut self.theta, &src.theta);
+        pick(&mut self.log_theta_eps, &src.log_theta_eps);
+        pick(&mut self.theta_ratio, &src.theta_ratio);
+        pick(&mut self.lgamma, &src.lgamma);
+        pick(&mut self.digamma, &src.digamma);
+    }
+
     fn fill(&mut self, theta: &[f32]) {
         self.theta.clear();
         self.theta.extend_from_slice(theta);
@@ -159,13 +178,26 @@ struct RowOut<'a> {
 }
 
 /// One cell, branch-free over genes so the loop vectorises. Zero counts contribute through
-/// 0/1 factors (both branches are computed, as in the reference).
+/// 0/1 factors (both branches are computed, as in the reference). With `ZEROS` every count
+/// is taken as 0 (`r.x` is not read), which skips the count terms: the dense part of
+/// [`cross_log_likelihood`].
+impl<'a> RowOut<'a> {
+    fn values_only(value: &'a mut [f32]) -> Self {
+        RowOut {
+            value,
+            d_mu: &mut [],
+            d_theta: &mut [],
+            d_pi: &mut [],
+        }
+    }
+}
+
 #[inline(always)]
-fn nb_row<const ZINB: bool, const GRAD: bool>(r: &Row, o: &mut RowOut) {
+fn nb_row<const ZINB: bool, const GRAD: bool, const ZEROS: bool>(r: &Row, o: &mut RowOut) {
     // Re-slicing everything to one length lets the compiler drop the bounds checks, which
     // would otherwise stop the loop from vectorising.
-    let g = r.x.len();
-    let (xs, mus, k) = (&r.x[..g], &r.mu[..g], r.k);
+    let g = r.mu.len();
+    let (xs, mus, k) = (if ZEROS { &[][..] } else { &r.x[..g] }, &r.mu[..g], r.k);
     let (ths, ltes, ratios, lgs, dgs) = (
         &k.theta[..g],
         &k.log_theta_eps[..g],
@@ -187,7 +219,7 @@ fn nb_row<const ZINB: bool, const GRAD: bool>(r: &Row, o: &mut RowOut) {
         &mut [][..]
     };
     for j in 0..g {
-        let (x, mu, th) = (xs[j], mus[j], ths[j]);
+        let (x, mu, th) = (if ZEROS { 0.0 } else { xs[j] }, mus[j], ths[j]);
         let lte = ltes[j];
         let tme = th + mu + EPS32;
         let inv_tme = 1.0 / tme;
@@ -205,6 +237,10 @@ fn nb_row<const ZINB: bool, const GRAD: bool>(r: &Row, o: &mut RowOut) {
             coef = 1.0 - zero * sig_neg_t;
             d_pi = sig_neg_pi - coef;
         }
+        if ZEROS {
+            values[j] = value;
+            continue;
+        }
         let inv_mu = 1.0 / (mu + EPS32);
         let (lg, dg) = lgamma_digamma(x + th);
         value += x * (ln(mu + EPS32) - lt) + nonzero * (lg - lgs[j]);
@@ -221,8 +257,12 @@ fn nb_row<const ZINB: bool, const GRAD: bool>(r: &Row, o: &mut RowOut) {
 }
 
 #[inline(always)]
-fn poisson_row<const GRAD: bool>(r: &Row, o: &mut RowOut) {
-    for j in 0..r.x.len() {
+fn poisson_row<const GRAD: bool, const ZEROS: bool>(r: &Row, o: &mut RowOut) {
+    for j in 0..r.mu.len() {
+        if ZEROS {
+            o.value[j] = -r.mu[j];
+            continue;
+        }
         let (x, mu) = (r.x[j], r.mu[j].max(f32::MIN_POSITIVE));
         o.value[j] = x * ln(mu) - mu;
         if GRAD {
@@ -231,35 +271,48 @@ fn poisson_row<const GRAD: bool>(r: &Row, o: &mut RowOut) {
     }
 }
 
+/// What a row pass computes: values and derivatives, values only, or the values every gene
+/// would have with a zero count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Gradient,
+    Value,
+    ZeroCounts,
+}
+
 #[inline(always)]
-fn row_dispatch(lik: Likelihood, grad: bool, r: &Row, o: &mut RowOut) {
-    match (lik, grad) {
-        (Likelihood::Zinb, true) => nb_row::<true, true>(r, o),
-        (Likelihood::Zinb, false) => nb_row::<true, false>(r, o),
-        (Likelihood::Nb, true) => nb_row::<false, true>(r, o),
-        (Likelihood::Nb, false) => nb_row::<false, false>(r, o),
-        (Likelihood::Poisson, true) => poisson_row::<true>(r, o),
-        (Likelihood::Poisson, false) => poisson_row::<false>(r, o),
+fn row_dispatch(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
+    use Pass::*;
+    match (lik, pass) {
+        (Likelihood::Zinb, Gradient) => nb_row::<true, true, false>(r, o),
+        (Likelihood::Zinb, Value) => nb_row::<true, false, false>(r, o),
+        (Likelihood::Zinb, ZeroCounts) => nb_row::<true, false, true>(r, o),
+        (Likelihood::Nb, Gradient) => nb_row::<false, true, false>(r, o),
+        (Likelihood::Nb, Value) => nb_row::<false, false, false>(r, o),
+        (Likelihood::Nb, ZeroCounts) => nb_row::<false, false, true>(r, o),
+        (Likelihood::Poisson, Gradient) => poisson_row::<true, false>(r, o),
+        (Likelihood::Poisson, Value) => poisson_row::<false, false>(r, o),
+        (Likelihood::Poisson, ZeroCounts) => poisson_row::<false, true>(r, o),
     }
 }
 
 /// The same code compiled for AVX2 + FMA, chosen at run time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(lik: Likelihood, grad: bool, r: &Row, o: &mut RowOut) {
-    row_dispatch(lik, grad, r, o)
+unsafe fn row_avx2(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
+    row_dispatch(lik, pass, r, o)
 }
 
-fn row(lik: Likelihood, grad: bool, r: &Row, o: &mut RowOut) {
+fn row(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { row_avx2(lik, grad, r, o) };
+            return unsafe { row_avx2(lik, pass, r, o) };
         }
     }
-    row_dispatch(lik, grad, r, o)
+    row_dispatch(lik, pass, r, o)
 }
 
 /// True when every value is finite (integer test on the exponent bits, vectorises).
@@ -415,7 +468,8 @@ fn run(
                 d_theta: dt,
                 d_pi: dp,
             };
-            row(lik, grad, &r, &mut o);
+            let pass = if grad { Pass::Gradient } else { Pass::Value };
+            row(lik, pass, &r, &mut o);
             let finite = all_finite(mu) && all_finite(&k.theta) && all_finite(pi_row);
             *v = if finite {
                 o.value.iter().map(|&v| v as f64).sum::<f64>() as f32
@@ -443,6 +497,108 @@ fn run(
     out.d_theta = d_theta;
     out.d_pi = d_pi;
     out.d_library = d_lib;
+    out
+}
+
+/// One cell's counts in sparse form with their total: an anchor of [`cross_log_likelihood`].
+pub struct SparseCounts<'a> {
+    pub genes: &'a [u32],
+    pub counts: &'a [f32],
+    pub total: f32,
+}
+
+/// Σ_g log p(x_ag | μ = ρ_rg·t_a, θ_rg, π_rg), without the lgamma(x+1) constant, for every row
+/// r of `rho` (n x g) against the counts x_a (total t_a) of every anchor a: n x anchors,
+/// row-major. The importance weights of scvi.md §8.10 score each posterior draw against
+/// other cells' counts this way. Per pair, one vectorised pass takes every count as zero and
+/// only the anchor's nonzero genes are then recomputed, so dense work is a few
+/// transcendental functions per gene. A row whose ρ, θ or π is not finite scores NaN.
+pub fn cross_log_likelihood(
+    lik: Likelihood,
+    rho: &[f32],
+    theta: Theta,
+    pi: Option<&[f32]>,
+    anchors: &[SparseCounts],
+    g: usize,
+) -> Vec<f64> {
+    let n_anchors = anchors.len();
+    let n = rho.len().checked_div(g).unwrap_or(0);
+    let mut shared = ThetaConsts::default();
+    if theta.per_gene && lik != Likelihood::Poisson {
+        shared.fill(theta.values);
+    }
+    let mut out = vec![0f64; n * n_anchors];
+    if n_anchors == 0 {
+        return out;
+    }
+    out.par_chunks_mut(n_anchors).enumerate().for_each_init(
+        || {
+            let gathered = (Vec::new(), Vec::new(), Vec::new(), ThetaConsts::default());
+            (
+                vec![0f32; g],
+                vec![0f32; g],
+                ThetaConsts::default(),
+                gathered,
+            )
+        },
+        |(mu, values, own, (sub_mu, sub_pi, sub_values, sub_k)), (r, scores)| {
+            let cells = r * g..(r + 1) * g;
+            let k = if theta.per_gene || lik == Likelihood::Poisson {
+                &shared
+            } else {
+                own.fill(&theta.values[cells.clone()]);
+                &*own
+            };
+            let rho_r = &rho[cells.clone()];
+            let pi_r = pi.map_or(&[][..], |p| &p[cells.clone()]);
+            if !(all_finite(rho_r) && all_finite(&k.theta) && all_finite(pi_r)) {
+                scores.fill(f64::NAN);
+                return;
+            }
+            for (a, score) in anchors.iter().zip(scores.iter_mut()) {
+                for (m, &p) in mu.iter_mut().zip(rho_r) {
+                    *m = p * a.total;
+                }
+                let dense = Row {
+                    x: &[],
+                    mu,
+                    pi: pi_r,
+                    k,
+                };
+                row(
+                    lik,
+                    Pass::ZeroCounts,
+                    &dense,
+                    &mut RowOut::values_only(values),
+                );
+                let mut sum: f64 = values.iter().map(|&v| v as f64).sum();
+                sub_mu.clear();
+                sub_mu.extend(a.genes.iter().map(|&j| mu[j as usize]));
+                sub_pi.clear();
+                if !pi_r.is_empty() {
+                    sub_pi.extend(a.genes.iter().map(|&j| pi_r[j as usize]));
+                }
+                sub_k.gather(k, a.genes);
+                sub_values.resize(a.genes.len(), 0.0);
+                let sparse = Row {
+                    x: a.counts,
+                    mu: sub_mu,
+                    pi: sub_pi,
+                    k: sub_k,
+                };
+                row(
+                    lik,
+                    Pass::Value,
+                    &sparse,
+                    &mut RowOut::values_only(sub_values),
+                );
+                for (&j, &v) in a.genes.iter().zip(sub_values.iter()) {
+                    sum += v as f64 - values[j as usize] as f64;
+                }
+                *score = sum;
+            }
+        },
+    );
     out
 }
 
@@ -650,6 +806,62 @@ mod tests {
                 gl[c],
                 out.d_library[c]
             );
+        }
+    }
+
+    /// Scoring rows against other cells' counts equals the direct evaluation with μ = ρ·t_a
+    /// and the anchor's counts on every row, for each likelihood and both θ layouts.
+    #[test]
+    fn cross_scores_equal_direct_evaluation() {
+        let (n, g) = (3, 5);
+        let rho: Vec<f32> = (0..n * g).map(|i| 0.02 + (i % 7) as f32 * 0.03).collect();
+        let theta_rows: Vec<f32> = (0..n * g).map(|i| 0.3 + (i % 4) as f32 * 1.7).collect();
+        let pi: Vec<f32> = (0..n * g).map(|i| -2.0 + (i % 5) as f32 * 0.9).collect();
+        let dense_anchors = [[0.0f32, 4.0, 0.0, 1.0, 9.0], [2.0, 0.0, 0.0, 0.0, 0.0]];
+        let sparse: Vec<(Vec<u32>, Vec<f32>)> = dense_anchors
+            .iter()
+            .map(|x| {
+                (0..g)
+                    .filter(|&j| x[j] > 0.0)
+                    .map(|j| (j as u32, x[j]))
+                    .unzip()
+            })
+            .collect();
+        let anchors: Vec<SparseCounts> = sparse
+            .iter()
+            .map(|(genes, counts)| SparseCounts {
+                genes,
+                counts,
+                total: counts.iter().sum(),
+            })
+            .collect();
+        for lik in [Likelihood::Zinb, Likelihood::Nb, Likelihood::Poisson] {
+            for per_gene in [true, false] {
+                let theta_values = if per_gene {
+                    &theta_rows[..g]
+                } else {
+                    &theta_rows
+                };
+                let theta = || Theta {
+                    values: theta_values,
+                    per_gene,
+                };
+                let pi = (lik == Likelihood::Zinb).then_some(&pi[..]);
+                let got = cross_log_likelihood(lik, &rho, theta(), pi, &anchors, g);
+                for (a, x) in dense_anchors.iter().enumerate() {
+                    let total: f32 = x.iter().sum();
+                    let mu: Vec<f32> = rho.iter().map(|&p| p * total).collect();
+                    let xs: Vec<f32> = (0..n).flat_map(|_| x.iter().copied()).collect();
+                    let want = log_likelihood(lik, &xs, &mu, theta(), pi, g, false).per_cell;
+                    for r in 0..n {
+                        let (v, w) = (got[r * 2 + a], want[r] as f64);
+                        assert!(
+                            (v - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{lik:?} per_gene={per_gene} row {r} anchor {a}: {v} vs {w}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -6,6 +6,8 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::data::DataSet;
 use crate::dist;
 use crate::error::{invalid_arg, Result};
+use crate::importance;
+pub use crate::importance::{ImportanceOptions, RowWeights};
 use crate::scvi::{host, Batch, LatentDistribution, Scvi};
 
 fn check_cells(data: &DataSet, cells: &[usize], model: &Scvi<impl Backend>) -> Result<()> {
@@ -306,9 +308,10 @@ mod tests {
 }
 
 /// `m` rows of ρ·`library_size` for `cells` decoded with `transform_batch` (None = each cell's own batch),
-/// drawn uniformly with replacement from S·N posterior draws, S = m / N + 1 (scvi.md §8.2
-/// `n_samples_overall`, the DE sampler of §9.2). Row-major m x genes. Only the drawn rows are
-/// kept, so memory stays at m x genes whatever S·N is.
+/// drawn with replacement from S·N posterior draws, S = m / N + 1 (scvi.md §8.2
+/// `n_samples_overall`, the DE sampler of §9.2), uniformly or with importance weights
+/// (§8.10). Row-major m x genes. Uniform draws keep only the drawn rows, so memory stays at
+/// m x genes whatever S·N is; importance weights need every draw.
 #[allow(clippy::too_many_arguments)]
 pub fn scale_samples<B: Backend>(
     model: &Scvi<B>,
@@ -317,6 +320,7 @@ pub fn scale_samples<B: Backend>(
     transform_batch: Option<u32>,
     library_size: f32,
     m: usize,
+    weights: &RowWeights,
     batch_size: usize,
     rng: &mut impl rand::Rng,
     device: &B::Device,
@@ -329,6 +333,24 @@ pub fn scale_samples<B: Backend>(
     }
     let (n, g) = (cells.len(), data.n_genes());
     let s = m / n + 1;
+    if let RowWeights::Importance(opts) = weights {
+        let draws = importance::draw(model, data, cells, transform_batch, s, batch_size, device)?;
+        let log_w =
+            importance::log_weights(model, data, cells, &draws, opts, batch_size, rng, device)?;
+        let p = importance::probabilities(&log_w, opts.truncation)?;
+        let pick = rand::distr::weighted::WeightedIndex::new(&p)
+            .map_err(|e| crate::Error::NonFinite(format!("importance weights: {e}")))?;
+        let mut out = Vec::with_capacity(m * g);
+        for _ in 0..m {
+            let r = rng.sample(&pick);
+            out.extend(
+                draws.rho[r * g..(r + 1) * g]
+                    .iter()
+                    .map(|&v| v * library_size),
+            );
+        }
+        return Ok(out);
+    }
     // (sample, cell position) -> output rows that take it
     let mut wanted: std::collections::HashMap<(usize, usize), Vec<usize>> = Default::default();
     for row in 0..m {
@@ -387,6 +409,7 @@ pub struct DeRequest<'a> {
     pub fdr_target: f64,
     pub interval_levels: Vec<f64>,
     pub seed: u64,
+    pub weights: RowWeights,
     /// Drop each group's latent-space outliers (10%) before sampling (raw statistics keep
     /// every cell).
     pub filter_outlier_cells: bool,
@@ -449,6 +472,7 @@ pub fn differential_expression<B: Backend>(
                     tb,
                     1.0,
                     per,
+                    &req.weights,
                     req.batch_size,
                     rng,
                     device,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fused;
 pub mod gimvi;
 pub mod gimvi_model;
+pub mod importance;
 pub mod infer;
 pub mod metrics;
 pub mod model;

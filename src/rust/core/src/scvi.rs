@@ -581,7 +581,7 @@ impl<B: Backend> Scvi<B> {
         lp.sum_dim(1).squeeze_dim::<1>(1)
     }
 
-    fn fused_kind(&self) -> Likelihood {
+    pub(crate) fn fused_kind(&self) -> Likelihood {
         match self.config.gene_likelihood {
             GeneLikelihood::Zinb => Likelihood::Zinb,
             GeneLikelihood::Nb => Likelihood::Nb,

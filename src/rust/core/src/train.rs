@@ -272,7 +272,7 @@ fn evaluate<B: burn::tensor::backend::Backend>(
 }
 
 /// Available memory in bytes (Linux /proc/meminfo), if it can be read.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -501,6 +501,7 @@ fn rs_scvi_de(
     levels: Robj,
     seed: f64,
     filter_outlier_cells: bool,
+    importance_json: &str,
     device: &str,
 ) -> Result<Robj> {
     let (m, data) = (model_ref(&model)?, dataset(&ds)?);
@@ -539,6 +540,7 @@ fn rs_scvi_de(
             reals(&levels, "levels")?
         },
         seed: seed.max(0.0) as u64,
+        weights: row_weights(importance_json)?,
         filter_outlier_cells,
     };
     let table = guarded(|| {
@@ -682,7 +684,18 @@ fn rs_scvi_feature_correlation(
     Ok(RMatrix::new_matrix(g, g, |r, c| v[r * g + c]).into())
 }
 
-/// `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall).
+/// Uniform row draws for "", else importance weights with the options of this JSON object.
+fn row_weights(importance_json: &str) -> Result<infer::RowWeights> {
+    if importance_json.is_empty() {
+        return Ok(infer::RowWeights::Uniform);
+    }
+    let opts = serde_json::from_str(importance_json)
+        .map_err(|e| other(format!("`importance_weighting_kwargs`: {e}")))?;
+    Ok(infer::RowWeights::Importance(opts))
+}
+
+/// `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall),
+/// uniformly or with importance weights (`importance_json`, see `row_weights`).
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_scvi_scale_samples(
@@ -692,6 +705,7 @@ fn rs_scvi_scale_samples(
     transform_batch: i32,
     library_size: f64,
     m: i32,
+    importance_json: &str,
     batch_size: i32,
     seed: f64,
     device: &str,
@@ -700,6 +714,7 @@ fn rs_scvi_scale_samples(
     let (mdl, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let g = data.n_genes();
     let m = m.max(1) as usize;
+    let weights = row_weights(importance_json)?;
     let v = guarded(|| {
         let kind = resolve_device(device)?;
         let mut rng = rand_seeded(seed.max(0.0) as u64);
@@ -710,6 +725,7 @@ fn rs_scvi_scale_samples(
             (transform_batch >= 0).then_some(transform_batch as u32),
             library_size as f32,
             m,
+            &weights,
             batch_size.max(1) as usize,
             &mut rng,
             dev
