@@ -98,6 +98,19 @@ pub fn kl_normal<B: Backend, const D: usize>(
     (ratio.clone() + (mu_q - mu_p).powf_scalar(2.0) / var_p - 1.0 - ratio.log()) * 0.5
 }
 
+/// log N(v; mean, var) summed over the coordinates, on host slices (the importance weights
+/// evaluate it for every draw against every anchor's posterior).
+pub fn normal_log_density_host(v: &[f32], mean: &[f32], var: &[f32]) -> f64 {
+    v.iter()
+        .zip(mean)
+        .zip(var)
+        .map(|((&x, &m), &s2)| {
+            let (x, m, s2) = (x as f64, m as f64, s2 as f64);
+            -(x - m) * (x - m) / (2.0 * s2) - 0.5 * s2.ln() - HALF_LN_2PI
+        })
+        .sum()
+}
+
 /// log N(x; mu, sqrt(var)) per element.
 pub fn normal_log_prob<B: Backend, const D: usize>(
     x: Tensor<B, D>,

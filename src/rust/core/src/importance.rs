@@ -148,19 +148,6 @@ pub fn draw<B: Backend>(
     Ok(out)
 }
 
-/// log N(v; m, var) summed over the coordinates.
-fn normal_log_density(v: &[f32], mean: &[f32], var: &[f32]) -> f64 {
-    const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;
-    v.iter()
-        .zip(mean)
-        .zip(var)
-        .map(|((&x, &m), &s2)| {
-            let (x, m, s2) = (x as f64, m as f64, s2 as f64);
-            -(x - m) * (x - m) / (2.0 * s2) - 0.5 * s2.ln() - HALF_LN_2PI
-        })
-        .sum()
-}
-
 fn log_sum_exp(v: impl Iterator<Item = f64> + Clone) -> f64 {
     let m = v.clone().fold(f64::NEG_INFINITY, f64::max);
     if !m.is_finite() {
@@ -246,11 +233,15 @@ pub fn log_weights<B: Backend>(
             let z = &draws.z[r * d..(r + 1) * d];
             let log_q = log_sum_exp(positions.iter().map(|&p| {
                 let cell = p * d..(p + 1) * d;
-                normal_log_density(z, &draws.qz_mean[cell.clone()], &draws.qz_var[cell])
+                crate::dist::normal_log_density_host(
+                    z,
+                    &draws.qz_mean[cell.clone()],
+                    &draws.qz_var[cell],
+                )
             }));
             let scores = &log_px_z[r * n_anchors..(r + 1) * n_anchors];
             let fit = log_sum_exp(scores.iter().zip(&log_px_const).map(|(&l, &p)| l - p));
-            normal_log_density(z, &zero, &one) - log_q + fit
+            crate::dist::normal_log_density_host(z, &zero, &one) - log_q + fit
         })
         .collect();
     Ok(w)
