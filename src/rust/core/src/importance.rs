@@ -125,11 +125,7 @@ pub fn draw<B: Backend>(
         out.qz_mean.extend(host(&inf.qz_mean));
         out.qz_var.extend(host(&inf.qz_var));
         for smp in 0..s {
-            let z = if smp == 0 {
-                inf.z.clone()
-            } else {
-                model.transform_latent(crate::nn::resample(&inf.qz_mean, &inf.qz_var))
-            };
+            let z = model.latent_draw(&inf, smp);
             let gen = model.generative(&b, z.clone(), inf.library.clone(), false);
             let first = smp * n + offset;
             place(&mut out.z, d, first, &host(&z));

@@ -141,15 +141,14 @@ pub fn normalized_expression<B: Backend>(
             let b = Batch::<B>::from_host(&data.host_batch(chunk, *tb), g, device);
             let inf = model.inference(&b, false);
             for k in 0..s {
-                let (z, lib) = if k == 0 {
-                    (inf.z.clone(), inf.library.clone())
+                let z = model.latent_draw(&inf, k);
+                let lib = if k == 0 {
+                    inf.library.clone()
                 } else {
-                    let z = model.transform_latent(crate::nn::resample(&inf.qz_mean, &inf.qz_var));
-                    let lib = match &inf.ql {
+                    match &inf.ql {
                         Some((m, v)) => crate::nn::resample(m, v),
                         None => inf.library.clone(),
-                    };
-                    (z, lib)
+                    }
                 };
                 let gen = model.generative(&b, z, lib, false);
                 let e = match q.library_size {
@@ -369,11 +368,7 @@ pub fn scale_samples<B: Backend>(
         let b = Batch::<B>::from_host(&data.host_batch(chunk, transform_batch), g, device);
         let inf = model.inference(&b, false);
         for smp in needed {
-            let z = if smp == 0 {
-                inf.z.clone()
-            } else {
-                model.transform_latent(crate::nn::resample(&inf.qz_mean, &inf.qz_var))
-            };
+            let z = model.latent_draw(&inf, smp);
             let gen = model.generative(&b, z, inf.library.clone(), false);
             let rho = host(&gen.scale);
             for p in 0..chunk.len() {
@@ -792,11 +787,7 @@ pub fn feature_correlation<B: Backend>(
             let b = Batch::<B>::from_host(&data.host_batch(chunk, *tb), g, device);
             let inf = model.inference(&b, false);
             for k in 0..n_samples.max(1) {
-                let z = if k == 0 {
-                    inf.z.clone()
-                } else {
-                    model.transform_latent(crate::nn::resample(&inf.qz_mean, &inf.qz_var))
-                };
+                let z = model.latent_draw(&inf, k);
                 let gen = model.generative(&b, z, inf.library.clone(), false);
                 let per_gene = gen.theta.dims()[0] == 1;
                 let (rho, theta) = (host(&gen.scale), host(&gen.theta));

@@ -499,6 +499,16 @@ impl<B: Backend> Scvi<B> {
         }
     }
 
+    /// The k-th posterior draw of z for an inference pass: its own sample first, then fresh
+    /// ones (the reference draws all n_samples at once; same distribution).
+    pub fn latent_draw(&self, inf: &Inference<B>, k: usize) -> Tensor<B, 2> {
+        if k == 0 {
+            inf.z.clone()
+        } else {
+            self.transform_latent(crate::nn::resample(&inf.qz_mean, &inf.qz_var))
+        }
+    }
+
     /// Decoder pass. `library` is on the log scale; a registered size factor replaces it.
     /// Decoder network up to its heads: the unnormalised scale logits, θ and the dropout
     /// logits (ZINB only).

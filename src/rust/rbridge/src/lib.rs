@@ -16,6 +16,17 @@ use rscvi_core::scvi::ScviConfig;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig, TrainSummary};
 use rscvi_core::{metrics, on_device};
 
+/// A query on an SCVI model on the device the user named, with errors and panics turned into
+/// R errors: `guarded` around `on_device!`.
+macro_rules! on_device_guarded {
+    ($model:expr, $device:expr, |$m:ident, $d:ident| $body:expr) => {
+        guarded(|| {
+            let kind = resolve_device($device)?;
+            on_device!($model, kind, |$m, $d| $body)
+        })
+    };
+}
+
 /// Runs core code, converting its errors and any panic into an R error message.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
     rscvi_core::alloc::tune_allocator();
@@ -377,18 +388,15 @@ fn rs_scvi_latent(
     device: &str,
 ) -> Result<Robj> {
     let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
-    let (z, mean, var) = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::latent(
-            module,
-            data,
-            &cells,
-            give_mean,
-            mc_samples.max(1) as usize,
-            batch_size.max(1) as usize,
-            dev
-        ))
-    })?;
+    let (z, mean, var) = on_device_guarded!(m, device, |module, dev| infer::latent(
+        module,
+        data,
+        &cells,
+        give_mean,
+        mc_samples.max(1) as usize,
+        batch_size.max(1) as usize,
+        dev
+    ))?;
     Ok(list!(
         z = matrix(&z.values, z.n_rows, z.n_cols),
         mean = matrix(&mean.values, mean.n_rows, mean.n_cols),
@@ -425,12 +433,9 @@ fn rs_scvi_normalized_expression(
         n_samples: n_samples.max(1) as usize,
         batch_size: batch_size.max(1) as usize,
     };
-    let out = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::normalized_expression(
-            module, data, &q, dev
-        ))
-    })?;
+    let out = on_device_guarded!(m, device, |module, dev| infer::normalized_expression(
+        module, data, &q, dev
+    ))?;
     Ok(matrix(&out.values, out.n_rows, out.n_cols))
 }
 
@@ -443,16 +448,13 @@ fn rs_scvi_elbo_terms(
     device: &str,
 ) -> Result<Robj> {
     let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
-    let (rec, kl) = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::elbo_terms(
-            module,
-            data,
-            &cells,
-            batch_size.max(1) as usize,
-            dev
-        ))
-    })?;
+    let (rec, kl) = on_device_guarded!(m, device, |module, dev| infer::elbo_terms(
+        module,
+        data,
+        &cells,
+        batch_size.max(1) as usize,
+        dev
+    ))?;
     Ok(list!(reconstruction_loss = rec, kl_local = kl).into())
 }
 
@@ -466,17 +468,14 @@ fn rs_scvi_marginal_ll(
     device: &str,
 ) -> Result<Robj> {
     let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
-    let v = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::marginal_ll(
-            module,
-            data,
-            &cells,
-            n_mc_samples.max(0) as usize,
-            batch_size.max(1) as usize,
-            dev
-        ))
-    })?;
+    let v = on_device_guarded!(m, device, |module, dev| infer::marginal_ll(
+        module,
+        data,
+        &cells,
+        n_mc_samples.max(0) as usize,
+        batch_size.max(1) as usize,
+        dev
+    ))?;
     Ok(v.into())
 }
 
@@ -543,12 +542,9 @@ fn rs_scvi_de(
         weights: row_weights(importance_json)?,
         filter_outlier_cells,
     };
-    let table = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::differential_expression(
-            module, data, &req, dev
-        ))
-    })?;
+    let table = on_device_guarded!(m, device, |module, dev| infer::differential_expression(
+        module, data, &req, dev
+    ))?;
     let names: Vec<String> = table.columns.iter().map(|(n, _)| n.clone()).collect();
     let values: Vec<Robj> = table
         .columns
@@ -573,16 +569,13 @@ fn rs_scvi_likelihood_parameters(
     device: &str,
 ) -> Result<Robj> {
     let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
-    let p = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::likelihood_parameters(
-            module,
-            data,
-            &cells,
-            batch_size.max(1) as usize,
-            dev
-        ))
-    })?;
+    let p = on_device_guarded!(m, device, |module, dev| infer::likelihood_parameters(
+        module,
+        data,
+        &cells,
+        batch_size.max(1) as usize,
+        dev
+    ))?;
     let opt =
         |x: Option<infer::Matrix>| x.map_or(().into(), |x| matrix(&x.values, x.n_rows, x.n_cols));
     Ok(list!(
@@ -603,17 +596,14 @@ fn rs_scvi_library_size(
     device: &str,
 ) -> Result<Robj> {
     let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
-    let v = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::latent_library_size(
-            module,
-            data,
-            &cells,
-            give_mean,
-            batch_size.max(1) as usize,
-            dev
-        ))
-    })?;
+    let v = on_device_guarded!(m, device, |module, dev| infer::latent_library_size(
+        module,
+        data,
+        &cells,
+        give_mean,
+        batch_size.max(1) as usize,
+        dev
+    ))?;
     Ok(v.into())
 }
 
@@ -634,18 +624,15 @@ fn rs_scvi_posterior_predictive(
     } else {
         Some(indices(&genes, data.n_genes())?)
     };
-    let out = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::posterior_predictive_sample(
-            module,
-            data,
-            &cells,
-            gene_idx.as_deref(),
-            batch_size.max(1) as usize,
-            seed.max(0.0) as u64,
-            dev
-        ))
-    })?;
+    let out = on_device_guarded!(m, device, |module, dev| infer::posterior_predictive_sample(
+        module,
+        data,
+        &cells,
+        gene_idx.as_deref(),
+        batch_size.max(1) as usize,
+        seed.max(0.0) as u64,
+        dev
+    ))?;
     Ok(matrix(&out.values, out.n_rows, out.n_cols))
 }
 
@@ -666,21 +653,18 @@ fn rs_scvi_feature_correlation(
     let (m, data, cells) = model_data_cells(&model, &ds, &idx)?;
     let tb = transform_batches(&transform_batch)?;
     let g = data.n_genes();
-    let v = guarded(|| {
-        let kind = resolve_device(device)?;
-        on_device!(m, kind, |module, dev| infer::feature_correlation(
-            module,
-            data,
-            &cells,
-            &tb,
-            n_samples.max(1) as usize,
-            rna_size_factor,
-            spearman,
-            batch_size.max(1) as usize,
-            seed.max(0.0) as u64,
-            dev
-        ))
-    })?;
+    let v = on_device_guarded!(m, device, |module, dev| infer::feature_correlation(
+        module,
+        data,
+        &cells,
+        &tb,
+        n_samples.max(1) as usize,
+        rna_size_factor,
+        spearman,
+        batch_size.max(1) as usize,
+        seed.max(0.0) as u64,
+        dev
+    ))?;
     Ok(RMatrix::new_matrix(g, g, |r, c| v[r * g + c]).into())
 }
 
@@ -715,22 +699,19 @@ fn rs_scvi_scale_samples(
     let g = data.n_genes();
     let m = m.max(1) as usize;
     let weights = row_weights(importance_json)?;
-    let v = guarded(|| {
-        let kind = resolve_device(device)?;
-        let mut rng = rand_seeded(seed.max(0.0) as u64);
-        on_device!(mdl, kind, |module, dev| infer::scale_samples(
-            module,
-            data,
-            &cells,
-            (transform_batch >= 0).then_some(transform_batch as u32),
-            library_size as f32,
-            m,
-            &weights,
-            batch_size.max(1) as usize,
-            &mut rng,
-            dev
-        ))
-    })?;
+    let mut rng = rand_seeded(seed.max(0.0) as u64);
+    let v = on_device_guarded!(mdl, device, |module, dev| infer::scale_samples(
+        module,
+        data,
+        &cells,
+        (transform_batch >= 0).then_some(transform_batch as u32),
+        library_size as f32,
+        m,
+        &weights,
+        batch_size.max(1) as usize,
+        &mut rng,
+        dev
+    ))?;
     Ok(matrix(&v, m, g))
 }
 
