@@ -5,48 +5,8 @@
 #' @useDynLib rscvi, .registration = TRUE
 NULL
 
-# `library_size`: a number, or NaN for the latent library.
 # Counts (dgCMatrix slots of a genes x cells matrix = CSR of cells x genes) and covariates.
 rs_dataset_new <- function(p, i, x, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, p, i, x, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
-
-rs_scvi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_scvi_new, ds, config_json, registry_json)
-
-rs_scvi_train <- function(model, ds, train_json, device, progress) .Call(wrap__rs_scvi_train, model, ds, train_json, device, progress)
-
-rs_scvi_history <- function(model) .Call(wrap__rs_scvi_history, model)
-
-rs_scvi_state <- function(model) .Call(wrap__rs_scvi_state, model)
-
-rs_scvi_latent <- function(model, ds, idx, give_mean, mc_samples, batch_size, device) .Call(wrap__rs_scvi_latent, model, ds, idx, give_mean, mc_samples, batch_size, device)
-
-rs_scvi_normalized_expression <- function(model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device) .Call(wrap__rs_scvi_normalized_expression, model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device)
-
-rs_scvi_elbo_terms <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_elbo_terms, model, ds, idx, batch_size, device)
-
-rs_scvi_marginal_ll <- function(model, ds, idx, n_mc_samples, batch_size, device) .Call(wrap__rs_scvi_marginal_ll, model, ds, idx, n_mc_samples, batch_size, device)
-
-# Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
-# `batches1/2` NULL = observed batches, else batch codes to marginalise over.
-rs_scvi_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device) .Call(wrap__rs_scvi_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device)
-
-rs_scvi_likelihood_parameters <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_likelihood_parameters, model, ds, idx, batch_size, device)
-
-rs_scvi_library_size <- function(model, ds, idx, give_mean, batch_size, device) .Call(wrap__rs_scvi_library_size, model, ds, idx, give_mean, batch_size, device)
-
-rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed, device) .Call(wrap__rs_scvi_posterior_predictive, model, ds, idx, genes, batch_size, seed, device)
-
-rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)
-
-# `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall),
-# uniformly or with importance weights (`importance_json`, see `row_weights`).
-rs_scvi_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device) .Call(wrap__rs_scvi_scale_samples, model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device)
-
-# A scArches query model from `reference` for the query data `ds`.
-rs_scvi_query_new <- function(reference, ds, config_json, registry_json, freeze_json) .Call(wrap__rs_scvi_query_new, reference, ds, config_json, registry_json, freeze_json)
-
-rs_scvi_save <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save, model, dir, overwrite)
-
-rs_scvi_load <- function(dir) .Call(wrap__rs_scvi_load, dir)
 
 rs_knn_purity <- function(emb, labels, k) .Call(wrap__rs_knn_purity, emb, labels, k)
 
@@ -57,21 +17,57 @@ rs_saved_model_kind <- function(dir) .Call(wrap__rs_saved_model_kind, dir)
 
 rs_device_info <- function() .Call(wrap__rs_device_info)
 
+# Trains the model on its datasets (a list of data handles, in the model's dataset order).
+rs_model_train <- function(model, data, train_json, device, progress) .Call(wrap__rs_model_train, model, data, train_json, device, progress)
+
+# The training history as an R list of columns (epochs 1-based).
+rs_model_history <- function(model) .Call(wrap__rs_model_history, model)
+
+# Whether the model is trained, its split of every dataset (1-based cells), its config and
+# registry (JSON).
+rs_model_state <- function(model) .Call(wrap__rs_model_state, model)
+
+rs_model_save <- function(model, dir, overwrite) .Call(wrap__rs_model_save, model, dir, overwrite)
+
+# Loads the model saved in `dir`, of whatever kind it is.
+rs_model_load <- function(dir) .Call(wrap__rs_model_load, dir)
+
+# Latent representation of cells of dataset `dataset` (0-based): the representation (mean
+# or a draw), the posterior mean and variance.
+rs_model_latent <- function(model, dataset, ds, idx, give_mean, mc_samples, batch_size, device) .Call(wrap__rs_model_latent, model, dataset, ds, idx, give_mean, mc_samples, batch_size, device)
+
+# Per-cell reconstruction loss and local KL of cells of dataset `dataset` (0-based).
+rs_model_elbo_terms <- function(model, dataset, ds, idx, batch_size, device) .Call(wrap__rs_model_elbo_terms, model, dataset, ds, idx, batch_size, device)
+
+# Posterior normalised expression; `library_size` NaN = the latent library (μ).
+rs_model_normalized_expression <- function(model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device) .Call(wrap__rs_model_normalized_expression, model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device)
+
+# `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall),
+# uniformly or with importance weights (`importance_json`, see `row_weights`).
+rs_model_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device) .Call(wrap__rs_model_scale_samples, model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device)
+
+# Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
+# `batches1/2` NULL = observed batches, else batch codes to marginalise over.
+rs_model_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device) .Call(wrap__rs_model_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device)
+
+rs_scvi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_scvi_new, ds, config_json, registry_json)
+
+rs_scvi_marginal_ll <- function(model, ds, idx, n_mc_samples, batch_size, device) .Call(wrap__rs_scvi_marginal_ll, model, ds, idx, n_mc_samples, batch_size, device)
+
+rs_scvi_likelihood_parameters <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_scvi_likelihood_parameters, model, ds, idx, batch_size, device)
+
+rs_scvi_library_size <- function(model, ds, idx, give_mean, batch_size, device) .Call(wrap__rs_scvi_library_size, model, ds, idx, give_mean, batch_size, device)
+
+rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed, device) .Call(wrap__rs_scvi_posterior_predictive, model, ds, idx, genes, batch_size, seed, device)
+
+rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)
+
+# A scArches query model from `reference` for the query data `ds`.
+rs_scvi_query_new <- function(reference, ds, config_json, registry_json, freeze_json) .Call(wrap__rs_scvi_query_new, reference, ds, config_json, registry_json, freeze_json)
+
 rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__rs_gimvi_new, seq, spatial, config_json, registry_json)
-
-rs_gimvi_train <- function(model, seq, spatial, train_json, kappa, device, progress) .Call(wrap__rs_gimvi_train, model, seq, spatial, train_json, kappa, device, progress)
-
-rs_gimvi_history <- function(model) .Call(wrap__rs_gimvi_history, model)
-
-rs_gimvi_state <- function(model) .Call(wrap__rs_gimvi_state, model)
-
-rs_gimvi_latent <- function(model, which, ds, idx, deterministic, batch_size) .Call(wrap__rs_gimvi_latent, model, which, ds, idx, deterministic, batch_size)
 
 # `decode_mode` < 0: the dataset's own mode.
 rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
-
-rs_gimvi_save <- function(model, dir, overwrite) .Call(wrap__rs_gimvi_save, model, dir, overwrite)
-
-rs_gimvi_load <- function(dir) .Call(wrap__rs_gimvi_load, dir)
 
 

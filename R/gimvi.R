@@ -4,14 +4,7 @@
 
 .gimvi_parts <- c("seq", "spatial")
 
-.check_gimvi <- function(model, arg = "model") {
-  if (!inherits(model, "GIMVI")) {
-    .stop("`%s` must be a GIMVI model (from gimvi() or load_model()), got %s", arg,
-          .describe(model))
-  }
-  if (.null_ptr(model$model)) .lost_handle(arg)
-  invisible(model)
-}
+.check_gimvi <- function(model, arg = "model") .check_kind(model, "GIMVI", arg)
 
 # Registration of one of the two datasets; `labels_key` applies where the column exists.
 .gimvi_register <- function(x, cells, layer, batch_key, labels_key, arg) {
@@ -48,7 +41,7 @@
     cell_data = cell_data,       # list(seq, spatial)
     input = input,               # list(seq, spatial): class / cells / genes / layer
     dir = dir
-  ), class = "GIMVI")
+  ), class = c("GIMVI", "rscvi_model"))
 }
 
 #' GIMVI: impute unmeasured genes of spatial data from an scRNA-seq reference
@@ -211,8 +204,6 @@ gimvi <- function(x_seq, x_spatial, cells_seq = NULL, cells_spatial = NULL, laye
   cfg
 }
 
-.gimvi_state <- function(model) .rs(rs_gimvi_state(model$model))
-
 #' @rdname train
 #' @param kappa GIMVI: weight of the adversarial terms that make the two datasets
 #'   indistinguishable in the latent space (0 turns the classifier off).
@@ -249,19 +240,8 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
                                                 "check_val_every_n_epoch", min = 0),
     seed = .check_seed(seed)
   )
-  kappa <- .check_scalar_num(kappa, "kappa", min = 0)
-  device <- .check_device(device)
-  progress <- .check_scalar_bool(progress, "progress")
-  if (is.null(model$data) || any(vapply(model$data, .null_ptr, logical(1)))) {
-    .stop(paste0("`model` has no training data attached (it was loaded without `x`); load ",
-                 "it with load_model(dir, x = list(seq = ..., spatial = ...)) to train it further"))
-  }
-  json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
-  res <- .rs(rs_gimvi_train(model$model, model$data$seq, model$data$spatial, json, kappa,
-                            device, progress))
-  if (isTRUE(res$interrupted)) .message_interrupted(res)
-  model$last_training <- res
-  model
+  cfg$kappa <- .check_scalar_num(kappa, "kappa", min = 0)
+  .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
 }
 
 # The data a GIMVI query runs on: for each requested part, the model's own data or new data
@@ -302,8 +282,8 @@ get_latent_representation.GIMVI <- function(model, x_seq = NULL, x_spatial = NUL
   batch_size <- .gimvi_batch_size(batch_size)
   q <- .gimvi_query_data(model, x_seq, x_spatial)
   lapply(stats::setNames(seq_along(.gimvi_parts), .gimvi_parts), function(k) {
-    z <- .rs(rs_gimvi_latent(model$model, k - 1L, q[[k]]$data, NULL, deterministic,
-                             batch_size))
+    z <- .rs(rs_model_latent(model$model, k - 1L, q[[k]]$data, NULL, deterministic, 1L,
+                             batch_size, "cpu"))$z
     dimnames(z) <- list(q[[k]]$cell_names, paste0("GIMVI_", seq_len(ncol(z))))
     z
   })
@@ -368,30 +348,6 @@ get_imputed_values.GIMVI <- function(model, x_seq = NULL, x_spatial = NULL, norm
   })
 }
 
-#' @rdname history
-#' @export
-history.GIMVI <- function(model, ...) {
-  .check_gimvi(model)
-  .history_frame(.rs(rs_gimvi_history(model$model)))
-}
-
-#' @rdname train_indices
-#' @return GIMVI: a list with `seq` and `spatial` index vectors.
-#' @export
-train_indices.GIMVI <- function(model, ...) {
-  .check_gimvi(model)
-  st <- .gimvi_state(model)
-  list(seq = as.integer(st$seq$train), spatial = as.integer(st$spatial$train))
-}
-
-#' @rdname train_indices
-#' @export
-validation_indices.GIMVI <- function(model, ...) {
-  .check_gimvi(model)
-  st <- .gimvi_state(model)
-  list(seq = as.integer(st$seq$validation), spatial = as.integer(st$spatial$validation))
-}
-
 #' @rdname summary.SCVI
 #' @method print GIMVI
 #' @export
@@ -419,7 +375,7 @@ print.GIMVI <- function(x, ...) {
               cfg$generative_distributions[2],
               if (cfg$model_library_size[1]) "latent" else "observed",
               if (cfg$model_library_size[2]) "latent" else "observed", cfg$dispersion))
-  h <- history.GIMVI(x)
+  h <- history(x)
   training <- if (nrow(h) == 0L) "not trained yet; call train(model)" else
     sprintf("%d epochs; last elbo_train %.1f (KL weight %.3f)", nrow(h),
             h$elbo_train[nrow(h)], h$kl_weight[nrow(h)])
@@ -431,24 +387,13 @@ print.GIMVI <- function(x, ...) {
 #' @export
 plot.GIMVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   .check_gimvi(x, "x")
-  .plot_history(history.GIMVI(x), which, ...)
+  .plot_history(history(x), which, ...)
   invisible(x)
 }
 
-#' @rdname save_model
-#' @export
-save_model.GIMVI <- function(model, dir, overwrite = FALSE, ...) {
-  .check_gimvi(model)
-  dir <- .check_scalar_string(dir, "dir")
-  overwrite <- .check_scalar_bool(overwrite, "overwrite")
-  if (file.exists(dir) && !dir.exists(dir)) .stop("`dir` '%s' is a file, not a folder", dir)
-  .rs(rs_gimvi_save(model$model, path.expand(dir), overwrite))
-  invisible(dir)
-}
-
 .load_gimvi <- function(dir, x) {
-  ptr <- .rs(rs_gimvi_load(path.expand(dir)))
-  st <- .rs(rs_gimvi_state(ptr))
+  ptr <- .rs(rs_model_load(path.expand(dir)))
+  st <- .rs(rs_model_state(ptr))
   registries <- tryCatch(.gimvi_registry_from_json(st$registry), error = function(e) {
     .stop("`dir` '%s': the saved registries are not readable (%s)", dir, conditionMessage(e))
   })

@@ -50,8 +50,8 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
   device <- .check_device(device)
   q <- .query_data(model, x)
   cells <- .query_cells(q, indices)
-  res <- .rs(rs_scvi_latent(model$model, q$data, cells$idx, give_mean || return_dist,
-                            mc_samples, batch_size, device))
+  res <- .rs(rs_model_latent(model$model, 0L, q$data, cells$idx, give_mean || return_dist,
+                             mc_samples, batch_size, device))
   dn <- list(cells$names, paste0("SCVI_", seq_len(ncol(res$z))))
   if (return_dist) {
     # The untransformed Gaussian q(z|x), also for the "ln" latent (scvi.md §8.1).
@@ -165,16 +165,16 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
     m <- .check_scalar_int(n_samples_overall, "n_samples_overall", min = 1)
     if (is.nan(lib)) .stop("`n_samples_overall` needs a numeric `library_size`, not \"latent\"")
     if (length(tb) > 1) .stop("`n_samples_overall` takes at most one `transform_batch`")
-    out <- .rs(rs_scvi_scale_samples(model$model, q$data, cells$idx, if (is.null(tb)) -1L else tb,
-                                     lib, m, importance_json, batch_size,
-                                     floor(stats::runif(1, 0, 2^31)), device))
+    out <- .rs(rs_model_scale_samples(model$model, q$data, cells$idx,
+                                      if (is.null(tb)) -1L else tb, lib, m, importance_json,
+                                      batch_size, floor(stats::runif(1, 0, 2^31)), device))
     out <- out[, if (is.null(gene_idx)) seq_along(genes) else gene_idx + 1L, drop = FALSE]
     colnames(out) <- gene_names
     return(out)
   }
   one <- function(s) {
-    out <- .rs(rs_scvi_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
-                                             s, batch_size, device))
+    out <- .rs(rs_model_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx,
+                                              lib, s, batch_size, device))
     dimnames(out) <- list(cells$names, gene_names)
     out
   }
@@ -209,7 +209,7 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
   device <- .check_device(device)
   q <- .query_data(model, x)
   cells <- .query_cells(q, indices)
-  .rs(rs_scvi_elbo_terms(model$model, q$data, cells$idx, batch_size, device))
+  .rs(rs_model_elbo_terms(model$model, 0L, q$data, cells$idx, batch_size, device))
 }
 
 #' ELBO, reconstruction error and marginal log-likelihood
@@ -301,7 +301,8 @@ get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples =
 #' `history()` with anything other than a model (or no argument) is R's command history,
 #' [utils::history()], which this generic masks.
 #'
-#' @param model an `SCVI` model; for the default method, arguments of [utils::history()].
+#' @param model a model (`SCVI`, `GIMVI`); for the default method, arguments of
+#'   [utils::history()].
 #' @param ... passed to [utils::history()] by the default method.
 #' @return A data.frame with columns `epoch`, `elbo_train`, `elbo_validation`,
 #'   `reconstruction_loss_train`, `reconstruction_loss_validation`, `kl_local_train`,
@@ -318,13 +319,6 @@ history.default <- function(model, ...) {
   if (missing(model)) utils::history(...) else utils::history(model, ...)
 }
 
-#' @rdname history
-#' @export
-history.SCVI <- function(model, ...) {
-  .check_model(model)
-  .history_frame(.rs(rs_scvi_history(model$model)))
-}
-
 # The bridge's history columns as a data.frame.
 .history_frame <- function(h) {
   h <- lapply(h[.history_columns], function(col) col %||% numeric(0))
@@ -337,9 +331,9 @@ history.SCVI <- function(model, ...) {
 #' The 1-based positions (in the model's data) of the cells in the training and validation
 #' sets of the last [train()] call; empty before training.
 #'
-#' @param model an `SCVI` model.
+#' @param model a model (`SCVI`, `GIMVI`).
 #' @param ... unused.
-#' @return An integer vector.
+#' @return SCVI: an integer vector.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 2, seed = 0)
@@ -349,21 +343,7 @@ train_indices <- function(model, ...) UseMethod("train_indices")
 
 #' @rdname train_indices
 #' @export
-train_indices.SCVI <- function(model, ...) {
-  .check_model(model)
-  as.integer(.state(model)$train)
-}
-
-#' @rdname train_indices
-#' @export
 validation_indices <- function(model, ...) UseMethod("validation_indices")
-
-#' @rdname train_indices
-#' @export
-validation_indices.SCVI <- function(model, ...) {
-  .check_model(model)
-  as.integer(.state(model)$validation)
-}
 
 # ---------------------------------------------------------------------------------------------
 # print / summary / plot.
@@ -419,7 +399,7 @@ print.SCVI <- function(x, ...) {
 
 .training_text <- function(model) {
   st <- .state(model)
-  h <- history.SCVI(model)
+  h <- history(model)
   if (!isTRUE(st$is_trained) && nrow(h) == 0L) return("not trained yet; call train(model)")
   last <- h[nrow(h), ]
   val <- if (is.na(last$elbo_validation)) "" else
@@ -452,7 +432,7 @@ summary.SCVI <- function(object, ...) {
   .check_model(object)
   reg <- object$registry
   st <- .state(object)
-  h <- history.SCVI(object)
+  h <- history(object)
   cats <- c(list(batch = reg$batch_categories, labels = reg$label_categories),
             reg$categorical_covariate_categories)
   training <- list(
@@ -535,7 +515,7 @@ print.summary.SCVI <- function(x, ...) {
 #' plot(model)
 plot.SCVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   .check_model(x, "x")
-  .plot_history(history.SCVI(x), which, ...)
+  .plot_history(history(x), which, ...)
   invisible(x)
 }
 

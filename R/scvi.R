@@ -21,14 +21,7 @@
                "models with save_model() and restore them with load_model()"), arg)
 }
 
-.check_model <- function(model, arg = "model") {
-  if (!inherits(model, "SCVI")) {
-    .stop("`%s` must be an SCVI model (from scvi() or load_model()), got %s", arg,
-          .describe(model))
-  }
-  if (.null_ptr(model$model)) .lost_handle(arg)
-  invisible(model)
-}
+.check_model <- function(model, arg = "model") .check_kind(model, "SCVI", arg)
 
 # match.arg() with rscvi's messages: the full default vector means "first choice", anything
 # else must be exactly one of the choices (no partial matching).
@@ -118,7 +111,7 @@
     cell_data = cell_data,
     input = input,          # class / layer / dimensions of the data, for print()
     dir = dir               # where a loaded model came from
-  ), class = "SCVI")
+  ), class = c("SCVI", "rscvi_model"))
 }
 
 # Register `x` against the model's registry (same genes in the same order, known
@@ -172,7 +165,11 @@
   .register_query(model, x, arg = arg)
 }
 
-.state <- function(model) .rs(rs_scvi_state(model$model))
+# Training state with the split of the model's cells as `train`, `validation`, `test`.
+.state <- function(model) {
+  st <- .model_state(model)
+  c(st[c("is_trained", "config", "registry")], st$splits[[1]])
+}
 
 # ---------------------------------------------------------------------------------------------
 # Construction.
@@ -471,24 +468,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
                                                 "check_val_every_n_epoch", min = 0),
     seed = .check_seed(seed)
   )
-  device <- .check_device(device)
-  progress <- .check_scalar_bool(progress, "progress")
-  if (is.null(model$data) || .null_ptr(model$data)) {
-    .stop(paste0("`model` has no training data attached (it was loaded without `x`); ",
-                 "load it with load_model(dir, x = <data>) to train it further"))
-  }
-  json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
-  res <- .rs(rs_scvi_train(model$model, model$data, json, device, progress))
-  if (isTRUE(res$interrupted)) {
-    .message_interrupted(res)
-  } else if (isTRUE(res$early_stopped)) {
-    message(sprintf(paste0("Early stopping: %s did not improve for %d epochs; stopped ",
-                           "after %d of %d epochs."),
-                    cfg$early_stopping_monitor, cfg$early_stopping_patience, res$epochs_run,
-                    res$max_epochs))
-  }
-  model$last_training <- res
-  model
+  .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -523,19 +503,6 @@ save_model <- function(model, ...) UseMethod("save_model")
 
 #' @rdname save_model
 #' @export
-save_model.SCVI <- function(model, dir, overwrite = FALSE, ...) {
-  .check_model(model)
-  dir <- .check_scalar_string(dir, "dir")
-  overwrite <- .check_scalar_bool(overwrite, "overwrite")
-  if (file.exists(dir) && !dir.exists(dir)) {
-    .stop("`dir` '%s' is a file, not a folder", dir)
-  }
-  .rs(rs_scvi_save(model$model, path.expand(dir), overwrite))
-  invisible(dir)
-}
-
-#' @rdname save_model
-#' @export
 load_model <- function(dir, x = NULL, ...) {
   dir <- .check_scalar_string(dir, "dir")
   if (!dir.exists(dir)) .stop("`dir` '%s' does not exist", dir)
@@ -553,8 +520,8 @@ load_model <- function(dir, x = NULL, ...) {
     if (length(dots)) .stop("load_model(): `cells` and `layer` do not apply to a GIMVI model")
     return(.load_gimvi(dir, x))
   }
-  ptr <- .rs(rs_scvi_load(path.expand(dir)))
-  st <- .rs(rs_scvi_state(ptr))
+  ptr <- .rs(rs_model_load(path.expand(dir)))
+  st <- .rs(rs_model_state(ptr))
   registry <- tryCatch(.registry_from_json(st$registry), error = function(e) {
     .stop("`dir` '%s': the saved registry is not readable (%s)", dir, conditionMessage(e))
   })

@@ -342,5 +342,5 @@ test_that("history() without a model is R's command history", {
   # the utils function that answers, not the SCVI method.
   res <- tryCatch(history(), error = function(e) conditionMessage(e))
   expect_false(grepl("SCVI", paste(res, collapse = " ")))
-  expect_error(history.SCVI(1), "SCVI model")
+  expect_error(history.rscvi_model(1), "must be an rscvi model")
 })

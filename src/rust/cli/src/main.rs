@@ -23,10 +23,10 @@ use rscvi_core::backend::resolve_device;
 use rscvi_core::data::{Categorical, CsrMatrix, DataSet};
 use rscvi_core::infer;
 use rscvi_core::metrics;
-use rscvi_core::model::ScviModel;
+use rscvi_core::models::scvi::synth;
+use rscvi_core::models::scvi::ScviConfig;
+use rscvi_core::models::scvi::{queries, ScviModel};
 use rscvi_core::on_device;
-use rscvi_core::scvi::ScviConfig;
-use rscvi_core::synth;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -236,17 +236,17 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
         device.name()
     );
     let t0 = Instant::now();
-    let summary = model.train(&data, &cfg, device, &mut Printer)?;
+    let summary = model.train(&[&data], &cfg, device, &mut Printer)?;
     let secs = t0.elapsed().as_secs_f64();
     let all: Vec<usize> = (0..n).collect();
-    let val = model.state.split.validation.clone();
+    let val = model.state.splits[0].validation.clone();
     let (rec, kl, mll, latent) = on_device!(model, device, |m, d| {
-        let (rec, kl) = infer::elbo_terms(m, &data, &val, 128, d)?;
-        let (rec_all, kl_all) = infer::elbo_terms(m, &data, &all, 128, d)?;
+        let (rec, kl) = infer::elbo_terms(m, 0, &data, &val, 128, d)?;
+        let (rec_all, kl_all) = infer::elbo_terms(m, 0, &data, &all, 128, d)?;
         let t = Instant::now();
-        let mll = infer::marginal_ll(m, &data, &val, a.num("mc-samples", 1000usize)?, 128, d)?;
+        let mll = queries::marginal_ll(m, &data, &val, a.num("mc-samples", 1000usize)?, 128, d)?;
         eprintln!("marginal LL: {:.2}s", t.elapsed().as_secs_f64());
-        let (lat, _, _) = infer::latent(m, &data, &all, true, 1, 128, d)?;
+        let (lat, _, _) = infer::latent(m, 0, &data, &all, true, 1, 128, d)?;
         ((rec, kl), (rec_all, kl_all), mll, lat)
     });
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -264,7 +264,7 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
         "seconds_per_epoch": secs / summary.epochs_run.max(1) as f64,
         "elbo_validation": mean(&rec.0) + mean(&rec.1),
         "elbo_all": mean(&kl.0) + mean(&kl.1),
-        "marginal_ll_validation": infer::mean_of_minibatch_means(&mll, 128),
+        "marginal_ll_validation": queries::mean_of_minibatch_means(&mll, 128),
         "knn_purity": purity,
         "batch_mixing": mixing,
     });
@@ -315,7 +315,7 @@ fn synth_cmd(a: &Args) -> AnyResult<()> {
         ..Default::default()
     };
     model.train(
-        &data,
+        &[&data],
         &cfg,
         rscvi_core::backend::DeviceKind::Cpu,
         &mut Printer,
@@ -402,7 +402,7 @@ fn bench_cmd(a: &Args) -> AnyResult<()> {
         ..Default::default()
     };
     let t = Instant::now();
-    let summary = model.train(&data, &cfg, device, &mut Printer)?;
+    let summary = model.train(&[&data], &cfg, device, &mut Printer)?;
     let total = t.elapsed().as_secs_f64();
     let h = &model.state.history;
     let epoch_seconds: Vec<f64> = h.iter().map(|r| r.seconds).collect();
@@ -471,11 +471,11 @@ fn gpu_check_cmd(a: &Args) -> AnyResult<()> {
                 ..Default::default()
             };
             let t = Instant::now();
-            model.train(&data, &cfg, kind, &mut Printer)?;
+            model.train(&[&data], &cfg, kind, &mut Printer)?;
             let secs = t.elapsed().as_secs_f64();
-            let val = model.state.split.validation.clone();
+            let val = model.state.splits[0].validation.clone();
             let (rec, kl) = on_device!(model, kind, |m, d| infer::elbo_terms(
-                m, &data, &val, 128, d
+                m, 0, &data, &val, 128, d
             )?);
             let v = (rec.iter().sum::<f64>() + kl.iter().sum::<f64>()) / val.len() as f64;
             elbo.push((kind.name(), v, secs));

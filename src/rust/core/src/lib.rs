@@ -1,27 +1,24 @@
-//! rscvi-core: scvi-tools' SCVI and GIMVI on Burn, with no R dependency. The R package (rbridge) and
+//! rscvi-core: scvi-tools' models on Burn, with no R dependency. The R package (rbridge) and
 //! the command-line tool (cli) are thin front ends over this crate.
+//!
+//! Layers, bottom up: `data` (sparse counts, covariates, splits, minibatches), `nn` and `dist`
+//! (network blocks, likelihoods), `family` (the traits every model implements, the model
+//! handle, device dispatch), `train` (the one training loop), `infer` and `de` (queries and
+//! differential expression), `io` (persistence), `models/<name>` (each model's own math).
 
-pub mod adversarial;
 pub mod alloc;
 pub mod backend;
 pub mod data;
 pub mod de;
 pub mod dist;
 pub mod error;
-pub mod fused;
-pub mod gimvi;
-pub mod gimvi_model;
-pub mod importance;
+pub mod family;
 pub mod infer;
+pub mod io;
 pub mod metrics;
-pub mod model;
-pub mod mt;
+pub mod models;
 pub mod nn;
 pub mod parity;
-pub mod resident;
-pub mod scarches;
-pub mod scvi;
-pub mod synth;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,7 +1,6 @@
-//! Differential-expression statistics on paired posterior samples of normalised expression
-//! (scvi.md §9.4–9.7): vanilla and change (LFC) modes, the pseudocount rule, HPD intervals and
-//! the posterior expected FDR. Pure host math on J x G sample matrices; shared later by
-//! accessibility and splicing DE.
+//! DE statistics on paired posterior samples (scvi.md §9.3-9.6): change and vanilla modes,
+//! the pseudocount rule, HPD intervals, posterior expected FDR; and the latent-space outlier
+//! filter.
 
 use crate::error::{invalid_arg, Result};
 

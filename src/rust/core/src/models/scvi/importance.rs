@@ -7,39 +7,13 @@
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
+use crate::data::batch::{host, Batch};
 use crate::data::{ln_factorial, DataSet};
+use crate::dist::fused::{self, SparseCounts, Theta};
 use crate::error::{invalid_arg, Error, Result};
-use crate::fused::{self, SparseCounts, Theta};
-use crate::scvi::{host, Batch, Dispersion, Scvi};
-
-/// Options of the importance weights, scvi-tools' `importance_weighting_kwargs`.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImportanceOptions {
-    /// Anchor cells drawn without replacement from the group (all when it is smaller).
-    pub max_cells: usize,
-    /// Raise every log weight to at least the log of the mean weight (Ionides 2008).
-    pub truncation: bool,
-    /// Samples of each anchor's marginal log-likelihood.
-    pub n_mc_samples: usize,
-}
-
-impl Default for ImportanceOptions {
-    fn default() -> Self {
-        ImportanceOptions {
-            max_cells: 1024,
-            truncation: false,
-            n_mc_samples: 500,
-        }
-    }
-}
-
-/// How the rows of `n_samples_overall` are drawn from the posterior draws.
-#[derive(Clone, Debug)]
-pub enum RowWeights {
-    Uniform,
-    Importance(ImportanceOptions),
-}
+use crate::infer::expression::ImportanceOptions;
+use crate::models::options::Dispersion;
+use crate::models::scvi::Scvi;
 
 /// Every posterior draw of a group, row = draw · n_cells + cell position (the reference's
 /// sample-major flattening), with what the weights need.
@@ -100,7 +74,7 @@ pub fn draw<B: Backend>(
 ) -> Result<Draws> {
     let (n, g, d) = (cells.len(), data.n_genes(), model.config.n_latent);
     let theta_per_gene = model.config.dispersion == Dispersion::Gene;
-    let zinb = model.config.gene_likelihood == crate::scvi::GeneLikelihood::Zinb;
+    let zinb = model.config.gene_likelihood == crate::models::options::GeneLikelihood::Zinb;
     let rows = s * n;
     check_memory(rows, g, 2 + zinb as usize + !theta_per_gene as usize)?;
     let mut out = Draws {
@@ -177,7 +151,7 @@ pub fn log_weights<B: Backend>(
         (0..n).collect()
     };
     let anchor_cells: Vec<usize> = positions.iter().map(|&p| cells[p]).collect();
-    let log_px = crate::infer::marginal_ll(
+    let log_px = crate::models::scvi::queries::marginal_ll(
         model,
         data,
         &anchor_cells,
@@ -268,7 +242,7 @@ pub fn probabilities(log_w: &[f64], truncation: bool) -> Result<Vec<f64>> {
 mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuTrain};
-    use crate::scvi::ScviConfig;
+    use crate::models::scvi::{ScviConfig, ScviExtra, ScviKind};
     use crate::train::{train, Silent, TrainConfig, TrainState};
 
     /// For a group of identical cells the weights reduce to p(x, z) / (q(z|x) p(x)), whose
@@ -288,14 +262,14 @@ mod tests {
             batch_size: 20,
             ..Default::default()
         };
-        let (model, r) = train::<CpuTrain>(
+        let (model, r) = train::<ScviKind, CpuTrain>(
             fresh,
-            &data,
+            &[&data],
             &cfg,
+            &ScviExtra::default(),
             &mut TrainState::default(),
             &mut Silent,
             &dev,
-            None,
             None,
         );
         r.unwrap();

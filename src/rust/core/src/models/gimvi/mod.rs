@@ -3,16 +3,22 @@
 //! the latent space and the decoder are shared, and the decoder always outputs every
 //! sequencing gene, which is how unmeasured spatial genes are imputed.
 
+pub mod model;
+
+pub use model::{GimviKind, GimviModel};
+
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::data::batch::host;
 use crate::data::{library_prior, DataSet};
 use crate::dist;
+use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Error, Result};
+use crate::models::options::{Dispersion, GeneLikelihood};
 use crate::nn::{Encoder, FcLayers, FcOptions};
-use crate::scvi::{fused_log_likelihood_from_logits, host, Dispersion, GeneLikelihood};
 
 /// Index of the sequencing dataset.
 pub const SEQ: usize = 0;
@@ -654,26 +660,6 @@ fn check_query<B: Backend>(
 ) -> Result<()> {
     check_data_one(&module.config, dataset, data)?;
     crate::train::check_minibatch_memory(batch_size.min(cells.len()), module.config.n_genes)
-}
-
-/// Posterior means (or one sample) of z for `cells` of `dataset`, row-major n x D.
-pub fn latent<B: Backend>(
-    module: &Jvae<B>,
-    dataset: usize,
-    data: &DataSet,
-    cells: &[usize],
-    deterministic: bool,
-    batch_size: usize,
-    device: &B::Device,
-) -> Result<Vec<f32>> {
-    check_query(module, dataset, data, cells, batch_size)?;
-    let mut out = Vec::with_capacity(cells.len() * module.config.n_latent);
-    for chunk in cells.chunks(batch_size.max(1)) {
-        let b = GimviBatch::<B>::new(&module.config, dataset, data, chunk, device);
-        let inf = module.inference(&b, false, deterministic);
-        out.extend(host(&inf.z));
-    }
-    Ok(out)
 }
 
 /// Imputed expression of every sequencing gene for `cells` of `dataset` (gimvi.md §7):

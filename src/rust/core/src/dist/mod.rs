@@ -2,6 +2,10 @@
 //! autodiff. `lgamma` is built from elementary ops (recurrence shift + Stirling series) so
 //! that its gradient (digamma) comes for free.
 
+pub mod fused;
+pub mod sample;
+pub mod surrogate;
+
 use burn::tensor::{backend::Backend, Tensor};
 
 pub const EPS: f64 = 1e-8;

@@ -2,8 +2,12 @@
 //! and host-side minibatch assembly. Counts stay sparse (CSR, cells x genes) until a
 //! minibatch is densified.
 
+pub mod batch;
+pub mod mt;
+pub mod resident;
+
+use crate::data::mt::numpy_permutation;
 use crate::error::{invalid_arg, Error, Result};
-use crate::mt::numpy_permutation;
 
 /// Cells x genes sparse counts in compressed-row form.
 #[derive(Clone, Debug)]

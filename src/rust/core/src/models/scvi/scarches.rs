@@ -2,16 +2,16 @@
 //! weights, grown with fresh values where the query adds categories, and trains only the
 //! covariate-related weights through gradient masks.
 
-use burn::module::{Param, ParamId, RunningState};
+use burn::module::{Param, RunningState};
 use burn::nn::Linear;
-use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::scvi::{DecoderScvi, Scvi};
 use crate::nn::{Encoder, FcLayer, FcLayers, TorchBatchNorm};
-use crate::scvi::{DecoderScvi, Scvi};
+use crate::train::grad::GradRule;
 
 /// The reference's freezing options, with its defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -171,17 +171,6 @@ pub fn apply_module_freeze<B: Backend>(mut m: Scvi<B>, spec: &FreezeSpec) -> Scv
     m
 }
 
-/// What happens to one parameter's gradient before the optimizer step.
-pub enum GradRule<B: Backend> {
-    /// Not trained (removed from the optimizer: no weight decay either), by rank.
-    Drop1(ParamId),
-    Drop2(ParamId),
-    /// Gradient times a 0/1 mask of the weight's shape (weight decay still applies).
-    Mask2(ParamId, Tensor<B, 2>),
-    /// Gradient zeroed (weight decay still applies).
-    Zero1(ParamId),
-}
-
 fn fc_rules<B: AutodiffBackend>(
     layers: &FcLayers<B>,
     n_cov: usize,
@@ -256,39 +245,12 @@ pub fn grad_rules<B: AutodiffBackend>(
     rules
 }
 
-/// Applies the rules to one step's gradients.
-pub fn apply_grad_rules<B: AutodiffBackend>(
-    grads: &mut GradientsParams,
-    rules: &[GradRule<B::InnerBackend>],
-) {
-    for rule in rules {
-        match rule {
-            GradRule::Drop1(id) => {
-                grads.remove::<B::InnerBackend, 1>(*id);
-            }
-            GradRule::Drop2(id) => {
-                grads.remove::<B::InnerBackend, 2>(*id);
-            }
-            GradRule::Mask2(id, mask) => {
-                if let Some(g) = grads.remove::<B::InnerBackend, 2>(*id) {
-                    grads.register::<B::InnerBackend, 2>(*id, g * mask.clone());
-                }
-            }
-            GradRule::Zero1(id) => {
-                if let Some(g) = grads.remove::<B::InnerBackend, 1>(*id) {
-                    grads.register::<B::InnerBackend, 1>(*id, g.zeros_like());
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuTrain};
     use crate::data::{library_prior, toy_dataset};
-    use crate::scvi::ScviConfig;
+    use crate::models::scvi::{ScviConfig, ScviExtra, ScviKind};
     use crate::train::{train, Silent, TrainConfig, TrainState};
 
     fn vals<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
@@ -336,15 +298,17 @@ mod tests {
         };
         let mut state = TrainState::default();
         let spec = FreezeSpec::default();
-        let (after, r) = train::<CpuTrain>(
+        let (after, r) = train::<ScviKind, CpuTrain>(
             query.clone(),
-            &query_data,
+            &[&query_data],
             &tc,
+            &ScviExtra {
+                freeze: Some(spec.clone()),
+            },
             &mut state,
             &mut Silent,
             &Default::default(),
             None,
-            Some(&spec),
         );
         r.unwrap();
         assert_eq!(

@@ -1,57 +1,26 @@
 //! The SCVI variational autoencoder (scvi.md §2–§6): inference, generative model and loss.
 
+pub mod importance;
+pub mod model;
+pub mod queries;
+pub mod scarches;
+pub mod synth;
+
+pub use model::{ScviExtra, ScviKind, ScviModel};
+
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{covariate_width, HostBatch};
+use crate::data::batch::{host, Batch};
+use crate::data::covariate_width;
 use crate::dist;
+use crate::dist::fused::{self, Likelihood, Theta};
+use crate::dist::surrogate::{fused_log_likelihood_from_logits, with_surrogate};
 use crate::error::{invalid_arg, Result};
-use crate::fused::{self, Likelihood, Theta};
+use crate::models::options::{Dispersion, GeneLikelihood, LatentDistribution, NormPlacement};
 use crate::nn::{Encoder, FcLayers, FcOptions};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Dispersion {
-    Gene,
-    GeneBatch,
-    GeneLabel,
-    GeneCell,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GeneLikelihood {
-    Zinb,
-    Nb,
-    Poisson,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LatentDistribution {
-    Normal,
-    Ln,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NormPlacement {
-    None,
-    Encoder,
-    Decoder,
-    Both,
-}
-
-impl NormPlacement {
-    fn encoder(self) -> bool {
-        matches!(self, Self::Encoder | Self::Both)
-    }
-    fn decoder(self) -> bool {
-        matches!(self, Self::Decoder | Self::Both)
-    }
-}
 
 /// Model hyperparameters plus the data dimensions needed to rebuild the module.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -170,180 +139,6 @@ pub struct Scvi<B: Backend> {
     /// Evaluate the likelihood with the fused host kernel (CPU backend) instead of tensor ops.
     #[module(skip)]
     pub fused_likelihood: bool,
-}
-
-/// Device-side copy of a [`HostBatch`].
-pub struct Batch<B: Backend> {
-    pub x: Tensor<B, 2>,
-    pub x_log: Tensor<B, 2>,
-    pub log_library: Tensor<B, 2>,
-    pub log_factorial: Tensor<B, 1>,
-    pub batch_onehot: Tensor<B, 2>,
-    pub labels_onehot: Tensor<B, 2>,
-    pub covariates: Option<Tensor<B, 2>>,
-    pub continuous: Option<Tensor<B, 2>>,
-    pub log_size_factor: Option<Tensor<B, 2>>,
-}
-
-impl<B: Backend> Batch<B> {
-    pub fn from_host(h: &HostBatch, n_genes: usize, device: &B::Device) -> Self {
-        let n = h.n;
-        let mat = |v: &Vec<f32>, cols: usize| {
-            Tensor::<B, 2>::from_data(TensorData::new(v.clone(), [n, cols]), device)
-        };
-        let nb = h.batch_onehot.len() / n.max(1);
-        let nl = h.labels_onehot.len() / n.max(1);
-        let u = h.continuous.len() / n.max(1);
-        Self {
-            x: mat(&h.x, n_genes),
-            x_log: mat(&h.x_log, n_genes),
-            log_library: mat(&h.log_library, 1),
-            log_factorial: Tensor::from_data(TensorData::new(h.log_factorial.clone(), [n]), device),
-            batch_onehot: mat(&h.batch_onehot, nb),
-            labels_onehot: mat(&h.labels_onehot, nl),
-            covariates: (h.covariate_width > 0).then(|| mat(&h.covariates, h.covariate_width)),
-            continuous: (u > 0).then(|| mat(&h.continuous, u)),
-            log_size_factor: h.size_factor.as_ref().map(|sf| {
-                let logs: Vec<f32> = sf.iter().map(|v| v.ln()).collect();
-                mat(&logs, 1)
-            }),
-        }
-    }
-}
-
-/// A matrix's values on the host, row-major.
-pub(crate) fn host<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
-    t.clone()
-        .detach()
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_default()
-}
-
-/// `values` (per cell) as a tensor that back-propagates Σ ∂·t for each (∂, t) pair: the
-/// surrogate's own value is subtracted, so only its gradient remains.
-fn with_surrogate<B: Backend>(
-    values: Vec<f32>,
-    terms: Vec<(Vec<f32>, Tensor<B, 2>)>,
-    library: Option<(Vec<f32>, Tensor<B, 2>)>,
-    grad: bool,
-    n: usize,
-    g: usize,
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    let value = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
-    if !grad {
-        return value;
-    }
-    let mut surrogate: Option<Tensor<B, 2>> = None;
-    for (d, t) in terms {
-        let term = Tensor::<B, 2>::from_data(TensorData::new(d, [n, g]), device) * t;
-        surrogate = Some(match surrogate {
-            Some(s) => s + term,
-            None => term,
-        });
-    }
-    let mut s = surrogate.expect("at least one term").sum_dim(1);
-    if let Some((d, l)) = library {
-        s = s + Tensor::<B, 2>::from_data(TensorData::new(d, [n, 1]), device) * l;
-    }
-    let s = s.squeeze_dim::<1>(1);
-    s.clone() - s.detach() + value
-}
-
-/// Per-cell log p(x | μ, θ, π) without the lgamma(x+1) constant, with μ = exp(ℓ)·softmax(raw)
-/// and `library` = ℓ: the fused host kernel (fused.rs) folds the softmax and the library
-/// scaling into one pass and returns the values with ∂/∂raw, ∂/∂θ, ∂/∂π and ∂/∂ℓ; the graph
-/// gets them through a surrogate whose value is cancelled out, so the result equals the
-/// log-likelihood and back-propagates its exact gradient. `dropout_logits` only for ZINB.
-pub fn fused_log_likelihood_from_logits<B: Backend>(
-    likelihood: GeneLikelihood,
-    x: Tensor<B, 2>,
-    raw_scale: Tensor<B, 2>,
-    theta: Tensor<B, 2>,
-    dropout_logits: Option<Tensor<B, 2>>,
-    library: Tensor<B, 2>,
-    grad: bool,
-) -> Tensor<B, 1> {
-    let [n, g] = x.dims();
-    let lik = match likelihood {
-        GeneLikelihood::Zinb => Likelihood::Zinb,
-        GeneLikelihood::Nb => Likelihood::Nb,
-        GeneLikelihood::Poisson => Likelihood::Poisson,
-    };
-    let (xv, raw, th) = (host(&x), host(&raw_scale), host(&theta));
-    let lib = host(&library);
-    let pi = dropout_logits.as_ref().map(host);
-    let per_gene = theta.dims()[0] == 1 && n != 1;
-    let out = fused::log_likelihood_from_logits(
-        lik,
-        &xv,
-        &raw,
-        &lib,
-        Theta {
-            values: &th,
-            per_gene,
-        },
-        pi.as_deref(),
-        g,
-        grad,
-    );
-    let mut terms = vec![(out.d_mu, raw_scale)];
-    if lik != Likelihood::Poisson {
-        terms.push((out.d_theta, theta));
-    }
-    if let Some(p) = dropout_logits {
-        terms.push((out.d_pi, p));
-    }
-    with_surrogate(
-        out.per_cell,
-        terms,
-        Some((out.d_library, library)),
-        grad,
-        n,
-        g,
-        &x.device(),
-    )
-}
-
-impl<B: Backend> Batch<B> {
-    /// Rows `idx` of every field (a minibatch of a device-resident dataset).
-    pub fn select(&self, idx: Tensor<B, 1, burn::tensor::Int>) -> Self {
-        let rows = |t: &Tensor<B, 2>| t.clone().select(0, idx.clone());
-        Self {
-            x: rows(&self.x),
-            x_log: rows(&self.x_log),
-            log_library: rows(&self.log_library),
-            log_factorial: self.log_factorial.clone().select(0, idx.clone()),
-            batch_onehot: rows(&self.batch_onehot),
-            labels_onehot: rows(&self.labels_onehot),
-            covariates: self.covariates.as_ref().map(rows),
-            continuous: self.continuous.as_ref().map(rows),
-            log_size_factor: self.log_size_factor.as_ref().map(rows),
-        }
-    }
-
-    /// Concatenates batches along cells.
-    pub fn cat(parts: Vec<Self>) -> Self {
-        let cat2 =
-            |f: &dyn Fn(&Self) -> Tensor<B, 2>| Tensor::cat(parts.iter().map(f).collect(), 0);
-        let opt = |f: &dyn Fn(&Self) -> Option<Tensor<B, 2>>| {
-            let v: Option<Vec<_>> = parts.iter().map(f).collect();
-            v.map(|v| Tensor::cat(v, 0))
-        };
-        Self {
-            x: cat2(&|b| b.x.clone()),
-            x_log: cat2(&|b| b.x_log.clone()),
-            log_library: cat2(&|b| b.log_library.clone()),
-            log_factorial: Tensor::cat(parts.iter().map(|b| b.log_factorial.clone()).collect(), 0),
-            batch_onehot: cat2(&|b| b.batch_onehot.clone()),
-            labels_onehot: cat2(&|b| b.labels_onehot.clone()),
-            covariates: opt(&|b| b.covariates.clone()),
-            continuous: opt(&|b| b.continuous.clone()),
-            log_size_factor: opt(&|b| b.log_size_factor.clone()),
-        }
-    }
 }
 
 pub struct Inference<B: Backend> {
@@ -700,6 +495,7 @@ impl<B: Backend> Scvi<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::HostBatch;
     use burn::backend::Flex;
     use burn::module::Param;
 

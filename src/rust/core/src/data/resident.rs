@@ -4,9 +4,9 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
+use crate::data::batch::Batch;
 use crate::data::DataSet;
 use crate::error::{Error, Result};
-use crate::scvi::Batch;
 
 /// Cells uploaded per transfer while building the device copy (bounds host memory).
 const UPLOAD_CHUNK: usize = 16_384;

@@ -2,6 +2,8 @@
 //! momentum 0.01 and unbiased running variance, non-affine layer norm, covariate injection.
 //! Train/eval behaviour is an explicit flag, never inferred from the backend.
 
+pub mod adversarial;
+
 use burn::module::{Module, ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Distribution, Tensor};

@@ -1,39 +1,12 @@
-//! Pieces of multi-dataset, adversarially trained models (GIMVI now; MULTIVI and SPLICEVI
-//! reuse them): the cyclic minibatch schedule over several datasets and the classifier that
-//! tries to tell the datasets (or batches) apart from the latent space, with its two losses.
+//! The adversarial classifier of multi-dataset and multi-batch models (GIMVI's dataset
+//! classifier, MULTIVI's batch classifier): it tries to tell the datasets (or batches) apart
+//! from the latent space; its two losses train it and fool it.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 
 use crate::nn::{FcLayers, FcOptions};
-
-/// One training step: a minibatch (cell indices) of every dataset, in dataset order.
-pub type Step<'a> = Vec<&'a [usize]>;
-
-/// Pairs the minibatches of several datasets for one epoch (gimvi.md §6.1). `train_cells`
-/// holds each dataset's (already shuffled) training cells. The dataset with the most training
-/// cells drives the epoch (ties: the earlier dataset); every other dataset cycles through
-/// the minibatches of its single pass, in the same order, as often as needed.
-pub fn cyclic_schedule<'a>(train_cells: &'a [Vec<usize>], batch_size: usize) -> Vec<Step<'a>> {
-    let chunks: Vec<Vec<&[usize]>> = train_cells
-        .iter()
-        .map(|cells| cells.chunks(batch_size.max(1)).collect())
-        .collect();
-    let driver = train_cells.iter().enumerate().fold(0, |best, (i, c)| {
-        if c.len() > train_cells[best].len() {
-            i
-        } else {
-            best
-        }
-    });
-    if chunks.iter().any(|c| c.is_empty()) {
-        return Vec::new();
-    }
-    (0..chunks[driver].len())
-        .map(|k| chunks.iter().map(|c| c[k % c.len()]).collect())
-        .collect()
-}
 
 /// scvi-tools' `Classifier` as the adversarial training plans build it: an FCLayers stack
 /// (batch norm, ReLU, dropout) and a linear output of class logits.
@@ -118,26 +91,6 @@ mod tests {
     use burn::backend::Flex;
 
     type B = Flex;
-
-    #[test]
-    fn shorter_dataset_replays_its_minibatches_in_order() {
-        // gimvi.md §10.7: short loader [1, 2], long [10, 11, 12] -> (1,10), (2,11), (1,12).
-        let sets = vec![vec![1, 2], vec![10, 11, 12]];
-        let steps = cyclic_schedule(&sets, 1);
-        let pairs: Vec<(usize, usize)> = steps.iter().map(|s| (s[0][0], s[1][0])).collect();
-        assert_eq!(pairs, vec![(1, 10), (2, 11), (1, 12)]);
-        // Ties go to the first dataset; its batches are all used once.
-        let tie = vec![vec![1, 2, 3], vec![4, 5, 6]];
-        let steps = cyclic_schedule(&tie, 2);
-        assert_eq!(steps.len(), 2);
-        assert_eq!(steps[1], vec![&[3][..], &[6][..]]);
-        // The driver is the dataset with more training cells, not more minibatches.
-        let sets = vec![vec![0; 5], vec![1; 6]];
-        let steps = cyclic_schedule(&sets, 4);
-        assert_eq!(steps.len(), 2);
-        assert_eq!(steps[1][1].len(), 2);
-        assert_eq!(steps[1][0].len(), 1);
-    }
 
     #[test]
     fn adversarial_losses_match_the_objective_assembly_vector() {

@@ -1,0 +1,113 @@
+# What every model of the family shares in R. A model object is a list of class
+# c("<KIND>", "rscvi_model") holding the Rust handle (`model`), its data handle(s) (`data`:
+# one handle, or a named list of one per dataset) and R copies of its registry and config.
+# The methods below serve every kind through the bridge's shared entry points
+# (rs_model_train/history/state/save); each model's own file adds only what is its own.
+
+# The kinds and how users build them, for messages.
+.model_makers <- c(SCVI = "scvi()", GIMVI = "gimvi()")
+
+.check_kind <- function(model, kind, arg = "model") {
+  if (!inherits(model, kind)) {
+    article <- if (grepl("^[AEFHILMNORSX]", kind)) "an" else "a"
+    .stop("`%s` must be %s %s model (from %s or load_model()), got %s", arg, article, kind,
+          .model_makers[[kind]], .describe(model))
+  }
+  if (.null_ptr(model$model)) .lost_handle(arg)
+  invisible(model)
+}
+
+# The model's data handles in its dataset order (NULL entries when detached).
+.model_datasets <- function(model) {
+  if (inherits(model$data, "externalptr")) list(model$data) else unname(as.list(model$data))
+}
+
+# Training state: is_trained, config and registry (JSON), and the split of every dataset
+# (1-based cells), named as the model's datasets are.
+.model_state <- function(model) {
+  st <- .rs(rs_model_state(model$model))
+  parts <- names(model$data) %||% .dataset_names(model)
+  empty <- list(train = integer(), validation = integer(), test = integer())
+  splits <- lapply(seq_along(parts), function(i) {
+    if (i <= length(st$splits)) st$splits[[i]] else empty
+  })
+  st$splits <- stats::setNames(splits, parts)
+  st
+}
+
+# Any model of the family (for the shared methods).
+.check_any_model <- function(model, arg = "model") {
+  if (!inherits(model, "rscvi_model")) {
+    .stop("`%s` must be an rscvi model (%s, or load_model()), got %s", arg,
+          paste(names(.model_makers), "from", .model_makers, collapse = ", "),
+          .describe(model))
+  }
+  if (.null_ptr(model$model)) .lost_handle(arg)
+  invisible(model)
+}
+
+# Dataset names of a model (one unnamed dataset for single-dataset models).
+.dataset_names <- function(model) if (inherits(model, "GIMVI")) .gimvi_parts else "cells"
+
+# Runs the shared training entry point with the checked train() options `cfg`.
+.train_model <- function(model, cfg, device, progress) {
+  datasets <- .model_datasets(model)
+  if (is.null(model$data) || any(vapply(datasets, .null_ptr, logical(1)))) {
+    hint <- if (length(datasets) > 1) {
+      sprintf("x = list(%s)", paste0(names(model$data) %||% .dataset_names(model), " = ...",
+                                    collapse = ", "))
+    } else {
+      "x = <data>"
+    }
+    .stop(paste0("`model` has no training data attached (it was loaded without `x`); ",
+                 "load it with load_model(dir, %s) to train it further"), hint)
+  }
+  json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
+  res <- .rs(rs_model_train(model$model, datasets, json, device, progress))
+  if (isTRUE(res$interrupted)) {
+    .message_interrupted(res)
+  } else if (isTRUE(res$early_stopped)) {
+    message(sprintf(paste0("Early stopping: %s did not improve for %d epochs; stopped ",
+                           "after %d of %d epochs."),
+                    cfg$early_stopping_monitor, cfg$early_stopping_patience, res$epochs_run,
+                    res$max_epochs))
+  }
+  model$last_training <- res
+  model
+}
+
+#' @rdname history
+#' @export
+history.rscvi_model <- function(model, ...) {
+  .check_any_model(model)
+  .history_frame(.rs(rs_model_history(model$model)))
+}
+
+# The split's `part` ("train" or "validation") of every dataset: a vector for a model of one
+# dataset, a named list of vectors otherwise.
+.split_indices <- function(model, part) {
+  .check_any_model(model)
+  splits <- .model_state(model)$splits
+  idx <- lapply(splits, function(s) as.integer(s[[part]]))
+  if (length(idx) == 1) idx[[1]] else idx
+}
+
+#' @rdname train_indices
+#' @return GIMVI: a list with `seq` and `spatial` index vectors.
+#' @export
+train_indices.rscvi_model <- function(model, ...) .split_indices(model, "train")
+
+#' @rdname train_indices
+#' @export
+validation_indices.rscvi_model <- function(model, ...) .split_indices(model, "validation")
+
+#' @rdname save_model
+#' @export
+save_model.rscvi_model <- function(model, dir, overwrite = FALSE, ...) {
+  .check_any_model(model)
+  dir <- .check_scalar_string(dir, "dir")
+  overwrite <- .check_scalar_bool(overwrite, "overwrite")
+  if (file.exists(dir) && !dir.exists(dir)) .stop("`dir` '%s' is a file, not a folder", dir)
+  .rs(rs_model_save(model$model, path.expand(dir), overwrite))
+  invisible(dir)
+}

@@ -1,0 +1,134 @@
+//! Downstream queries on a trained model in eval mode (scvi.md §8), written once against the
+//! family's traits: the latent representation and ELBO terms here (any model), expression
+//! queries in `expression` (any model with an expression head). Every function walks the
+//! requested cells in order, in minibatches of `batch_size`. A model's own queries live in
+//! its folder (e.g. `models::scvi::queries`).
+
+pub mod expression;
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::data::batch::host;
+use crate::data::DataSet;
+use crate::error::{invalid_arg, Result};
+use crate::family::FamilyModule;
+
+pub use expression::{normalized_expression, scale_samples, ExpressionQuery};
+pub use expression::{ImportanceOptions, RowWeights};
+
+/// The data fit the module as dataset `dataset` and the cells exist.
+pub(crate) fn check_cells<B: Backend, M: FamilyModule<B>>(
+    module: &M,
+    dataset: usize,
+    data: &DataSet,
+    cells: &[usize],
+) -> Result<()> {
+    if dataset >= module.n_datasets() {
+        let n = module.n_datasets();
+        return Err(invalid_arg(
+            "dataset",
+            format!("must be below {n}, got {dataset}"),
+        ));
+    }
+    M::check_query_data(module.config(), dataset, data)?;
+    if let Some(&c) = cells.iter().find(|&&c| c >= data.n_cells()) {
+        return Err(invalid_arg(
+            "indices",
+            format!("cell {} is out of range", c + 1),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_cells`], and a minibatch fits in memory.
+pub(crate) fn check_query<B: Backend, M: FamilyModule<B>>(
+    module: &M,
+    dataset: usize,
+    data: &DataSet,
+    cells: &[usize],
+    batch_size: usize,
+) -> Result<()> {
+    check_cells(module, dataset, data, cells)?;
+    check_batch(batch_size, cells, data)
+}
+
+/// Refuses minibatches that could not be allocated (an allocation failure aborts R).
+pub(crate) fn check_batch(batch_size: usize, cells: &[usize], data: &DataSet) -> Result<()> {
+    crate::train::check_minibatch_memory(batch_size.min(cells.len()), data.n_genes())
+}
+
+/// Row-major (cells x dims) matrices returned to callers.
+pub struct Matrix {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub values: Vec<f32>,
+}
+
+/// Latent representation of `cells` of dataset `dataset` (posterior mean if `give_mean`,
+/// else one draw; for a transformed latent the mean is a Monte-Carlo average of
+/// `mc_samples` transformed draws), plus the untransformed posterior mean and variance.
+/// Written once for every model of the family.
+#[allow(clippy::too_many_arguments)]
+pub fn latent<B: Backend, M: FamilyModule<B>>(
+    module: &M,
+    dataset: usize,
+    data: &DataSet,
+    cells: &[usize],
+    give_mean: bool,
+    mc_samples: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Matrix, Matrix, Matrix)> {
+    check_query::<B, M>(module, dataset, data, cells, batch_size)?;
+    let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in cells.chunks(batch_size) {
+        let b = M::minibatch(module.config(), dataset, data, chunk, device);
+        let p = module.latent_posterior(&b);
+        let z = match (give_mean, module.latent_is_transformed()) {
+            (true, false) => p.mean.clone(),
+            (true, true) => {
+                let mut acc = p.mean.zeros_like();
+                for _ in 0..mc_samples.max(1) {
+                    acc = acc + module.transform_latent(crate::nn::resample(&p.mean, &p.var));
+                }
+                acc / mc_samples.max(1) as f64
+            }
+            (false, _) => p.z,
+        };
+        out.extend(host(&z));
+        mean.extend(host(&p.mean));
+        var.extend(host(&p.var));
+    }
+    let mk = |values| Matrix {
+        n_rows: cells.len(),
+        n_cols: module.n_latent(),
+        values,
+    };
+    Ok((mk(out), mk(mean), mk(var)))
+}
+
+/// Per-cell ELBO terms with unit KL weight: (reconstruction, kl_local) for each of `cells`
+/// of dataset `dataset`. Written once for every model of the family.
+pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
+    module: &M,
+    dataset: usize,
+    data: &DataSet,
+    cells: &[usize],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    check_query::<B, M>(module, dataset, data, cells, batch_size)?;
+    let (mut rec, mut kl) = (Vec::new(), Vec::new());
+    let to_host = |t: Tensor<B, 1>| -> Vec<f64> {
+        let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        v.into_iter().map(f64::from).collect()
+    };
+    for chunk in cells.chunks(batch_size) {
+        let b = M::minibatch(module.config(), dataset, data, chunk, device);
+        for t in module.step_loss(&[b], 1.0, false).terms {
+            rec.extend(to_host(t.reconstruction));
+            kl.extend(to_host(t.kl_local));
+        }
+    }
+    Ok((rec, kl))
+}

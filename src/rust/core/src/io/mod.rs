@@ -1,0 +1,154 @@
+//! Persistence: a saved model is a folder with its description (model.json: format, model
+//! kind, config, training state, registry) and its weights (model.mpk); plus moving a module
+//! between backends.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::Cpu;
+use crate::error::{Error, Result};
+
+pub const FORMAT: &str = "rscvi";
+/// 2: the training state holds one split per dataset (`splits`); format 1 is still read.
+pub const FORMAT_VERSION: u32 = 2;
+const WEIGHTS_FILE: &str = "model.mpk";
+const META_FILE: &str = "model.json";
+
+/// Moves a module between backends through Burn's byte recorder: the record of `m` is
+/// loaded over `blank`, a module of the same architecture on the target backend.
+pub fn transfer<A: Backend, Z: Backend, MA: Module<A>, MZ: Module<Z>>(
+    m: &MA,
+    blank: MZ,
+    device: &Z::Device,
+) -> Result<MZ> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder
+        .record(m.clone().into_record(), ())
+        .map_err(|e| Error::Io(format!("could not serialise the module: {e}")))?;
+    let record = recorder
+        .load(bytes, device)
+        .map_err(|e| Error::Io(format!("could not move the module: {e}")))?;
+    Ok(blank.load_record(record))
+}
+
+/// Writes a saved model into `dir`: its description `meta` (model.json) and the weights of
+/// `module` (model.mpk).
+pub(crate) fn save_files<M: Module<Cpu>>(
+    dir: &Path,
+    overwrite: bool,
+    module: &M,
+    meta: &impl Serialize,
+) -> Result<()> {
+    let meta_path = dir.join(META_FILE);
+    if meta_path.exists() && !overwrite {
+        return Err(Error::Io(format!(
+            "{} already holds a saved model; use overwrite = TRUE",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let json = serde_json::to_string_pretty(meta).map_err(|e| Error::Io(e.to_string()))?;
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    module
+        .clone()
+        .save_file(dir.join(WEIGHTS_FILE), &recorder)
+        .map_err(|e| Error::Io(format!("cannot write weights: {e}")))?;
+    std::fs::write(&meta_path, json)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", meta_path.display())))
+}
+
+fn read_description(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value)> {
+    let meta_path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&meta_path)
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", meta_path.display())))?;
+    let v = serde_json::from_str(&text).map_err(|e| {
+        Error::Io(format!(
+            "{} is not a valid rscvi model description: {e}",
+            meta_path.display()
+        ))
+    })?;
+    Ok((meta_path, v))
+}
+
+/// The kind ("SCVI", "GIMVI", ...) of the model saved in `dir`.
+pub fn saved_model_kind(dir: &Path) -> Result<String> {
+    let (meta_path, v) = read_description(dir)?;
+    match (
+        v.get("format").and_then(|f| f.as_str()),
+        v.get("model").and_then(|m| m.as_str()),
+    ) {
+        (Some(FORMAT), Some(m)) => Ok(m.to_string()),
+        _ => Err(Error::Io(format!(
+            "{} does not describe an rscvi model",
+            meta_path.display()
+        ))),
+    }
+}
+
+/// The description of a saved model of kind `kind`, checked for kind and format version.
+pub(crate) fn read_meta<T: DeserializeOwned>(dir: &Path, kind: &str) -> Result<T> {
+    let (meta_path, v) = read_description(dir)?;
+    let is_kind = v.get("format").and_then(|f| f.as_str()) == Some(FORMAT)
+        && v.get("model").and_then(|m| m.as_str()) == Some(kind);
+    if !is_kind {
+        return Err(Error::Io(format!(
+            "{} does not describe an rscvi {kind} model",
+            meta_path.display()
+        )));
+    }
+    let version = v
+        .get("format_version")
+        .and_then(|f| f.as_u64())
+        .unwrap_or(0);
+    if version > FORMAT_VERSION as u64 {
+        return Err(Error::Io(format!(
+            "the model was saved by a newer rscvi (format {version}); update rscvi"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| {
+        Error::Io(format!(
+            "{} is not a valid rscvi model description: {e}",
+            meta_path.display()
+        ))
+    })
+}
+
+/// Loads the weights saved in `dir` over `blank`. Burn loads tensors whatever their shape:
+/// weights that do not match the description would otherwise fail later, or silently
+/// compute nonsense, so they are refused here.
+pub(crate) fn load_weights<M: Module<Cpu>>(dir: &Path, blank: M) -> Result<M> {
+    let expected = shapes(&blank);
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let module = blank
+        .load_file(dir.join(WEIGHTS_FILE), &recorder, &Default::default())
+        .map_err(|e| Error::Io(format!("cannot read the weights in {}: {e}", dir.display())))?;
+    if shapes(&module) != expected {
+        return Err(Error::Io(format!(
+            "the weights in {} do not match the model description in {META_FILE}",
+            dir.display()
+        )));
+    }
+    Ok(module)
+}
+
+/// Collects parameter shapes in visiting order (without materialising lazy parameters).
+struct Shapes(Vec<Vec<usize>>);
+
+impl<B: Backend> ModuleVisitor<B> for Shapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.lazy_shape().dims::<D>().to_vec());
+    }
+}
+
+fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
+    let mut v = Shapes(Vec::new());
+    m.visit(&mut v);
+    v.0
+}

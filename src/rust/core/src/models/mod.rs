@@ -1,0 +1,6 @@
+//! The models of the family, one folder each: the module's math and config, and how the
+//! model plugs into the shared family (`crate::family`).
+
+pub mod gimvi;
+pub mod options;
+pub mod scvi;

@@ -1,0 +1,474 @@
+//! The one training loop of the family (scvi.md §7, gimvi.md §6): seeded split of every
+//! dataset, per-epoch shuffling, the minibatch schedule over the datasets, KL warm-up, Adam
+//! with the reference's epsilon and coupled weight decay, an optional adversarial classifier
+//! trained in alternation, history, validation, early stopping, progress and Ctrl-C.
+
+pub mod config;
+pub mod grad;
+pub mod history;
+pub mod memory;
+pub mod schedule;
+
+pub use config::{
+    adam_config, kl_weight, max_epochs_heuristic, validate_config, OptimizerKind, TrainConfig,
+};
+pub use history::{EpochRecord, Observer, Silent, TrainState, TrainSummary, MONITORS};
+pub use memory::{available_memory, check_memory, check_minibatch_memory};
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::{make_split, split_sizes, DataSet, Split};
+use crate::error::{invalid_arg, Error, Result};
+use crate::family::{FamilyModule, ModelKind};
+use crate::nn::adversarial::{adversarial_loss, one_hot, Classifier};
+use history::Sums;
+use schedule::cyclic_schedule;
+
+/// Adds one step's per-dataset terms to `sums`; false when a value is not finite.
+fn add_terms<B: Backend>(sums: &mut Sums, terms: &[crate::family::Terms<B>]) -> bool {
+    terms.iter().all(|t| {
+        sums.add(
+            t.loss_mean.clone().detach(),
+            t.reconstruction.clone().detach(),
+            t.kl_local.clone().detach(),
+            t.n_cells,
+        )
+    })
+}
+
+/// Mean loss terms (eval mode) over the validation cells of every dataset, each minibatch
+/// with its own dataset's pass.
+fn evaluate<B: Backend, M: FamilyModule<B>>(
+    module: &M,
+    data: &[&DataSet],
+    splits: &[Split],
+    batch_size: usize,
+    kl_w: f64,
+    device: &B::Device,
+) -> Option<(f64, f64, f64)> {
+    let mut sums = Sums::default();
+    for (i, split) in splits.iter().enumerate() {
+        for chunk in split.validation.chunks(batch_size) {
+            let b = M::minibatch(module.config(), i, data[i], chunk, device);
+            if !add_terms(&mut sums, &module.step_loss(&[b], kl_w, false).terms) {
+                return None;
+            }
+        }
+    }
+    Some(sums.means())
+}
+
+/// The module's and the classifier's optimisers (Adam or AdamW, the reference's settings).
+enum Optim<B: AutodiffBackend, M: AutodiffModule<B>> {
+    Adam(burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, M, B>),
+    AdamW(burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, M, B>),
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> Optim<B, M> {
+    fn new(cfg: &TrainConfig) -> Self {
+        match cfg.optimizer {
+            OptimizerKind::Adam => Self::Adam(adam_config(cfg).init()),
+            OptimizerKind::AdamW => Self::AdamW(
+                AdamWConfig::new()
+                    .with_epsilon(cfg.eps as f32)
+                    .with_weight_decay(cfg.weight_decay as f32)
+                    .init(),
+            ),
+        }
+    }
+
+    fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        match self {
+            Self::Adam(o) => o.step(lr, module, grads),
+            Self::AdamW(o) => o.step(lr, module, grads),
+        }
+    }
+}
+
+/// Fits `module` on `data` (one set per dataset of the model). On a non-finite loss the
+/// parameters of the last finished epoch come back with the error (the caller keeps its
+/// previous model). `resident_budget` (bytes) keeps the data on the device when the model
+/// supports it and the copy fits (GPU training); otherwise minibatches are assembled on the
+/// host from the sparse counts.
+#[allow(clippy::too_many_arguments)]
+pub fn train<K: ModelKind, B: AutodiffBackend>(
+    module: K::Module<B::InnerBackend>,
+    data: &[&DataSet],
+    cfg: &TrainConfig,
+    extra: &K::Extra,
+    state: &mut TrainState,
+    observer: &mut dyn Observer,
+    device: &B::Device,
+    resident_budget: Option<usize>,
+) -> (K::Module<B::InnerBackend>, Result<TrainSummary>)
+where
+    K::Module<B>: AutodiffModule<B, InnerModule = K::Module<B::InnerBackend>>,
+{
+    let config = module.config().clone();
+    let checked = validate_config(cfg)
+        .and_then(|_| K::check_data(&config, data))
+        .and_then(|_| {
+            data.iter().try_for_each(|d| {
+                check_minibatch_memory(cfg.batch_size.min(d.n_cells()), d.n_genes())
+            })
+        })
+        .and_then(|_| K::plan(&config, data, cfg));
+    let plan = match checked {
+        Ok(p) => p,
+        Err(e) => return (module, Err(e)),
+    };
+    let seed = cfg.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    let mut splits = Vec::with_capacity(data.len());
+    for d in data {
+        let n = d.n_cells();
+        match split_sizes(
+            n,
+            cfg.train_size,
+            cfg.validation_size,
+            cfg.batch_size,
+            false,
+        ) {
+            Ok(sizes) => splits.push(make_split(n, sizes, cfg.shuffle_set_split, seed as u32)),
+            Err(e) => return (module, Err(e)),
+        }
+    }
+    let no_validation = splits.iter().all(|s| s.validation.is_empty());
+    if cfg.early_stopping && no_validation && cfg.early_stopping_monitor.ends_with("validation") {
+        let e = invalid_arg("early_stopping", "needs a non-empty validation set");
+        return (module, Err(e));
+    }
+    B::seed(device, seed);
+    let max_epochs = cfg.max_epochs.unwrap_or(plan.default_max_epochs);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1));
+
+    let resident = resident_budget
+        .and_then(|max| K::Module::<B>::device_minibatches(&config, data, device, max));
+    let minibatch = |i: usize, cells: &[usize]| match &resident {
+        Some(gather) => gather(i, cells),
+        None => K::Module::<B>::minibatch(&config, i, data[i], cells, device),
+    };
+    let module = burn::module::Module::map(module, &mut crate::nn::Retrainable);
+    let mut model = <K::Module<B> as AutodiffModule<B>>::from_inner(module);
+    let grad_rules = K::grad_rules(&model, extra);
+    let mut optim = Optim::<B, K::Module<B>>::new(cfg);
+    // The adversarial classifier and its optimiser (scvi-tools' adversarial training plans).
+    let adversary = plan.adversary;
+    let mut classifier = adversary
+        .as_ref()
+        .map(|a| Classifier::<B>::adversarial(a.n_latent, a.n_classes, device));
+    let mut classifier_optim = adversary
+        .as_ref()
+        .map(|_| Optim::<B, Classifier<B>>::new(cfg));
+    let mut last_good = model.valid();
+
+    let epoch_offset = state.history.last().map_or(0, |r| r.epoch + 1);
+    let start = Instant::now();
+    let mut step = 0usize;
+    let mut best = f64::INFINITY;
+    let mut wait = 0usize;
+    let mut summary = TrainSummary {
+        epochs_run: 0,
+        max_epochs,
+        interrupted: false,
+        early_stopped: false,
+        seconds: 0.0,
+    };
+    let mut train_cells: Vec<Vec<usize>> = splits.iter().map(|s| s.train.clone()).collect();
+    for epoch in 0..max_epochs {
+        let epoch_start = Instant::now();
+        let kl_w = kl_weight(cfg, epoch, step);
+        for cells in train_cells.iter_mut() {
+            cells.shuffle(&mut rng);
+        }
+        let mut sums = Sums::default();
+        for cells in cyclic_schedule(&train_cells, cfg.batch_size) {
+            if cells.iter().any(|c| c.len() < 2) {
+                continue; // batch norm cannot use a single cell; the split rules avoid this
+            }
+            let kl_step = kl_weight(cfg, epoch, step);
+            let batches: Vec<_> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| minibatch(i, c))
+                .collect();
+            let loss = model.step_loss(&batches, kl_step, true);
+            if !add_terms(&mut sums, &loss.terms) {
+                let msg = format!(
+                    "training produced a non-finite loss in epoch {} (step {}); the model keeps \
+                     the parameters of the last completed epoch. Try a lower `lr`, check the \
+                     counts, or use gene_likelihood = \"nb\"",
+                    epoch_offset + epoch + 1,
+                    step / (1 + adversary.is_some() as usize) + 1
+                );
+                state.is_trained = state.is_trained || epoch > 0;
+                return (last_good, Err(Error::NonFinite(msg)));
+            }
+            let classes = adversary
+                .as_ref()
+                .map(|a| one_hot::<B>(&model.adversarial_classes(&batches), a.n_classes, device));
+            let scale = adversary.as_ref().map_or(0.0, |a| a.scale);
+            let mut objective = loss.objective;
+            if let (Some(c), Some(classes), Some(z), true) =
+                (&classifier, &classes, &loss.z, scale > 0.0)
+            {
+                let logits = c.forward(z.clone(), true);
+                objective = objective + adversarial_loss(logits, classes.clone(), false) * scale;
+            }
+            let mut grads = GradientsParams::from_grads(objective.backward(), &model);
+            grad::apply_grad_rules::<B>(&mut grads, &grad_rules);
+            model = optim.step(cfg.lr, model, grads);
+            if let (Some(c), Some(opt), Some(classes)) =
+                (classifier.take(), classifier_optim.as_mut(), classes)
+            {
+                let z = (scale > 0.0)
+                    .then(|| {
+                        model
+                            .classifier_latent(&batches)
+                            .or(loss.z.map(|z| z.detach()))
+                    })
+                    .flatten();
+                classifier = Some(match z {
+                    Some(z) => {
+                        let l = adversarial_loss(c.forward(z, true), classes, true) * scale;
+                        let grads = GradientsParams::from_grads(l.backward(), &c);
+                        opt.step(cfg.lr, c, grads)
+                    }
+                    None => c,
+                });
+                step += 1; // the classifier's optimiser: the reference's global step counts it
+            }
+            step += 1;
+            if observer.should_stop() {
+                summary.interrupted = true;
+                break;
+            }
+        }
+        let mut record = sums.record(epoch_offset + epoch, kl_w);
+        last_good = model.valid();
+        let validate = !no_validation
+            && cfg.check_val_every_n_epoch > 0
+            && ((epoch + 1) % cfg.check_val_every_n_epoch == 0 || epoch + 1 == max_epochs);
+        if validate && !summary.interrupted {
+            record.set_validation(evaluate(
+                &last_good,
+                data,
+                &splits,
+                cfg.batch_size,
+                kl_w,
+                device,
+            ));
+        }
+        record.seconds = epoch_start.elapsed().as_secs_f64();
+        summary.epochs_run = epoch + 1;
+        observer.on_epoch(
+            &record,
+            epoch + 1,
+            max_epochs,
+            start.elapsed().as_secs_f64(),
+        );
+        let monitored = record.metric(&cfg.early_stopping_monitor);
+        state.history.push(record);
+        if summary.interrupted {
+            break;
+        }
+        if cfg.early_stopping {
+            if let Some(v) = monitored {
+                if !v.is_finite() {
+                    summary.early_stopped = true;
+                    break;
+                }
+                if v < best - cfg.early_stopping_min_delta {
+                    best = v;
+                    wait = 0;
+                } else {
+                    wait += 1;
+                    if wait >= cfg.early_stopping_patience {
+                        summary.early_stopped = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    summary.seconds = start.elapsed().as_secs_f64();
+    state.is_trained = true;
+    state.splits = splits;
+    (last_good, Ok(summary))
+}
+
+#[cfg(test)]
+mod training_tests {
+    use super::*;
+    use crate::backend::{Cpu, CpuTrain};
+    use crate::data::DataSet;
+    use crate::models::scvi::{Scvi, ScviConfig, ScviExtra, ScviKind};
+
+    fn toy_data() -> DataSet {
+        crate::data::toy_dataset(2)
+    }
+
+    fn flat<const D: usize>(t: burn::tensor::Tensor<Cpu, D>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn training_updates_every_kind_of_parameter_and_a_seed_reproduces_it() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let fresh = || {
+            let prior = crate::data::library_prior(&data);
+            Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap()
+        };
+        let tc = TrainConfig {
+            max_epochs: Some(2),
+            seed: Some(3),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let run = || {
+            let mut state = TrainState::default();
+            let (m, r) = train::<ScviKind, CpuTrain>(
+                fresh(),
+                &[&data],
+                &tc,
+                &ScviExtra::default(),
+                &mut state,
+                &mut Silent,
+                &Default::default(),
+                None,
+            );
+            r.unwrap();
+            (m, state)
+        };
+        // The initialisation train() draws: seed, then materialise the parameters.
+        <CpuTrain as burn::tensor::backend::Backend>::seed(&Default::default(), 3);
+        let init = <Scvi<CpuTrain> as AutodiffModule<CpuTrain>>::from_inner(fresh()).valid();
+        let (after, state) = run();
+        let changed = |a: Vec<f32>, b: Vec<f32>| a.iter().zip(&b).any(|(x, y)| x != y);
+        assert!(
+            changed(flat(init.px_r.val()), flat(after.px_r.val())),
+            "px_r frozen"
+        );
+        let bn = |m: &Scvi<Cpu>| {
+            m.z_encoder.encoder.layers[0]
+                .batch_norm
+                .as_ref()
+                .unwrap()
+                .gamma
+                .val()
+        };
+        assert!(
+            changed(flat(bn(&init)), flat(bn(&after))),
+            "batch-norm gamma frozen"
+        );
+        let w = |m: &Scvi<Cpu>| m.decoder.px_scale_decoder.weight.val();
+        assert!(
+            changed(flat(w(&init)), flat(w(&after))),
+            "decoder weights frozen"
+        );
+        assert_eq!(state.history.len(), 2);
+        assert_eq!(
+            state.splits[0].validation.len() + state.splits[0].train.len(),
+            40
+        );
+        let (again, state2) = run();
+        assert_eq!(state.history[1].elbo_train, state2.history[1].elbo_train);
+        assert_eq!(flat(after.px_r.val()), flat(again.px_r.val()));
+    }
+
+    #[test]
+    fn device_resident_data_trains_like_host_minibatches() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let tc = TrainConfig {
+            max_epochs: Some(2),
+            seed: Some(5),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let run = |budget| {
+            let prior = crate::data::library_prior(&data);
+            let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+            let mut state = TrainState::default();
+            let (m, r) = train::<ScviKind, CpuTrain>(
+                m,
+                &[&data],
+                &tc,
+                &ScviExtra::default(),
+                &mut state,
+                &mut Silent,
+                &Default::default(),
+                budget,
+            );
+            r.unwrap();
+            (flat(m.px_r.val()), state.history[1].elbo_train)
+        };
+        let (host_px_r, host_elbo) = run(None);
+        let (dev_px_r, dev_elbo) = run(Some(usize::MAX));
+        assert_eq!(host_elbo, dev_elbo);
+        assert_eq!(host_px_r, dev_px_r);
+        // A budget too small for the data falls back to host minibatches.
+        assert_eq!(run(Some(1)).1, host_elbo);
+    }
+
+    /// Regression: a model that was used, cloned, trained before or reloaded must still
+    /// learn (Burn resets require_grad on cloned/loaded inner-backend parameters).
+    #[test]
+    fn a_used_or_trained_model_keeps_learning() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let tc = TrainConfig {
+            max_epochs: Some(1),
+            seed: Some(2),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let prior = crate::data::library_prior(&data);
+        let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+        let w = |m: &Scvi<Cpu>| flat(m.decoder.px_scale_decoder.weight.val());
+        let _ = w(&m); // use it first: parameters are now initialised
+        let before = w(&m);
+        let mut state = TrainState::default();
+        let (once, r) = train::<ScviKind, CpuTrain>(
+            m.clone(),
+            &[&data],
+            &tc,
+            &ScviExtra::default(),
+            &mut state,
+            &mut Silent,
+            &Default::default(),
+            None,
+        );
+        r.unwrap();
+        assert_ne!(w(&once), before, "a used model did not train");
+        let (twice, r) = train::<ScviKind, CpuTrain>(
+            once.clone(),
+            &[&data],
+            &tc,
+            &ScviExtra::default(),
+            &mut state,
+            &mut Silent,
+            &Default::default(),
+            None,
+        );
+        r.unwrap();
+        assert_ne!(w(&twice), w(&once), "a trained model did not train further");
+        assert_eq!(state.history.len(), 2);
+        assert_eq!(state.history[1].epoch, 1);
+    }
+
+    #[test]
+    fn an_impossible_batch_size_is_refused_not_allocated() {
+        if available_memory().is_some() {
+            let e = check_minibatch_memory(usize::MAX / 1024, 1_000_000).unwrap_err();
+            assert!(e.to_string().contains("batch_size"), "{e}");
+        }
+        assert!(check_minibatch_memory(128, 2000).is_ok());
+    }
+}

@@ -1,0 +1,245 @@
+//! Model handles and the entry points every model shares: training, history, state, save
+//! and load. A model handle is an external pointer to a `Model<K>`; a new model adds its kind
+//! to [`any_model`] and [`rs_model_load`] and gets these entry points for free.
+
+use std::path::Path;
+
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use rscvi_core::backend::{resolve_device, DeviceKind};
+use rscvi_core::data::DataSet;
+use rscvi_core::family::{Model, ModelKind, TrainableEverywhere};
+use rscvi_core::models::gimvi::GimviKind;
+use rscvi_core::models::scvi::ScviKind;
+use rscvi_core::train::{EpochRecord, Observer, TrainConfig, TrainState, TrainSummary};
+
+use crate::progress::RProgress;
+use crate::{dataset, from_json, guarded, indices, other};
+
+const STALE_HANDLE: &str = "the model handle is no longer valid (models restored with readRDS() \
+                            must be saved with save_model() and loaded with load_model())";
+
+/// The model of kind `K` behind an R handle.
+pub(crate) fn handle<K: ModelKind>(m: &Robj) -> Result<&Model<K>> {
+    let p: &ExternalPtr<Model<K>> = m
+        .try_into()
+        .map_err(|_| other(format!("invalid {} model handle", K::NAME)))?;
+    p.try_addr().map_err(|_| other(STALE_HANDLE))
+}
+
+/// Whether the R handle holds a model of kind `K`.
+pub(crate) fn is_kind<K: ModelKind>(m: &Robj) -> bool {
+    <&ExternalPtr<Model<K>>>::try_from(m).is_ok()
+}
+
+/// Runs `$body` with `$m` bound to the `Model<K>` behind the R handle `$robj`, for the kind
+/// `K` among `$kinds` that it is: one branch per kind, each compiled for its own `K`.
+macro_rules! with_kind {
+    ($robj:expr, [$($kind:ty),+], |$m:ident| $body:expr) => {{
+        let robj: &Robj = $robj;
+        $(
+            if $crate::models::is_kind::<$kind>(robj) {
+                let $m = $crate::models::handle::<$kind>(robj)?;
+                $body
+            } else
+        )+
+        {
+            Err($crate::other("this model does not support this query"))
+        }
+    }};
+}
+pub(crate) use with_kind;
+
+/// What a query entry point receives besides its own options: the model, its data, the
+/// selected cells (0-based) and the minibatch size.
+pub(crate) struct Query<'a, K: ModelKind> {
+    pub model: &'a Model<K>,
+    pub data: &'a DataSet,
+    pub cells: Vec<usize>,
+    pub batch_size: usize,
+}
+
+impl<'a, K: ModelKind> Query<'a, K> {
+    pub fn new(model: &'a Model<K>, ds: &'a Robj, idx: &Robj, batch_size: i32) -> Result<Self> {
+        let data = dataset(ds)?;
+        Ok(Self {
+            model,
+            data,
+            cells: indices(idx, data.n_cells())?,
+            batch_size: batch_size.max(1) as usize,
+        })
+    }
+}
+
+/// A new R handle owning `model`.
+pub(crate) fn new_handle<K: ModelKind>(model: Model<K>) -> Robj {
+    ExternalPtr::new(model).into()
+}
+
+/// What the shared entry points need of a model, whatever its kind.
+trait AnyModel {
+    fn state(&self) -> &TrainState;
+    fn config_json(&self) -> String;
+    fn registry(&self) -> &serde_json::Value;
+    fn save(&self, dir: &Path, overwrite: bool) -> rscvi_core::Result<()>;
+    fn train(
+        &mut self,
+        data: &[&DataSet],
+        cfg: &TrainConfig,
+        device: DeviceKind,
+        observer: &mut dyn Observer,
+    ) -> rscvi_core::Result<TrainSummary>;
+}
+
+impl<K: TrainableEverywhere> AnyModel for Model<K> {
+    fn state(&self) -> &TrainState {
+        &self.state
+    }
+    fn config_json(&self) -> String {
+        serde_json::to_string(self.config()).unwrap_or_default()
+    }
+    fn registry(&self) -> &serde_json::Value {
+        &self.registry
+    }
+    fn save(&self, dir: &Path, overwrite: bool) -> rscvi_core::Result<()> {
+        Model::save(self, dir, overwrite)
+    }
+    fn train(
+        &mut self,
+        data: &[&DataSet],
+        cfg: &TrainConfig,
+        device: DeviceKind,
+        observer: &mut dyn Observer,
+    ) -> rscvi_core::Result<TrainSummary> {
+        Model::train(self, data, cfg, device, observer)
+    }
+}
+
+/// The model behind an R handle, whatever its kind.
+fn any_model(m: &mut Robj) -> Result<&mut dyn AnyModel> {
+    fn as_kind<K: TrainableEverywhere>(m: &mut Robj) -> Result<&mut dyn AnyModel> {
+        let p: &mut ExternalPtr<Model<K>> =
+            m.try_into().map_err(|_| other("invalid model handle"))?;
+        let model = p.try_addr_mut().map_err(|_| other(STALE_HANDLE))?;
+        Ok(model)
+    }
+    if is_kind::<ScviKind>(m) {
+        as_kind::<ScviKind>(m)
+    } else if is_kind::<GimviKind>(m) {
+        as_kind::<GimviKind>(m)
+    } else {
+        Err(other("invalid model handle"))
+    }
+}
+
+/// Trains the model on its datasets (a list of data handles, in the model's dataset order).
+#[extendr]
+fn rs_model_train(
+    mut model: Robj,
+    data: List,
+    train_json: &str,
+    device: &str,
+    progress: bool,
+) -> Result<Robj> {
+    let handles: Vec<Robj> = data.values().collect();
+    let data = handles.iter().map(dataset).collect::<Result<Vec<_>>>()?;
+    let cfg: TrainConfig = from_json(train_json, "train config")?;
+    let m = any_model(&mut model)?;
+    let mut observer = RProgress::new(progress);
+    let summary = guarded(|| {
+        let kind = resolve_device(device)?;
+        m.train(&data, &cfg, kind, &mut observer)
+    });
+    observer.finish(summary.is_err());
+    let s = summary?;
+    Ok(list!(
+        epochs_run = s.epochs_run as i32,
+        max_epochs = s.max_epochs as i32,
+        interrupted = s.interrupted,
+        early_stopped = s.early_stopped,
+        seconds = s.seconds
+    )
+    .into())
+}
+
+/// The training history as an R list of columns (epochs 1-based).
+#[extendr]
+fn rs_model_history(mut model: Robj) -> Result<Robj> {
+    let h = &any_model(&mut model)?.state().history;
+    let opt =
+        |f: fn(&EpochRecord) -> Option<f64>| -> Vec<Option<f64>> { h.iter().map(f).collect() };
+    let req = |f: fn(&EpochRecord) -> f64| -> Vec<f64> { h.iter().map(f).collect() };
+    Ok(list!(
+        epoch = h.iter().map(|r| r.epoch as i32 + 1).collect::<Vec<i32>>(),
+        elbo_train = req(|r| r.elbo_train),
+        elbo_validation = opt(|r| r.elbo_validation),
+        reconstruction_loss_train = req(|r| r.reconstruction_loss_train),
+        reconstruction_loss_validation = opt(|r| r.reconstruction_loss_validation),
+        kl_local_train = req(|r| r.kl_local_train),
+        kl_local_validation = opt(|r| r.kl_local_validation),
+        kl_weight = req(|r| r.kl_weight),
+        train_loss = req(|r| r.train_loss),
+        validation_loss = opt(|r| r.validation_loss),
+        seconds = req(|r| r.seconds)
+    )
+    .into())
+}
+
+/// Whether the model is trained, its split of every dataset (1-based cells), its config and
+/// registry (JSON).
+#[extendr]
+fn rs_model_state(mut model: Robj) -> Result<Robj> {
+    let m = any_model(&mut model)?;
+    let one_based = |v: &Vec<usize>| v.iter().map(|&i| i as i32 + 1).collect::<Vec<i32>>();
+    let splits: Vec<Robj> = m
+        .state()
+        .splits
+        .iter()
+        .map(|s| {
+            list!(
+                train = one_based(&s.train),
+                validation = one_based(&s.validation),
+                test = one_based(&s.test)
+            )
+            .into()
+        })
+        .collect();
+    Ok(list!(
+        is_trained = m.state().is_trained,
+        splits = List::from_values(splits),
+        config = m.config_json(),
+        registry = m.registry().to_string()
+    )
+    .into())
+}
+
+#[extendr]
+fn rs_model_save(mut model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
+    let m = any_model(&mut model)?;
+    guarded(|| m.save(Path::new(dir), overwrite))?;
+    Ok(().into())
+}
+
+/// Loads the model saved in `dir`, of whatever kind it is.
+#[extendr]
+fn rs_model_load(dir: &str) -> Result<Robj> {
+    let dir = Path::new(dir);
+    let kind = guarded(|| rscvi_core::io::saved_model_kind(dir))?;
+    match kind.as_str() {
+        ScviKind::NAME => Ok(new_handle(guarded(|| Model::<ScviKind>::load(dir))?)),
+        GimviKind::NAME => Ok(new_handle(guarded(|| Model::<GimviKind>::load(dir))?)),
+        other_kind => Err(other(format!(
+            "{} holds a {other_kind} model, which this version of rscvi does not know",
+            dir.display()
+        ))),
+    }
+}
+
+extendr_module! {
+    mod models;
+    fn rs_model_train;
+    fn rs_model_history;
+    fn rs_model_state;
+    fn rs_model_save;
+    fn rs_model_load;
+}

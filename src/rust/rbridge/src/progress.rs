@@ -1,0 +1,100 @@
+//! Progress display and Ctrl-C polling during training (the core's `Observer`).
+
+use std::os::raw::{c_int, c_void};
+use std::time::Instant;
+
+use extendr_api::prelude::*;
+use rscvi_core::train::{EpochRecord, Observer};
+
+extern "C" {
+    fn R_ToplevelExec(fun: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> c_int;
+    fn R_CheckUserInterrupt();
+}
+
+unsafe extern "C" fn check_interrupt(_: *mut c_void) {
+    R_CheckUserInterrupt();
+}
+
+/// True when the user pressed Ctrl-C. R_CheckUserInterrupt would longjmp over Rust frames;
+/// inside R_ToplevelExec the jump ends there and only the return value tells.
+pub(crate) fn interrupt_pending() -> bool {
+    unsafe { R_ToplevelExec(Some(check_interrupt), std::ptr::null_mut()) == 0 }
+}
+
+pub(crate) struct RProgress {
+    show: bool,
+    last_draw: Option<Instant>,
+    interrupted: bool,
+}
+
+impl RProgress {
+    pub(crate) fn new(show: bool) -> Self {
+        Self {
+            show,
+            last_draw: None,
+            interrupted: false,
+        }
+    }
+
+    /// Ends the progress line when training stopped early (Ctrl-C or an error).
+    pub(crate) fn finish(&self, failed: bool) {
+        if self.show && self.last_draw.is_some() && (self.interrupted || failed) {
+            reprint!("\n");
+        }
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    } else if s >= 60.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{s:.0}s")
+    }
+}
+
+impl Observer for RProgress {
+    fn on_epoch(&mut self, r: &EpochRecord, done: usize, total: usize, elapsed: f64) {
+        if !self.show {
+            return;
+        }
+        let finished = done == total;
+        if !finished
+            && self
+                .last_draw
+                .is_some_and(|t| t.elapsed().as_secs_f64() < 0.2)
+        {
+            return;
+        }
+        self.last_draw = Some(Instant::now());
+        let width = 20;
+        let filled = done * width / total.max(1);
+        let eta = elapsed / done as f64 * (total - done) as f64;
+        let val = r
+            .elbo_validation
+            .map_or(String::new(), |v| format!(" elbo_validation {v:.1}"));
+        reprint!(
+            "\rEpoch {done}/{total} [{}{}] {} elapsed, ETA {} | elbo_train {:.1}{val}   ",
+            "=".repeat(filled),
+            " ".repeat(width - filled),
+            fmt_secs(elapsed),
+            fmt_secs(eta),
+            r.elbo_train
+        );
+        if finished {
+            reprint!("\n");
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        if interrupt_pending() {
+            self.interrupted = true;
+        }
+        self.interrupted
+    }
+}

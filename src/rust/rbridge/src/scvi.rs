@@ -1,0 +1,175 @@
+//! extendr glue of SCVI: the constructor, the scArches query model and SCVI's own queries
+//! (the entry points every model shares are in models.rs and queries.rs).
+
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use rscvi_core::models::scvi::scarches::FreezeSpec;
+use rscvi_core::models::scvi::{queries, ScviConfig, ScviKind, ScviModel};
+
+use crate::models::{handle, new_handle, Query};
+use crate::queries::r_matrix;
+use crate::{dataset, from_json, guarded, indices, on_device_guarded, transform_batches};
+
+#[extendr]
+fn rs_scvi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
+    let data = dataset(&ds)?;
+    let config: ScviConfig = from_json(config_json, "model config")?;
+    let registry = from_json(registry_json, "registry")?;
+    Ok(new_handle(guarded(|| {
+        ScviModel::new(config, data, registry)
+    })?))
+}
+
+/// The SCVI model and the query arguments every SCVI query has.
+fn scvi_query<'a>(
+    model: &'a Robj,
+    ds: &'a Robj,
+    idx: &Robj,
+    batch_size: i32,
+) -> Result<Query<'a, ScviKind>> {
+    Query::new(handle::<ScviKind>(model)?, ds, idx, batch_size)
+}
+
+#[extendr]
+fn rs_scvi_marginal_ll(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    n_mc_samples: i32,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &idx, batch_size)?;
+    let n = n_mc_samples.max(0) as usize;
+    let v = on_device_guarded!(q.model, device, |module, dev| {
+        queries::marginal_ll(module, q.data, &q.cells, n, q.batch_size, dev)
+    })?;
+    Ok(v.into())
+}
+
+#[extendr]
+fn rs_scvi_likelihood_parameters(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &idx, batch_size)?;
+    let p = on_device_guarded!(q.model, device, |module, dev| {
+        queries::likelihood_parameters(module, q.data, &q.cells, q.batch_size, dev)
+    })?;
+    let opt = |x: Option<rscvi_core::infer::Matrix>| x.as_ref().map_or(().into(), r_matrix);
+    Ok(list!(
+        mean = r_matrix(&p.mean),
+        dispersions = opt(p.dispersions),
+        dropout = opt(p.dropout)
+    )
+    .into())
+}
+
+#[extendr]
+fn rs_scvi_library_size(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    give_mean: bool,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &idx, batch_size)?;
+    let v = on_device_guarded!(q.model, device, |module, dev| {
+        queries::latent_library_size(module, q.data, &q.cells, give_mean, q.batch_size, dev)
+    })?;
+    Ok(v.into())
+}
+
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_scvi_posterior_predictive(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    genes: Robj,
+    batch_size: i32,
+    seed: f64,
+    device: &str,
+) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &idx, batch_size)?;
+    let genes = (!genes.is_null())
+        .then(|| indices(&genes, q.data.n_genes()))
+        .transpose()?;
+    let seed = seed.max(0.0) as u64;
+    let out = on_device_guarded!(q.model, device, |module, dev| {
+        let (cells, genes) = (&q.cells, genes.as_deref());
+        queries::posterior_predictive_sample(module, q.data, cells, genes, q.batch_size, seed, dev)
+    })?;
+    Ok(r_matrix(&out))
+}
+
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_scvi_feature_correlation(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    transform_batch: Robj,
+    n_samples: i32,
+    rna_size_factor: f64,
+    spearman: bool,
+    batch_size: i32,
+    seed: f64,
+    device: &str,
+) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &idx, batch_size)?;
+    let tb = transform_batches(&transform_batch)?;
+    let (n, g, seed) = (
+        n_samples.max(1) as usize,
+        q.data.n_genes(),
+        seed.max(0.0) as u64,
+    );
+    let v = on_device_guarded!(q.model, device, |module, dev| {
+        queries::feature_correlation(
+            module,
+            q.data,
+            &q.cells,
+            &tb,
+            n,
+            rna_size_factor,
+            spearman,
+            q.batch_size,
+            seed,
+            dev,
+        )
+    })?;
+    Ok(RMatrix::new_matrix(g, g, |r, c| v[r * g + c]).into())
+}
+
+/// A scArches query model from `reference` for the query data `ds`.
+#[extendr]
+fn rs_scvi_query_new(
+    reference: Robj,
+    ds: Robj,
+    config_json: &str,
+    registry_json: &str,
+    freeze_json: &str,
+) -> Result<Robj> {
+    let (r, data) = (handle::<ScviKind>(&reference)?, dataset(&ds)?);
+    let config: ScviConfig = from_json(config_json, "model config")?;
+    let registry = from_json(registry_json, "registry")?;
+    let freeze: FreezeSpec = from_json(freeze_json, "freeze options")?;
+    Ok(new_handle(guarded(|| {
+        ScviModel::for_query(r, config, data, registry, freeze)
+    })?))
+}
+
+extendr_module! {
+    mod scvi;
+    fn rs_scvi_new;
+    fn rs_scvi_marginal_ll;
+    fn rs_scvi_likelihood_parameters;
+    fn rs_scvi_library_size;
+    fn rs_scvi_posterior_predictive;
+    fn rs_scvi_feature_correlation;
+    fn rs_scvi_query_new;
+}
