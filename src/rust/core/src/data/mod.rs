@@ -332,27 +332,25 @@ pub fn covariate_width(n_batch: usize, cat_sizes: &[usize]) -> usize {
         .sum()
 }
 
+/// The covariates of a minibatch's cells, row-major.
+pub struct CovariateRows {
+    /// One-hot of the batch (n x n_batch), always present.
+    pub batch_onehot: Vec<f32>,
+    /// Concatenated one-hots of the batch and the covariates with more than one category
+    /// (n x width).
+    pub covariates: Vec<f32>,
+    pub width: usize,
+    /// Continuous covariates, n x U.
+    pub continuous: Vec<f32>,
+}
+
 impl DataSet {
-    /// Assemble a minibatch. `batch_override` replaces every cell's batch code
-    /// (counterfactual `transform_batch`).
-    pub fn host_batch(&self, cells: &[usize], batch_override: Option<u32>) -> HostBatch {
+    /// The covariates of `cells`; `batch_override` replaces every cell's batch code.
+    pub fn covariate_rows(&self, cells: &[usize], batch_override: Option<u32>) -> CovariateRows {
         let n = cells.len();
-        let g = self.n_genes();
-        let mut x = vec![0f32; n * g];
-        let mut x_log = vec![0f32; n * g];
-        for (r, &c) in cells.iter().enumerate() {
-            let (start, end) = (self.counts.indptr[c], self.counts.indptr[c + 1]);
-            for k in start..end {
-                let j = r * g + self.counts.indices[k] as usize;
-                x[j] = self.counts.values[k];
-                x_log[j] = self.log1p_values[k];
-            }
-        }
         let n_batch = self.batch.n_categories;
-        let n_labels = self.labels.n_categories;
         let batch_code = |c: usize| batch_override.unwrap_or(self.batch.codes[c]) as usize;
         let mut batch_onehot = vec![0f32; n * n_batch];
-        let mut labels_onehot = vec![0f32; n * n_labels];
         let cat_sizes: Vec<usize> = self
             .categorical_covariates
             .iter()
@@ -363,7 +361,6 @@ impl DataSet {
         for (r, &c) in cells.iter().enumerate() {
             let b = batch_code(c);
             batch_onehot[r * n_batch + b] = 1.0;
-            labels_onehot[r * n_labels + self.labels.codes[c] as usize] = 1.0;
             let mut offset = 0;
             if n_batch > 1 {
                 covariates[r * width + b] = 1.0;
@@ -383,17 +380,46 @@ impl DataSet {
                 continuous[r * u + k] = col[c];
             }
         }
+        CovariateRows {
+            batch_onehot,
+            covariates,
+            width,
+            continuous,
+        }
+    }
+
+    /// Assemble a minibatch. `batch_override` replaces every cell's batch code
+    /// (counterfactual `transform_batch`).
+    pub fn host_batch(&self, cells: &[usize], batch_override: Option<u32>) -> HostBatch {
+        let n = cells.len();
+        let g = self.n_genes();
+        let mut x = vec![0f32; n * g];
+        let mut x_log = vec![0f32; n * g];
+        for (r, &c) in cells.iter().enumerate() {
+            let (start, end) = (self.counts.indptr[c], self.counts.indptr[c + 1]);
+            for k in start..end {
+                let j = r * g + self.counts.indices[k] as usize;
+                x[j] = self.counts.values[k];
+                x_log[j] = self.log1p_values[k];
+            }
+        }
+        let n_labels = self.labels.n_categories;
+        let mut labels_onehot = vec![0f32; n * n_labels];
+        for (r, &c) in cells.iter().enumerate() {
+            labels_onehot[r * n_labels + self.labels.codes[c] as usize] = 1.0;
+        }
+        let cov = self.covariate_rows(cells, batch_override);
         HostBatch {
             n,
             x,
             x_log,
             log_library: cells.iter().map(|&c| self.log_library[c]).collect(),
             log_factorial: cells.iter().map(|&c| self.log_factorial[c]).collect(),
-            batch_onehot,
+            batch_onehot: cov.batch_onehot,
             labels_onehot,
-            covariates,
-            covariate_width: width,
-            continuous,
+            covariates: cov.covariates,
+            covariate_width: cov.width,
+            continuous: cov.continuous,
             size_factor: self
                 .size_factor
                 .as_ref()

@@ -42,15 +42,15 @@ pub struct DeTable {
     pub is_de: Option<Vec<bool>>,
 }
 
-/// Raw count statistics of a group (scvi.md §9.7): mean, fraction nonzero, mean of
-/// counts per 10k.
-fn raw_stats(data: &DataSet, cells: &[usize]) -> [Vec<f64>; 3] {
-    let g = data.n_genes();
+/// Raw count statistics of a group over the first `g` columns (the genes; scvi.md §9.7):
+/// mean, fraction nonzero, mean of counts per 10k of the cell's gene total.
+fn raw_stats(data: &DataSet, cells: &[usize], g: usize) -> [Vec<f64>; 3] {
     let (mut mean, mut nz, mut norm) = (vec![0.0; g], vec![0.0; g], vec![0.0; g]);
     for &c in cells {
         let (idx, val) = data.counts.row(c);
-        let total: f64 = val.iter().map(|&v| v as f64).sum();
-        for (&j, &v) in idx.iter().zip(val) {
+        let genes = || idx.iter().zip(val).filter(|(&j, _)| (j as usize) < g);
+        let total: f64 = genes().map(|(_, &v)| v as f64).sum();
+        for (&j, &v) in genes() {
             mean[j as usize] += v as f64;
             nz[j as usize] += (v > 0.0) as u8 as f64;
             norm[j as usize] += v as f64 * 1e4 / total;
@@ -72,7 +72,7 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
     // own RNG, so set.seed() makes DE reproducible).
     B::seed(device, req.seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(req.seed);
-    let g = data.n_genes();
+    let g = model.n_genes();
     let sample_group =
         |cells: &[usize], batches: &Option<Vec<u32>>, rng: &mut rand::rngs::StdRng| {
             let list: Vec<Option<u32>> = match batches {
@@ -128,8 +128,8 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
             n_genes: g,
         },
     );
-    let [mean1, nz1, norm1] = raw_stats(data, req.cells1);
-    let [mean2, nz2, norm2] = raw_stats(data, req.cells2);
+    let [mean1, nz1, norm1] = raw_stats(data, req.cells1, g);
+    let [mean2, nz2, norm2] = raw_stats(data, req.cells2, g);
     let mut columns: Vec<(String, Vec<f64>)> = Vec::new();
     let mut is_de = None;
     if req.change_mode {

@@ -130,9 +130,21 @@ pub struct Adversary {
     /// Width of the latent the classifier reads.
     pub n_latent: usize,
     pub n_classes: usize,
+    /// Hidden layers (of 32 units) of the classifier.
+    pub n_layers: usize,
     /// Weight of the adversarial terms; 0 keeps the classifier's schedule but not its
     /// effect.
     pub scale: f64,
+    /// The classifier's own Adam settings; None: the module's optimiser settings.
+    pub optimizer: Option<ClassifierOptimizer>,
+}
+
+/// Adam with coupled weight decay for the adversarial classifier.
+#[derive(Clone, Debug)]
+pub struct ClassifierOptimizer {
+    pub lr: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
 }
 
 /// Per-model training defaults.
@@ -197,6 +209,9 @@ pub trait ExpressionModule<B: Backend>: FamilyModule<B> {
 
     /// Number of batch codes a `transform_batch` may name.
     fn n_batch(&self) -> usize;
+
+    /// Genes of the expression head: the first columns of the data.
+    fn n_genes(&self) -> usize;
 
     /// A minibatch of `cells` with every cell decoded as batch `transform_batch` (None: its
     /// own batch).

@@ -77,7 +77,7 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
             format!("batch code {b} is unknown to the model"),
         ));
     }
-    let g = data.n_genes();
+    let g = model.n_genes();
     let genes: Vec<usize> = q.genes.map_or_else(|| (0..g).collect(), |s| s.to_vec());
     let s = q.n_samples.max(1);
     let n_tb = q.transform_batch.len().max(1);
@@ -141,7 +141,7 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
     if cells.is_empty() {
         return Err(invalid_arg("idx1", "selects no cells"));
     }
-    let (n, g) = (cells.len(), data.n_genes());
+    let (n, g) = (cells.len(), model.n_genes());
     let s = m / n + 1;
     if let RowWeights::Importance(opts) = weights {
         let (rho, p) = model.importance_rows(

@@ -17,11 +17,6 @@ pub struct Classifier<B: Backend> {
 }
 
 impl<B: Backend> Classifier<B> {
-    /// The adversarial classifier's defaults: 3 hidden layers of 32, dropout 0.1.
-    pub fn adversarial(n_input: usize, n_classes: usize, device: &B::Device) -> Self {
-        Self::new(n_input, 32, n_classes, 3, 0.1, device)
-    }
-
     pub fn new(
         n_input: usize,
         n_hidden: usize,
@@ -40,6 +35,7 @@ impl<B: Backend> Classifier<B> {
             batch_norm: true,
             layer_norm: false,
             inject_covariates: false,
+            leaky_relu: false,
         };
         Self {
             layers: FcLayers::new(&o, device),

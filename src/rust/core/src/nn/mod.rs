@@ -157,6 +157,8 @@ pub struct FcOptions {
     pub batch_norm: bool,
     pub layer_norm: bool,
     pub inject_covariates: bool,
+    /// LeakyReLU (slope 0.01) instead of ReLU.
+    pub leaky_relu: bool,
 }
 
 /// `FCLayers`: the MLP shared by every encoder and decoder.
@@ -165,6 +167,8 @@ pub struct FcLayers<B: Backend> {
     pub layers: Vec<FcLayer<B>>,
     pub inject_covariates: bool,
     pub dropout: f64,
+    #[module(skip)]
+    pub leaky_relu: bool,
 }
 
 impl<B: Backend> FcLayers<B> {
@@ -193,6 +197,7 @@ impl<B: Backend> FcLayers<B> {
             layers,
             inject_covariates: o.inject_covariates,
             dropout: o.dropout,
+            leaky_relu: o.leaky_relu,
         }
     }
 
@@ -217,7 +222,11 @@ impl<B: Backend> FcLayers<B> {
                 h = layer_norm(h);
             }
             if layer.activation {
-                h = activation::relu(h);
+                h = if self.leaky_relu {
+                    activation::leaky_relu(h, 0.01)
+                } else {
+                    activation::relu(h)
+                };
             }
             h = dropout(h, self.dropout, training);
         }

@@ -161,10 +161,21 @@ where
     let adversary = plan.adversary;
     let mut classifier = adversary
         .as_ref()
-        .map(|a| Classifier::<B>::adversarial(a.n_latent, a.n_classes, device));
+        .map(|a| Classifier::<B>::new(a.n_latent, 32, a.n_classes, a.n_layers, 0.1, device));
+    let classifier_cfg = adversary
+        .as_ref()
+        .and_then(|a| a.optimizer.as_ref())
+        .map(|o| TrainConfig {
+            optimizer: OptimizerKind::Adam,
+            lr: o.lr,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            ..cfg.clone()
+        })
+        .unwrap_or_else(|| cfg.clone());
     let mut classifier_optim = adversary
         .as_ref()
-        .map(|_| Optim::<B, Classifier<B>>::new(cfg));
+        .map(|_| Optim::<B, Classifier<B>>::new(&classifier_cfg));
     let mut last_good = model.valid();
 
     let epoch_offset = state.history.last().map_or(0, |r| r.epoch + 1);
@@ -237,7 +248,7 @@ where
                     Some(z) => {
                         let l = adversarial_loss(c.forward(z, true), classes, true) * scale;
                         let grads = GradientsParams::from_grads(l.backward(), &c);
-                        opt.step(cfg.lr, c, grads)
+                        opt.step(classifier_cfg.lr, c, grads)
                     }
                     None => c,
                 });

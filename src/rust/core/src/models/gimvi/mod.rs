@@ -311,6 +311,7 @@ impl<B: Backend> Jvae<B> {
             batch_norm: true,
             layer_norm: false,
             inject_covariates: true,
+            leaky_relu: false,
         };
         let h = c.dim_hidden_encoder;
         let heads = (0..2)

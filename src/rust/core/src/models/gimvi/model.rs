@@ -139,7 +139,9 @@ impl ModelKind for GimviKind {
             adversary: Some(Adversary {
                 n_latent: config.n_latent,
                 n_classes: 2,
+                n_layers: 3,
                 scale: cfg.kappa.unwrap_or(DEFAULT_KAPPA),
+                optimizer: None,
             }),
         })
     }

@@ -204,6 +204,7 @@ impl<B: Backend> Scvi<B> {
             batch_norm: c.use_batch_norm.encoder(),
             layer_norm: c.use_layer_norm.encoder(),
             inject_covariates: c.deeply_inject_covariates,
+            leaky_relu: false,
         };
         let dec = FcOptions {
             n_in: c.n_latent + c.n_continuous_cov,
@@ -215,6 +216,7 @@ impl<B: Backend> Scvi<B> {
             batch_norm: c.use_batch_norm.decoder(),
             layer_norm: c.use_layer_norm.decoder(),
             inject_covariates: c.deeply_inject_covariates,
+            leaky_relu: false,
         };
         let g = c.n_input;
         let (means, vars) = library_prior;

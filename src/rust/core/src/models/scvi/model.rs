@@ -136,6 +136,10 @@ impl<B: Backend> ExpressionModule<B> for Scvi<B> {
         self.config.n_batch
     }
 
+    fn n_genes(&self) -> usize {
+        self.config.n_input
+    }
+
     fn expression_minibatch(
         _config: &ScviConfig,
         data: &DataSet,

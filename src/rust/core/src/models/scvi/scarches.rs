@@ -102,6 +102,7 @@ fn grow_fc<B: Backend>(r: &FcLayers<B>, f: &FcLayers<B>) -> Result<FcLayers<B>> 
         layers,
         inject_covariates: f.inject_covariates,
         dropout: f.dropout,
+        leaky_relu: f.leaky_relu,
     })
 }
 
