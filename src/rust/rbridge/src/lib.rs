@@ -18,6 +18,7 @@ use rscvi_core::metrics;
 
 mod gimvi;
 mod models;
+mod multivi;
 mod progress;
 mod queries;
 mod scvi;
@@ -250,6 +251,7 @@ extendr_module! {
     use queries;
     use scvi;
     use gimvi;
+    use multivi;
     fn rs_dataset_new;
     fn rs_knn_purity;
     fn rs_batch_mixing;

@@ -10,6 +10,7 @@ use rscvi_core::backend::{resolve_device, DeviceKind};
 use rscvi_core::data::DataSet;
 use rscvi_core::family::{Model, ModelKind, TrainableEverywhere};
 use rscvi_core::models::gimvi::GimviKind;
+use rscvi_core::models::multivi::MultiviKind;
 use rscvi_core::models::scvi::ScviKind;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig, TrainState, TrainSummary};
 
@@ -127,6 +128,8 @@ fn any_model(m: &mut Robj) -> Result<&mut dyn AnyModel> {
         as_kind::<ScviKind>(m)
     } else if is_kind::<GimviKind>(m) {
         as_kind::<GimviKind>(m)
+    } else if is_kind::<MultiviKind>(m) {
+        as_kind::<MultiviKind>(m)
     } else {
         Err(other("invalid model handle"))
     }
@@ -228,6 +231,7 @@ fn rs_model_load(dir: &str) -> Result<Robj> {
     match kind.as_str() {
         ScviKind::NAME => Ok(new_handle(guarded(|| Model::<ScviKind>::load(dir))?)),
         GimviKind::NAME => Ok(new_handle(guarded(|| Model::<GimviKind>::load(dir))?)),
+        MultiviKind::NAME => Ok(new_handle(guarded(|| Model::<MultiviKind>::load(dir))?)),
         other_kind => Err(other(format!(
             "{} holds a {other_kind} model, which this version of rscvi does not know",
             dir.display()

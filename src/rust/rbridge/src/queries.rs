@@ -8,6 +8,7 @@ use extendr_api::Result;
 use rscvi_core::de;
 use rscvi_core::infer::{self, ExpressionQuery, Matrix, RowWeights};
 use rscvi_core::models::gimvi::GimviKind;
+use rscvi_core::models::multivi::MultiviKind;
 use rscvi_core::models::scvi::ScviKind;
 
 use crate::models::{with_kind, Query};
@@ -33,7 +34,7 @@ fn rs_model_latent(
     device: &str,
 ) -> Result<Robj> {
     let (i, mc) = (dataset.max(0) as usize, mc_samples.max(1) as usize);
-    let (z, mean, var) = with_kind!(&model, [ScviKind, GimviKind], |m| {
+    let (z, mean, var) = with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
         on_device_guarded!(q.model, device, |module, dev| {
             infer::latent(
@@ -67,7 +68,7 @@ fn rs_model_elbo_terms(
     device: &str,
 ) -> Result<Robj> {
     let i = dataset.max(0) as usize;
-    let (rec, kl) = with_kind!(&model, [ScviKind, GimviKind], |m| {
+    let (rec, kl) = with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
         on_device_guarded!(q.model, device, |module, dev| {
             infer::elbo_terms(module, i, q.data, &q.cells, q.batch_size, dev)
@@ -91,7 +92,7 @@ fn rs_model_normalized_expression(
     device: &str,
 ) -> Result<Robj> {
     let tb = transform_batches(&transform_batch)?;
-    let out = with_kind!(&model, [ScviKind], |m| {
+    let out = with_kind!(&model, [ScviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
         let genes = (!genes.is_null())
             .then(|| indices(&genes, q.data.n_genes()))
@@ -141,7 +142,7 @@ fn rs_model_scale_samples(
     let weights = row_weights(importance_json)?;
     let tb = (transform_batch >= 0).then_some(transform_batch as u32);
     let mut rng = rscvi_core::rand_seeded(seed.max(0.0) as u64);
-    let (values, g) = with_kind!(&model, [ScviKind], |mdl| {
+    let (values, g) = with_kind!(&model, [ScviKind, MultiviKind], |mdl| {
         let q = Query::new(mdl, &ds, &idx, batch_size)?;
         let (cells, size) = (&q.cells, library_size as f32);
         let v = on_device_guarded!(q.model, device, |module, dev| {
@@ -206,7 +207,7 @@ fn rs_model_de(
     };
     let (batches1, batches2) = (batch_codes(&batches1)?, batch_codes(&batches2)?);
     let weights = row_weights(importance_json)?;
-    let table = with_kind!(&model, [ScviKind], |m| {
+    let table = with_kind!(&model, [ScviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx1, batch_size)?;
         let cells2 = indices(&idx2, q.data.n_cells())?;
         let req = de::DeRequest {

@@ -2,5 +2,6 @@
 //! model plugs into the shared family (`crate::family`).
 
 pub mod gimvi;
+pub mod multivi;
 pub mod options;
 pub mod scvi;

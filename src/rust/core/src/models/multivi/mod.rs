@@ -1,0 +1,830 @@
+//! MULTIVI (multivi.md): one VAE over gene expression and chromatin accessibility of the
+//! same cells, where any cell may lack one of the modalities (paired, RNA-only and
+//! ATAC-only cells in one model). Each modality has its own encoder; the posteriors of the
+//! modalities a cell has are mixed into one joint latent (§4), which both decoders read.
+
+pub mod model;
+
+pub use model::{Modality, MultiviKind, MultiviModel};
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{covariate_width, DataSet};
+use crate::dist;
+use crate::dist::surrogate::fused_log_likelihood_from_logits;
+use crate::error::{invalid_arg, Result};
+use crate::models::options::{GeneLikelihood, LatentDistribution, NormPlacement};
+use crate::nn::{Encoder, FcLayers, FcOptions};
+
+/// The masked softmax's stand-in for an absent modality (Q8) and its denominator guard.
+const MASKED_WEIGHT: f64 = 1e-30;
+/// PyTorch's binary cross-entropy clamps each log at -100.
+const BCE_LOG_FLOOR: f64 = -100.0;
+
+/// How the modality posteriors are weighted (§2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModalityWeights {
+    /// Fixed equal logits.
+    Equal,
+    /// One trainable logit per modality.
+    Universal,
+    /// Trainable logits per cell (the cell's row is selected by its index).
+    Cell,
+}
+
+/// The penalty that aligns the modality posteriors of paired cells (§5.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModalityPenalty {
+    Jeffreys,
+    #[serde(rename = "MMD")]
+    Mmd,
+    None,
+}
+
+/// Hyperparameters and the data dimensions the module is built from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MultiviConfig {
+    /// Genes (G) and regions (R): the expression columns come first in the data.
+    pub n_genes: usize,
+    pub n_regions: usize,
+    pub n_batch: usize,
+    pub n_cats_per_cov: Vec<usize>,
+    pub n_continuous_cov: usize,
+    /// Cells of the training data (rows of per-cell modality weights).
+    pub n_cells: usize,
+    pub n_hidden: usize,
+    pub n_latent: usize,
+    pub n_layers_encoder: usize,
+    pub n_layers_decoder: usize,
+    pub dropout_rate: f64,
+    pub region_factors: bool,
+    pub gene_likelihood: GeneLikelihood,
+    pub modality_weights: ModalityWeights,
+    pub modality_penalty: ModalityPenalty,
+    pub use_batch_norm: NormPlacement,
+    pub use_layer_norm: NormPlacement,
+    pub latent_distribution: LatentDistribution,
+    pub deeply_inject_covariates: bool,
+    pub encode_covariates: bool,
+    pub fully_paired: bool,
+}
+
+impl MultiviConfig {
+    /// scvi-tools' defaults for G genes, R regions and K batches; hidden and latent widths
+    /// follow the reference's rule (§2).
+    pub fn new(n_genes: usize, n_regions: usize, n_batch: usize) -> Self {
+        let n_hidden = default_n_hidden(n_genes, n_regions);
+        Self {
+            n_genes,
+            n_regions,
+            n_batch,
+            n_cats_per_cov: vec![],
+            n_continuous_cov: 0,
+            n_cells: 0,
+            n_hidden,
+            n_latent: default_n_latent(n_hidden),
+            n_layers_encoder: 2,
+            n_layers_decoder: 2,
+            dropout_rate: 0.1,
+            region_factors: true,
+            gene_likelihood: GeneLikelihood::Zinb,
+            modality_weights: ModalityWeights::Equal,
+            modality_penalty: ModalityPenalty::Jeffreys,
+            use_batch_norm: NormPlacement::None,
+            use_layer_norm: NormPlacement::Both,
+            latent_distribution: LatentDistribution::Normal,
+            deeply_inject_covariates: false,
+            encode_covariates: false,
+            fully_paired: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.n_genes == 0 && self.n_regions == 0 {
+            return Err(invalid_arg(
+                "rna",
+                "and `atac` are both empty; MULTIVI needs expression or accessibility",
+            ));
+        }
+        for (name, v) in [
+            ("n_hidden", self.n_hidden),
+            ("n_latent", self.n_latent),
+            ("n_layers_encoder", self.n_layers_encoder),
+            ("n_layers_decoder", self.n_layers_decoder),
+        ] {
+            if v < 1 {
+                return Err(invalid_arg(name, format!("must be >= 1, got {v}")));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Err(invalid_arg(
+                "dropout_rate",
+                format!("must be in [0, 1), got {}", self.dropout_rate),
+            ));
+        }
+        if self.modality_weights == ModalityWeights::Cell && self.n_cells == 0 {
+            return Err(invalid_arg(
+                "modality_weights",
+                "= \"cell\" needs the number of cells",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn covariate_width(&self) -> usize {
+        covariate_width(self.n_batch, &self.n_cats_per_cov)
+    }
+
+    /// Columns of the data: expression, then accessibility.
+    pub fn n_features(&self) -> usize {
+        self.n_genes + self.n_regions
+    }
+}
+
+/// `min(128, floor(sqrt(R)))` with regions, else from the genes.
+pub fn default_n_hidden(n_genes: usize, n_regions: usize) -> usize {
+    let n = if n_regions > 0 { n_regions } else { n_genes };
+    ((n as f64).sqrt().floor() as usize).clamp(1, 128)
+}
+
+/// `floor(sqrt(n_hidden))`.
+pub fn default_n_latent(n_hidden: usize) -> usize {
+    ((n_hidden as f64).sqrt().floor() as usize).max(1)
+}
+
+/// A library encoder: an FCLayers stack and one output unit.
+#[derive(Module, Debug)]
+pub struct LibraryEncoder<B: Backend> {
+    pub px_decoder: FcLayers<B>,
+    pub output: Linear<B>,
+}
+
+/// The expression decoder: ρ logits and zero-inflation logits over the genes.
+#[derive(Module, Debug)]
+pub struct ExpressionDecoder<B: Backend> {
+    pub px_decoder: FcLayers<B>,
+    pub px_scale_decoder: Linear<B>,
+    pub px_dropout_decoder: Linear<B>,
+}
+
+/// The accessibility decoder: a probability per region.
+#[derive(Module, Debug)]
+pub struct AccessibilityDecoder<B: Backend> {
+    pub px_decoder: FcLayers<B>,
+    pub output: Linear<B>,
+}
+
+/// The MULTIVAE module. Parameter names follow scvi-tools' state dict (multivi.md §3.2).
+#[derive(Module, Debug)]
+pub struct Multivae<B: Backend> {
+    pub z_encoder_expression: Encoder<B>,
+    pub l_encoder_expression: LibraryEncoder<B>,
+    pub z_encoder_accessibility: Encoder<B>,
+    pub l_encoder_accessibility: LibraryEncoder<B>,
+    /// None without genes.
+    pub z_decoder_expression: Option<ExpressionDecoder<B>>,
+    /// None without regions.
+    pub z_decoder_accessibility: Option<AccessibilityDecoder<B>>,
+    /// Log inverse dispersion per gene.
+    pub px_r: Param<Tensor<B, 1>>,
+    /// Region factors (logits), when enabled and there are regions.
+    pub region_factors: Option<Param<Tensor<B, 1>>>,
+    /// Modality logits: (1, 2) universal or (cells, 2) per cell; None for equal weights.
+    pub mod_weights: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    pub config: MultiviConfig,
+}
+
+/// A minibatch on the device.
+pub struct MultiviBatch<B: Backend> {
+    /// Raw counts (the encoders see no log1p, Q10); a zero column when absent.
+    pub x_rna: Tensor<B, 2>,
+    pub x_atac: Tensor<B, 2>,
+    /// Σ_g lgamma(x + 1) over the cell's genes.
+    pub log_factorial: Tensor<B, 1>,
+    /// Whether each cell has expression / accessibility (nonzero total), (n, 2).
+    pub masks: Tensor<B, 2>,
+    /// Covariate one-hots (batch and categorical covariates with > 1 category).
+    pub covariates: Option<Tensor<B, 2>>,
+    pub continuous: Option<Tensor<B, 2>>,
+    /// Each cell's row of per-cell modality weights.
+    pub cells: Tensor<B, 1, Int>,
+    /// Batch code of each cell (the adversarial classifier's classes).
+    pub batch_codes: Vec<usize>,
+    pub n_cells: usize,
+}
+
+impl<B: Backend> MultiviBatch<B> {
+    /// Assembles `cells` of `data` (expression columns first, then regions), decoding as
+    /// batch `transform_batch` when given.
+    pub fn new(
+        config: &MultiviConfig,
+        data: &DataSet,
+        cells: &[usize],
+        transform_batch: Option<u32>,
+        device: &B::Device,
+    ) -> Self {
+        let (n, g, r) = (cells.len(), config.n_genes, config.n_regions);
+        let (gw, rw) = (g.max(1), r.max(1));
+        let mut x_rna = vec![0f32; n * gw];
+        let mut x_atac = vec![0f32; n * rw];
+        let mut log_factorial = vec![0f32; n];
+        let mut masks = vec![0f32; n * 2];
+        for (row, &c) in cells.iter().enumerate() {
+            let (idx, val) = data.counts.row(c);
+            let (mut rna_total, mut atac_total, mut lf) = (0f64, 0f64, 0f64);
+            for (&j, &v) in idx.iter().zip(val) {
+                let j = j as usize;
+                if j < g {
+                    x_rna[row * gw + j] = v;
+                    rna_total += v as f64;
+                    lf += crate::data::ln_factorial(v as f64);
+                } else {
+                    x_atac[row * rw + j - g] = v;
+                    atac_total += v as f64;
+                }
+            }
+            log_factorial[row] = lf as f32;
+            masks[row * 2] = (rna_total > 0.0) as u8 as f32;
+            masks[row * 2 + 1] = (atac_total > 0.0) as u8 as f32;
+        }
+        let cov = data.covariate_rows(cells, transform_batch);
+        let mat = |v: Vec<f32>, cols: usize| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [n, cols]), device)
+        };
+        let u = config.n_continuous_cov;
+        let batch_codes = cells
+            .iter()
+            .map(|&c| transform_batch.unwrap_or(data.batch.codes[c]) as usize)
+            .collect();
+        Self {
+            x_rna: mat(x_rna, gw),
+            x_atac: mat(x_atac, rw),
+            log_factorial: Tensor::from_data(TensorData::new(log_factorial, [n]), device),
+            masks: mat(masks, 2),
+            covariates: (cov.width > 0).then(|| mat(cov.covariates, cov.width)),
+            continuous: (u > 0).then(|| mat(cov.continuous, u)),
+            cells: Tensor::from_data(
+                TensorData::new(cells.iter().map(|&c| c as i64).collect(), [n]),
+                device,
+            ),
+            batch_codes,
+            n_cells: n,
+        }
+    }
+
+    fn mask(&self, m: usize) -> Tensor<B, 1> {
+        self.masks
+            .clone()
+            .slice([0..self.n_cells, m..m + 1])
+            .squeeze_dim::<1>(1)
+    }
+}
+
+/// The encoder side of a minibatch (§4).
+pub struct MultiviInference<B: Backend> {
+    /// Per modality (expression, accessibility): posterior mean, variance and own draw.
+    pub qz_m: [Tensor<B, 2>; 2],
+    pub qz_v: [Tensor<B, 2>; 2],
+    pub z_m: [Tensor<B, 2>; 2],
+    /// Mixing weights of the modalities, (n, 2).
+    pub weights: Tensor<B, 2>,
+    /// The joint posterior and its draw (after the latent transform).
+    pub qz_mean: Tensor<B, 2>,
+    pub qz_var: Tensor<B, 2>,
+    pub z: Tensor<B, 2>,
+    /// Log library of the expression (ℓ_e) and accessibility factor d, (n, 1).
+    pub library_expression: Tensor<B, 2>,
+    pub library_accessibility: Tensor<B, 2>,
+}
+
+/// The decoder side: expression logits, zero-inflation logits, region probabilities.
+pub struct MultiviGenerative<B: Backend> {
+    pub expression_logits: Option<Tensor<B, 2>>,
+    pub dropout_logits: Option<Tensor<B, 2>>,
+    /// p, the decoder's region probabilities before the library and region factors.
+    pub accessibility: Option<Tensor<B, 2>>,
+}
+
+/// Loss terms of a minibatch (§5.5).
+pub struct MultiviLoss<B: Backend> {
+    /// Mean over cells of R + β KL + Pen.
+    pub loss: Tensor<B, 1>,
+    /// Masked reconstruction R_n.
+    pub reconstruction: Tensor<B, 1>,
+    pub reconstruction_expression: Tensor<B, 1>,
+    pub reconstruction_accessibility: Tensor<B, 1>,
+    pub kl_z: Tensor<B, 1>,
+    pub penalty: Tensor<B, 1>,
+    /// The joint draw (input of the adversarial classifier).
+    pub z: Tensor<B, 2>,
+}
+
+/// Masked softmax of the modality logits (§4 step 4): exp(ω) where the modality is
+/// measured, 1e-30 where not, normalised with a 1e-30 guard.
+pub fn mixing_weights<B: Backend>(logits: Tensor<B, 2>, masks: Tensor<B, 2>) -> Tensor<B, 2> {
+    let w = logits.exp() * masks.clone() + (masks.neg() + 1.0) * MASKED_WEIGHT;
+    w.clone() / (w.sum_dim(1) + MASKED_WEIGHT)
+}
+
+/// Joint posterior (§4 step 5, Q2): μ = Σ w μ_m, v = Σ sqrt(w) v_m.
+pub fn mix<B: Backend>(
+    weights: &Tensor<B, 2>,
+    means: &[Tensor<B, 2>],
+    vars: &[Tensor<B, 2>],
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let n = weights.dims()[0];
+    let w = |m: usize| weights.clone().slice([0..n, m..m + 1]);
+    let mut mean = means[0].clone() * w(0);
+    let mut var = vars[0].clone() * w(0).sqrt();
+    for m in 1..means.len() {
+        mean = mean + means[m].clone() * w(m);
+        var = var + vars[m].clone() * w(m).sqrt();
+    }
+    (mean, var)
+}
+
+/// Symmetric KL (Jeffreys) between N(μ_1, sqrt(v_1)) and N(μ_2, sqrt(v_2)) per cell,
+/// summed over the latent dimensions (§5.4, Q3: the variances are sqrt(v)).
+pub fn jeffreys<B: Backend>(
+    mean1: Tensor<B, 2>,
+    var1: Tensor<B, 2>,
+    mean2: Tensor<B, 2>,
+    var2: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let (s1, s2) = (var1.sqrt(), var2.sqrt());
+    let delta2 = (mean1 - mean2).powf_scalar(2.0);
+    let t = (s1.clone() + delta2.clone()) / (s2.clone() * 2.0) + (s2 + delta2) / (s1 * 2.0) - 1.0;
+    t.sum_dim(1).squeeze_dim::<1>(1)
+}
+
+/// The "MMD" penalty (§5.4, Q5): the summed Euclidean distance between the modality means of
+/// the paired cells of the minibatch, given to every cell.
+pub fn mmd_penalty<B: Backend>(
+    mean1: Tensor<B, 2>,
+    mean2: Tensor<B, 2>,
+    paired: Tensor<B, 1>,
+) -> Tensor<B, 1> {
+    let n = paired.dims()[0];
+    let distance = (mean1 - mean2)
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .squeeze_dim::<1>(1);
+    (distance * paired).sum().expand([n])
+}
+
+/// Per-cell binary cross-entropy of the accessibility (§5.2), PyTorch's log clamp at -100.
+pub fn binary_cross_entropy<B: Backend>(q: Tensor<B, 2>, x: Tensor<B, 2>) -> Tensor<B, 1> {
+    let t = x.greater_elem(0.0).float();
+    let log_q = q.clone().log().clamp_min(BCE_LOG_FLOOR);
+    let log_1q = (q.neg() + 1.0).log().clamp_min(BCE_LOG_FLOOR);
+    let ll = t.clone() * log_q + (t.neg() + 1.0) * log_1q;
+    ll.sum_dim(1).squeeze_dim::<1>(1).neg()
+}
+
+impl<B: Backend> Multivae<B> {
+    pub fn new(config: MultiviConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let cov = c.covariate_width();
+        let enc_cov = if c.encode_covariates { cov } else { 0 };
+        let enc_extra = if c.encode_covariates {
+            c.n_continuous_cov
+        } else {
+            0
+        };
+        let (h, d) = (c.n_hidden, c.n_latent);
+        let enc = |n_in: usize, dropout: f64, inject: bool| FcOptions {
+            n_in: n_in + enc_extra,
+            n_out: h,
+            n_cov: enc_cov,
+            n_layers: c.n_layers_encoder,
+            n_hidden: h,
+            dropout,
+            batch_norm: c.use_batch_norm.encoder(),
+            layer_norm: c.use_layer_norm.encoder(),
+            inject_covariates: inject,
+            leaky_relu: true,
+        };
+        let dec = |leaky: bool| FcOptions {
+            n_in: d + c.n_continuous_cov,
+            n_out: h,
+            n_cov: cov,
+            n_layers: c.n_layers_decoder,
+            n_hidden: h,
+            dropout: 0.0,
+            batch_norm: c.use_batch_norm.decoder(),
+            layer_norm: c.use_layer_norm.decoder(),
+            inject_covariates: c.deeply_inject_covariates,
+            leaky_relu: leaky,
+        };
+        let (g, r) = (c.n_genes, c.n_regions);
+        let deep = c.deeply_inject_covariates;
+        let library = |n_in: usize| LibraryEncoder {
+            px_decoder: FcLayers::new(&enc(n_in, 0.0, deep), device),
+            output: LinearConfig::new(h, 1).init(device),
+        };
+        let mod_weights = match c.modality_weights {
+            ModalityWeights::Equal => None,
+            ModalityWeights::Universal => Some(crate::nn::trainable(Tensor::ones([1, 2], device))),
+            ModalityWeights::Cell => {
+                Some(crate::nn::trainable(Tensor::ones([c.n_cells, 2], device)))
+            }
+        };
+        Ok(Self {
+            z_encoder_expression: Encoder::new(
+                &enc(g.max(1), c.dropout_rate, deep),
+                d,
+                0.0,
+                device,
+            ),
+            l_encoder_expression: library(g.max(1)),
+            // Q6: the accessibility z-encoder injects covariates into every layer.
+            z_encoder_accessibility: Encoder::new(
+                &enc(r.max(1), c.dropout_rate, true),
+                d,
+                0.0,
+                device,
+            ),
+            l_encoder_accessibility: library(r.max(1)),
+            z_decoder_expression: (g > 0).then(|| ExpressionDecoder {
+                px_decoder: FcLayers::new(&dec(false), device),
+                px_scale_decoder: LinearConfig::new(h, g).init(device),
+                px_dropout_decoder: LinearConfig::new(h, g).init(device),
+            }),
+            z_decoder_accessibility: (r > 0).then(|| AccessibilityDecoder {
+                px_decoder: FcLayers::new(&dec(true), device),
+                output: LinearConfig::new(h, r).init(device),
+            }),
+            px_r: crate::nn::lazy_normal([g.max(1)], device),
+            region_factors: (c.region_factors && r > 0)
+                .then(|| crate::nn::trainable(Tensor::zeros([r], device))),
+            mod_weights,
+            config,
+        })
+    }
+
+    /// An encoder's data input: the counts, with the continuous covariates when encoded.
+    fn encoder_input(&self, x: &Tensor<B, 2>, b: &MultiviBatch<B>) -> Tensor<B, 2> {
+        match (&b.continuous, self.config.encode_covariates) {
+            (Some(u), true) => Tensor::cat(vec![x.clone(), u.clone()], 1),
+            _ => x.clone(),
+        }
+    }
+
+    fn encoder_covariates<'a>(&self, b: &'a MultiviBatch<B>) -> Option<&'a Tensor<B, 2>> {
+        if self.config.encode_covariates {
+            b.covariates.as_ref()
+        } else {
+            None
+        }
+    }
+
+    pub fn transform_latent(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.config.latent_distribution {
+            LatentDistribution::Normal => z,
+            LatentDistribution::Ln => activation::softmax(z, 1),
+        }
+    }
+
+    /// The modality logits of the minibatch's cells, (n, 2).
+    fn modality_logits(&self, b: &MultiviBatch<B>) -> Tensor<B, 2> {
+        let device = b.masks.device();
+        match &self.mod_weights {
+            None => Tensor::ones([b.n_cells, 2], &device),
+            Some(w) => match self.config.modality_weights {
+                ModalityWeights::Cell => w.val().select(0, b.cells.clone()),
+                _ => w.val().repeat_dim(0, b.n_cells),
+            },
+        }
+    }
+
+    /// Encoder pass (§4): the modality posteriors, their mixture and one joint draw.
+    pub fn inference(&self, b: &MultiviBatch<B>, training: bool) -> MultiviInference<B> {
+        let cov = self.encoder_covariates(b);
+        let (xe, xa) = (
+            self.encoder_input(&b.x_rna, b),
+            self.encoder_input(&b.x_atac, b),
+        );
+        let qa = self
+            .z_encoder_accessibility
+            .forward(xa.clone(), cov, training);
+        let qe = self.z_encoder_expression.forward(xe.clone(), cov, training);
+        let library = |enc: &LibraryEncoder<B>, x: Tensor<B, 2>| {
+            enc.output.forward(enc.px_decoder.forward(x, cov, training))
+        };
+        let library_expression =
+            activation::leaky_relu(library(&self.l_encoder_expression, xe), 0.01);
+        let library_accessibility = activation::sigmoid(library(&self.l_encoder_accessibility, xa));
+        let weights = mixing_weights(self.modality_logits(b), b.masks.clone());
+        let (qz_mean, qz_var) = mix(
+            &weights,
+            &[qe.mean.clone(), qa.mean.clone()],
+            &[qe.var.clone(), qa.var.clone()],
+        );
+        let z = self.transform_latent(crate::nn::resample(&qz_mean, &qz_var));
+        MultiviInference {
+            z_m: [
+                self.transform_latent(qe.sample),
+                self.transform_latent(qa.sample),
+            ],
+            qz_m: [qe.mean, qa.mean],
+            qz_v: [qe.var, qa.var],
+            weights,
+            qz_mean,
+            qz_var,
+            z,
+            library_expression,
+            library_accessibility,
+        }
+    }
+
+    /// Decoder pass from the latent `z` (the joint draw, or its mean downstream).
+    pub fn generative(
+        &self,
+        b: &MultiviBatch<B>,
+        z: Tensor<B, 2>,
+        training: bool,
+    ) -> MultiviGenerative<B> {
+        let u = match &b.continuous {
+            Some(c) => Tensor::cat(vec![z, c.clone()], 1),
+            None => z,
+        };
+        let cov = b.covariates.as_ref();
+        let (expression_logits, dropout_logits) = match &self.z_decoder_expression {
+            Some(dec) => {
+                let h = dec.px_decoder.forward(u.clone(), cov, training);
+                (
+                    Some(dec.px_scale_decoder.forward(h.clone())),
+                    Some(dec.px_dropout_decoder.forward(h)),
+                )
+            }
+            None => (None, None),
+        };
+        let accessibility = self.z_decoder_accessibility.as_ref().map(|dec| {
+            let h = dec.px_decoder.forward(u, cov, training);
+            activation::sigmoid(dec.output.forward(h))
+        });
+        MultiviGenerative {
+            expression_logits,
+            dropout_logits,
+            accessibility,
+        }
+    }
+
+    /// σ(region factors), or None when disabled.
+    pub fn region_factor_values(&self) -> Option<Tensor<B, 1>> {
+        self.region_factors
+            .as_ref()
+            .map(|r| activation::sigmoid(r.val()))
+    }
+
+    /// q = p · d · σ(r), the probability that each region is open in each cell.
+    pub fn accessibility_probability(
+        &self,
+        p: Tensor<B, 2>,
+        library_accessibility: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let q = p * library_accessibility;
+        match self.region_factor_values() {
+            Some(rf) => q * rf.unsqueeze_dim::<2>(0),
+            None => q,
+        }
+    }
+
+    /// Forward pass and loss (§5).
+    pub fn loss(&self, b: &MultiviBatch<B>, kl_weight: f64, training: bool) -> MultiviLoss<B> {
+        let inf = self.inference(b, training);
+        let gen = self.generative(b, inf.z.clone(), training);
+        let n = b.n_cells;
+        let device = b.masks.device();
+        let zeros = || Tensor::<B, 1>::zeros([n], &device);
+        let reconstruction_expression = match (&gen.expression_logits, &gen.dropout_logits) {
+            (Some(logits), pi) => {
+                let lik = self.config.gene_likelihood;
+                let theta = self.px_r.val().exp().unsqueeze_dim::<2>(0);
+                let pi = (lik == GeneLikelihood::Zinb).then(|| pi.clone()).flatten();
+                let lp = fused_log_likelihood_from_logits(
+                    lik,
+                    b.x_rna.clone(),
+                    logits.clone(),
+                    theta,
+                    pi,
+                    inf.library_expression.clone(),
+                    training,
+                );
+                b.log_factorial.clone() - lp
+            }
+            (None, _) => zeros(),
+        };
+        let reconstruction_accessibility = match &gen.accessibility {
+            Some(p) => {
+                let q =
+                    self.accessibility_probability(p.clone(), inf.library_accessibility.clone());
+                binary_cross_entropy(q, b.x_atac.clone())
+            }
+            None => zeros(),
+        };
+        let (me, ma) = (b.mask(0), b.mask(1));
+        let reconstruction = reconstruction_expression.clone() * me.clone()
+            + reconstruction_accessibility.clone() * ma.clone();
+        let kl_z = dist::kl_standard_normal(inf.qz_mean.clone(), inf.qz_var.clone())
+            .sum_dim(1)
+            .squeeze_dim::<1>(1);
+        let paired = me * ma;
+        let penalty = match self.config.modality_penalty {
+            ModalityPenalty::Jeffreys => {
+                let [qe, qa] = inf.qz_m.clone();
+                let [ve, va] = inf.qz_v.clone();
+                jeffreys(qe, ve, qa, va) * paired
+            }
+            ModalityPenalty::Mmd => {
+                let [qe, qa] = inf.qz_m.clone();
+                mmd_penalty(qe, qa, paired)
+            }
+            ModalityPenalty::None => zeros(),
+        };
+        let loss = (reconstruction.clone() + kl_z.clone() * kl_weight + penalty.clone()).mean();
+        MultiviLoss {
+            loss,
+            reconstruction,
+            reconstruction_expression,
+            reconstruction_accessibility,
+            kl_z,
+            penalty,
+            z: inf.z,
+        }
+    }
+}
+
+/// Checks that `data` holds the model's features and categories.
+pub fn check_data(config: &MultiviConfig, data: &DataSet) -> Result<()> {
+    if data.n_genes() != config.n_features() {
+        return Err(invalid_arg(
+            "x",
+            format!(
+                "has {} features but the model expects {} ({} genes + {} regions)",
+                data.n_genes(),
+                config.n_features(),
+                config.n_genes,
+                config.n_regions
+            ),
+        ));
+    }
+    if data.batch.n_categories != config.n_batch {
+        return Err(invalid_arg(
+            "batch_key",
+            format!(
+                "has {} categories but the model has {}",
+                data.batch.n_categories, config.n_batch
+            ),
+        ));
+    }
+    if config.modality_weights == ModalityWeights::Cell && data.n_cells() != config.n_cells {
+        return Err(invalid_arg(
+            "x",
+            "must be the training cells: modality_weights = \"cell\" has one weight per cell",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    fn mat(v: &[f32], rows: usize, cols: usize) -> Tensor<B, 2> {
+        Tensor::from_data(
+            TensorData::new(v.to_vec(), [rows, cols]),
+            &Default::default(),
+        )
+    }
+
+    fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn masked_softmax_matches_the_closed_form_values() {
+        // §10.4 with three modalities: masks (1,1,0), (1,0,0), (0,0,0), logits 1.
+        let w = mixing_weights(
+            mat(&[1.0; 9], 3, 3),
+            mat(&[1., 1., 0., 1., 0., 0., 0., 0., 0.], 3, 3),
+        );
+        let w = values(w);
+        assert!((w[0] - 0.5).abs() < 1e-7 && (w[1] - 0.5).abs() < 1e-7);
+        assert!((w[2] / 1.8394e-31 - 1.0).abs() < 1e-3, "{}", w[2]);
+        assert!(
+            (w[4].sqrt() / 6.0653e-16 - 1.0).abs() < 1e-3,
+            "{}",
+            w[4].sqrt()
+        );
+        // No modality: 1e-30 / (3e-30 + 1e-30) = 1/4 each (the guard counts).
+        assert!(
+            w[6..9].iter().all(|&v| (v - 0.25).abs() < 1e-6),
+            "{:?}",
+            &w[6..9]
+        );
+        // Two modalities as the module mixes them: sqrt(0.5) on paired variances.
+        let (m, v) = mix(
+            &mixing_weights(mat(&[1.0; 2], 1, 2), mat(&[1.0, 1.0], 1, 2)),
+            &[mat(&[2.0], 1, 1), mat(&[4.0], 1, 1)],
+            &[mat(&[1.0], 1, 1), mat(&[3.0], 1, 1)],
+        );
+        assert!((values(m)[0] - 3.0).abs() < 1e-6);
+        assert!((values(v)[0] - std::f32::consts::FRAC_1_SQRT_2 * 4.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn jeffreys_penalty_compares_variances_sqrt_v() {
+        // §10.4: μ = (0, 1), v = (1, 4) → 1.0 (1.75 without Q3); μ = (0.5, -0.5),
+        // v = (0.25, 0.0625) → 3.25.
+        let j = |m1: f32, v1: f32, m2: f32, v2: f32| {
+            values(jeffreys(
+                mat(&[m1], 1, 1),
+                mat(&[v1], 1, 1),
+                mat(&[m2], 1, 1),
+                mat(&[v2], 1, 1),
+            ))[0]
+        };
+        assert!((j(0.0, 1.0, 1.0, 4.0) - 1.0).abs() < 1e-6);
+        assert!((j(0.5, 0.25, -0.5, 0.0625) - 3.25).abs() < 1e-5);
+        // KL for μ = 0.5, v = 0.25 → 0.4431472.
+        let kl = dist::kl_standard_normal(mat(&[0.5], 1, 1), mat(&[0.25], 1, 1));
+        assert!((values(kl)[0] - 0.443_147_2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn binary_cross_entropy_clamps_its_logs() {
+        // §10.4: q = 0, t = 1 → 100; q = 0.25, t = 0 → -log(0.75).
+        let bce = values(binary_cross_entropy(
+            mat(&[0.0, 0.25], 1, 2),
+            mat(&[3.0, 0.0], 1, 2),
+        ));
+        assert!((bce[0] - (100.0 - 0.75f32.ln())).abs() < 1e-4, "{bce:?}");
+    }
+
+    #[test]
+    fn shape_inventory_matches_the_reference() {
+        // §10.1: G = 50, R = 80, K = 2, defaults → H = 8, D = 2.
+        let c = MultiviConfig::new(50, 80, 2);
+        assert_eq!((c.n_hidden, c.n_latent), (8, 2));
+        let m = Multivae::<B>::new(c, &Default::default()).unwrap();
+        let w = |l: &Linear<B>| l.weight.dims();
+        let enc = &m.z_encoder_expression;
+        // Burn's Linear weights are [in, out], the transpose of PyTorch's (out, in).
+        assert_eq!(w(&enc.encoder.layers[0].linear), [50, 8]);
+        assert_eq!(w(&enc.encoder.layers[1].linear), [8, 8]);
+        assert_eq!(w(&enc.mean_encoder), [8, 2]);
+        assert_eq!(
+            w(&m.l_encoder_expression.px_decoder.layers[0].linear),
+            [50, 8]
+        );
+        assert_eq!(w(&m.l_encoder_expression.output), [8, 1]);
+        let de = m.z_decoder_expression.as_ref().unwrap();
+        assert_eq!(w(&de.px_decoder.layers[0].linear), [4, 8]);
+        assert_eq!(w(&de.px_decoder.layers[1].linear), [8, 8]);
+        assert_eq!(w(&de.px_scale_decoder), [8, 50]);
+        let ea = &m.z_encoder_accessibility.encoder;
+        assert_eq!(w(&ea.layers[0].linear), [80, 8]);
+        let da = m.z_decoder_accessibility.as_ref().unwrap();
+        assert_eq!(w(&da.px_decoder.layers[0].linear), [4, 8]);
+        assert_eq!(w(&da.output), [8, 80]);
+        assert_eq!(w(&m.l_encoder_accessibility.output), [8, 1]);
+        assert_eq!(m.px_r.dims(), [50]);
+        assert_eq!(m.region_factors.as_ref().unwrap().dims(), [80]);
+        assert!(m.mod_weights.is_none());
+        // No BatchNorm by default; LayerNorm everywhere; LeakyReLU except the RNA decoder.
+        assert!(enc
+            .encoder
+            .layers
+            .iter()
+            .all(|l| l.batch_norm.is_none() && l.layer_norm));
+        assert!(enc.encoder.leaky_relu && da.px_decoder.leaky_relu);
+        assert!(!de.px_decoder.leaky_relu);
+    }
+
+    #[test]
+    fn mmd_penalty_is_a_minibatch_sum_given_to_every_cell() {
+        // §10.4: two paired cells with mean distances 3 and 4 → Pen = 7 for both.
+        let qe = mat(&[0.0, 0.0, 0.0, 0.0], 2, 2);
+        let qa = mat(&[3.0, 0.0, 0.0, 4.0], 2, 2);
+        let both = Tensor::<B, 1>::ones([2], &Default::default());
+        assert_eq!(
+            values(mmd_penalty(qe.clone(), qa.clone(), both)),
+            vec![7.0, 7.0]
+        );
+        // An unpaired cell does not count.
+        let one =
+            Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 0.0], [2]), &Default::default());
+        assert_eq!(values(mmd_penalty(qe, qa, one)), vec![3.0, 3.0]);
+    }
+}

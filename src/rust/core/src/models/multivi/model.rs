@@ -1,0 +1,555 @@
+//! MULTIVI in the family: its minibatches (expression and accessibility columns of one
+//! dataset), its step loss, the batch classifier of its adversarial training plan (§6.2), its
+//! expression head for normalized expression and DE, and the model handle's constructor.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::backend::Cpu;
+use crate::data::batch::host;
+use crate::data::DataSet;
+use crate::error::{invalid_arg, Result};
+use crate::family::{
+    Adversary, ClassifierOptimizer, Expression, ExpressionModule, FamilyModule, LatentPosterior,
+    Model, ModelKind, NoExtra, StepLoss, Terms, TrainPlan,
+};
+use crate::infer::{check_query, Matrix};
+use crate::models::multivi::{check_data, Multivae, MultiviBatch, MultiviConfig, MultiviInference};
+use crate::train::TrainConfig;
+
+/// Default number of epochs of `MULTIVI.train`.
+pub const DEFAULT_MAX_EPOCHS: usize = 500;
+
+/// The MULTIVI model kind.
+pub struct MultiviKind;
+
+pub type MultiviModel = Model<MultiviKind>;
+
+impl<B: Backend> FamilyModule<B> for Multivae<B> {
+    type Config = MultiviConfig;
+    type Batch = MultiviBatch<B>;
+
+    fn config(&self) -> &MultiviConfig {
+        &self.config
+    }
+
+    fn minibatch(
+        config: &MultiviConfig,
+        _dataset: usize,
+        data: &DataSet,
+        cells: &[usize],
+        device: &B::Device,
+    ) -> MultiviBatch<B> {
+        MultiviBatch::new(config, data, cells, None, device)
+    }
+
+    fn check_query_data(config: &MultiviConfig, _dataset: usize, data: &DataSet) -> Result<()> {
+        check_data(config, data)
+    }
+
+    fn n_latent(&self) -> usize {
+        self.config.n_latent
+    }
+
+    /// The joint posterior (modality-specific latents are separate queries).
+    fn latent_posterior(&self, batch: &MultiviBatch<B>) -> LatentPosterior<B> {
+        let inf = self.inference(batch, false);
+        LatentPosterior {
+            mean: inf.qz_mean,
+            var: inf.qz_var,
+            z: inf.z,
+        }
+    }
+
+    fn transform_latent(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        Multivae::transform_latent(self, z)
+    }
+
+    fn latent_is_transformed(&self) -> bool {
+        self.config.latent_distribution == crate::models::options::LatentDistribution::Ln
+    }
+
+    fn step_loss(
+        &self,
+        batches: &[MultiviBatch<B>],
+        kl_weight: f64,
+        training: bool,
+    ) -> StepLoss<B> {
+        let mut terms = Vec::with_capacity(batches.len());
+        let mut objective = None;
+        let mut z = None;
+        for b in batches {
+            let t = self.loss(b, kl_weight, training);
+            objective = Some(match objective {
+                Some(o) => o + t.loss.clone(),
+                None => t.loss.clone(),
+            });
+            z = Some(t.z);
+            terms.push(Terms {
+                loss_mean: t.loss,
+                reconstruction: t.reconstruction,
+                kl_local: t.kl_z + t.penalty,
+                n_cells: b.n_cells,
+            });
+        }
+        StepLoss {
+            objective: objective.expect("a training step has a minibatch"),
+            terms,
+            z,
+        }
+    }
+
+    /// The batch of each cell.
+    fn adversarial_classes(&self, batches: &[MultiviBatch<B>]) -> Vec<usize> {
+        batches
+            .iter()
+            .flat_map(|b| b.batch_codes.iter().copied())
+            .collect()
+    }
+}
+
+impl<B: Backend> ExpressionModule<B> for Multivae<B> {
+    type Pass = MultiviInference<B>;
+
+    fn n_batch(&self) -> usize {
+        self.config.n_batch
+    }
+
+    fn n_genes(&self) -> usize {
+        self.config.n_genes
+    }
+
+    fn expression_minibatch(
+        config: &MultiviConfig,
+        data: &DataSet,
+        cells: &[usize],
+        transform_batch: Option<u32>,
+        device: &B::Device,
+    ) -> MultiviBatch<B> {
+        MultiviBatch::new(config, data, cells, transform_batch, device)
+    }
+
+    fn expression_pass(&self, batch: &MultiviBatch<B>) -> MultiviInference<B> {
+        self.inference(batch, false)
+    }
+
+    /// ρ from the posterior mean (the reference's `use_z_mean = True`): every draw is the
+    /// same, so drawing rows picks cells with replacement (multivi.md §7).
+    fn expression_draw(
+        &self,
+        batch: &MultiviBatch<B>,
+        pass: &MultiviInference<B>,
+        _k: usize,
+        _resample_library: bool,
+    ) -> Expression<B> {
+        let gen = self.generative(batch, pass.qz_mean.clone(), false);
+        let scale = match gen.expression_logits {
+            Some(logits) => burn::tensor::activation::softmax(logits, 1),
+            None => Tensor::zeros([batch.n_cells, 0], &batch.masks.device()),
+        };
+        let rate = scale.clone() * pass.library_expression.clone().exp();
+        Expression { scale, rate }
+    }
+}
+
+impl ModelKind for MultiviKind {
+    const NAME: &'static str = "MULTIVI";
+    type Config = MultiviConfig;
+    type Module<B: Backend> = Multivae<B>;
+    type Extra = NoExtra;
+
+    fn blank<B: Backend>(c: &MultiviConfig, device: &B::Device) -> Result<Multivae<B>> {
+        Multivae::new(c.clone(), device)
+    }
+
+    fn check_data(config: &MultiviConfig, data: &[&DataSet]) -> Result<()> {
+        match data {
+            [d] => check_data(config, d),
+            _ => Err(invalid_arg("x", "MULTIVI trains on one dataset")),
+        }
+    }
+
+    /// §6.1–6.2: the batch classifier (absent with one batch), κ = 1, its own Adam.
+    fn plan(config: &MultiviConfig, _data: &[&DataSet], cfg: &TrainConfig) -> Result<TrainPlan> {
+        let adversary = (config.n_batch > 1).then(|| Adversary {
+            n_latent: config.n_latent,
+            n_classes: config.n_batch,
+            n_layers: 2,
+            scale: cfg.kappa.unwrap_or(1.0),
+            optimizer: Some(ClassifierOptimizer {
+                lr: 1e-3,
+                eps: 0.01,
+                weight_decay: cfg.weight_decay,
+            }),
+        });
+        Ok(TrainPlan {
+            default_max_epochs: DEFAULT_MAX_EPOCHS,
+            adversary,
+        })
+    }
+}
+
+impl Model<MultiviKind> {
+    pub fn new(
+        mut config: MultiviConfig,
+        data: &DataSet,
+        registry: serde_json::Value,
+    ) -> Result<Self> {
+        config.n_cells = data.n_cells();
+        check_data(&config, data)?;
+        let module = Multivae::<Cpu>::new(config, &Default::default())?;
+        Ok(Self::from_module(module, registry, NoExtra {}))
+    }
+}
+
+/// A modality of MULTIVI's latent queries (§7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modality {
+    Joint,
+    Expression,
+    Accessibility,
+}
+
+/// Latent representation of `cells` for `modality`: the joint posterior, or one modality's
+/// own encoder (refused for a fully paired model). (representation, mean, variance).
+#[allow(clippy::too_many_arguments)]
+pub fn modality_latent<B: Backend>(
+    module: &Multivae<B>,
+    data: &DataSet,
+    cells: &[usize],
+    modality: Modality,
+    give_mean: bool,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Matrix, Matrix, Matrix)> {
+    let m = match modality {
+        Modality::Joint => {
+            return crate::infer::latent(module, 0, data, cells, give_mean, 1, batch_size, device)
+        }
+        Modality::Expression => 0,
+        Modality::Accessibility => 1,
+    };
+    if module.config.fully_paired {
+        return Err(invalid_arg(
+            "modality",
+            "must be \"joint\" for a model built with fully_paired = TRUE",
+        ));
+    }
+    check_query(module, 0, data, cells, batch_size)?;
+    let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in cells.chunks(batch_size) {
+        let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
+        let inf = module.inference(&b, false);
+        let z = if give_mean {
+            inf.qz_m[m].clone()
+        } else {
+            inf.z_m[m].clone()
+        };
+        out.extend(host(&z));
+        mean.extend(host(&inf.qz_m[m]));
+        var.extend(host(&inf.qz_v[m]));
+    }
+    let mk = |values| Matrix {
+        n_rows: cells.len(),
+        n_cols: module.config.n_latent,
+        values,
+    };
+    Ok((mk(out), mk(mean), mk(var)))
+}
+
+/// Options of [`normalized_accessibility`] (the reference's defaults: observed batch, the
+/// posterior mean, no cell or region normalisation).
+pub struct AccessibilityQuery<'a> {
+    pub cells: &'a [usize],
+    pub transform_batch: Option<u32>,
+    pub regions: Option<&'a [usize]>,
+    pub use_z_mean: bool,
+    /// Multiply by the cell's accessibility factor d.
+    pub normalize_cells: bool,
+    /// Multiply by the region factors σ(r).
+    pub normalize_regions: bool,
+    pub batch_size: usize,
+}
+
+/// Probability that each region is accessible in each cell (§7), cells x regions.
+pub fn normalized_accessibility<B: Backend>(
+    module: &Multivae<B>,
+    data: &DataSet,
+    q: &AccessibilityQuery,
+    device: &B::Device,
+) -> Result<Matrix> {
+    check_query(module, 0, data, q.cells, q.batch_size)?;
+    let r = module.config.n_regions;
+    if r == 0 {
+        return Err(invalid_arg("model", "has no accessibility data"));
+    }
+    if let Some(b) = q
+        .transform_batch
+        .filter(|&b| b as usize >= module.config.n_batch)
+    {
+        return Err(invalid_arg(
+            "transform_batch",
+            format!("batch code {b} is unknown to the model"),
+        ));
+    }
+    let regions: Vec<usize> = q.regions.map_or_else(|| (0..r).collect(), |s| s.to_vec());
+    let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(
+            regions.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [regions.len()],
+        ),
+        device,
+    );
+    let mut values = Vec::with_capacity(q.cells.len() * regions.len());
+    for chunk in q.cells.chunks(q.batch_size) {
+        // Only the decoders see the transform batch (the encoders keep the cell's own).
+        let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
+        let inf = module.inference(&b, false);
+        let decode = match q.transform_batch {
+            Some(_) => {
+                MultiviBatch::<B>::new(&module.config, data, chunk, q.transform_batch, device)
+            }
+            None => b,
+        };
+        let z = if q.use_z_mean { inf.qz_mean } else { inf.z };
+        let gen = module.generative(&decode, z, false);
+        let Some(mut p) = gen.accessibility else {
+            return Err(invalid_arg("model", "has no accessibility data"));
+        };
+        if q.normalize_cells {
+            p = p * inf.library_accessibility;
+        }
+        if q.normalize_regions {
+            if let Some(rf) = module.region_factor_values() {
+                p = p * rf.unsqueeze_dim::<2>(0);
+            }
+        }
+        values.extend(host(&p.select(1, index.clone())));
+    }
+    Ok(Matrix {
+        n_rows: q.cells.len(),
+        n_cols: regions.len(),
+        values,
+    })
+}
+
+/// The expression log library ℓ_e (log scale, as the reference returns it) and the
+/// accessibility factor d of each cell.
+pub fn library_size_factors<B: Backend>(
+    module: &Multivae<B>,
+    data: &DataSet,
+    cells: &[usize],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    check_query(module, 0, data, cells, batch_size)?;
+    let (mut expression, mut accessibility) = (Vec::new(), Vec::new());
+    for chunk in cells.chunks(batch_size) {
+        let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
+        let inf = module.inference(&b, false);
+        expression.extend(host(&inf.library_expression));
+        accessibility.extend(host(&inf.library_accessibility));
+    }
+    Ok((expression, accessibility))
+}
+
+/// σ(region factors); an error when the model has none.
+pub fn region_factors<B: Backend>(module: &Multivae<B>) -> Result<Vec<f32>> {
+    match module.region_factor_values() {
+        Some(rf) => Ok(rf.into_data().convert::<f32>().to_vec().unwrap_or_default()),
+        None => Err(invalid_arg(
+            "model",
+            "has no region factors (built with region_factors = FALSE or without regions)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DeviceKind;
+    use crate::data::{Categorical, CsrMatrix};
+    use crate::train::Silent;
+
+    /// A mosaic of 120 cells of two types over 10 genes and 16 regions, two batches: cells
+    /// 0..40 paired, 40..80 RNA-only, 80..120 ATAC-only. Type t is high on genes and regions
+    /// of its parity.
+    fn mosaic() -> DataSet {
+        let (g, r, n) = (10, 16, 120);
+        let mut indptr = vec![0];
+        let (mut idx, mut val) = (vec![], vec![]);
+        for c in 0..n {
+            let t = c % 2;
+            let (rna, atac) = (c < 80, !(40..80).contains(&c));
+            if rna {
+                for j in 0..g {
+                    let v = if j % 2 == t {
+                        6 + (c * 7 + j) % 5
+                    } else {
+                        (c + j) % 2
+                    };
+                    if v > 0 {
+                        idx.push(j as u32);
+                        val.push(v as f32);
+                    }
+                }
+            }
+            if atac {
+                for j in 0..r {
+                    if j % 2 == t && (c + j) % 3 != 0 {
+                        idx.push((g + j) as u32);
+                        val.push(1.0);
+                    }
+                }
+            }
+            indptr.push(val.len());
+        }
+        let counts = CsrMatrix::new(n, g + r, indptr, idx, val).unwrap();
+        let batch = Categorical {
+            codes: (0..n).map(|c| (c / 3 % 2) as u32).collect(),
+            n_categories: 2,
+        };
+        DataSet::new(
+            counts,
+            batch,
+            Categorical::constant(n),
+            vec![],
+            vec![],
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_mosaic_trains_separates_types_and_round_trips_through_disk() {
+        let _guard = crate::TEST_RNG_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let data = mosaic();
+        let mut config = MultiviConfig::new(10, 16, 2);
+        config.n_hidden = 16;
+        config.n_latent = 2;
+        let mut m = MultiviModel::new(config, &data, serde_json::json!({"k": 1})).unwrap();
+        let tc = TrainConfig {
+            max_epochs: Some(60),
+            seed: Some(0),
+            batch_size: 32,
+            optimizer: crate::train::OptimizerKind::AdamW,
+            lr: 1e-2,
+            weight_decay: 1e-3,
+            eps: 1e-8,
+            n_epochs_kl_warmup: Some(50),
+            ..Default::default()
+        };
+        let s = m
+            .train(&[&data], &tc, DeviceKind::Cpu, &mut Silent)
+            .unwrap();
+        assert_eq!(s.epochs_run, 60);
+        let h = &m.state.history;
+        assert!(h[59].reconstruction_loss_train < 0.7 * h[0].reconstruction_loss_train);
+        assert!(h[59].elbo_validation.is_some());
+
+        // The joint latent puts each cell nearer its own type, whichever modalities it has.
+        let dev = Default::default();
+        let cells: Vec<usize> = (0..120).collect();
+        let (z, _, _) =
+            crate::infer::latent(&m.module, 0, &data, &cells, true, 1, 64, &dev).unwrap();
+        let labels: Vec<u32> = cells.iter().map(|c| (c % 2) as u32).collect();
+        let purity = crate::metrics::knn_purity(&z.values, 2, &labels, 5).unwrap();
+        assert!(purity > 0.9, "kNN purity {purity}");
+
+        // Imputation of the hidden modality: RNA-only cells' accessibility and ATAC-only
+        // cells' expression follow their type.
+        let q = AccessibilityQuery {
+            cells: &cells[40..80],
+            transform_batch: None,
+            regions: None,
+            use_z_mean: true,
+            normalize_cells: false,
+            normalize_regions: false,
+            batch_size: 64,
+        };
+        let acc = normalized_accessibility(&m.module, &data, &q, &dev).unwrap();
+        let own = |row: usize, t: usize| -> f32 {
+            (0..16)
+                .filter(|j| j % 2 == t)
+                .map(|j| acc.values[row * 16 + j])
+                .sum()
+        };
+        assert!((0..40).all(|i| own(i, (40 + i) % 2) > own(i, (41 + i) % 2)));
+        let eq = crate::infer::ExpressionQuery {
+            cells: &cells[80..120],
+            transform_batch: vec![None],
+            genes: None,
+            library_size: Some(1.0),
+            n_samples: 1,
+            batch_size: 64,
+        };
+        let rho = crate::infer::normalized_expression(&m.module, &data, &eq, &dev).unwrap();
+        assert_eq!((rho.n_rows, rho.n_cols), (40, 10));
+        let own = |row: usize, t: usize| -> f32 {
+            (0..10)
+                .filter(|j| j % 2 == t)
+                .map(|j| rho.values[row * 10 + j])
+                .sum()
+        };
+        assert!((0..40).all(|i| own(i, (80 + i) % 2) > 0.5));
+
+        let (le, d) = library_size_factors(&m.module, &data, &cells[..3], 64, &dev).unwrap();
+        assert_eq!((le.len(), d.len()), (3, 3));
+        assert!(d.iter().all(|&v| v > 0.0 && v < 1.0));
+        assert_eq!(region_factors(&m.module).unwrap().len(), 16);
+        let (ze, _, _) = modality_latent(
+            &m.module,
+            &data,
+            &cells[..4],
+            Modality::Expression,
+            true,
+            64,
+            &dev,
+        )
+        .unwrap();
+        assert_eq!((ze.n_rows, ze.n_cols), (4, 2));
+
+        let dir = std::env::temp_dir().join(format!("rscvi-multivi-{}", std::process::id()));
+        m.save(&dir, true).unwrap();
+        assert_eq!(crate::io::saved_model_kind(&dir).unwrap(), "MULTIVI");
+        let back = MultiviModel::load(&dir).unwrap();
+        let (z2, _, _) =
+            crate::infer::latent(&back.module, 0, &data, &cells, true, 1, 64, &dev).unwrap();
+        assert_eq!(z.values, z2.values);
+        assert_eq!(back.state.history.len(), 60);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_batch_classifier_follows_the_reference_plan() {
+        let tc = TrainConfig::default();
+        let one = MultiviConfig::new(10, 16, 1);
+        assert!(MultiviKind::plan(&one, &[], &tc)
+            .unwrap()
+            .adversary
+            .is_none());
+        let three = MultiviConfig::new(10, 16, 3);
+        let a = MultiviKind::plan(&three, &[], &tc)
+            .unwrap()
+            .adversary
+            .unwrap();
+        assert_eq!((a.n_classes, a.n_layers, a.scale), (3, 2, 1.0));
+        let o = a.optimizer.unwrap();
+        assert_eq!((o.lr, o.eps, o.weight_decay), (1e-3, 0.01, tc.weight_decay));
+        // §10.6: equal logits over 3 batches → both adversarial losses log 3.
+        let dev = Default::default();
+        let logits = Tensor::<Cpu, 2>::zeros([4, 3], &dev);
+        let onehot = crate::nn::adversarial::one_hot::<Cpu>(&[0, 1, 2, 1], 3, &dev);
+        for true_class in [false, true] {
+            let l: f32 = crate::nn::adversarial::adversarial_loss(
+                logits.clone(),
+                onehot.clone(),
+                true_class,
+            )
+            .into_scalar();
+            assert!((l - 3f32.ln()).abs() < 1e-6);
+        }
+    }
+}

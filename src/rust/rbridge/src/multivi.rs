@@ -1,0 +1,132 @@
+//! extendr glue of MULTIVI: the constructor and MULTIVI's own queries (the entry points
+//! every model shares are in models.rs and queries.rs).
+
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use rscvi_core::models::multivi::model::{self as multivi, AccessibilityQuery};
+use rscvi_core::models::multivi::{Modality, MultiviConfig, MultiviKind, MultiviModel};
+
+use crate::models::{handle, new_handle, Query};
+use crate::queries::r_matrix;
+use crate::{dataset, from_json, guarded, indices, on_device_guarded, other};
+
+/// `ds`: one dataset whose columns are the genes, then the regions.
+#[extendr]
+fn rs_multivi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
+    let data = dataset(&ds)?;
+    let config: MultiviConfig = from_json(config_json, "model config")?;
+    let registry = from_json(registry_json, "registry")?;
+    Ok(new_handle(guarded(|| {
+        MultiviModel::new(config, data, registry)
+    })?))
+}
+
+/// The MULTIVI model and the query arguments every MULTIVI query has.
+fn multivi_query<'a>(
+    model: &'a Robj,
+    ds: &'a Robj,
+    idx: &Robj,
+    batch_size: i32,
+) -> Result<Query<'a, MultiviKind>> {
+    Query::new(handle::<MultiviKind>(model)?, ds, idx, batch_size)
+}
+
+/// Latent representation of one modality: "joint", "expression" or "accessibility".
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_multivi_latent(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    modality: &str,
+    give_mean: bool,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let modality = match modality {
+        "joint" => Modality::Joint,
+        "expression" => Modality::Expression,
+        "accessibility" => Modality::Accessibility,
+        _ => return Err(other(format!("internal: unknown modality {modality}"))),
+    };
+    let q = multivi_query(&model, &ds, &idx, batch_size)?;
+    let (z, mean, var) = on_device_guarded!(q.model, device, |module, dev| {
+        let bs = q.batch_size;
+        multivi::modality_latent(module, q.data, &q.cells, modality, give_mean, bs, dev)
+    })?;
+    Ok(list!(
+        z = r_matrix(&z),
+        mean = r_matrix(&mean),
+        var = r_matrix(&var)
+    )
+    .into())
+}
+
+/// Region accessibility probabilities; `transform_batch` < 0: each cell's own batch;
+/// `regions` NULL: all, else 0-based region indices.
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_multivi_normalized_accessibility(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    transform_batch: i32,
+    regions: Robj,
+    use_z_mean: bool,
+    normalize_cells: bool,
+    normalize_regions: bool,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let q = multivi_query(&model, &ds, &idx, batch_size)?;
+    let n_regions = q.model.config().n_regions;
+    let regions = (!regions.is_null())
+        .then(|| indices(&regions, n_regions))
+        .transpose()?;
+    let request = AccessibilityQuery {
+        cells: &q.cells,
+        transform_batch: (transform_batch >= 0).then_some(transform_batch as u32),
+        regions: regions.as_deref(),
+        use_z_mean,
+        normalize_cells,
+        normalize_regions,
+        batch_size: q.batch_size,
+    };
+    let out = on_device_guarded!(q.model, device, |module, dev| {
+        multivi::normalized_accessibility(module, q.data, &request, dev)
+    })?;
+    Ok(r_matrix(&out))
+}
+
+/// Per cell: the expression log library and the accessibility factor.
+#[extendr]
+fn rs_multivi_library_size_factors(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let q = multivi_query(&model, &ds, &idx, batch_size)?;
+    let (e, a) = on_device_guarded!(q.model, device, |module, dev| {
+        multivi::library_size_factors(module, q.data, &q.cells, q.batch_size, dev)
+    })?;
+    let to_f64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+    Ok(list!(expression = to_f64(e), accessibility = to_f64(a)).into())
+}
+
+#[extendr]
+fn rs_multivi_region_factors(model: Robj) -> Result<Robj> {
+    let m = handle::<MultiviKind>(&model)?;
+    let v = guarded(|| multivi::region_factors(&m.module))?;
+    Ok(v.into_iter().map(f64::from).collect::<Vec<f64>>().into())
+}
+
+extendr_module! {
+    mod multivi;
+    fn rs_multivi_new;
+    fn rs_multivi_latent;
+    fn rs_multivi_normalized_accessibility;
+    fn rs_multivi_library_size_factors;
+    fn rs_multivi_region_factors;
+}
