@@ -2,6 +2,7 @@
 //! autodiff. `lgamma` is built from elementary ops (recurrence shift + Stirling series) so
 //! that its gradient (digamma) comes for free.
 
+pub mod bernoulli;
 pub mod fused;
 pub mod sample;
 pub mod surrogate;

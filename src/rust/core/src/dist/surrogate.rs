@@ -92,3 +92,56 @@ pub fn fused_log_likelihood_from_logits<B: Backend>(
         &x.device(),
     )
 }
+
+/// Per-cell binary cross-entropy of the accessibility of n cells x r regions under
+/// q = σ(`logits`)·`library`·σ(`region_logits`), from the fused host kernel
+/// (dist/bernoulli.rs) with its exact gradients. Returns the per-cell values (gradients to
+/// the logits and the library) and, with region factors, a zero-valued scalar that carries
+/// their gradient over the cells of `mask` (add it to the objective once).
+pub fn fused_bernoulli_cross_entropy<B: Backend>(
+    x: Tensor<B, 2>,
+    logits: Tensor<B, 2>,
+    library: Tensor<B, 2>,
+    region_logits: Option<Tensor<B, 1>>,
+    mask: Tensor<B, 1>,
+    grad: bool,
+) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
+    let [n, r] = x.dims();
+    let device = x.device();
+    let to_vec = |t: Tensor<B, 1>| -> Vec<f32> {
+        t.detach()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let rl = region_logits.clone().map(to_vec);
+    let out = crate::dist::bernoulli::cross_entropy(
+        &host(&x),
+        &host(&logits),
+        &host(&library),
+        rl.as_deref(),
+        &to_vec(mask),
+        r,
+        grad,
+    );
+    let per_cell = with_surrogate(
+        out.per_cell,
+        vec![(out.d_logits, logits)],
+        Some((out.d_library, library)),
+        grad,
+        n,
+        r,
+        &device,
+    );
+    let region = match (region_logits, grad) {
+        (Some(rl), true) => {
+            let d = Tensor::<B, 1>::from_data(TensorData::new(out.d_region, [r]), &device);
+            // Divided by n: the objective averages the per-cell losses.
+            let s = (d * rl).sum() / n.max(1) as f64;
+            Some(s.clone() - s.detach())
+        }
+        _ => None,
+    };
+    (per_cell, region)
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{covariate_width, DataSet};
 use crate::dist;
-use crate::dist::surrogate::fused_log_likelihood_from_logits;
+use crate::dist::surrogate::{fused_bernoulli_cross_entropy, fused_log_likelihood_from_logits};
 use crate::error::{invalid_arg, Result};
 use crate::models::options::{GeneLikelihood, LatentDistribution, NormPlacement};
 use crate::nn::{Encoder, FcLayers, FcOptions};
@@ -22,6 +22,7 @@ use crate::nn::{Encoder, FcLayers, FcOptions};
 /// The masked softmax's stand-in for an absent modality (Q8) and its denominator guard.
 const MASKED_WEIGHT: f64 = 1e-30;
 /// PyTorch's binary cross-entropy clamps each log at -100.
+#[cfg(test)]
 const BCE_LOG_FLOOR: f64 = -100.0;
 
 /// How the modality posteriors are weighted (§2).
@@ -306,8 +307,9 @@ pub struct MultiviInference<B: Backend> {
 pub struct MultiviGenerative<B: Backend> {
     pub expression_logits: Option<Tensor<B, 2>>,
     pub dropout_logits: Option<Tensor<B, 2>>,
-    /// p, the decoder's region probabilities before the library and region factors.
-    pub accessibility: Option<Tensor<B, 2>>,
+    /// Logits of p, the decoder's region probabilities before the library and region
+    /// factors.
+    pub accessibility_logits: Option<Tensor<B, 2>>,
 }
 
 /// Loss terms of a minibatch (§5.5).
@@ -378,7 +380,9 @@ pub fn mmd_penalty<B: Backend>(
     (distance * paired).sum().expand([n])
 }
 
-/// Per-cell binary cross-entropy of the accessibility (§5.2), PyTorch's log clamp at -100.
+/// Per-cell binary cross-entropy of the accessibility (§5.2), PyTorch's log clamp at -100,
+/// as tensor ops: the reference the fused kernel (dist/bernoulli.rs) is checked against.
+#[cfg(test)]
 pub fn binary_cross_entropy<B: Backend>(q: Tensor<B, 2>, x: Tensor<B, 2>) -> Tensor<B, 1> {
     let t = x.greater_elem(0.0).float();
     let log_q = q.clone().log().clamp_min(BCE_LOG_FLOOR);
@@ -566,14 +570,14 @@ impl<B: Backend> Multivae<B> {
             }
             None => (None, None),
         };
-        let accessibility = self.z_decoder_accessibility.as_ref().map(|dec| {
+        let accessibility_logits = self.z_decoder_accessibility.as_ref().map(|dec| {
             let h = dec.px_decoder.forward(u, cov, training);
-            activation::sigmoid(dec.output.forward(h))
+            dec.output.forward(h)
         });
         MultiviGenerative {
             expression_logits,
             dropout_logits,
-            accessibility,
+            accessibility_logits,
         }
     }
 
@@ -582,19 +586,6 @@ impl<B: Backend> Multivae<B> {
         self.region_factors
             .as_ref()
             .map(|r| activation::sigmoid(r.val()))
-    }
-
-    /// q = p · d · σ(r), the probability that each region is open in each cell.
-    pub fn accessibility_probability(
-        &self,
-        p: Tensor<B, 2>,
-        library_accessibility: Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
-        let q = p * library_accessibility;
-        match self.region_factor_values() {
-            Some(rf) => q * rf.unsqueeze_dim::<2>(0),
-            None => q,
-        }
     }
 
     /// Forward pass and loss (§5).
@@ -622,15 +613,18 @@ impl<B: Backend> Multivae<B> {
             }
             (None, _) => zeros(),
         };
-        let reconstruction_accessibility = match &gen.accessibility {
-            Some(p) => {
-                let q =
-                    self.accessibility_probability(p.clone(), inf.library_accessibility.clone());
-                binary_cross_entropy(q, b.x_atac.clone())
-            }
-            None => zeros(),
-        };
         let (me, ma) = (b.mask(0), b.mask(1));
+        let (reconstruction_accessibility, region_gradient) = match &gen.accessibility_logits {
+            Some(logits) => fused_bernoulli_cross_entropy(
+                b.x_atac.clone(),
+                logits.clone(),
+                inf.library_accessibility.clone(),
+                self.region_factors.as_ref().map(|r| r.val()),
+                ma.clone(),
+                training,
+            ),
+            None => (zeros(), None),
+        };
         let reconstruction = reconstruction_expression.clone() * me.clone()
             + reconstruction_accessibility.clone() * ma.clone();
         let kl_z = dist::kl_standard_normal(inf.qz_mean.clone(), inf.qz_var.clone())
@@ -649,7 +643,10 @@ impl<B: Backend> Multivae<B> {
             }
             ModalityPenalty::None => zeros(),
         };
-        let loss = (reconstruction.clone() + kl_z.clone() * kl_weight + penalty.clone()).mean();
+        let mut loss = (reconstruction.clone() + kl_z.clone() * kl_weight + penalty.clone()).mean();
+        if let Some(g) = region_gradient {
+            loss = loss + g;
+        }
         MultiviLoss {
             loss,
             reconstruction,
@@ -770,6 +767,66 @@ mod tests {
             mat(&[3.0, 0.0], 1, 2),
         ));
         assert!((bce[0] - (100.0 - 0.75f32.ln())).abs() < 1e-4, "{bce:?}");
+    }
+
+    /// The fused accessibility likelihood equals the tensor formula, in value and in the
+    /// gradients autodiff gives to the logits, the library factor and the region factors.
+    #[test]
+    fn fused_accessibility_likelihood_matches_the_tensor_formula() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<B>;
+        let dev = Default::default();
+        let t = |v: &[f32], dims: [usize; 2]| {
+            Tensor::<A, 2>::from_data(TensorData::new(v.to_vec(), dims), &dev).require_grad()
+        };
+        let x = Tensor::<A, 2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 2.0, 0.0, 0.0, 1.0], [2, 3]),
+            &dev,
+        );
+        let a = [0.3f32, -1.2, 2.0, 0.5, -0.4, 1.1];
+        let (d, rl) = ([0.7f32, 0.4], [0.2f32, -0.5, 1.5]);
+        let mask = Tensor::<A, 1>::from_data(TensorData::new(vec![1.0f32, 1.0], [2]), &dev);
+        let grads = |fused: bool| {
+            let (la, ld) = (t(&a, [2, 3]), t(&d, [2, 1]));
+            let lr =
+                Tensor::<A, 1>::from_data(TensorData::new(rl.to_vec(), [3]), &dev).require_grad();
+            let loss = if fused {
+                let (v, g) = fused_bernoulli_cross_entropy(
+                    x.clone(),
+                    la.clone(),
+                    ld.clone(),
+                    Some(lr.clone()),
+                    mask.clone(),
+                    true,
+                );
+                v.mean() + g.unwrap()
+            } else {
+                let q = activation::sigmoid(la.clone())
+                    * ld.clone()
+                    * activation::sigmoid(lr.clone()).unsqueeze_dim::<2>(0);
+                binary_cross_entropy(q, x.clone()).mean()
+            };
+            let value: f32 = loss.clone().into_scalar();
+            let g = loss.backward();
+            let flat = |v: Tensor<B, 2>| values(v);
+            (
+                value,
+                flat(la.grad(&g).unwrap()),
+                flat(ld.grad(&g).unwrap()),
+                values(lr.grad(&g).unwrap()),
+            )
+        };
+        let (fv, fa, fd, fr) = grads(true);
+        let (tv, ta, td, tr) = grads(false);
+        assert!((fv - tv).abs() < 1e-4, "{fv} vs {tv}");
+        for (f, t) in fa
+            .iter()
+            .chain(&fd)
+            .chain(&fr)
+            .zip(ta.iter().chain(&td).chain(&tr))
+        {
+            assert!((f - t).abs() < 1e-4, "{f} vs {t}");
+        }
     }
 
     #[test]

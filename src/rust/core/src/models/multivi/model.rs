@@ -313,9 +313,10 @@ pub fn normalized_accessibility<B: Backend>(
         };
         let z = if q.use_z_mean { inf.qz_mean } else { inf.z };
         let gen = module.generative(&decode, z, false);
-        let Some(mut p) = gen.accessibility else {
+        let Some(logits) = gen.accessibility_logits else {
             return Err(invalid_arg("model", "has no accessibility data"));
         };
+        let mut p = burn::tensor::activation::sigmoid(logits);
         if q.normalize_cells {
             p = p * inf.library_accessibility;
         }
