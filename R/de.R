@@ -111,9 +111,9 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
   comparisons <- .de_comparisons(cell_data, n, groupby, group1, group2, idx1, idx2)
   tables <- lapply(comparisons, function(cmp) {
     if (!silent && length(comparisons) > 1) message("DE: ", cmp$label)
-    res <- .rs(rs_model_de(model$model, q$data, cmp$cells1 - 1L, cmp$cells2 - 1L,
-                           mode == "change", delta, test_mode == "three", pseudocount, b1, b2,
-                           n_samples, batch_size, fdr_target, levels_ci,
+    res <- .rs(rs_model_de(model$model, "expression", q$data, cmp$cells1 - 1L,
+                           cmp$cells2 - 1L, mode == "change", delta, test_mode == "three",
+                           pseudocount, b1, b2, n_samples, batch_size, fdr_target, levels_ci,
                            floor(stats::runif(1, 0, 2^31)), filter_outlier_cells,
                            importance_json, device))
     df <- as.data.frame(res$columns, check.names = FALSE)

@@ -165,7 +165,7 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
     m <- .check_scalar_int(n_samples_overall, "n_samples_overall", min = 1)
     if (is.nan(lib)) .stop("`n_samples_overall` needs a numeric `library_size`, not \"latent\"")
     if (length(tb) > 1) .stop("`n_samples_overall` takes at most one `transform_batch`")
-    out <- .rs(rs_model_scale_samples(model$model, q$data, cells$idx,
+    out <- .rs(rs_model_scale_samples(model$model, "expression", q$data, cells$idx,
                                       if (is.null(tb)) -1L else tb, lib, m, importance_json,
                                       batch_size, floor(stats::runif(1, 0, 2^31)), device))
     out <- out[, if (is.null(gene_idx)) seq_along(genes) else gene_idx + 1L, drop = FALSE]
@@ -468,7 +468,7 @@ print.summary.SCVI <- function(x, ...) {
     w <- max(nchar(names(l)))
     for (n in names(l)) cat(sprintf("  %-*s  %s\n", w, n, show(l[[n]])))
   }
-  cat("SCVI model summary\n\nData\n")
+  cat(sprintf("%s model summary\n\nData\n", x$kind %||% "SCVI"))
   cat(sprintf("  %s\n", x$data))
   cat("\nSetup arguments\n")
   table_lines(x$setup_args)

@@ -6,6 +6,7 @@
 use extendr_api::prelude::*;
 use extendr_api::Result;
 use rscvi_core::de;
+use rscvi_core::family::{ExpressionModule, Head};
 use rscvi_core::infer::{self, ExpressionQuery, Matrix, RowWeights};
 use rscvi_core::models::gimvi::GimviKind;
 use rscvi_core::models::multivi::MultiviKind;
@@ -122,12 +123,23 @@ fn row_weights(importance_json: &str) -> Result<RowWeights> {
     Ok(RowWeights::Importance(opts))
 }
 
-/// `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall),
-/// uniformly or with importance weights (`importance_json`, see `row_weights`).
+/// The head a differential analysis or sampler reads: "expression" or "accessibility".
+fn head(name: &str) -> Result<Head> {
+    match name {
+        "expression" => Ok(Head::Expression),
+        "accessibility" => Ok(Head::Accessibility),
+        _ => Err(other(format!("internal: unknown head {name}"))),
+    }
+}
+
+/// `m` rows of the head's normalised values (rho * library_size for expression) drawn from
+/// the posterior of `idx` (n_samples_overall), uniformly or with importance weights
+/// (`importance_json`, see `row_weights`).
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_model_scale_samples(
     model: Robj,
+    head_name: &str,
     ds: Robj,
     idx: Robj,
     transform_batch: i32,
@@ -139,6 +151,7 @@ fn rs_model_scale_samples(
     device: &str,
 ) -> Result<Robj> {
     let rows = m.max(1) as usize;
+    let head = head(head_name)?;
     let weights = row_weights(importance_json)?;
     let tb = (transform_batch >= 0).then_some(transform_batch as u32);
     let mut rng = rscvi_core::rand_seeded(seed.max(0.0) as u64);
@@ -148,6 +161,7 @@ fn rs_model_scale_samples(
         let v = on_device_guarded!(q.model, device, |module, dev| {
             infer::scale_samples(
                 module,
+                head,
                 q.data,
                 cells,
                 tb,
@@ -159,7 +173,8 @@ fn rs_model_scale_samples(
                 dev,
             )
         })?;
-        Ok((v, q.data.n_genes()))
+        let width = q.model.module.head_columns(head).map_or(0, |c| c.len());
+        Ok((v, width))
     })?;
     Ok(crate::matrix(&values, rows, g))
 }
@@ -173,12 +188,14 @@ fn batch_codes(b: &Robj) -> Result<Option<Vec<u32>>> {
     Ok(Some(codes.into_iter().map(|v| v.max(0) as u32).collect()))
 }
 
-/// Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
-/// `batches1/2` NULL = observed batches, else batch codes to marginalise over.
+/// Differential expression (or accessibility, `head_name`) between two cell sets
+/// (0-based); `pseudocount` NaN = estimate; `batches1/2` NULL = observed batches, else
+/// batch codes to marginalise over.
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_model_de(
     model: Robj,
+    head_name: &str,
     ds: Robj,
     idx1: Robj,
     idx2: Robj,
@@ -207,6 +224,7 @@ fn rs_model_de(
     };
     let (batches1, batches2) = (batch_codes(&batches1)?, batch_codes(&batches2)?);
     let weights = row_weights(importance_json)?;
+    let head = head(head_name)?;
     let table = with_kind!(&model, [ScviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx1, batch_size)?;
         let cells2 = indices(&idx2, q.data.n_cells())?;
@@ -225,6 +243,7 @@ fn rs_model_de(
             interval_levels,
             seed: seed.max(0.0) as u64,
             weights,
+            head,
             filter_outlier_cells,
         };
         on_device_guarded!(q.model, device, |module, dev| {

@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 
 use crate::data::DataSet;
 use crate::error::Result;
-use crate::family::ExpressionModule;
+use crate::family::{ExpressionModule, Head};
 use crate::infer::expression::{scale_samples, RowWeights};
 use crate::infer::latent;
 
@@ -31,6 +31,8 @@ pub struct DeRequest<'a> {
     pub interval_levels: Vec<f64>,
     pub seed: u64,
     pub weights: RowWeights,
+    /// What is compared: expression (DE) or accessibility (DA).
+    pub head: Head,
     /// Drop each group's latent-space outliers (10%) before sampling (raw statistics keep
     /// every cell).
     pub filter_outlier_cells: bool,
@@ -42,18 +44,24 @@ pub struct DeTable {
     pub is_de: Option<Vec<bool>>,
 }
 
-/// Raw count statistics of a group over the first `g` columns (the genes; scvi.md §9.7):
-/// mean, fraction nonzero, mean of counts per 10k of the cell's gene total.
-fn raw_stats(data: &DataSet, cells: &[usize], g: usize) -> [Vec<f64>; 3] {
+/// Raw count statistics of a group over the `columns` of the head (scvi.md §9.7): mean,
+/// fraction nonzero, mean of counts per 10k of the cell's total over those columns.
+fn raw_stats(data: &DataSet, cells: &[usize], columns: &std::ops::Range<usize>) -> [Vec<f64>; 3] {
+    let g = columns.len();
     let (mut mean, mut nz, mut norm) = (vec![0.0; g], vec![0.0; g], vec![0.0; g]);
     for &c in cells {
         let (idx, val) = data.counts.row(c);
-        let genes = || idx.iter().zip(val).filter(|(&j, _)| (j as usize) < g);
+        let genes = || {
+            idx.iter()
+                .zip(val)
+                .filter(|(&j, _)| columns.contains(&(j as usize)))
+                .map(|(&j, v)| (j as usize - columns.start, v))
+        };
         let total: f64 = genes().map(|(_, &v)| v as f64).sum();
-        for (&j, &v) in genes() {
-            mean[j as usize] += v as f64;
-            nz[j as usize] += (v > 0.0) as u8 as f64;
-            norm[j as usize] += v as f64 * 1e4 / total;
+        for (j, &v) in genes() {
+            mean[j] += v as f64;
+            nz[j] += (v > 0.0) as u8 as f64;
+            norm[j] += v as f64 * 1e4 / total;
         }
     }
     let k = cells.len().max(1) as f64;
@@ -72,7 +80,10 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
     // own RNG, so set.seed() makes DE reproducible).
     B::seed(device, req.seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(req.seed);
-    let g = model.n_genes();
+    let columns = model
+        .head_columns(req.head)
+        .ok_or_else(|| crate::error::invalid_arg("model", format!("has no {:?} head", req.head)))?;
+    let g = columns.len();
     let sample_group =
         |cells: &[usize], batches: &Option<Vec<u32>>, rng: &mut rand::rngs::StdRng| {
             let list: Vec<Option<u32>> = match batches {
@@ -88,6 +99,7 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
             for tb in list {
                 all.extend(scale_samples(
                     model,
+                    req.head,
                     data,
                     cells,
                     tb,
@@ -128,8 +140,8 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
             n_genes: g,
         },
     );
-    let [mean1, nz1, norm1] = raw_stats(data, req.cells1, g);
-    let [mean2, nz2, norm2] = raw_stats(data, req.cells2, g);
+    let [mean1, nz1, norm1] = raw_stats(data, req.cells1, &columns);
+    let [mean2, nz2, norm2] = raw_stats(data, req.cells2, &columns);
     let mut columns: Vec<(String, Vec<f64>)> = Vec::new();
     let mut is_de = None;
     if req.change_mode {

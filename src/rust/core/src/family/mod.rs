@@ -193,16 +193,26 @@ pub trait ModelKind: Sized + 'static {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct NoExtra {}
 
-/// One posterior draw decoded by an expression head: normalised expression ρ and the mean
-/// count μ = ρ times the library, (n, genes) each.
+/// A per-feature output of a model that the expression queries and differential analysis
+/// read: the expression head (SCVI, MULTIVI) or MULTIVI's accessibility head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Head {
+    #[default]
+    Expression,
+    Accessibility,
+}
+
+/// One posterior draw decoded by a head: normalised values (ρ, or the accessibility
+/// probability) and for expression the mean count μ = ρ times the library, (n, features).
 pub struct Expression<B: Backend> {
     pub scale: Tensor<B, 2>,
     pub rate: Tensor<B, 2>,
 }
 
-/// A model with a count-expression head (SCVI; MULTIVI's expression modality). The shared
-/// expression queries (`infer::expression`: normalized expression, the `n_samples_overall`
-/// sampler) and differential expression (`de`) are written once against it.
+/// A model with per-feature heads: a count-expression head (SCVI; MULTIVI's expression
+/// modality) and possibly others (MULTIVI's accessibility). The shared expression queries
+/// (`infer::expression`: normalized expression, the `n_samples_overall` sampler) and
+/// differential expression and accessibility (`de`) are written once against it.
 pub trait ExpressionModule<B: Backend>: FamilyModule<B> {
     /// An eval-mode encoder pass, decoded by [`ExpressionModule::expression_draw`].
     type Pass;
@@ -210,8 +220,9 @@ pub trait ExpressionModule<B: Backend>: FamilyModule<B> {
     /// Number of batch codes a `transform_batch` may name.
     fn n_batch(&self) -> usize;
 
-    /// Genes of the expression head: the first columns of the data.
-    fn n_genes(&self) -> usize;
+    /// The columns of the data a head models (expression: the first columns); None when
+    /// the model has no such head.
+    fn head_columns(&self, head: Head) -> Option<std::ops::Range<usize>>;
 
     /// A minibatch of `cells` with every cell decoded as batch `transform_batch` (None: its
     /// own batch).
@@ -225,14 +236,15 @@ pub trait ExpressionModule<B: Backend>: FamilyModule<B> {
 
     fn expression_pass(&self, batch: &Self::Batch) -> Self::Pass;
 
-    /// Posterior draw `k` of `pass` (0: the pass's own sample) decoded; `resample_library`
-    /// also draws a latent library afresh for k > 0.
+    /// Posterior draw `k` of `pass` (0: the pass's own sample) decoded by `head`;
+    /// `resample_library` also draws a latent library afresh for k > 0.
     fn expression_draw(
         &self,
         batch: &Self::Batch,
         pass: &Self::Pass,
         k: usize,
         resample_library: bool,
+        head: Head,
     ) -> Expression<B>;
 
     /// `s` importance-weighted posterior draws of ρ for every cell (rows draw-major, s·n x

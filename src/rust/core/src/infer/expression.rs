@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::data::batch::host;
 use crate::data::DataSet;
 use crate::error::{invalid_arg, Result};
-use crate::family::ExpressionModule;
+use crate::family::{ExpressionModule, Head};
 use crate::infer::{check_batch, check_cells, Matrix};
 
 /// Options of the importance weights, scvi-tools' `importance_weighting_kwargs`.
@@ -77,7 +77,7 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
             format!("batch code {b} is unknown to the model"),
         ));
     }
-    let g = model.n_genes();
+    let g = head_width(model, Head::Expression)?;
     let genes: Vec<usize> = q.genes.map_or_else(|| (0..g).collect(), |s| s.to_vec());
     let s = q.n_samples.max(1);
     let n_tb = q.transform_batch.len().max(1);
@@ -95,7 +95,7 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
             let b = M::expression_minibatch(model.config(), data, chunk, *tb, device);
             let pass = model.expression_pass(&b);
             for k in 0..s {
-                let draw = model.expression_draw(&b, &pass, k, true);
+                let draw = model.expression_draw(&b, &pass, k, true, Head::Expression);
                 let e = match q.library_size {
                     Some(ls) => draw.scale * ls,
                     None => draw.rate,
@@ -117,7 +117,21 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
     })
 }
 
-/// `m` rows of ρ·`library_size` for `cells` decoded with `transform_batch` (None = each cell's own batch),
+/// Number of features of `head`, or an error naming the head the model lacks.
+pub(crate) fn head_width<B: Backend, M: ExpressionModule<B>>(
+    model: &M,
+    head: Head,
+) -> Result<usize> {
+    match model.head_columns(head) {
+        Some(r) => Ok(r.len()),
+        None => Err(invalid_arg(
+            "model",
+            format!("has no {} data", format!("{head:?}").to_lowercase()),
+        )),
+    }
+}
+
+/// `m` rows of `head`'s normalised values (ρ·`library_size` for expression) for `cells` decoded with `transform_batch` (None = each cell's own batch),
 /// drawn with replacement from S·N posterior draws, S = m / N + 1 (scvi.md §8.2
 /// `n_samples_overall`, the DE sampler of §9.2), uniformly or with importance weights
 /// (§8.10). Row-major m x genes. Uniform draws keep only the drawn rows, so memory stays at
@@ -125,6 +139,7 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
 #[allow(clippy::too_many_arguments)]
 pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
     model: &M,
+    head: Head,
     data: &DataSet,
     cells: &[usize],
     transform_batch: Option<u32>,
@@ -141,9 +156,15 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
     if cells.is_empty() {
         return Err(invalid_arg("idx1", "selects no cells"));
     }
-    let (n, g) = (cells.len(), model.n_genes());
+    let (n, g) = (cells.len(), head_width(model, head)?);
     let s = m / n + 1;
     if let RowWeights::Importance(opts) = weights {
+        if head != Head::Expression {
+            return Err(invalid_arg(
+                "weights",
+                "\"importance\" applies to expression only; use \"uniform\"",
+            ));
+        }
         let (rho, p) = model.importance_rows(
             data,
             cells,
@@ -181,7 +202,7 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
         let b = M::expression_minibatch(model.config(), data, chunk, transform_batch, device);
         let pass = model.expression_pass(&b);
         for smp in needed {
-            let draw = model.expression_draw(&b, &pass, smp, false);
+            let draw = model.expression_draw(&b, &pass, smp, false, head);
             let rho = host(&draw.scale);
             for p in 0..chunk.len() {
                 if let Some(targets) = wanted.get(&(smp, offset + p)) {

@@ -10,8 +10,8 @@ use crate::data::batch::host;
 use crate::data::DataSet;
 use crate::error::{invalid_arg, Result};
 use crate::family::{
-    Adversary, ClassifierOptimizer, Expression, ExpressionModule, FamilyModule, LatentPosterior,
-    Model, ModelKind, NoExtra, StepLoss, Terms, TrainPlan,
+    Adversary, ClassifierOptimizer, Expression, ExpressionModule, FamilyModule, Head,
+    LatentPosterior, Model, ModelKind, NoExtra, StepLoss, Terms, TrainPlan,
 };
 use crate::infer::{check_query, Matrix};
 use crate::models::multivi::{check_data, Multivae, MultiviBatch, MultiviConfig, MultiviInference};
@@ -115,8 +115,12 @@ impl<B: Backend> ExpressionModule<B> for Multivae<B> {
         self.config.n_batch
     }
 
-    fn n_genes(&self) -> usize {
-        self.config.n_genes
+    fn head_columns(&self, head: Head) -> Option<std::ops::Range<usize>> {
+        let (g, r) = (self.config.n_genes, self.config.n_regions);
+        match head {
+            Head::Expression => (g > 0).then_some(0..g),
+            Head::Accessibility => (r > 0).then_some(g..g + r),
+        }
     }
 
     fn expression_minibatch(
@@ -133,22 +137,45 @@ impl<B: Backend> ExpressionModule<B> for Multivae<B> {
         self.inference(batch, false)
     }
 
-    /// ρ from the posterior mean (the reference's `use_z_mean = True`): every draw is the
-    /// same, so drawing rows picks cells with replacement (multivi.md §7).
+    /// Expression: ρ from the posterior mean (the reference's `use_z_mean = True`), so every
+    /// draw is the same and drawing rows picks cells with replacement; accessibility: p
+    /// from draw `k` of the joint posterior, without the accessibility and region factors
+    /// (the reference's DA model function, multivi.md §7).
     fn expression_draw(
         &self,
         batch: &MultiviBatch<B>,
         pass: &MultiviInference<B>,
-        _k: usize,
+        k: usize,
         _resample_library: bool,
+        head: Head,
     ) -> Expression<B> {
-        let gen = self.generative(batch, pass.qz_mean.clone(), false);
-        let scale = match gen.expression_logits {
-            Some(logits) => burn::tensor::activation::softmax(logits, 1),
-            None => Tensor::zeros([batch.n_cells, 0], &batch.masks.device()),
+        let z = match (head, k) {
+            (Head::Expression, _) => pass.qz_mean.clone(),
+            (Head::Accessibility, 0) => pass.z.clone(),
+            (Head::Accessibility, _) => {
+                self.transform_latent(crate::nn::resample(&pass.qz_mean, &pass.qz_var))
+            }
         };
-        let rate = scale.clone() * pass.library_expression.clone().exp();
-        Expression { scale, rate }
+        let gen = self.generative(batch, z, false);
+        let empty = || Tensor::zeros([batch.n_cells, 0], &batch.masks.device());
+        match head {
+            Head::Expression => {
+                let scale = gen
+                    .expression_logits
+                    .map_or_else(empty, |l| burn::tensor::activation::softmax(l, 1));
+                let rate = scale.clone() * pass.library_expression.clone().exp();
+                Expression { scale, rate }
+            }
+            Head::Accessibility => {
+                let p = gen
+                    .accessibility_logits
+                    .map_or_else(empty, burn::tensor::activation::sigmoid);
+                Expression {
+                    scale: p.clone(),
+                    rate: p,
+                }
+            }
+        }
     }
 }
 
@@ -511,6 +538,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!((ze.n_rows, ze.n_cols), (4, 2));
+
+        // Differential accessibility between the types (paired and ATAC-only cells): regions
+        // of type 0's parity open up in type 0.
+        let (type0, type1): (Vec<usize>, Vec<usize>) = (0..120)
+            .filter(|c| !(40..80).contains(c))
+            .partition(|c| c % 2 == 0);
+        let req = crate::de::DeRequest {
+            cells1: &type0,
+            cells2: &type1,
+            change_mode: true,
+            delta: 0.05,
+            test_mode: crate::de::TestMode::Two,
+            pseudocount: Some(1e-6),
+            batches1: None,
+            batches2: None,
+            n_samples_overall: 500,
+            batch_size: 64,
+            fdr_target: 0.05,
+            interval_levels: vec![],
+            seed: 1,
+            weights: crate::infer::RowWeights::Uniform,
+            head: Head::Accessibility,
+            filter_outlier_cells: false,
+        };
+        let da = crate::de::differential_expression(&m.module, &data, &req, &dev).unwrap();
+        let col = |name: &str| &da.columns.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(col("lfc_mean").len(), 16);
+        assert!((0..16).all(|j| (col("lfc_mean")[j] > 0.0) == (j % 2 == 0)));
+        // Raw statistics read the region columns: type 0 opens exactly its regions.
+        let nz = col("non_zeros_proportion1");
+        assert!((0..16).all(|j| (nz[j] > 0.0) == (j % 2 == 0)), "{nz:?}");
 
         let dir = std::env::temp_dir().join(format!("rscvi-multivi-{}", std::process::id()));
         m.save(&dir, true).unwrap();

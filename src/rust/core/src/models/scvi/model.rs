@@ -11,7 +11,7 @@ use crate::data::resident::ResidentData;
 use crate::data::{library_prior, DataSet};
 use crate::error::{invalid_arg, Error, Result};
 use crate::family::{
-    DeviceMinibatches, Expression, ExpressionModule, FamilyModule, LatentPosterior, Model,
+    DeviceMinibatches, Expression, ExpressionModule, FamilyModule, Head, LatentPosterior, Model,
     ModelKind, StepLoss, Terms, TrainPlan,
 };
 use crate::infer::expression::ImportanceOptions;
@@ -136,8 +136,8 @@ impl<B: Backend> ExpressionModule<B> for Scvi<B> {
         self.config.n_batch
     }
 
-    fn n_genes(&self) -> usize {
-        self.config.n_input
+    fn head_columns(&self, head: Head) -> Option<std::ops::Range<usize>> {
+        (head == Head::Expression).then_some(0..self.config.n_input)
     }
 
     fn expression_minibatch(
@@ -164,6 +164,7 @@ impl<B: Backend> ExpressionModule<B> for Scvi<B> {
         pass: &Inference<B>,
         k: usize,
         resample_library: bool,
+        _head: Head,
     ) -> Expression<B> {
         let z = self.latent_draw(pass, k);
         let library = match (&pass.ql, resample_library && k > 0) {
