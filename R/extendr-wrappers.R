@@ -42,13 +42,15 @@ rs_model_elbo_terms <- function(model, dataset, ds, idx, batch_size, device) .Ca
 # Posterior normalised expression; `library_size` NaN = the latent library (μ).
 rs_model_normalized_expression <- function(model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device) .Call(wrap__rs_model_normalized_expression, model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device)
 
-# `m` rows of rho * library_size drawn from the posterior of `idx` (n_samples_overall),
-# uniformly or with importance weights (`importance_json`, see `row_weights`).
-rs_model_scale_samples <- function(model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device) .Call(wrap__rs_model_scale_samples, model, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device)
+# `m` rows of the head's normalised values (rho * library_size for expression) drawn from
+# the posterior of `idx` (n_samples_overall), uniformly or with importance weights
+# (`importance_json`, see `row_weights`).
+rs_model_scale_samples <- function(model, head_name, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device) .Call(wrap__rs_model_scale_samples, model, head_name, ds, idx, transform_batch, library_size, m, importance_json, batch_size, seed, device)
 
-# Differential expression between two cell sets (0-based); `pseudocount` NaN = estimate;
-# `batches1/2` NULL = observed batches, else batch codes to marginalise over.
-rs_model_de <- function(model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device) .Call(wrap__rs_model_de, model, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device)
+# Differential expression (or accessibility, `head_name`) between two cell sets
+# (0-based); `pseudocount` NaN = estimate; `batches1/2` NULL = observed batches, else
+# batch codes to marginalise over.
+rs_model_de <- function(model, head_name, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device) .Call(wrap__rs_model_de, model, head_name, ds, idx1, idx2, change_mode, delta, three_states, pseudocount, batches1, batches2, n_samples_overall, batch_size, fdr_target, levels, seed, filter_outlier_cells, importance_json, device)
 
 rs_scvi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_scvi_new, ds, config_json, registry_json)
 
