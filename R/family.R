@@ -5,7 +5,7 @@
 # (rs_model_train/history/state/save); each model's own file adds only what is its own.
 
 # The kinds and how users build them, for messages.
-.model_makers <- c(SCVI = "scvi()", GIMVI = "gimvi()")
+.model_makers <- c(SCVI = "scvi()", GIMVI = "gimvi()", MULTIVI = "multivi()")
 
 .check_kind <- function(model, kind, arg = "model") {
   if (!inherits(model, kind)) {
@@ -46,7 +46,8 @@
   invisible(model)
 }
 
-# Dataset names of a model (one unnamed dataset for single-dataset models).
+# Dataset names of a model (one unnamed dataset for single-dataset models, MULTIVI's
+# included: its modalities are columns of one dataset).
 .dataset_names <- function(model) if (inherits(model, "GIMVI")) .gimvi_parts else "cells"
 
 # Runs the shared training entry point with the checked train() options `cfg`.

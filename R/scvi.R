@@ -151,8 +151,11 @@
   if (isTRUE(has)) layer else NULL
 }
 
-# The data a query runs on: the model's own, or `x` registered against the model.
+# The data a query runs on: the model's own, or `x` registered against the model. Shared
+# queries written for SCVI (ELBO terms, differential expression) also serve MULTIVI, whose
+# data are registered its own way.
 .query_data <- function(model, x, arg = "x") {
+  if (inherits(model, "MULTIVI")) return(.multivi_query_data(model, x, arg))
   .check_model(model)
   if (is.null(x)) {
     if (is.null(model$data) || .null_ptr(model$data)) {
@@ -482,15 +485,18 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
-#' @param model an `SCVI` or `GIMVI` model.
+#' @param model an `SCVI`, `GIMVI` or `MULTIVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
 #' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
-#'   `list(seq = , spatial = )` of both datasets): it must hold the model's genes in the
-#'   model's order and only known batch / label / covariate categories.
-#' @param ... for `load_model()`: `cells` and `layer`, as for [scvi()], describing `x`.
-#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI` or `GIMVI` model
-#'   (whichever was saved).
+#'   `list(seq = , spatial = )` of both datasets; for a MULTIVI model
+#'   `list(rna = , atac = , cells = )` or a SingleCellExperiment / Seurat object laid out as
+#'   for [multivi()]): it must hold the model's genes (and regions) in the model's order and
+#'   only known batch / label / covariate categories.
+#' @param ... for `load_model()`: `cells` and `layer`, as for [scvi()], describing `x` (SCVI
+#'   only).
+#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI`, `GIMVI` or `MULTIVI`
+#'   model (whichever was saved).
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' sce <- rscvi_example_sce()
@@ -509,13 +515,14 @@ load_model <- function(dir, x = NULL, ...) {
   if (!file.exists(file.path(dir, "model.json"))) {
     .stop("`dir` '%s' holds no saved model (no model.json); save one with save_model()", dir)
   }
+  kind <- .rs(rs_saved_model_kind(path.expand(dir)))
+  if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))
   dots <- list(...)
   known <- (names(dots) %||% rep("", length(dots))) %in% c("cells", "layer")
   if (!all(known)) {
     .stop("load_model() got unknown arguments: %s; it takes `cells` and `layer` for `x`",
           .dots_names(dots, !known))
   }
-  kind <- .rs(rs_saved_model_kind(path.expand(dir)))
   if (kind == "GIMVI") {
     if (length(dots)) .stop("load_model(): `cells` and `layer` do not apply to a GIMVI model")
     return(.load_gimvi(dir, x))

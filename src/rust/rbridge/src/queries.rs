@@ -95,8 +95,13 @@ fn rs_model_normalized_expression(
     let tb = transform_batches(&transform_batch)?;
     let out = with_kind!(&model, [ScviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
+        let width = q
+            .model
+            .module
+            .head_columns(Head::Expression)
+            .map_or(0, |c| c.len());
         let genes = (!genes.is_null())
-            .then(|| indices(&genes, q.data.n_genes()))
+            .then(|| indices(&genes, width))
             .transpose()?;
         let request = ExpressionQuery {
             cells: &q.cells,

@@ -14,7 +14,10 @@ use crate::family::{
     LatentPosterior, Model, ModelKind, NoExtra, StepLoss, Terms, TrainPlan,
 };
 use crate::infer::{check_query, Matrix};
-use crate::models::multivi::{check_data, Multivae, MultiviBatch, MultiviConfig, MultiviInference};
+use crate::models::multivi::{
+    check_data, default_n_hidden, default_n_latent, Multivae, MultiviBatch, MultiviConfig,
+    MultiviInference,
+};
 use crate::train::TrainConfig;
 
 /// Default number of epochs of `MULTIVI.train`.
@@ -217,12 +220,19 @@ impl ModelKind for MultiviKind {
 }
 
 impl Model<MultiviKind> {
+    /// `config.n_hidden` / `n_latent` of 0 take scvi-tools' rule (§2).
     pub fn new(
         mut config: MultiviConfig,
         data: &DataSet,
         registry: serde_json::Value,
     ) -> Result<Self> {
         config.n_cells = data.n_cells();
+        if config.n_hidden == 0 {
+            config.n_hidden = default_n_hidden(config.n_genes, config.n_regions);
+        }
+        if config.n_latent == 0 {
+            config.n_latent = default_n_latent(config.n_hidden);
+        }
         check_data(&config, data)?;
         let module = Multivae::<Cpu>::new(config, &Default::default())?;
         Ok(Self::from_module(module, registry, NoExtra {}))

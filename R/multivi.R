@@ -1,0 +1,1570 @@
+# The MULTIVI model object (multivi.md): gene expression and chromatin accessibility of the
+# same or of different cells in one model. The R layer gathers the modalities from matrices,
+# SingleCellExperiment (ATAC in an altExp) or Seurat (an RNA and an ATAC assay), matches cells
+# by name across them, pads the modality a cell lacks with zeros (the reference's layout:
+# multivi.md §1.1), and sends the core one dataset whose features are the genes, then the
+# regions. As everywhere, the numbers come from the Rust core.
+
+.check_multivi <- function(model, arg = "model") .check_kind(model, "MULTIVI", arg)
+
+# The ATAC altExp / assay names looked for when none is given.
+.atac_names <- c("ATAC", "Peaks", "peaks", "atac")
+
+# ---------------------------------------------------------------------------------------------
+# Gathering the modalities.
+
+# Counts of a Seurat assay (SeuratObject 4 `slot`, 5 `layer`; see .from_seurat()).
+.seurat_assay_counts <- function(x, assay, arg, assay_arg) {
+  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+    .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first", arg)
+  }
+  assays <- SeuratObject::Assays(x)
+  if (!assay %in% assays) {
+    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", assay_arg, assay, arg,
+          .enum(assays, 10L))
+  }
+  m <- if (utils::packageVersion("SeuratObject") >= "5.0.0") {
+    layer_data <- getExportedValue("SeuratObject", "LayerData")
+    layer_data(x, assay = assay, layer = "counts")
+  } else {
+    SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
+  }
+  if (length(m) == 0L) .stop("assay '%s' of `%s` has no counts", assay, arg)
+  m
+}
+
+.sce_assay <- function(x, layer, arg, layer_arg) {
+  if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
+    .stop("`%s` is a %s, which needs the SummarizedExperiment package: install it first",
+          arg, class(x)[1])
+  }
+  layer <- .check_scalar_string(layer %||% "counts", layer_arg)
+  available <- SummarizedExperiment::assayNames(x)
+  if (!layer %in% available) {
+    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", layer_arg, layer, arg,
+          if (length(available)) .enum(available, 10L) else "none")
+  }
+  list(m = SummarizedExperiment::assay(x, layer, withDimnames = TRUE), layer = layer)
+}
+
+.is_sce <- function(x) methods::is(x, "SummarizedExperiment")
+.is_seurat <- function(x) methods::is(x, "Seurat")
+
+# The modalities and their cell data from what the user passed. Returns list(rna, atac,
+# setup) where rna / atac are NULL or list(m, cells (data.frame or NULL), class, arg) and
+# setup holds the assays used. `args` names rna and atac in messages. `atac_mode` says what
+# to do when `atac` is NULL and `rna` is a SingleCellExperiment or Seurat object: look for
+# its ATAC altExp / assay and fail without one ("required"), use it if there is one
+# ("optional", for new data of a query), or not look ("none").
+.multivi_sources <- function(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
+                             args = c(rna = "rna", atac = "atac"),
+                             atac_mode = c("required", "optional", "none")) {
+  atac_mode <- match.arg(atac_mode)
+  a_rna <- args[["rna"]]
+  a_atac <- args[["atac"]]
+  layer <- .check_scalar_string(layer, "layer", null_ok = TRUE)
+  atac_layer <- .check_scalar_string(atac_layer, "atac_layer", null_ok = TRUE)
+  altexp <- .check_scalar_string(altexp, "altexp", null_ok = TRUE)
+  assay <- .check_scalar_string(assay, "assay", null_ok = TRUE)
+  atac_assay <- .check_scalar_string(atac_assay, "atac_assay", null_ok = TRUE)
+  if (is.null(rna) && is.null(atac)) {
+    .stop("`%s` and `%s` are both NULL: MULTIVI needs gene expression, accessibility or both",
+          a_rna, a_atac)
+  }
+  rna_sce <- methods::is(rna, "SingleCellExperiment")
+  if (!is.null(layer) && !.is_sce(rna)) {
+    .stop("`layer` names the RNA assay of a SingleCellExperiment `%s`; `%s` is %s", a_rna,
+          a_rna, .describe(rna))
+  }
+  if (!is.null(altexp) && !rna_sce) {
+    .stop(paste0("`altexp` names the ATAC alternative experiment of a SingleCellExperiment ",
+                 "`%s`; `%s` is %s"), a_rna, a_rna, .describe(rna))
+  }
+  if (!is.null(altexp) && !is.null(atac)) {
+    .stop("give the ATAC counts either as `%s` or as `altexp` of `%s`, not both", a_atac, a_rna)
+  }
+  if (!is.null(atac_layer) && !.is_sce(atac) && !(rna_sce && is.null(atac))) {
+    .stop(paste0("`atac_layer` names the ATAC assay of a SingleCellExperiment (`%s`, or the ",
+                 "altExp of `%s`); it does not apply here"), a_atac, a_rna)
+  }
+  if (!is.null(assay) && !.is_seurat(rna)) {
+    .stop("`assay` names the RNA assay of a Seurat object `%s`; `%s` is %s", a_rna, a_rna,
+          .describe(rna))
+  }
+  if (!is.null(atac_assay) && !.is_seurat(atac) && !(.is_seurat(rna) && is.null(atac))) {
+    .stop(paste0("`atac_assay` names the ATAC assay of a Seurat object (`%s`, or `%s`); it ",
+                 "does not apply here"), a_atac, a_rna)
+  }
+  if (!is.null(cells) && (.is_sce(rna) || .is_sce(atac) || .is_seurat(rna) ||
+                          .is_seurat(atac))) {
+    .stop(paste0("`cells` is only used with count matrices; for a SingleCellExperiment or ",
+                 "Seurat object the cell data come from the object itself"))
+  }
+  setup <- list(layer = NULL, atac_layer = NULL, altexp = NULL, assay = NULL,
+                atac_assay = NULL)
+  out <- list(rna = NULL, atac = NULL)
+
+  # RNA, and ATAC held by the same object.
+  if (.is_sce(rna)) {
+    a <- .sce_assay(rna, layer, a_rna, "layer")
+    setup$layer <- a$layer
+    out$rna <- list(m = a$m, cells = as.data.frame(SummarizedExperiment::colData(rna),
+                                                   optional = TRUE),
+                    class = class(rna)[1], arg = a_rna)
+    if (is.null(atac) && atac_mode != "none") {
+      alts <- if (rna_sce) SingleCellExperiment::altExpNames(rna) else character(0)
+      if (is.null(altexp)) {
+        hit <- intersect(.atac_names, alts)
+        if (length(hit)) {
+          altexp <- hit[[1]]
+        } else if (atac_mode == "required") {
+          .stop(paste0("`%s` has no ATAC alternative experiment named %s: name it with ",
+                       "`altexp` (altExps: %s), or pass the ATAC counts as `%s`"), a_rna,
+                paste(.atac_names, collapse = "/"),
+                if (length(alts)) .enum(alts, 10L) else "none", a_atac)
+        }
+      } else if (!altexp %in% alts) {
+        .stop("`altexp` '%s' is not an alternative experiment of `%s`; available: %s", altexp,
+              a_rna, if (length(alts)) .enum(alts, 10L) else "none")
+      }
+      if (!is.null(altexp)) {
+        alt_arg <- sprintf("altExp(%s, \"%s\")", a_rna, altexp)
+        alt <- SingleCellExperiment::altExp(rna, altexp, withDimnames = TRUE)
+        b <- .sce_assay(alt, atac_layer, alt_arg, "atac_layer")
+        setup$altexp <- altexp
+        setup$atac_layer <- b$layer
+        out$atac <- list(m = b$m, cells = NULL, class = class(rna)[1], arg = alt_arg)
+      }
+    }
+  } else if (.is_seurat(rna)) {
+    if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+      .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first",
+            a_rna)
+    }
+    assays <- SeuratObject::Assays(rna)
+    if (is.null(atac) && atac_mode != "none" && is.null(atac_assay)) {
+      hit <- intersect(.atac_names, assays)
+      if (length(hit)) {
+        atac_assay <- hit[[1]]
+      } else if (atac_mode == "required") {
+        .stop(paste0("`%s` is a Seurat object without an assay named %s: name its ATAC assay ",
+                     "with `atac_assay` (assays: %s), or pass the ATAC counts as `%s`"),
+              a_rna, paste(.atac_names, collapse = "/"), .enum(assays, 10L), a_atac)
+      }
+    }
+    if (is.null(atac) && atac_mode == "none") atac_assay <- NULL
+    if (is.null(assay)) {
+      # The default assay, unless it is the ATAC one (Signac workflows often make it so).
+      assay <- SeuratObject::DefaultAssay(rna)
+      if (is.null(atac) && identical(assay, atac_assay)) {
+        if (!"RNA" %in% assays) {
+          .stop(paste0("the default assay of `%s` is its ATAC assay '%s'; name the RNA assay ",
+                       "with `assay`"), a_rna, assay)
+        }
+        assay <- "RNA"
+      }
+    }
+    if (is.null(atac) && identical(assay, atac_assay)) {
+      .stop("`assay` and `atac_assay` both name '%s'; they must be the RNA and the ATAC assay",
+            assay)
+    }
+    setup$assay <- assay
+    out$rna <- list(m = .seurat_assay_counts(rna, assay, a_rna, "assay"), cells = rna[[]],
+                    class = class(rna)[1], arg = a_rna)
+    if (is.null(atac) && !is.null(atac_assay)) {
+      setup$atac_assay <- atac_assay
+      out$atac <- list(m = .seurat_assay_counts(rna, atac_assay, a_rna, "atac_assay"),
+                       cells = NULL, class = class(rna)[1],
+                       arg = sprintf("%s[[\"%s\"]]", a_rna, atac_assay))
+    }
+  } else if (!is.null(rna)) {
+    out$rna <- list(m = rna, cells = NULL, class = class(rna)[1], arg = a_rna)
+  }
+
+  # ATAC given on its own.
+  if (.is_sce(atac)) {
+    b <- .sce_assay(atac, atac_layer, a_atac, "atac_layer")
+    setup$atac_layer <- b$layer
+    out$atac <- list(m = b$m, cells = as.data.frame(SummarizedExperiment::colData(atac),
+                                                    optional = TRUE),
+                     class = class(atac)[1], arg = a_atac)
+  } else if (.is_seurat(atac)) {
+    if (is.null(atac_assay)) {
+      hit <- intersect(.atac_names, SeuratObject::Assays(atac))
+      atac_assay <- if (length(hit)) hit[[1]] else SeuratObject::DefaultAssay(atac)
+    }
+    setup$atac_assay <- atac_assay
+    out$atac <- list(m = .seurat_assay_counts(atac, atac_assay, a_atac, "atac_assay"),
+                     cells = atac[[]], class = class(atac)[1], arg = a_atac)
+  } else if (!is.null(atac)) {
+    out$atac <- list(m = atac, cells = NULL, class = class(atac)[1], arg = a_atac)
+  }
+  out$setup <- setup
+  out
+}
+
+# One modality as a checked features x cells dgCMatrix with dimnames. Cells without counts
+# are allowed (they are unmeasured in this modality).
+.multivi_matrix <- function(src, what) {
+  arg <- src$arg
+  m <- src$m
+  unit <- if (what == "rna") "genes" else "regions"
+  if (!is.matrix(m) && !methods::is(m, "Matrix") && length(dim(m)) != 2L) {
+    .stop(paste0("`%s` must be a SingleCellExperiment, a Seurat object, or a %s x cells ",
+                 "count matrix (dgCMatrix, other Matrix, or base matrix), got %s"), arg,
+          sub("s$", "", unit), .describe(m))
+  }
+  if (ncol(m) == 0L) .stop("`%s` has no cells (0 columns); MULTIVI expects %s x cells", arg, unit)
+  if (nrow(m) == 0L) .stop("`%s` has no %s (0 rows); MULTIVI expects %s x cells", arg, unit, unit)
+  m <- .to_dgc(m, arg)
+  v <- m@x
+  if (any(!is.finite(v))) {
+    .stop("`%s` contains %d missing or infinite values (NA/NaN/Inf); counts must be finite",
+          arg, sum(!is.finite(v)))
+  }
+  if (any(v < 0)) {
+    .stop("`%s` contains %d negative values (min %s); MULTIVI expects raw non-negative counts",
+          arg, sum(v < 0), format(min(v)))
+  }
+  if (any(v != round(v))) {
+    what_ok <- if (what == "rna") "raw counts, not normalised or log-transformed data"
+               else paste("raw counts or binary (0/1) accessibility, not TF-IDF or other",
+                          "normalised values")
+    .stop("`%s` contains %d non-integer values (e.g. %s); MULTIVI expects %s", arg,
+          sum(v != round(v)), format(v[v != round(v)][1]), what_ok)
+  }
+  features <- rownames(m) %||% paste0(if (what == "rna") "gene" else "region", seq_len(nrow(m)))
+  if (anyDuplicated(features)) {
+    dup <- unique(features[duplicated(features)])
+    .stop("`%s` has %d duplicated %s names (e.g. %s); feature names must be unique", arg,
+          sum(duplicated(features)), sub("s$", "", unit), .enum(dup, 3L))
+  }
+  cell_names <- colnames(m)
+  if (!is.null(cell_names) && anyDuplicated(cell_names)) {
+    dup <- unique(cell_names[duplicated(cell_names)])
+    .stop(paste0("`%s` has %d duplicated cell names (e.g. %s); cells are matched across ",
+                 "modalities by name, make them unique"), arg, sum(duplicated(cell_names)),
+          .enum(dup, 3L))
+  }
+  if (!is.null(cell_names) && (anyNA(cell_names) || !all(nzchar(cell_names)))) {
+    .stop("`%s` has missing or empty cell names (column names)", arg)
+  }
+  dimnames(m) <- list(features, cell_names)
+  m
+}
+
+# Place the columns of `m` (features x its cells) at their cells' positions among
+# `cell_names` (all cells); cells it lacks get zero columns.
+.spread_columns <- function(m, cell_names) {
+  pos <- match(colnames(m), cell_names)
+  t <- methods::as(m, "TsparseMatrix")
+  Matrix::sparseMatrix(i = t@i + 1L, j = pos[t@j + 1L], x = as.double(t@x),
+                       dims = c(nrow(m), length(cell_names)),
+                       dimnames = list(rownames(m), cell_names))
+}
+
+# Cell data of every cell, merged over the modalities' own cell data (the RNA's first).
+.merge_cell_data <- function(parts, cell_names) {
+  parts <- Filter(function(p) !is.null(p) && ncol(p) > 0L, parts)
+  out <- data.frame(row.names = cell_names)
+  n <- length(cell_names)
+  for (col in unique(unlist(lapply(parts, names)))) {
+    v <- NULL
+    filled <- logical(n)
+    for (p in parts) {
+      if (!col %in% names(p)) next
+      new <- p[[col]]
+      pos <- match(rownames(p), cell_names)
+      ok <- !is.na(pos)
+      pos <- pos[ok]
+      new <- new[ok]
+      take <- !filled[pos]
+      if (is.null(v)) {
+        v <- new[rep(NA_integer_, n)]
+      } else if (is.factor(v) != is.factor(new)) {
+        v <- as.character(v)
+        new <- as.character(new)
+      } else if (is.factor(v)) {
+        levels(v) <- union(levels(v), levels(new))
+        new <- factor(as.character(new), levels = levels(v))
+      }
+      v[pos[take]] <- new[take]
+      filled[pos] <- TRUE
+    }
+    out[[col]] <- v
+  }
+  out
+}
+
+# The user's `cells` data.frame for matrix input, aligned to all cells.
+.align_cells_arg <- function(cells, cell_names) {
+  if (methods::is(cells, "DataFrame")) cells <- as.data.frame(cells, optional = TRUE)
+  if (!is.data.frame(cells)) {
+    .stop("`cells` must be NULL or a data.frame with one row per cell, got %s",
+          .describe(cells))
+  }
+  if (.row_names_info(cells) > 0L) {
+    missing <- setdiff(cell_names, rownames(cells))
+    if (!length(missing)) return(cells[cell_names, , drop = FALSE])
+    .stop(paste0("`cells` has no row for %d of the %d cells (e.g. %s); give one row per cell ",
+                 "of `rna` and `atac`, named by cell"), length(missing), length(cell_names),
+          .enum(missing, 3L))
+  }
+  if (nrow(cells) != length(cell_names)) {
+    .stop(paste0("`cells` has %d rows but `rna` and `atac` have %d cells in all; give one row ",
+                 "per cell (row names = cell names, or in the order of the cells of `rna` ",
+                 "followed by the ATAC-only cells)"), nrow(cells), length(cell_names))
+  }
+  rownames(cells) <- cell_names
+  cells
+}
+
+# The modalities combined into the core's layout: one features x cells matrix, genes then
+# regions, over the union of the cells (RNA's cells first, then the ATAC-only ones).
+.multivi_combine <- function(src, cells = NULL) {
+  rna <- if (!is.null(src$rna)) .multivi_matrix(src$rna, "rna")
+  atac <- if (!is.null(src$atac)) .multivi_matrix(src$atac, "atac")
+  named <- c(rna = !is.null(rna) && !is.null(colnames(rna)),
+             atac = !is.null(atac) && !is.null(colnames(atac)))
+  # Unnamed matrices take the cell names of `cells` when it names one row per cell.
+  if (!any(named) && !is.null(cells) && is.data.frame(cells) && .row_names_info(cells) > 0L &&
+      (is.null(rna) || ncol(rna) == nrow(cells)) && (is.null(atac) || ncol(atac) == nrow(cells))) {
+    if (!is.null(rna)) colnames(rna) <- rownames(cells)
+    if (!is.null(atac)) colnames(atac) <- rownames(cells)
+    named[] <- c(!is.null(rna), !is.null(atac))
+  }
+  if (!is.null(rna) && !is.null(atac)) {
+    if (named[["rna"]] != named[["atac"]]) {
+      .stop(paste0("`%s` has cell (column) names but `%s` has none; cells are matched across ",
+                   "modalities by name"), if (named[["rna"]]) src$rna$arg else src$atac$arg,
+            if (named[["rna"]]) src$atac$arg else src$rna$arg)
+    }
+    if (!named[["rna"]]) {
+      if (ncol(rna) != ncol(atac)) {
+        .stop(paste0("`%s` (%d cells) and `%s` (%d cells) have no cell names to match cells by; ",
+                     "name the columns of both"), src$rna$arg, ncol(rna), src$atac$arg,
+              ncol(atac))
+      }
+      colnames(rna) <- colnames(atac) <- paste0("cell", seq_len(ncol(rna)))
+    }
+  } else {
+    one <- if (is.null(rna)) "atac" else "rna"
+    if (!named[[one]]) {
+      if (one == "rna") colnames(rna) <- paste0("cell", seq_len(ncol(rna)))
+      else colnames(atac) <- paste0("cell", seq_len(ncol(atac)))
+    }
+  }
+  cell_names <- unique(c(colnames(rna), colnames(atac)))
+  for (mod in c("rna", "atac")) {
+    m <- if (mod == "rna") rna else atac
+    if (!is.null(m) && all(Matrix::colSums(m) == 0)) {
+      .stop("`%s` has no counts in any cell: remove it or give the %s counts", src[[mod]]$arg,
+            if (mod == "rna") "RNA" else "ATAC")
+    }
+  }
+  rna_full <- if (!is.null(rna)) .spread_columns(rna, cell_names)
+  atac_full <- if (!is.null(atac)) .spread_columns(atac, cell_names)
+  has_rna <- if (is.null(rna_full)) logical(length(cell_names)) else Matrix::colSums(rna_full) > 0
+  has_atac <- if (is.null(atac_full)) logical(length(cell_names)) else
+    Matrix::colSums(atac_full) > 0
+  none <- !has_rna & !has_atac
+  if (any(none)) {
+    .stop(paste0("%d cells have no counts in any modality (e.g. %s): a cell needs RNA or ATAC ",
+                 "counts; remove them from `%s`%s"), sum(none), .enum(cell_names[none], 3L),
+          if (!is.null(src$rna)) src$rna$arg else src$atac$arg,
+          if (!is.null(src$rna) && !is.null(src$atac)) sprintf(" and `%s`", src$atac$arg) else "")
+  }
+  counts <- if (is.null(rna_full)) atac_full else if (is.null(atac_full)) rna_full else
+    rbind(rna_full, atac_full)
+  counts <- methods::as(counts, "CsparseMatrix")
+  if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")
+
+  cell_data <- if (!is.null(cells)) .align_cells_arg(cells, cell_names) else
+    .merge_cell_data(list(src$rna$cells, src$atac$cells), cell_names)
+  modality <- ifelse(has_rna & has_atac, "paired", ifelse(has_rna, "expression",
+                                                         "accessibility"))
+  list(counts = counts, genes = rownames(rna) %||% character(0),
+       regions = rownames(atac) %||% character(0), cell_names = cell_names,
+       cell_data = cell_data, modality = stats::setNames(modality, cell_names))
+}
+
+.modality_counts <- function(modality) {
+  c(paired = sum(modality == "paired"), expression = sum(modality == "expression"),
+    accessibility = sum(modality == "accessibility"))
+}
+
+# ---------------------------------------------------------------------------------------------
+# Registry <-> JSON: gene and region names kept apart, the assays the data came from.
+
+.multivi_registry_to_json <- function(reg) {
+  arr <- function(x) I(as.character(x %||% character(0)))
+  key_arr <- function(x) if (is.null(x)) NULL else arr(x)
+  sa <- reg$setup_args
+  cc <- reg$categorical_covariate_categories
+  cc_json <- if (length(cc)) lapply(cc, arr) else stats::setNames(list(), character(0))
+  out <- list(
+    model = "MULTIVI",
+    gene_names = arr(reg$gene_names),
+    region_names = arr(reg$region_names),
+    setup_args = list(layer = sa$layer, atac_layer = sa$atac_layer, altexp = sa$altexp,
+                      assay = sa$assay, atac_assay = sa$atac_assay, batch_key = sa$batch_key,
+                      labels_key = NULL, size_factor_key = NULL,
+                      categorical_covariate_keys = key_arr(sa$categorical_covariate_keys),
+                      continuous_covariate_keys = key_arr(sa$continuous_covariate_keys)),
+    batch_categories = arr(reg$batch_categories),
+    label_categories = arr(reg$label_categories),
+    categorical_covariate_categories = cc_json,
+    continuous_covariate_keys = arr(reg$continuous_covariate_keys),
+    n_batch = as.integer(reg$n_batch),
+    n_labels = as.integer(reg$n_labels),
+    n_cells = as.integer(reg$n_cells),
+    n_genes = length(reg$gene_names),
+    n_regions = length(reg$region_names),
+    modality_cells = stats::setNames(as.list(as.integer(reg$modality_cells)),
+                                     names(reg$modality_cells))
+  )
+  as.character(jsonlite::toJSON(out, auto_unbox = TRUE, null = "null", digits = NA))
+}
+
+.multivi_registry_from_json <- function(json) {
+  r <- jsonlite::fromJSON(json, simplifyVector = TRUE)
+  chr <- function(x) if (is.null(x) || length(x) == 0L) character(0) else as.character(unlist(x))
+  key <- function(x) if (is.null(x) || length(x) == 0L) NULL else as.character(unlist(x))
+  sa <- r$setup_args
+  cc <- r$categorical_covariate_categories
+  cc <- if (length(cc)) lapply(cc, chr) else stats::setNames(list(), character(0))
+  mc <- r$modality_cells
+  list(
+    model = "MULTIVI",
+    gene_names = chr(r$gene_names),
+    region_names = chr(r$region_names),
+    setup_args = list(layer = key(sa$layer), atac_layer = key(sa$atac_layer),
+                      altexp = key(sa$altexp), assay = key(sa$assay),
+                      atac_assay = key(sa$atac_assay), batch_key = key(sa$batch_key),
+                      labels_key = NULL, size_factor_key = NULL,
+                      categorical_covariate_keys = key(sa$categorical_covariate_keys),
+                      continuous_covariate_keys = key(sa$continuous_covariate_keys)),
+    batch_categories = chr(r$batch_categories),
+    label_categories = chr(r$label_categories) %||% "0",
+    categorical_covariate_categories = cc,
+    continuous_covariate_keys = chr(r$continuous_covariate_keys),
+    n_batch = as.integer(r$n_batch),
+    n_labels = as.integer(r$n_labels),
+    n_cells = as.integer(r$n_cells),
+    modality_cells = if (length(mc)) unlist(lapply(mc, as.integer)) else integer(0)
+  )
+}
+
+# The registry in the form .register_fields() transfers: every feature as a "gene".
+.multivi_fields_registry <- function(reg) {
+  reg$gene_names <- c(reg$gene_names, reg$region_names)
+  reg
+}
+
+.new_multivi <- function(ptr, data, registry, config, cell_names, cell_data, modality, input,
+                         dir = NULL) {
+  structure(list(
+    model = ptr,                  # Rust model (parameters, training state, registry)
+    data = data,                  # Rust data set (genes, then regions), or NULL
+    registry = registry,          # R copy of the registry (features, categories, setup)
+    config = config,              # hyperparameters as sent to the core
+    gene_names = registry$gene_names,
+    region_names = registry$region_names,
+    cell_names = cell_names,
+    cell_data = cell_data,
+    modality = modality,          # per cell: "paired", "expression" or "accessibility"
+    input = input,                # classes / dimensions of the data, for print()
+    dir = dir
+  ), class = c("MULTIVI", "rscvi_model"))
+}
+
+.multivi_input_info <- function(src, comb) {
+  cls <- unique(c(src$rna$class, src$atac$class))
+  list(class = paste(cls, collapse = " + "), n_cells = length(comb$cell_names),
+       n_genes = length(comb$genes), n_regions = length(comb$regions),
+       modality_cells = .modality_counts(comb$modality))
+}
+
+# ---------------------------------------------------------------------------------------------
+# Construction.
+
+#' Set up and build a MULTIVI model
+#'
+#' MULTIVI (Ashuach et al. 2023) is one variational autoencoder over gene expression (RNA)
+#' and chromatin accessibility (ATAC). Each modality has its own encoder; the posteriors of
+#' the modalities a cell has are mixed into one joint latent space, which the expression and
+#' the accessibility decoders both read. Cells measured in both modalities (paired, e.g. 10x
+#' Multiome) and cells measured in only one (RNA-only, ATAC-only) can be fitted together in
+#' one model (a "mosaic"): the joint latent space integrates them, and the decoders impute
+#' the modality a cell lacks.
+#'
+#' Cells are matched across modalities by name (the column names). A cell present in only
+#' one of `rna` and `atac` is unmeasured in the other; a cell present in both but without
+#' counts in one modality is also treated as unmeasured there (scvi-tools' rule). Pass each
+#' modality with only the cells it measured: there is no need to pad with zeros.
+#'
+#' The data can come as
+#' * two count matrices, `rna` (genes x cells) and `atac` (regions x cells), dgCMatrix or
+#'   dense, with cell annotations for all cells in `cells`;
+#' * a `SingleCellExperiment` `rna` whose ATAC counts sit in the alternative experiment
+#'   `altexp` (found automatically when it is named `"ATAC"`, `"Peaks"` or `"peaks"`), or two
+#'   `SingleCellExperiment`s (cell annotations from their `colData`);
+#' * a `Seurat` object `rna` with an RNA assay (`assay`, default its default assay, or
+#'   `"RNA"` when the default is the ATAC assay) and an ATAC assay (`atac_assay`, found
+#'   automatically when named `"ATAC"`, `"Peaks"` or `"peaks"`), counts of both.
+#'
+#' RNA must be raw counts; ATAC may be counts or binary (the likelihood binarises it).
+#' Either modality may be left out (`NULL`) for an expression-only or accessibility-only
+#' model. Protein (CITE-seq) data are not supported yet.
+#'
+#' Defaults are those of scvi-tools' `MULTIVI`: `n_hidden` = min(128, floor(sqrt(regions)))
+#' (from the genes without ATAC), `n_latent` = floor(sqrt(n_hidden)), two hidden layers in
+#' every encoder and decoder, ZINB expression likelihood, learned region factors, equal
+#' modality weights and the symmetric-KL (Jeffreys) penalty between the modality posteriors
+#' of paired cells.
+#'
+#' As for [scvi()], the object holds handles to the Rust model and data: it is changed in
+#' place by [train()], and must be kept with [save_model()] / [load_model()], not `saveRDS()`.
+#'
+#' @param rna gene expression: a genes x cells count matrix (`dgCMatrix`, other `Matrix` or
+#'   base matrix), a `SingleCellExperiment` (assay `layer`; with the ATAC in its altExp
+#'   `altexp`), a `Seurat` object (assays `assay` and `atac_assay`), or `NULL`.
+#' @param atac chromatin accessibility: a regions x cells count or binary matrix, a
+#'   `SingleCellExperiment` (assay `atac_layer`) or a `Seurat` object (assay `atac_assay`), or
+#'   `NULL` (ATAC taken from `rna` when it is a SingleCellExperiment with an ATAC altExp or a
+#'   Seurat object; otherwise an expression-only model).
+#' @param protein must be `NULL`: protein counts are not supported yet.
+#' @param cells for matrix input: a data.frame of cell annotations with one row per cell of
+#'   `rna` and `atac` (row names = cell names, or rows in the order of the cells of `rna`
+#'   followed by the cells only in `atac`), holding the columns named by the `*_key`
+#'   arguments.
+#' @param layer,atac_layer assays of the `SingleCellExperiment`s (or of the altExp) with the
+#'   RNA / ATAC counts (default `"counts"`).
+#' @param altexp name of the alternative experiment of `rna` holding the ATAC counts.
+#' @param assay,atac_assay Seurat assays with the RNA / ATAC counts.
+#' @param batch_key cell-data column with each cell's batch (for mosaic data often the
+#'   modality or technology of the cell), or `NULL` (one batch). With several batches,
+#'   training also runs an adversarial batch classifier (see [train()]).
+#' @param size_factor_key not supported yet (must be `NULL`).
+#' @param categorical_covariate_keys,continuous_covariate_keys cell-data columns of extra
+#'   covariates.
+#' @param n_hidden nodes per hidden layer; `NULL`: min(128, floor(sqrt(n_regions))), from the
+#'   genes when there are no regions.
+#' @param n_latent dimension of the latent space; `NULL`: floor(sqrt(n_hidden)).
+#' @param n_layers_encoder,n_layers_decoder hidden layers of the encoders and decoders.
+#' @param dropout_rate dropout rate of the latent encoders, in \[0, 1).
+#' @param region_factors learn a factor per region (cell-independent accessibility bias).
+#' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
+#' @param modality_weights how the modality posteriors are mixed: `"equal"`, `"universal"`
+#'   (one learned weight per modality) or `"cell"` (learned per cell; the model then applies
+#'   only to its training cells).
+#' @param modality_penalty penalty aligning the modality posteriors of paired cells:
+#'   `"Jeffreys"` (symmetric KL), `"MMD"` or `"None"`.
+#' @param use_batch_norm,use_layer_norm where batch / layer normalisation is used: `"none"`,
+#'   `"encoder"`, `"decoder"` or `"both"`.
+#' @param latent_distribution `"normal"` or `"ln"` (logistic normal).
+#' @param deeply_inject_covariates feed covariates to every hidden layer.
+#' @param encode_covariates let the encoders see the batch and covariates.
+#' @param fully_paired declare every cell paired: refuses unpaired cells (and the per-modality
+#'   latent representations).
+#' @param train train the model right away with `train(model, ...)`.
+#' @param ... with `train = TRUE`: arguments of [train()].
+#' @return An object of class `MULTIVI`. Its element `modality` names, for each cell, what
+#'   was measured: `"paired"`, `"expression"` (RNA only) or `"accessibility"` (ATAC only);
+#'   `gene_names` and `region_names` hold the features.
+#' @seealso [train()], [get_latent_representation()], [get_normalized_accessibility()],
+#'   [runMULTIVI()], [RunMULTIVI()], [rscvi_example_multiome()].
+#' @references Ashuach T, Gabitto MI, Koodli RV, Saldi G-A, Jordan MI, Yosef N (2023).
+#'   MultiVI: deep generative model for the integration of multimodal data. Nature Methods
+#'   20, 1222-1231. \doi{10.1038/s41592-023-01909-9}
+#' @export
+#' @examples
+#' d <- rscvi_example_multiome()
+#' # paired cells
+#' model <- multivi(d$rna, d$atac, cells = d$cells, batch_key = "library")
+#' model
+#' # a mosaic: 100 cells with RNA only, 100 with ATAC only, the rest paired
+#' mosaic <- multivi(d$rna[, 1:500], d$atac[, 101:600], cells = d$cells)
+#' table(mosaic$modality)
+#' mosaic <- train(mosaic, max_epochs = 3, seed = 0)
+#' dim(get_latent_representation(mosaic))
+multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer = NULL,
+                    atac_layer = NULL, altexp = NULL, assay = NULL, atac_assay = NULL,
+                    batch_key = NULL, size_factor_key = NULL,
+                    categorical_covariate_keys = NULL, continuous_covariate_keys = NULL,
+                    n_hidden = NULL, n_latent = NULL, n_layers_encoder = 2L,
+                    n_layers_decoder = 2L, dropout_rate = 0.1, region_factors = TRUE,
+                    gene_likelihood = c("zinb", "nb", "poisson"),
+                    modality_weights = c("equal", "universal", "cell"),
+                    modality_penalty = c("Jeffreys", "MMD", "None"),
+                    use_batch_norm = c("none", "encoder", "decoder", "both"),
+                    use_layer_norm = c("both", "none", "encoder", "decoder"),
+                    latent_distribution = c("normal", "ln"),
+                    deeply_inject_covariates = FALSE, encode_covariates = FALSE,
+                    fully_paired = FALSE, train = FALSE, ...) {
+  # Cheap argument checks first, so a typo fails before the data are converted.
+  if (!is.null(protein)) {
+    .stop(paste0("`protein`: protein (CITE-seq) counts are not supported yet by rscvi's ",
+                 "MULTIVI; leave `protein` NULL"))
+  }
+  if (!is.null(size_factor_key)) {
+    .stop(paste0("`size_factor_key`: size factors are not supported yet by rscvi's MULTIVI; ",
+                 "leave it NULL (library sizes are then encoded from the counts)"))
+  }
+  norms <- c("none", "encoder", "decoder", "both")
+  n_hidden <- .check_scalar_int(n_hidden, "n_hidden", min = 1, null_ok = TRUE)
+  n_latent <- .check_scalar_int(n_latent, "n_latent", min = 1, null_ok = TRUE)
+  hp <- list(
+    n_layers_encoder = .check_scalar_int(n_layers_encoder, "n_layers_encoder", min = 1),
+    n_layers_decoder = .check_scalar_int(n_layers_decoder, "n_layers_decoder", min = 1),
+    dropout_rate = .check_dropout(dropout_rate),
+    region_factors = .check_scalar_bool(region_factors, "region_factors"),
+    gene_likelihood = .match_choice(gene_likelihood, c("zinb", "nb", "poisson"),
+                                    "gene_likelihood"),
+    modality_weights = .match_choice(modality_weights, c("equal", "universal", "cell"),
+                                     "modality_weights"),
+    modality_penalty = .match_choice(modality_penalty, c("Jeffreys", "MMD", "None"),
+                                     "modality_penalty"),
+    use_batch_norm = .match_choice(use_batch_norm, norms, "use_batch_norm"),
+    use_layer_norm = .match_choice(use_layer_norm, c("both", "none", "encoder", "decoder"),
+                                   "use_layer_norm"),
+    latent_distribution = .match_choice(latent_distribution, c("normal", "ln"),
+                                        "latent_distribution"),
+    deeply_inject_covariates = .check_scalar_bool(deeply_inject_covariates,
+                                                  "deeply_inject_covariates"),
+    encode_covariates = .check_scalar_bool(encode_covariates, "encode_covariates"),
+    fully_paired = .check_scalar_bool(fully_paired, "fully_paired")
+  )
+  do_train <- .check_scalar_bool(train, "train")
+  dots <- list(...)
+  if (length(dots) && !do_train) {
+    .stop(paste0("multivi() got arguments it does not use: %s; training arguments apply only ",
+                 "with train = TRUE (or call train(model, ...))"), .dots_names(dots))
+  }
+  if (do_train) .check_multivi_train_dots(dots, "multivi")
+
+  src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay)
+  comb <- .multivi_combine(src, cells)
+  n_mod <- .modality_counts(comb$modality)
+  if (hp$fully_paired && (n_mod[["expression"]] > 0 || n_mod[["accessibility"]] > 0)) {
+    .stop(paste0("`fully_paired` = TRUE but %d cells have RNA only and %d ATAC only (e.g. %s); ",
+                 "use fully_paired = FALSE for unpaired cells"), n_mod[["expression"]],
+          n_mod[["accessibility"]], .enum(comb$cell_names[comb$modality != "paired"], 3L))
+  }
+  if (length(comb$genes)) {
+    zero <- Matrix::rowSums(comb$counts[seq_along(comb$genes), , drop = FALSE]) == 0
+    if (any(zero)) {
+      .warn("`%s` has %d genes with no counts in any cell (e.g. %s); consider removing them",
+            src$rna$arg, sum(zero), .enum(comb$genes[zero], 3L))
+    }
+  }
+  input <- list(counts = comb$counts, cell_data = comb$cell_data,
+                gene_names = c(comb$genes, comb$regions), cell_names = comb$cell_names,
+                layer = NULL)
+  f <- .register_fields(input, batch_key = batch_key,
+                        categorical_covariate_keys = categorical_covariate_keys,
+                        continuous_covariate_keys = continuous_covariate_keys)
+  data <- .new_dataset(f, if (!is.null(src$rna)) src$rna$arg else src$atac$arg)
+
+  G <- length(comb$genes)
+  R <- length(comb$regions)
+  # 0 asks the core for scvi-tools' rule (n_hidden from the regions or genes, n_latent from
+  # n_hidden); the config read back below holds the values used.
+  config <- c(list(n_genes = G, n_regions = R, n_batch = f$registry$n_batch,
+                   n_cats_per_cov = as.integer(unname(f$cat_sizes)),
+                   n_continuous_cov = ncol(f$cont_covs), n_cells = length(comb$cell_names),
+                   n_hidden = n_hidden %||% 0L, n_latent = n_latent %||% 0L), hp)
+  registry <- f$registry
+  registry$model <- "MULTIVI"
+  registry$gene_names <- comb$genes
+  registry$region_names <- comb$regions
+  registry$setup_args <- c(src$setup, registry$setup_args[c(
+    "batch_key", "labels_key", "size_factor_key", "categorical_covariate_keys",
+    "continuous_covariate_keys")])
+  registry$modality_cells <- n_mod
+  ptr <- .rs(rs_multivi_new(data, .config_to_json(config),
+                            .multivi_registry_to_json(registry)))
+  config <- .config_from_json(.rs(rs_model_state(ptr))$config)
+  model <- .new_multivi(ptr, data, registry, config, comb$cell_names, comb$cell_data,
+                        comb$modality, .multivi_input_info(src, comb))
+  if (do_train) model <- train.MULTIVI(model, ...)
+  model
+}
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+.multivi_train_arg_names <- function() setdiff(names(formals(train.MULTIVI)), c("model", "..."))
+
+.check_multivi_train_dots <- function(dots, caller) {
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) .stop("%s(): arguments passed on to train() must be named", caller)
+  unknown <- setdiff(nms, .multivi_train_arg_names())
+  if (length(unknown)) {
+    .stop("%s(): unknown training arguments: %s; train() of a MULTIVI model takes %s", caller,
+          .enum(unknown, 10L), .enum(.multivi_train_arg_names(), 30L))
+  }
+  invisible(TRUE)
+}
+
+#' @rdname train
+#' @param adversarial_mixing MULTIVI: train an adversarial batch classifier on the joint
+#'   latent space and push the encoders to fool it (weight 1), mixing the batches; off by
+#'   itself with a single batch. `FALSE` trains without it.
+#' @section MULTIVI: `train()` of a `MULTIVI` model uses scvi-tools' `MULTIVI.train()`
+#'   defaults: AdamW (decoupled weight decay 1e-3, `eps` 1e-8) with learning rate 1e-4, up to
+#'   500 epochs, KL warm-up over 50 epochs, and early stopping when
+#'   `reconstruction_loss_validation` has not improved for 50 epochs (validation every
+#'   epoch). The optimizer cannot be changed.
+#' @export
+train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL,
+                          validation_size = NULL, shuffle_set_split = TRUE, batch_size = 128L,
+                          weight_decay = 1e-3, eps = 1e-8, early_stopping = TRUE,
+                          early_stopping_patience = 50L,
+                          early_stopping_monitor = "reconstruction_loss_validation",
+                          early_stopping_min_delta = 0, check_val_every_n_epoch = NULL,
+                          n_epochs_kl_warmup = 50L, n_steps_kl_warmup = NULL,
+                          adversarial_mixing = TRUE, seed = NULL,
+                          device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
+  .check_multivi(model)
+  dots <- list(...)
+  if (length(dots)) {
+    hint <- if ("optimizer" %in% names(dots)) " (MULTIVI always trains with AdamW)" else ""
+    .stop("train() got unknown arguments for a MULTIVI model: %s%s; see ?train",
+          .dots_names(dots), hint)
+  }
+  sizes <- .check_split_sizes(train_size, validation_size)
+  monitors <- c("elbo_validation", "reconstruction_loss_validation", "validation_loss",
+                "elbo_train", "reconstruction_loss_train", "train_loss")
+  early_stopping <- .check_scalar_bool(early_stopping, "early_stopping")
+  asked_mixing <- !missing(adversarial_mixing)
+  adversarial_mixing <- .check_scalar_bool(adversarial_mixing, "adversarial_mixing")
+  if (adversarial_mixing && model$registry$n_batch < 2L && asked_mixing) {
+    .warn("`adversarial_mixing` needs more than one batch: training without the batch classifier")
+  }
+  # scvi-tools validates every epoch when early stopping is on, otherwise never by default.
+  check_val <- check_val_every_n_epoch %||% (if (early_stopping) 1L else 0L)
+  cfg <- list(
+    max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1),
+    train_size = sizes$train_size,
+    validation_size = sizes$validation_size,
+    shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
+    batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
+    early_stopping = early_stopping,
+    early_stopping_monitor = .check_choice(early_stopping_monitor, monitors,
+                                           "early_stopping_monitor"),
+    early_stopping_patience = .check_scalar_int(early_stopping_patience,
+                                                "early_stopping_patience", min = 1),
+    early_stopping_min_delta = .check_scalar_num(early_stopping_min_delta,
+                                                 "early_stopping_min_delta", min = 0),
+    optimizer = "AdamW",
+    lr = .check_scalar_num(lr, "lr", min = 0, min_open = TRUE),
+    weight_decay = .check_scalar_num(weight_decay, "weight_decay", min = 0),
+    eps = .check_scalar_num(eps, "eps", min = 0, min_open = TRUE),
+    n_epochs_kl_warmup = .check_scalar_int(n_epochs_kl_warmup, "n_epochs_kl_warmup", min = 0,
+                                           null_ok = TRUE),
+    n_steps_kl_warmup = .check_scalar_int(n_steps_kl_warmup, "n_steps_kl_warmup", min = 0,
+                                          null_ok = TRUE),
+    check_val_every_n_epoch = .check_scalar_int(check_val, "check_val_every_n_epoch", min = 0),
+    seed = .check_seed(seed)
+  )
+  if (early_stopping && cfg$check_val_every_n_epoch == 0L &&
+      grepl("validation", cfg$early_stopping_monitor)) {
+    .stop(paste0("`check_val_every_n_epoch` = 0 never validates, but early stopping monitors ",
+                 "\"%s\""), cfg$early_stopping_monitor)
+  }
+  # The classifier's weight: the model's default (1) with mixing, none without.
+  if (!adversarial_mixing) cfg$kappa <- 0
+  .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
+}
+
+# ---------------------------------------------------------------------------------------------
+# Query data.
+
+# New data for a query (or for load_model()), registered against the model. `x` is
+# list(rna = , atac = , cells = ) (either modality may be left out: its cells are then
+# unmeasured there), or a SingleCellExperiment / Seurat object holding the modalities as at
+# setup, or a count matrix for a model of one modality. Returns list(data, cell_names,
+# cell_data, modality, class).
+.multivi_register_query <- function(model, x, arg = "x", allow_cell_weights = FALSE) {
+  reg <- model$registry
+  sa <- reg$setup_args
+  G <- length(reg$gene_names)
+  R <- length(reg$region_names)
+  if (!allow_cell_weights && identical(model$config$modality_weights, "cell")) {
+    .stop(paste0("`%s`: a model built with modality_weights = \"cell\" has one weight per ",
+                 "training cell and cannot be applied to new data"), arg)
+  }
+  rna <- atac <- cells <- NULL
+  layer <- atac_layer <- altexp <- assay <- atac_assay <- NULL
+  args <- c(rna = arg, atac = arg)
+  atac_mode <- "none"
+  seurat_assay <- function(obj, a) {
+    if (!is.null(a) && a %in% SeuratObject::Assays(obj)) a else NULL
+  }
+  if (is.list(x) && !is.data.frame(x) && !is.object(x)) {
+    nms <- names(x) %||% rep("", length(x))
+    bad <- setdiff(nms, c("rna", "atac", "cells"))
+    if (!length(x) || any(!nzchar(nms)) || length(bad)) {
+      .stop("`%s` as a list must have elements named `rna`, `atac` and optionally `cells`%s",
+            arg, if (length(bad)) sprintf(", got %s", .enum(bad)) else "")
+    }
+    rna <- x$rna
+    atac <- x$atac
+    cells <- x$cells
+    args <- c(rna = paste0(arg, "$rna"), atac = paste0(arg, "$atac"))
+  } else if (.is_sce(x) || .is_seurat(x)) {
+    if (G == 0L) atac <- x else rna <- x
+    if (G > 0L && R > 0L) atac_mode <- "optional"
+  } else if (G == 0L) {
+    atac <- x
+  } else if (R == 0L) {
+    rna <- x
+  } else {
+    .stop(paste0("`%s` must hold the modalities of this model: list(rna = <genes x cells>, ",
+                 "atac = <regions x cells>, cells = <data.frame>) (either modality may be ",
+                 "left out), a SingleCellExperiment with the ATAC in an altExp, or a Seurat ",
+                 "object; got %s"), arg, .describe(x))
+  }
+  if (!is.null(rna) && G == 0L) {
+    .stop("`%s` has gene expression but this model has no genes (it was built without `rna`)",
+          args[["rna"]])
+  }
+  if (!is.null(atac) && R == 0L) {
+    .stop("`%s` has accessibility but this model has no regions (it was built without `atac`)",
+          args[["atac"]])
+  }
+  # The assays the model was set up with, where the new objects have them.
+  if (.is_sce(rna)) {
+    layer <- .layer_like_sce(rna, sa$layer)
+    if (atac_mode != "none" && methods::is(rna, "SingleCellExperiment") &&
+        isTRUE(sa$altexp %in% SingleCellExperiment::altExpNames(rna))) {
+      altexp <- sa$altexp
+      atac_layer <- .layer_like_sce(SingleCellExperiment::altExp(rna, altexp), sa$atac_layer)
+    }
+  }
+  if (.is_sce(atac)) atac_layer <- .layer_like_sce(atac, sa$atac_layer)
+  if (.is_seurat(rna)) {
+    assay <- seurat_assay(rna, sa$assay)
+    if (atac_mode != "none") atac_assay <- seurat_assay(rna, sa$atac_assay)
+  }
+  if (.is_seurat(atac)) atac_assay <- seurat_assay(atac, sa$atac_assay)
+  src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
+                          args, atac_mode = atac_mode)
+  comb <- .multivi_combine(src, cells)
+  if (!is.null(src$rna)) .check_gene_names(comb$genes, reg$gene_names, src$rna$arg)
+  if (!is.null(src$atac)) .check_region_names(comb$regions, reg$region_names, src$atac$arg)
+  # Modalities the new data lack are unmeasured: zero rows.
+  n <- length(comb$cell_names)
+  empty <- function(k) Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0),
+                                            dims = c(k, n))
+  counts <- comb$counts
+  if (G > 0 && is.null(src$rna)) counts <- rbind(empty(G), counts)
+  if (R > 0 && is.null(src$atac)) counts <- rbind(counts, empty(R))
+  counts <- methods::as(methods::as(counts, "CsparseMatrix"), "dgCMatrix")
+  dimnames(counts) <- list(c(reg$gene_names, reg$region_names), comb$cell_names)
+  input <- list(counts = counts, cell_data = comb$cell_data,
+                gene_names = c(reg$gene_names, reg$region_names),
+                cell_names = comb$cell_names, layer = NULL)
+  quiet <- function(w) {
+    if (grepl("fewer than 3 cells", conditionMessage(w))) invokeRestart("muffleWarning")
+  }
+  f <- withCallingHandlers(.register_fields(input, registry = .multivi_fields_registry(reg)),
+                           warning = quiet)
+  list(data = .new_dataset(f, arg), cell_names = comb$cell_names,
+       cell_data = comb$cell_data, modality = comb$modality,
+       class = .multivi_input_info(src, comb)$class)
+}
+
+.layer_like_sce <- function(x, layer) {
+  if (!is.null(layer) && layer %in% SummarizedExperiment::assayNames(x)) layer else NULL
+}
+
+# New data must carry the model's regions, in the model's order.
+.check_region_names <- function(regions, model_regions, arg) {
+  if (identical(as.character(regions), as.character(model_regions))) return(invisible(TRUE))
+  missing <- setdiff(model_regions, regions)
+  extra <- setdiff(regions, model_regions)
+  if (!length(missing) && !length(extra)) {
+    .stop(paste0("`%s` has the model's %d regions but in a different order; reorder its rows ",
+                 "to the model's region order first (e.g. atac[model$region_names, ])"),
+          arg, length(model_regions))
+  }
+  parts <- c(
+    if (length(missing)) sprintf("%d of the model's %d regions are missing (%s)",
+                                 length(missing), length(model_regions), .enum(missing)),
+    if (length(extra)) sprintf("%d regions are not in the model (%s)", length(extra),
+                               .enum(extra))
+  )
+  .stop(paste0("`%s` regions do not match the model's ATAC regions: %s; MULTIVI applies only ",
+               "to the regions (peaks) it was trained on: subset/reorder the rows to ",
+               "model$region_names"), arg, paste(parts, collapse = "; "))
+}
+
+# The data a MULTIVI query runs on: the model's own, or `x` registered against the model.
+.multivi_query_data <- function(model, x, arg = "x") {
+  .check_multivi(model)
+  if (is.null(x)) {
+    if (is.null(model$data) || .null_ptr(model$data)) {
+      .stop(paste0("this model has no data attached (it was loaded with load_model() without ",
+                   "`x`): pass the data as `%s`, e.g. %s = list(rna = ..., atac = ...)"),
+            arg, arg)
+    }
+    return(list(data = model$data, cell_names = model$cell_names,
+                cell_data = model$cell_data, modality = model$modality))
+  }
+  .multivi_register_query(model, x, arg = arg)
+}
+
+.require_modality <- function(model, what, arg, value) {
+  n <- if (what == "expression") length(model$gene_names) else length(model$region_names)
+  if (n == 0L) {
+    .stop("%s needs %s data, but this model has no %s (it was built without `%s`)",
+          if (is.null(value)) arg else sprintf("`%s` = \"%s\"", arg, value),
+          if (what == "expression") "gene expression" else "accessibility (ATAC)",
+          if (what == "expression") "genes" else "regions",
+          if (what == "expression") "rna" else "atac")
+  }
+  invisible(n)
+}
+
+# Names -> 0-based positions (kept in the model's order), for gene_list / region_list.
+.feature_positions <- function(list, features, arg, unit) {
+  if (is.null(list)) return(NULL)
+  if (!(is.character(list) || is.factor(list)) || length(list) == 0L || anyNA(list)) {
+    .stop("`%s` must be NULL or a character vector of %s names, got %s", arg, unit,
+          .describe(list))
+  }
+  list <- as.character(list)
+  unknown <- setdiff(list, features)
+  if (length(unknown)) {
+    .stop("`%s` has %d %ss that are not in the model: %s", arg, length(unknown), unit,
+          .enum(unknown))
+  }
+  which(features %in% list) - 1L
+}
+
+# ---------------------------------------------------------------------------------------------
+# Queries.
+
+#' @rdname get_latent_representation
+#' @param modality MULTIVI: the latent space of `"joint"` (both modalities mixed, the
+#'   default), or of one modality's own encoder, `"expression"` or `"accessibility"`
+#'   (refused for `fully_paired` models).
+#' @return MULTIVI: a cells x `n_latent` matrix (columns `MULTIVI_1`, ...), or with
+#'   `return_dist = TRUE` a list with `mean` and `var`. For `x`, a MULTIVI model takes
+#'   `list(rna = , atac = , cells = )` (either modality may be left out), or a
+#'   SingleCellExperiment / Seurat object laid out as for [multivi()].
+#' @export
+get_latent_representation.MULTIVI <- function(model, x = NULL, indices = NULL,
+                                               modality = c("joint", "expression",
+                                                            "accessibility"),
+                                               give_mean = TRUE, return_dist = FALSE,
+                                               batch_size = 128L, device = "auto", ...) {
+  .check_multivi(model)
+  if (length(list(...))) {
+    .stop("get_latent_representation() got unknown arguments for a MULTIVI model: %s",
+          .dots_names(list(...)))
+  }
+  modality <- .match_choice(modality, c("joint", "expression", "accessibility"), "modality")
+  give_mean <- .check_scalar_bool(give_mean, "give_mean")
+  return_dist <- .check_scalar_bool(return_dist, "return_dist")
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  if (modality != "joint") {
+    .require_modality(model, modality, "modality", modality)
+    if (isTRUE(model$config$fully_paired)) {
+      .stop(paste0("`modality` = \"%s\": a model built with fully_paired = TRUE has only the ",
+                   "joint latent representation; use modality = \"joint\""), modality)
+    }
+  }
+  q <- .multivi_query_data(model, x)
+  cells <- .query_cells(q, indices)
+  res <- .rs(rs_multivi_latent(model$model, q$data, cells$idx, modality, give_mean,
+                               batch_size, device))
+  dn <- list(cells$names, paste0("MULTIVI_", seq_len(ncol(res$z))))
+  if (return_dist) {
+    dimnames(res$mean) <- dn
+    dimnames(res$var) <- dn
+    return(list(mean = res$mean, var = res$var))
+  }
+  z <- res$z
+  dimnames(z) <- dn
+  z
+}
+
+#' @rdname get_normalized_expression
+#' @return MULTIVI: a cells x genes matrix of \eqn{\rho} (`library_size = 1`, scvi-tools'
+#'   `px_scale`) decoded from the posterior mean of the joint latent, for every cell,
+#'   including cells without RNA (imputed expression).
+#' @export
+get_normalized_expression.MULTIVI <- function(model, x = NULL, indices = NULL,
+                                              transform_batch = NULL, gene_list = NULL,
+                                              library_size = 1, n_samples = 1L,
+                                              batch_size = 128L, device = "auto", ...) {
+  .check_multivi(model)
+  if (length(list(...))) {
+    .stop("get_normalized_expression() got unknown arguments for a MULTIVI model: %s",
+          .dots_names(list(...)))
+  }
+  .require_modality(model, "expression", "get_normalized_expression()", NULL)
+  lib <- if (identical(library_size, "latent")) NaN else {
+    ok <- is.numeric(library_size) && length(library_size) == 1L && !is.na(library_size) &&
+      is.finite(library_size) && library_size > 0
+    if (!ok) {
+      .stop("`library_size` must be a single positive number or \"latent\", got %s",
+            .describe(library_size))
+    }
+    as.double(library_size)
+  }
+  n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
+  genes <- model$gene_names
+  gene_idx <- .feature_positions(gene_list, genes, "gene_list", "gene")
+  q <- .multivi_query_data(model, x)
+  cells <- .query_cells(q, indices)
+  out <- .rs(rs_model_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
+                                            n_samples, batch_size, device))
+  dimnames(out) <- list(cells$names, if (is.null(gene_idx)) genes else genes[gene_idx + 1L])
+  out
+}
+
+#' Normalized accessibility from a MULTIVI model
+#'
+#' The decoder's probability that each region is accessible in each cell, decoded from the
+#' joint latent space, for every cell including those measured without ATAC (imputed
+#' accessibility), as scvi-tools' `get_normalized_accessibility()`. By default it is the
+#' cell- and region-independent probability; `normalize_cells` multiplies by each cell's
+#' accessibility factor (its sequencing depth), `normalize_regions` by the learned region
+#' factors. `get_accessibility_estimates()` is the former name (same arguments).
+#'
+#' @param model a `MULTIVI` model.
+#' @param x new data instead of the model's own (see [get_latent_representation()]).
+#' @param indices cells to use (1-based positions or a logical vector); `NULL` = all.
+#' @param transform_batch `NULL` (each cell's own batch) or one batch category: decode every
+#'   cell as if it came from that batch.
+#' @param region_list `NULL` (all regions) or names of the model's regions to return (in the
+#'   model's order).
+#' @param threshold `NULL`, or a probability in \[0, 1\]: values below it are set to 0 and a
+#'   sparse `dgCMatrix` is returned.
+#' @param normalize_cells multiply by each cell's accessibility factor.
+#' @param normalize_regions multiply by the region factors.
+#' @param use_z_mean decode the posterior mean of the latent (`TRUE`) or one sample.
+#' @param batch_size cells per minibatch.
+#' @param device `"auto"`, `"cpu"` or `"cuda"`.
+#' @param ... unused.
+#' @return A cells x regions matrix (a `dgCMatrix` with `threshold`).
+#' @export
+#' @examples
+#' d <- rscvi_example_multiome()
+#' model <- train(multivi(d$rna, d$atac, cells = d$cells), max_epochs = 3, seed = 0)
+#' p <- get_normalized_accessibility(model, indices = 1:10)
+#' dim(p)
+#' sparse <- get_normalized_accessibility(model, indices = 1:10, threshold = 0.1)
+#' class(sparse)
+get_normalized_accessibility <- function(model, ...) {
+  UseMethod("get_normalized_accessibility")
+}
+
+#' @rdname get_normalized_accessibility
+#' @export
+get_normalized_accessibility.MULTIVI <- function(model, x = NULL, indices = NULL,
+                                                 transform_batch = NULL, region_list = NULL,
+                                                 threshold = NULL, normalize_cells = FALSE,
+                                                 normalize_regions = FALSE, use_z_mean = TRUE,
+                                                 batch_size = 128L, device = "auto", ...) {
+  .check_multivi(model)
+  if (length(list(...))) {
+    .stop("get_normalized_accessibility() got unknown arguments: %s", .dots_names(list(...)))
+  }
+  .require_modality(model, "accessibility", "get_normalized_accessibility()", NULL)
+  normalize_cells <- .check_scalar_bool(normalize_cells, "normalize_cells")
+  normalize_regions <- .check_scalar_bool(normalize_regions, "normalize_regions")
+  use_z_mean <- .check_scalar_bool(use_z_mean, "use_z_mean")
+  threshold <- .check_scalar_num(threshold, "threshold", min = 0, max = 1, null_ok = TRUE)
+  if (normalize_regions && !isTRUE(model$config$region_factors)) {
+    .stop(paste0("`normalize_regions` = TRUE needs region factors; the model was built with ",
+                 "region_factors = FALSE"))
+  }
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  tb <- -1L
+  if (!is.null(transform_batch)) {
+    if (length(transform_batch) != 1L) {
+      .stop("`transform_batch` must be NULL or one batch category, got %s",
+            .describe(transform_batch))
+    }
+    tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
+  }
+  regions <- model$region_names
+  region_idx <- .feature_positions(region_list, regions, "region_list", "region")
+  q <- .multivi_query_data(model, x)
+  cells <- .query_cells(q, indices)
+  out <- .rs(rs_multivi_normalized_accessibility(model$model, q$data, cells$idx, tb,
+                                                 region_idx, use_z_mean, normalize_cells,
+                                                 normalize_regions, batch_size, device))
+  dimnames(out) <- list(cells$names,
+                        if (is.null(region_idx)) regions else regions[region_idx + 1L])
+  if (!is.null(threshold)) {
+    out[out < threshold] <- 0
+    out <- Matrix::drop0(methods::as(methods::as(out, "CsparseMatrix"), "generalMatrix"))
+  }
+  out
+}
+
+#' @rdname get_normalized_accessibility
+#' @export
+get_accessibility_estimates <- function(model, ...) get_normalized_accessibility(model, ...)
+
+#' Library size factors and region factors of a MULTIVI model
+#'
+#' `get_library_size_factors()`: each cell's encoded library sizes, as scvi-tools returns
+#' them: the expression library on the log scale, and the accessibility factor (in (0, 1)).
+#' `get_region_factors()`: the learned per-region accessibility factors (sigmoid scale).
+#'
+#' @param model a `MULTIVI` model.
+#' @param x,indices,batch_size,device as for [get_normalized_accessibility()].
+#' @param ... unused.
+#' @return `get_library_size_factors()`: a list with named vectors `expression` (log scale)
+#'   and `accessibility`. `get_region_factors()`: a vector named by region.
+#' @export
+#' @examples
+#' d <- rscvi_example_multiome()
+#' model <- train(multivi(d$rna, d$atac, cells = d$cells), max_epochs = 3, seed = 0)
+#' str(get_library_size_factors(model, indices = 1:5))
+#' summary(get_region_factors(model))
+get_library_size_factors <- function(model, ...) UseMethod("get_library_size_factors")
+
+#' @rdname get_library_size_factors
+#' @export
+get_library_size_factors.MULTIVI <- function(model, x = NULL, indices = NULL,
+                                             batch_size = 128L, device = "auto", ...) {
+  .check_multivi(model)
+  if (length(list(...))) {
+    .stop("get_library_size_factors() got unknown arguments: %s", .dots_names(list(...)))
+  }
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  q <- .multivi_query_data(model, x)
+  cells <- .query_cells(q, indices)
+  res <- .rs(rs_multivi_library_size_factors(model$model, q$data, cells$idx, batch_size,
+                                             device))
+  list(expression = stats::setNames(res$expression, cells$names),
+       accessibility = stats::setNames(res$accessibility, cells$names))
+}
+
+#' @rdname get_library_size_factors
+#' @export
+get_region_factors <- function(model, ...) UseMethod("get_region_factors")
+
+#' @rdname get_library_size_factors
+#' @export
+get_region_factors.MULTIVI <- function(model, ...) {
+  .check_multivi(model)
+  .require_modality(model, "accessibility", "get_region_factors()", NULL)
+  if (!isTRUE(model$config$region_factors)) {
+    .stop("`model` has no region factors: it was built with region_factors = FALSE")
+  }
+  stats::setNames(.rs(rs_multivi_region_factors(model$model)), model$region_names)
+}
+
+#' @rdname get_elbo
+#' @export
+get_elbo.MULTIVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
+                             device = "auto", ...) {
+  t <- .elbo_terms(model, x, indices, batch_size, device)
+  -mean(t$reconstruction_loss + t$kl_local)
+}
+
+#' @rdname get_elbo
+#' @export
+get_reconstruction_error.MULTIVI <- function(model, x = NULL, indices = NULL,
+                                             batch_size = 128L, device = "auto", ...) {
+  t <- .elbo_terms(model, x, indices, batch_size, device)
+  mean(t$reconstruction_loss)
+}
+
+#' @rdname differential_expression
+#' @section MULTIVI: differential expression of the genes (rows) between groups of cells of
+#'   a `MULTIVI` model, from the expression decoded at each sampled cell's posterior mean
+#'   (scvi-tools' MULTIVI: every draw is a resampled cell); cells without RNA take part with
+#'   their imputed expression. `pseudocounts` defaults to 1e-6; importance weights are not
+#'   available. For the regions see [differential_accessibility()].
+#' @export
+differential_expression.MULTIVI <- function(object, x = NULL, groupby = NULL, group1 = NULL,
+                                            group2 = NULL, idx1 = NULL, idx2 = NULL,
+                                            mode = c("change", "vanilla"), delta = 0.25,
+                                            batch_size = NULL, all_stats = TRUE,
+                                            batch_correction = FALSE, batchid1 = NULL,
+                                            batchid2 = NULL, fdr_target = 0.05,
+                                            silent = FALSE, filter_outlier_cells = FALSE,
+                                            device = "auto", ...) {
+  .check_multivi(object, "object")
+  .require_modality(object, "expression", "differential_expression()", NULL)
+  extra <- list(...)
+  if (any(c("weights", "importance_weighting_kwargs") %in% names(extra))) {
+    .stop("`weights`: importance weights are not available for MULTIVI models")
+  }
+  extra$pseudocounts <- extra$pseudocounts %||% 1e-6
+  # SCVI's method serves every model with an expression head: its data come from
+  # .query_data(), which registers MULTIVI data the MULTIVI way.
+  do.call(differential_expression.SCVI, c(list(
+    object, x = x, groupby = groupby, group1 = group1, group2 = group2, idx1 = idx1,
+    idx2 = idx2, mode = mode, delta = delta, batch_size = batch_size, all_stats = all_stats,
+    batch_correction = batch_correction, batchid1 = batchid1, batchid2 = batchid2,
+    fdr_target = fdr_target, silent = silent, weights = "uniform",
+    filter_outlier_cells = filter_outlier_cells, importance_weighting_kwargs = NULL,
+    device = device), extra))
+}
+
+#' Differential accessibility
+#'
+#' Bayesian differential accessibility of the regions between groups of cells of a
+#' `MULTIVI` model, as scvi-tools' `MULTIVI.differential_accessibility()`: accessibility
+#' probabilities of each group are drawn from the joint posterior (without cell or region
+#' factors) and compared with the machinery of [differential_expression()]. In `"change"`
+#' mode a region is differentially accessible when \eqn{|\log_2} fold change\eqn{|} of its
+#' probability is at least `delta` with high posterior probability (two-sided); `"vanilla"`
+#' gives the probability that accessibility is higher in group 1. Cells without ATAC take
+#' part with their imputed accessibility.
+#'
+#' @inheritParams differential_expression
+#' @param object a `MULTIVI` model with regions.
+#' @param delta threshold on the log2 fold change of the accessibility probability.
+#' @param all_stats add the empirical columns (`emp_effect`, `emp_prob1`, `emp_prob2`: the
+#'   fraction of cells of each group with ATAC counts in the region).
+#' @param ... `n_samples_overall` (default 5000), `pseudocounts` (default 1e-6).
+#' @return A data.frame with one row per region, in the model's region order (row names =
+#'   regions), and columns `prob_da`, `is_da_fdr` (change mode: within the posterior expected
+#'   FDR `fdr_target`), `bayes_factor`, `effect_size` (`est_prob2 - est_prob1`), `emp_effect`,
+#'   `est_prob1`, `est_prob2`, `emp_prob1`, `emp_prob2`; with `groupby`, also `comparison`,
+#'   `group1`, `group2` (comparisons stacked, row names made unique).
+#' @export
+#' @examples
+#' d <- rscvi_example_multiome()
+#' model <- train(multivi(d$rna, d$atac, cells = d$cells), max_epochs = 3, seed = 0)
+#' da <- differential_accessibility(model, groupby = "cell_type", group1 = "L2/3",
+#'                                  group2 = "L6", n_samples_overall = 500)
+#' head(da[order(-da$prob_da), ])
+differential_accessibility <- function(object, ...) UseMethod("differential_accessibility")
+
+#' @rdname differential_accessibility
+#' @export
+differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
+                                               group1 = NULL, group2 = NULL, idx1 = NULL,
+                                               idx2 = NULL, mode = c("change", "vanilla"),
+                                               delta = 0.05, batch_size = NULL,
+                                               all_stats = TRUE, batch_correction = FALSE,
+                                               batchid1 = NULL, batchid2 = NULL,
+                                               fdr_target = 0.05, silent = FALSE,
+                                               device = "auto", ...) {
+  model <- object
+  .check_multivi(model, "object")
+  .require_modality(model, "accessibility", "differential_accessibility()", NULL)
+  mode <- .match_choice(mode, c("change", "vanilla"), "mode")
+  delta <- .check_scalar_num(delta, "delta", min = 0)
+  fdr_target <- .check_scalar_num(fdr_target, "fdr_target", min = 0, max = 1)
+  batch_size <- .check_batch_size(batch_size %||% 128L)
+  all_stats <- .check_scalar_bool(all_stats, "all_stats")
+  silent <- .check_scalar_bool(silent, "silent")
+  batch_correction <- .check_scalar_bool(batch_correction, "batch_correction")
+  device <- .check_device(device)
+  extra <- list(...)
+  unknown <- setdiff(names(extra) %||% rep("", length(extra)),
+                     c("n_samples_overall", "pseudocounts"))
+  if (length(unknown)) {
+    .stop(paste0("differential_accessibility() got unknown arguments: %s; `...` takes ",
+                 "`n_samples_overall` and `pseudocounts`"), .enum(unknown))
+  }
+  n_samples <- .check_scalar_int(extra$n_samples_overall %||% 5000L, "n_samples_overall",
+                                 min = 1)
+  pseudocount <- .check_scalar_num(extra$pseudocounts %||% 1e-6, "pseudocounts", min = 0)
+  q <- .multivi_query_data(model, x)
+  cell_data <- q$cell_data %||% model$cell_data
+  cats <- model$registry$batch_categories
+  batch_codes <- function(ids, arg) {
+    if (!batch_correction) {
+      if (!is.null(ids)) .stop("`%s` needs batch_correction = TRUE", arg)
+      return(NULL)
+    }
+    if (is.null(ids)) return(seq_along(cats) - 1L)
+    .transform_batch_codes(ids, cats)
+  }
+  b1 <- batch_codes(batchid1, "batchid1")
+  b2 <- batch_codes(batchid2, "batchid2")
+  comparisons <- .de_comparisons(cell_data, length(q$cell_names), groupby, group1, group2,
+                                 idx1, idx2)
+  tables <- lapply(comparisons, function(cmp) {
+    if (!silent && length(comparisons) > 1) message("DA: ", cmp$label)
+    # Two-sided: the probability that |LFC| >= delta (scvi-tools' two_sided = True).
+    res <- .rs(rs_model_de(model$model, "accessibility", q$data, cmp$cells1 - 1L,
+                           cmp$cells2 - 1L, mode == "change", delta, FALSE, pseudocount, b1,
+                           b2, n_samples, batch_size, fdr_target, NULL,
+                           floor(stats::runif(1, 0, 2^31)), FALSE, "", device))
+    col <- res$columns
+    df <- data.frame(prob_da = if (mode == "change") col$proba_de else col$proba_m1,
+                     row.names = model$region_names)
+    if (mode == "change") df$is_da_fdr <- res$is_de
+    df$bayes_factor <- col$bayes_factor
+    df$effect_size <- col$scale2 - col$scale1
+    if (all_stats) df$emp_effect <- col$non_zeros_proportion2 - col$non_zeros_proportion1
+    df$est_prob1 <- col$scale1
+    df$est_prob2 <- col$scale2
+    if (all_stats) {
+      df$emp_prob1 <- col$non_zeros_proportion1
+      df$emp_prob2 <- col$non_zeros_proportion2
+    }
+    if (!is.null(cmp$group1)) {
+      df$comparison <- cmp$label
+      df$group1 <- cmp$group1
+      df$group2 <- cmp$group2
+    }
+    df
+  })
+  out <- do.call(rbind, unname(tables))
+  if (length(tables) > 1) rownames(out) <- make.unique(unlist(lapply(tables, rownames)))
+  out
+}
+
+# ---------------------------------------------------------------------------------------------
+# print / summary / plot.
+
+.multivi_data_text <- function(model) {
+  inp <- model$input
+  mc <- inp$modality_cells
+  mods <- if (length(mc) == 3L) {
+    sprintf(" (%s paired, %s RNA only, %s ATAC only)", .fmt_int(mc[["paired"]]),
+            .fmt_int(mc[["expression"]]), .fmt_int(mc[["accessibility"]]))
+  } else ""
+  dims <- sprintf("%s cells%s x %s genes + %s regions", .fmt_int(inp$n_cells), mods,
+                  .fmt_int(inp$n_genes), .fmt_int(inp$n_regions))
+  if (is.null(model$data) || .null_ptr(model$data)) {
+    return(sprintf("none attached (model set up on %s); pass `x` to queries", dims))
+  }
+  src <- if (is.na(inp$class %||% NA)) "" else sprintf(" from %s", inp$class)
+  paste0(dims, src)
+}
+
+#' @rdname summary.SCVI
+#' @method print MULTIVI
+#' @export
+print.MULTIVI <- function(x, ...) {
+  cat("MULTIVI model (rscvi)\n")
+  if (.null_ptr(x$model)) {
+    cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
+    return(invisible(x))
+  }
+  cfg <- x$config
+  reg <- x$registry
+  sa <- reg$setup_args
+  cat(sprintf("  data:     %s\n", .multivi_data_text(x)))
+  cat(sprintf("  batch:    %s\n", .key_text(sa$batch_key, reg$n_batch, "batch")))
+  cov <- c(sa$categorical_covariate_keys, sa$continuous_covariate_keys)
+  if (length(cov)) cat(sprintf("  covariates: %s\n", .enum(cov, 10L)))
+  cat(sprintf(paste0("  model:    n_latent = %d, n_hidden = %d, layers %d / %d (encoder / ",
+                     "decoder), gene_likelihood = \"%s\",\n            modality_weights = ",
+                     "\"%s\", modality_penalty = \"%s\", region_factors = %s%s\n"),
+              cfg$n_latent, cfg$n_hidden, cfg$n_layers_encoder, cfg$n_layers_decoder,
+              cfg$gene_likelihood, cfg$modality_weights, cfg$modality_penalty,
+              cfg$region_factors, if (isTRUE(cfg$fully_paired)) ", fully_paired" else ""))
+  cat(sprintf("  training: %s\n", .training_text(x)))
+  invisible(x)
+}
+
+#' @rdname summary.SCVI
+#' @method summary MULTIVI
+#' @export
+summary.MULTIVI <- function(object, ...) {
+  .check_multivi(object, "object")
+  reg <- object$registry
+  st <- .state(object)
+  h <- history(object)
+  cats <- c(list(batch = reg$batch_categories), reg$categorical_covariate_categories)
+  training <- list(
+    is_trained = isTRUE(st$is_trained),
+    epochs = nrow(h),
+    n_train = length(st$train), n_validation = length(st$validation),
+    n_test = length(st$test),
+    last = if (nrow(h)) as.list(h[nrow(h), c("elbo_train", "elbo_validation",
+                                              "reconstruction_loss_train",
+                                              "kl_local_train", "kl_weight")])
+  )
+  sa <- reg$setup_args
+  structure(list(
+    kind = "MULTIVI",
+    data = .multivi_data_text(object),
+    setup_args = sa[!vapply(sa, is.null, logical(1)) |
+                      names(sa) %in% c("batch_key", "categorical_covariate_keys",
+                                       "continuous_covariate_keys")],
+    categories = cats,
+    continuous_covariates = reg$continuous_covariate_keys,
+    hyperparameters = object$config[setdiff(names(object$config), "n_cells")],
+    training = training
+  ), class = c("summary.MULTIVI", "summary.SCVI"))
+}
+
+#' @rdname plot.SCVI
+#' @export
+plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
+  .check_multivi(x, "x")
+  .plot_history(history(x), which, ...)
+  invisible(x)
+}
+
+# ---------------------------------------------------------------------------------------------
+# Save / load.
+
+.load_multivi <- function(dir, x, ...) {
+  dots <- list(...)
+  if (length(dots)) {
+    .stop(paste0("load_model(): %s do not apply to a MULTIVI model; pass `x` as ",
+                 "list(rna = , atac = , cells = ) or a SingleCellExperiment / Seurat object"),
+          .dots_names(dots))
+  }
+  ptr <- .rs(rs_model_load(path.expand(dir)))
+  st <- .rs(rs_model_state(ptr))
+  registry <- tryCatch(.multivi_registry_from_json(st$registry), error = function(e) {
+    .stop("`dir` '%s': the saved registry is not readable (%s)", dir, conditionMessage(e))
+  })
+  config <- .config_from_json(st$config)
+  if (length(registry$gene_names) != config$n_genes ||
+      length(registry$region_names) != config$n_regions) {
+    .stop(paste0("`dir` '%s': the saved registry lists %d genes and %d regions but the model ",
+                 "has %d and %d"), dir, length(registry$gene_names),
+          length(registry$region_names), config$n_genes, config$n_regions)
+  }
+  input <- list(class = NA_character_, n_cells = registry$n_cells,
+                n_genes = config$n_genes, n_regions = config$n_regions,
+                modality_cells = registry$modality_cells)
+  model <- .new_multivi(ptr, NULL, registry, config, NULL, NULL, NULL, input,
+                        dir = normalizePath(dir))
+  if (!is.null(x)) {
+    q <- .multivi_register_query(model, x, allow_cell_weights = TRUE)
+    model$data <- q$data
+    model$cell_names <- q$cell_names
+    model$cell_data <- q$cell_data
+    model$modality <- q$modality
+    model$input <- modifyList(input, list(class = q$class, n_cells = length(q$cell_names),
+                                          modality_cells = .modality_counts(q$modality)))
+  }
+  model
+}
+
+# ---------------------------------------------------------------------------------------------
+# Conveniences: SingleCellExperiment and Seurat.
+
+.fit_multivi <- function(x, dots, caller) {
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) {
+    .stop("%s(): arguments in `...` must be named (they are passed to multivi() and train())",
+          caller)
+  }
+  setup_args <- setdiff(names(formals(multivi)), c("rna", "train", "..."))
+  train_args <- .multivi_train_arg_names()
+  unknown <- setdiff(nms, c(setup_args, train_args))
+  if (length(unknown)) {
+    .stop("%s(): unknown arguments: %s; `...` takes arguments of multivi() and train()",
+          caller, .enum(unknown, 10L))
+  }
+  model <- do.call(multivi, c(list(x), dots[nms %in% setup_args]))
+  model <- do.call(train.MULTIVI, c(list(model), dots[nms %in% train_args]))
+  z <- get_latent_representation.MULTIVI(model, device = dots$device %||% "auto")
+  list(model = model, latent = z)
+}
+
+#' MULTIVI embedding for SingleCellExperiment and Seurat objects
+#'
+#' Builds a MULTIVI model ([multivi()]) on a multiome object, trains it ([train()]) and
+#' stores the joint latent representation: `runMULTIVI()` as `reducedDim(x, name)` of a
+#' `SingleCellExperiment` whose ATAC counts are in an altExp (`altexp`, found automatically
+#' when named `"ATAC"`, `"Peaks"` or `"peaks"`); `RunMULTIVI()` as a dimensional reduction of
+#' a `Seurat` object with an RNA and an ATAC assay (`assay`, `atac_assay`), the model in its
+#' `misc` slot. Cells of the object without counts in one modality are unpaired there.
+#'
+#' @param x a `SingleCellExperiment`.
+#' @param object a `Seurat` object.
+#' @param ... arguments of [multivi()] (e.g. `batch_key`, `altexp`, `atac_assay`,
+#'   `n_latent`) and of [train()] (e.g. `max_epochs`, `seed`, `device`), by name.
+#' @param name name of the reduced dimension.
+#' @param reduction.name,reduction.key name and key (column prefix, ending in `"_"`) of the
+#'   Seurat reduction.
+#' @return `x` / `object` with the embedding added.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' d <- rscvi_example_multiome()
+#' sce <- SingleCellExperiment::SingleCellExperiment(
+#'   assays = list(counts = d$rna), colData = S4Vectors::DataFrame(d$cells))
+#' SingleCellExperiment::altExp(sce, "ATAC") <-
+#'   SummarizedExperiment::SummarizedExperiment(assays = list(counts = d$atac))
+#' sce <- runMULTIVI(sce, batch_key = "library", max_epochs = 3, seed = 0)
+#' dim(SingleCellExperiment::reducedDim(sce, "MULTIVI"))
+runMULTIVI <- function(x, ..., name = "MULTIVI") {
+  if (!methods::is(x, "SingleCellExperiment")) {
+    .stop(paste0("`x` must be a SingleCellExperiment for runMULTIVI(), got %s; use ",
+                 "RunMULTIVI() for Seurat, or multivi() for matrices"), .describe(x))
+  }
+  name <- .check_scalar_string(name, "name")
+  fit <- .fit_multivi(x, list(...), "runMULTIVI")
+  SingleCellExperiment::reducedDim(x, name) <- fit$latent
+  x
+}
+
+#' @rdname runMULTIVI
+#' @export
+#' @examplesIf requireNamespace("SeuratObject", quietly = TRUE)
+#' d <- rscvi_example_multiome()
+#' so <- SeuratObject::CreateSeuratObject(d$rna, meta.data = d$cells)
+#' so[["ATAC"]] <- SeuratObject::CreateAssayObject(counts = d$atac)
+#' so <- RunMULTIVI(so, batch_key = "library", max_epochs = 3, seed = 0)
+#' dim(SeuratObject::Embeddings(so, "multivi"))
+RunMULTIVI <- function(object, ..., reduction.name = "multivi", reduction.key = "MULTIVI_") {
+  if (!methods::is(object, "Seurat")) {
+    .stop(paste0("`object` must be a Seurat object for RunMULTIVI(), got %s; use ",
+                 "runMULTIVI() for a SingleCellExperiment"), .describe(object))
+  }
+  reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
+  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
+  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
+    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"MULTIVI_\"), got \"%s\"",
+          reduction.key)
+  }
+  fit <- .fit_multivi(object, list(...), "RunMULTIVI")
+  emb <- fit$latent
+  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
+  object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
+    embeddings = emb, key = reduction.key,
+    assay = fit$model$registry$setup_args$assay %||% SeuratObject::DefaultAssay(object),
+    misc = list(model = fit$model))
+  object
+}
+
+# ---------------------------------------------------------------------------------------------
+# Example data.
+
+#' Example data: paired RNA + ATAC (SNARE-seq2) of the mouse primary motor cortex
+#'
+#' A small real multiome dataset shipped with the package for the MULTIVI examples and
+#' tests: 600 nuclei (200 from each of three SNARE-seq2 libraries) of adult mouse primary
+#' motor cortex with gene expression counts of 1,592 genes (those of the source's 1,677 genes
+#' with counts in these nuclei) and accessibility counts of the 2,000 regions open in the
+#' most of these nuclei, and the authors' cell types (BICCN,
+#' Nature 598, 86-102 (2021), \doi{10.1038/s41586-021-03950-0}, as redistributed by the
+#' scMoMaT authors, Nat Commun 14, 384 (2023), \doi{10.1038/s41467-023-36066-2}). Every
+#' nucleus is paired; drop columns of `rna` or `atac` to make RNA-only / ATAC-only cells. See
+#' `system.file("extdata", "README.md", package = "rscvi")` for provenance.
+#'
+#' @return A list with `rna` (`dgCMatrix`, genes x cells), `atac` (`dgCMatrix`, regions
+#'   `chrN:start-end` x cells, counts 1-4) and `cells` (data.frame, row names = cell names;
+#'   `library` (batch), `cell_type` (14 of scMoMaT's 15 cell types; `Mis` = unassigned),
+#'   `cluster`).
+#' @export
+#' @examples
+#' d <- rscvi_example_multiome()
+#' sapply(d[c("rna", "atac")], dim)
+#' table(d$cells$cell_type)
+rscvi_example_multiome <- function() {
+  readRDS(system.file("extdata", "mop_snareseq2_small.rds", package = "rscvi",
+                      mustWork = TRUE))
+}
