@@ -375,14 +375,7 @@ fn read_synthetic(dir: &Path) -> AnyResult<DataSet> {
         codes: batch,
         n_categories: nb,
     };
-    Ok(DataSet::new(
-        counts,
-        batch,
-        Categorical::constant(n),
-        vec![],
-        vec![],
-        None,
-    )?)
+    Ok(DataSet::with_batches(counts, batch)?)
 }
 
 /// Times SCVI training on a synthetic dataset (validation only after the last epoch).

@@ -3,10 +3,10 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use rscvi_core::models::gimvi::{self, GimviConfig, GimviKind, GimviModel};
+use rscvi_core::models::gimvi::{self, GimviKind, GimviModel};
 
-use crate::models::{handle, new_handle};
-use crate::{dataset, from_json, guarded, indices, matrix, other};
+use crate::models::{build_model, handle};
+use crate::{dataset, guarded, indices, matrix, other};
 
 fn which_dataset(i: i32) -> Result<usize> {
     match i {
@@ -18,11 +18,9 @@ fn which_dataset(i: i32) -> Result<usize> {
 #[extendr]
 fn rs_gimvi_new(seq: Robj, spatial: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
     let data = [dataset(&seq)?, dataset(&spatial)?];
-    let config: GimviConfig = from_json(config_json, "model config")?;
-    let registry = from_json(registry_json, "registry")?;
-    Ok(new_handle(guarded(|| {
-        GimviModel::new(config, data, registry)
-    })?))
+    build_model(config_json, registry_json, |c, r| {
+        GimviModel::new(c, data, r)
+    })
 }
 
 /// `decode_mode` < 0: the dataset's own mode.

@@ -61,6 +61,11 @@ pub(crate) struct Query<'a, K: ModelKind> {
 }
 
 impl<'a, K: ModelKind> Query<'a, K> {
+    /// The query on the model of kind `K` behind the R handle `model`.
+    pub fn of(model: &'a Robj, ds: &'a Robj, idx: &Robj, batch_size: i32) -> Result<Self> {
+        Self::new(handle::<K>(model)?, ds, idx, batch_size)
+    }
+
     pub fn new(model: &'a Model<K>, ds: &'a Robj, idx: &Robj, batch_size: i32) -> Result<Self> {
         let data = dataset(ds)?;
         Ok(Self {
@@ -75,6 +80,17 @@ impl<'a, K: ModelKind> Query<'a, K> {
 /// A new R handle owning `model`.
 pub(crate) fn new_handle<K: ModelKind>(model: Model<K>) -> Robj {
     ExternalPtr::new(model).into()
+}
+
+/// A new model of kind `K`, built by `build` from the R layer's config and registry (JSON).
+pub(crate) fn build_model<K: ModelKind>(
+    config_json: &str,
+    registry_json: &str,
+    build: impl FnOnce(K::Config, serde_json::Value) -> rscvi_core::Result<Model<K>>,
+) -> Result<Robj> {
+    let config: K::Config = from_json(config_json, "model config")?;
+    let registry = from_json(registry_json, "registry")?;
+    Ok(new_handle(guarded(|| build(config, registry))?))
 }
 
 /// What the shared entry points need of a model, whatever its kind.

@@ -4,31 +4,19 @@
 use extendr_api::prelude::*;
 use extendr_api::Result;
 use rscvi_core::models::multivi::model::{self as multivi, AccessibilityQuery};
-use rscvi_core::models::multivi::{Modality, MultiviConfig, MultiviKind, MultiviModel};
+use rscvi_core::models::multivi::{Modality, MultiviKind, MultiviModel};
 
-use crate::models::{handle, new_handle, Query};
-use crate::queries::r_matrix;
-use crate::{dataset, from_json, guarded, indices, on_device_guarded, other};
+use crate::models::{build_model, handle, Query};
+use crate::queries::{latent_list, r_matrix};
+use crate::{dataset, guarded, indices, on_device_guarded, other};
 
 /// `ds`: one dataset whose columns are the genes, then the regions.
 #[extendr]
 fn rs_multivi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
     let data = dataset(&ds)?;
-    let config: MultiviConfig = from_json(config_json, "model config")?;
-    let registry = from_json(registry_json, "registry")?;
-    Ok(new_handle(guarded(|| {
-        MultiviModel::new(config, data, registry)
-    })?))
-}
-
-/// The MULTIVI model and the query arguments every MULTIVI query has.
-fn multivi_query<'a>(
-    model: &'a Robj,
-    ds: &'a Robj,
-    idx: &Robj,
-    batch_size: i32,
-) -> Result<Query<'a, MultiviKind>> {
-    Query::new(handle::<MultiviKind>(model)?, ds, idx, batch_size)
+    build_model(config_json, registry_json, |c, r| {
+        MultiviModel::new(c, data, r)
+    })
 }
 
 /// Latent representation of one modality: "joint", "expression" or "accessibility".
@@ -49,17 +37,12 @@ fn rs_multivi_latent(
         "accessibility" => Modality::Accessibility,
         _ => return Err(other(format!("internal: unknown modality {modality}"))),
     };
-    let q = multivi_query(&model, &ds, &idx, batch_size)?;
-    let (z, mean, var) = on_device_guarded!(q.model, device, |module, dev| {
+    let q = Query::<MultiviKind>::of(&model, &ds, &idx, batch_size)?;
+    let latent = on_device_guarded!(q.model, device, |module, dev| {
         let bs = q.batch_size;
         multivi::modality_latent(module, q.data, &q.cells, modality, give_mean, bs, dev)
     })?;
-    Ok(list!(
-        z = r_matrix(&z),
-        mean = r_matrix(&mean),
-        var = r_matrix(&var)
-    )
-    .into())
+    Ok(latent_list(latent))
 }
 
 /// Region accessibility probabilities; `transform_batch` < 0: each cell's own batch;
@@ -78,7 +61,7 @@ fn rs_multivi_normalized_accessibility(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let q = multivi_query(&model, &ds, &idx, batch_size)?;
+    let q = Query::<MultiviKind>::of(&model, &ds, &idx, batch_size)?;
     let n_regions = q.model.config().n_regions;
     let regions = (!regions.is_null())
         .then(|| indices(&regions, n_regions))
@@ -107,7 +90,7 @@ fn rs_multivi_library_size_factors(
     batch_size: i32,
     device: &str,
 ) -> Result<Robj> {
-    let q = multivi_query(&model, &ds, &idx, batch_size)?;
+    let q = Query::<MultiviKind>::of(&model, &ds, &idx, batch_size)?;
     let (e, a) = on_device_guarded!(q.model, device, |module, dev| {
         multivi::library_size_factors(module, q.data, &q.cells, q.batch_size, dev)
     })?;

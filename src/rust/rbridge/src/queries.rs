@@ -20,6 +20,16 @@ pub(crate) fn r_matrix(m: &Matrix) -> Robj {
     crate::matrix(&m.values, m.n_rows, m.n_cols)
 }
 
+/// A latent query's (representation, mean, variance) as an R list.
+pub(crate) fn latent_list((z, mean, var): (Matrix, Matrix, Matrix)) -> Robj {
+    list!(
+        z = r_matrix(&z),
+        mean = r_matrix(&mean),
+        var = r_matrix(&var)
+    )
+    .into()
+}
+
 /// Latent representation of cells of dataset `dataset` (0-based): the representation (mean
 /// or a draw), the posterior mean and variance.
 #[extendr]
@@ -35,7 +45,7 @@ fn rs_model_latent(
     device: &str,
 ) -> Result<Robj> {
     let (i, mc) = (dataset.max(0) as usize, mc_samples.max(1) as usize);
-    let (z, mean, var) = with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
+    let latent = with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
         on_device_guarded!(q.model, device, |module, dev| {
             infer::latent(
@@ -50,12 +60,7 @@ fn rs_model_latent(
             )
         })
     })?;
-    Ok(list!(
-        z = r_matrix(&z),
-        mean = r_matrix(&mean),
-        var = r_matrix(&var)
-    )
-    .into())
+    Ok(latent_list(latent))
 }
 
 /// Per-cell reconstruction loss and local KL of cells of dataset `dataset` (0-based).

@@ -4,30 +4,23 @@
 use extendr_api::prelude::*;
 use extendr_api::Result;
 use rscvi_core::models::scvi::scarches::FreezeSpec;
-use rscvi_core::models::scvi::{queries, ScviConfig, ScviKind, ScviModel};
+use rscvi_core::models::scvi::{queries, ScviKind, ScviModel};
 
-use crate::models::{handle, new_handle, Query};
+use crate::models::{build_model, handle, Query};
 use crate::queries::r_matrix;
-use crate::{dataset, from_json, guarded, indices, on_device_guarded, transform_batches};
+use crate::{dataset, from_json, indices, on_device_guarded, transform_batches};
 
 #[extendr]
 fn rs_scvi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
     let data = dataset(&ds)?;
-    let config: ScviConfig = from_json(config_json, "model config")?;
-    let registry = from_json(registry_json, "registry")?;
-    Ok(new_handle(guarded(|| {
-        ScviModel::new(config, data, registry)
-    })?))
+    build_model(config_json, registry_json, |c, r| {
+        ScviModel::new(c, data, r)
+    })
 }
 
 /// The SCVI model and the query arguments every SCVI query has.
-fn scvi_query<'a>(
-    model: &'a Robj,
-    ds: &'a Robj,
-    idx: &Robj,
-    batch_size: i32,
-) -> Result<Query<'a, ScviKind>> {
-    Query::new(handle::<ScviKind>(model)?, ds, idx, batch_size)
+fn scvi_query<'a>(m: &'a Robj, ds: &'a Robj, idx: &Robj, bs: i32) -> Result<Query<'a, ScviKind>> {
+    Query::of(m, ds, idx, bs)
 }
 
 #[extendr]
@@ -155,12 +148,10 @@ fn rs_scvi_query_new(
     freeze_json: &str,
 ) -> Result<Robj> {
     let (r, data) = (handle::<ScviKind>(&reference)?, dataset(&ds)?);
-    let config: ScviConfig = from_json(config_json, "model config")?;
-    let registry = from_json(registry_json, "registry")?;
     let freeze: FreezeSpec = from_json(freeze_json, "freeze options")?;
-    Ok(new_handle(guarded(|| {
-        ScviModel::for_query(r, config, data, registry, freeze)
-    })?))
+    build_model(config_json, registry_json, |c, reg| {
+        ScviModel::for_query(r, c, data, reg, freeze)
+    })
 }
 
 extendr_module! {

@@ -202,6 +202,19 @@ impl DataSet {
         })
     }
 
+    /// Counts and batches only: no labels, covariates or size factors.
+    pub fn with_batches(counts: CsrMatrix, batch: Categorical) -> Result<Self> {
+        let n = counts.n_rows;
+        Self::new(
+            counts,
+            batch,
+            Categorical::constant(n),
+            vec![],
+            vec![],
+            None,
+        )
+    }
+
     pub fn n_cells(&self) -> usize {
         self.counts.n_rows
     }
@@ -471,15 +484,7 @@ pub(crate) fn toy_dataset(n_batch: u32) -> DataSet {
         codes: (0..n).map(|c| c as u32 % n_batch).collect(),
         n_categories: n_batch as usize,
     };
-    DataSet::new(
-        counts,
-        batch,
-        Categorical::constant(n),
-        vec![],
-        vec![],
-        None,
-    )
-    .unwrap()
+    DataSet::with_batches(counts, batch).unwrap()
 }
 
 #[cfg(test)]
@@ -536,16 +541,12 @@ mod tests {
         }
         let counts = CsrMatrix::new(n, 2, indptr, indices, values).unwrap();
         let nb = *batches.iter().max().unwrap() as usize + 1;
-        DataSet::new(
+        DataSet::with_batches(
             counts,
             Categorical {
                 codes: batches,
                 n_categories: nb,
             },
-            Categorical::constant(n),
-            vec![],
-            vec![],
-            None,
         )
         .unwrap()
     }

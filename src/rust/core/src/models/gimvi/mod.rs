@@ -17,7 +17,7 @@ use crate::data::{library_prior, DataSet};
 use crate::dist;
 use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Error, Result};
-use crate::models::options::{Dispersion, GeneLikelihood};
+use crate::models::options::{check_dropout_rates, check_sizes, Dispersion, GeneLikelihood};
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 /// Index of the sequencing dataset.
@@ -102,7 +102,7 @@ impl GimviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
+        check_sizes(&[
             ("n_latent", self.n_latent),
             (
                 "n_layers_encoder_individual",
@@ -115,19 +115,11 @@ impl GimviConfig {
                 self.dim_hidden_decoder_individual,
             ),
             ("dim_hidden_decoder_shared", self.dim_hidden_decoder_shared),
-        ] {
-            if v < 1 {
-                return Err(invalid_arg(name, format!("must be >= 1, got {v}")));
-            }
-        }
-        for (name, p) in [
+        ])?;
+        check_dropout_rates(&[
             ("dropout_rate_encoder", self.dropout_rate_encoder),
             ("dropout_rate_decoder", self.dropout_rate_decoder),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(invalid_arg(name, format!("must be in [0, 1), got {p}")));
-            }
-        }
+        ])?;
         if self.dispersion == Dispersion::GeneLabel {
             // G9: the reference cannot train it either.
             return Err(invalid_arg(
@@ -713,16 +705,12 @@ mod tests {
         }
         let n = rows.len();
         let counts = CsrMatrix::new(n, g, indptr, idx, val).unwrap();
-        DataSet::new(
+        DataSet::with_batches(
             counts,
             Categorical {
                 codes: batch,
                 n_categories: n_batch,
             },
-            Categorical::constant(n),
-            vec![],
-            vec![],
-            None,
         )
         .unwrap()
     }

@@ -195,15 +195,7 @@ mod tests {
                 indptr.push(val.len());
             }
             let counts = CsrMatrix::new(n, genes.len(), indptr, idx, val).unwrap();
-            DataSet::new(
-                counts,
-                Categorical::constant(n),
-                Categorical::constant(n),
-                vec![],
-                vec![],
-                None,
-            )
-            .unwrap()
+            DataSet::with_batches(counts, Categorical::constant(n)).unwrap()
         };
         let seq_genes: Vec<usize> = (0..12).collect();
         let spatial_genes = vec![7, 1, 4, 0, 3, 6, 2, 5];

@@ -16,7 +16,9 @@ use crate::data::{covariate_width, DataSet};
 use crate::dist;
 use crate::dist::surrogate::{fused_bernoulli_cross_entropy, fused_log_likelihood_from_logits};
 use crate::error::{invalid_arg, Result};
-use crate::models::options::{GeneLikelihood, LatentDistribution, NormPlacement};
+use crate::models::options::{
+    check_dropout_rates, check_sizes, GeneLikelihood, LatentDistribution, NormPlacement,
+};
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 /// The masked softmax's stand-in for an absent modality (Q8) and its denominator guard.
@@ -111,22 +113,13 @@ impl MultiviConfig {
                 "and `atac` are both empty; MULTIVI needs expression or accessibility",
             ));
         }
-        for (name, v) in [
+        check_sizes(&[
             ("n_hidden", self.n_hidden),
             ("n_latent", self.n_latent),
             ("n_layers_encoder", self.n_layers_encoder),
             ("n_layers_decoder", self.n_layers_decoder),
-        ] {
-            if v < 1 {
-                return Err(invalid_arg(name, format!("must be >= 1, got {v}")));
-            }
-        }
-        if !(0.0..1.0).contains(&self.dropout_rate) {
-            return Err(invalid_arg(
-                "dropout_rate",
-                format!("must be in [0, 1), got {}", self.dropout_rate),
-            ));
-        }
+        ])?;
+        check_dropout_rates(&[("dropout_rate", self.dropout_rate)])?;
         if self.modality_weights == ModalityWeights::Cell && self.n_cells == 0 {
             return Err(invalid_arg(
                 "modality_weights",

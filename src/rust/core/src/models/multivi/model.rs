@@ -447,15 +447,7 @@ mod tests {
             codes: (0..n).map(|c| (c / 3 % 2) as u32).collect(),
             n_categories: 2,
         };
-        DataSet::new(
-            counts,
-            batch,
-            Categorical::constant(n),
-            vec![],
-            vec![],
-            None,
-        )
-        .unwrap()
+        DataSet::with_batches(counts, batch).unwrap()
     }
 
     #[test]

@@ -19,7 +19,9 @@ use crate::dist;
 use crate::dist::fused::{self, Likelihood, Theta};
 use crate::dist::surrogate::{fused_log_likelihood_from_logits, with_surrogate};
 use crate::error::{invalid_arg, Result};
-use crate::models::options::{Dispersion, GeneLikelihood, LatentDistribution, NormPlacement};
+use crate::models::options::{
+    check_dropout_rates, check_sizes, Dispersion, GeneLikelihood, LatentDistribution, NormPlacement,
+};
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 /// Model hyperparameters plus the data dimensions needed to rebuild the module.
@@ -75,22 +77,12 @@ impl ScviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = [
+        check_sizes(&[
             ("n_hidden", self.n_hidden),
             ("n_latent", self.n_latent),
             ("n_layers", self.n_layers),
-        ];
-        for (name, v) in positive {
-            if v < 1 {
-                return Err(invalid_arg(name, format!("must be >= 1, got {v}")));
-            }
-        }
-        if !(0.0..1.0).contains(&self.dropout_rate) {
-            return Err(invalid_arg(
-                "dropout_rate",
-                format!("must be in [0, 1), got {}", self.dropout_rate),
-            ));
-        }
+        ])?;
+        check_dropout_rates(&[("dropout_rate", self.dropout_rate)])?;
         if self.n_input == 0 {
             return Err(invalid_arg("x", "has no genes"));
         }
