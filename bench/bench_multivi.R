@@ -1,0 +1,197 @@
+#!/usr/bin/env Rscript
+# MULTIVI benchmark: rscvi vs scvi-tools 1.5.1 on mop_snareseq2 (SNARE-seq2 mouse MOp), same
+# data, same settings, same metrics, in one run (protocol in bench/scvi_tools_multivi.py).
+#
+#   Rscript bench/bench_multivi.R [epochs] [cells] [regions] [settings]
+#                                 (default: 20, all, all, paired,mosaic)
+#
+# Settings: "paired" (every cell has RNA and ATAC) and "mosaic" (mosaic_groups.tsv: a third
+# of the cells lose their ATAC, a third their RNA). Per tool: s/epoch, peak memory, the last
+# history row, all-cell ELBO and reconstruction error, kNN label purity and within-cell-type
+# batch mixing of the joint latent (k = 15, "Mis" cells left out); mosaic: hidden-ATAC AUROC
+# and hidden-RNA Spearman, with a 15-NN baseline (the nearest paired cells in the observed
+# modality's log-normalised PCA space; their mean hidden profile). Needs the installed rscvi,
+# ../shared/data (or RSCVI_SHARED_DATA) and the venv of bench/setup-venv.sh. 2 threads each;
+# the tools run one after the other. RSCVI_BENCH_REUSE=1 reads scvi-tools results already in
+# bench/results/multivi-scvi-tools-<epochs>/ instead of rerunning them. Writes
+# bench/results/multivi-<epochs>.md.
+
+args <- commandArgs(trailingOnly = TRUE)
+epochs <- if (length(args) >= 1) as.integer(args[[1]]) else 20L
+n_cells <- if (length(args) >= 2 && args[[2]] != "all") as.integer(args[[2]]) else NA
+n_regions <- if (length(args) >= 3 && args[[3]] != "all") as.integer(args[[3]]) else NA
+settings <- if (length(args) >= 4) strsplit(args[[4]], ",")[[1]] else c("paired", "mosaic")
+Sys.setenv(RAYON_NUM_THREADS = "2")
+suppressPackageStartupMessages(library(rscvi))
+here <- if (file.exists("bench/bench_multivi.R")) "bench" else stop("run from the repository root")
+data_root <- normalizePath(Sys.getenv("RSCVI_SHARED_DATA", file.path("..", "shared", "data")))
+data_dir <- file.path(data_root, "mop_snareseq2")
+venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rscvi/bench-venv"))
+if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
+out_dir <- file.path(here, "results", sprintf("multivi-scvi-tools-%d", epochs))
+
+# The data as scvi_tools_multivi.py loads it (same subsample rules).
+m <- methods::as(Matrix::readMM(file.path(data_dir, "matrix.mtx.gz")), "CsparseMatrix")
+features <- utils::read.delim(gzfile(file.path(data_dir, "features.tsv.gz")))
+obs <- utils::read.delim(gzfile(file.path(data_dir, "obs.tsv.gz")), stringsAsFactors = FALSE)
+barcodes <- local({
+  con <- gzfile(file.path(data_dir, "barcodes.tsv.gz"))
+  on.exit(close(con))
+  readLines(con)
+})
+groups <- utils::read.delim(file.path(data_dir, "mosaic_groups.tsv"), stringsAsFactors = FALSE)
+genes <- which(features$feature_type == "Gene Expression")
+peaks <- which(features$feature_type == "Peaks")
+if (!is.na(n_regions)) {
+  open_cells <- Matrix::rowSums(m[peaks, ] > 0)
+  peaks <- sort(peaks[order(-open_cells, seq_along(open_cells))[seq_len(n_regions)]])
+}
+cells <- seq_len(ncol(m))
+if (!is.na(n_cells)) cells <- seq(1L, ncol(m), by = max(ncol(m) %/% n_cells, 1L))[seq_len(n_cells)]
+rna <- m[genes, cells]
+atac <- m[peaks, cells]
+rownames(rna) <- features$name[genes]
+rownames(atac) <- features$id[peaks]
+colnames(rna) <- colnames(atac) <- barcodes[cells]
+obs <- obs[cells, ]
+rownames(obs) <- barcodes[cells]
+group <- groups$group[match(barcodes[cells], groups$barcode)]
+cell_names <- barcodes[cells]
+
+# Peak resident memory of this R process (high-water mark: data loading included, as on the
+# Python side; a later setting reports at least the earlier one's peak).
+peak_rss_mb <- function() {
+  line <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", line)) / 1024
+}
+
+knn_metrics <- function(z, keep) c(
+  knn_purity = knn_purity(z[keep, ], obs$cell_type[keep], 15L),
+  batch_mixing = batch_mixing(z[keep, ], obs$cell_type[keep], obs$library[keep], 15L))
+
+auroc <- function(scores, truth) {
+  pos <- sum(truth)
+  neg <- length(truth) - pos
+  if (pos == 0 || neg == 0) return(NA_real_)
+  (sum(rank(scores)[truth]) - pos * (pos + 1) / 2) / (pos * neg)
+}
+spearman <- function(a, b) {
+  if (length(unique(a)) < 2 || length(unique(b)) < 2) return(NA_real_)
+  suppressWarnings(stats::cor(a, b, method = "spearman"))
+}
+hidden_scores <- function(acc, expr, rna_only, atac_only) {
+  truth_atac <- as.matrix(atac[, rna_only] > 0)
+  counts <- as.matrix(rna[, atac_only])
+  truth_rna <- t(t(counts) / pmax(colSums(counts), 1))
+  c(hidden_atac_auroc = mean(vapply(seq_along(rna_only), function(i) {
+      auroc(acc[i, ], truth_atac[, i])
+    }, 0), na.rm = TRUE),
+    hidden_rna_spearman = stats::median(vapply(seq_len(nrow(truth_rna)), function(g) {
+      spearman(truth_rna[g, ], expr[, g])
+    }, 0), na.rm = TRUE))
+}
+
+# 15-NN baseline, no model: for an RNA-only cell, the 15 paired cells nearest in the
+# log-normalised RNA PCA space (30 components fitted on the paired cells), their mean binary
+# ATAC row; for an ATAC-only cell, the 15 paired cells with the highest cosine similarity of
+# binary ATAC rows, their mean normalised RNA.
+knn_baseline <- function(rna_only, atac_only, paired) {
+  lognorm <- function(x) log1p(t(t(x) / pmax(Matrix::colSums(x), 1)) * 1e4)
+  nn_mean <- function(dist_rows, values) {
+    t(vapply(seq_len(nrow(dist_rows)), function(i) {
+      colMeans(values[order(dist_rows[i, ])[1:15], , drop = FALSE])
+    }, numeric(ncol(values))))
+  }
+  ln <- lognorm(as.matrix(rna[, c(paired, rna_only)]))
+  fit <- stats::prcomp(t(ln[, seq_along(paired)]), rank. = 30)
+  query <- scale(t(ln[, -seq_along(paired)]), fit$center, FALSE) %*% fit$rotation
+  d_rna <- outer(rowSums(query^2), rowSums(fit$x^2), "+") - 2 * query %*% t(fit$x)
+  acc <- nn_mean(d_rna, t(as.matrix(atac[, paired] > 0)) * 1)
+  bin <- function(cols) methods::as(atac[, cols] > 0, "CsparseMatrix") * 1
+  bq <- bin(atac_only)
+  bp <- bin(paired)
+  sim <- as.matrix(Matrix::crossprod(bq, bp)) /
+    outer(sqrt(Matrix::colSums(bq)), sqrt(Matrix::colSums(bp)))
+  counts <- as.matrix(rna[, paired])
+  expr <- nn_mean(-sim, t(counts) / pmax(colSums(counts), 1))
+  hidden_scores(acc, expr, rna_only, atac_only)
+}
+
+run_rscvi <- function(setting) {
+  r <- rna
+  a <- atac
+  if (setting == "mosaic") {
+    r <- r[, group != "atac_only"]
+    a <- a[, group != "rna_only"]
+  }
+  model <- multivi(rna = r, atac = a, cells = obs, batch_key = "library")
+  t0 <- proc.time()[["elapsed"]]
+  model <- train(model, max_epochs = epochs, seed = 0L, device = "cpu", progress = FALSE)
+  secs <- proc.time()[["elapsed"]] - t0
+  h <- history(model)
+  z <- get_latent_representation(model)
+  z <- z[match(cell_names, rownames(z)), , drop = FALSE]
+  res <- c(s_per_epoch = secs / nrow(h), epochs = nrow(h),
+           peak_memory_mb = peak_rss_mb(),
+           elbo_validation = utils::tail(h$elbo_validation, 1),
+           reconstruction_loss_validation = utils::tail(h$reconstruction_loss_validation, 1),
+           elbo_all = get_elbo(model), reconstruction_all = get_reconstruction_error(model),
+           knn_metrics(z, obs$cell_type != "Mis"))
+  if (setting == "mosaic") {
+    cn <- rownames(get_latent_representation(model))
+    rna_only <- which(group == "rna_only")
+    atac_only <- which(group == "atac_only")
+    acc <- get_normalized_accessibility(model, indices = match(cell_names[rna_only], cn))
+    expr <- get_normalized_expression(model, indices = match(cell_names[atac_only], cn))
+    res <- c(res, hidden_scores(as.matrix(acc), as.matrix(expr), rna_only, atac_only))
+  }
+  res
+}
+
+run_reference <- function(setting) {
+  reuse <- Sys.getenv("RSCVI_BENCH_REUSE") == "1" &&
+    file.exists(file.path(out_dir, setting, "summary.json"))
+  status <- if (reuse) 0L else system2(file.path(venv, "bin", "python"), c(
+    file.path(here, "scvi_tools_multivi.py"), "--data", data_dir, "--out", out_dir,
+    "--settings", setting, "--epochs", epochs, "--threads", "2",
+    if (!is.na(n_regions)) c("--regions", n_regions),
+    if (!is.na(n_cells)) c("--cells", n_cells)))
+  if (status != 0) stop("scvi-tools reference run failed")
+  s <- jsonlite::fromJSON(file.path(out_dir, setting, "summary.json"))
+  lat <- utils::read.csv(file.path(out_dir, setting, "latent.csv"), row.names = 1)
+  z <- as.matrix(lat)[match(cell_names, rownames(lat)), , drop = FALSE]
+  res <- c(s_per_epoch = s$s_per_epoch, epochs = s$epochs, peak_memory_mb = s$peak_rss_mb,
+           elbo_validation = s$history_last$elbo_validation,
+           reconstruction_loss_validation = s$history_last$reconstruction_loss_validation,
+           elbo_all = s$elbo_all, reconstruction_all = s$reconstruction_all,
+           knn_metrics(z, obs$cell_type != "Mis" & !is.na(z[, 1])))
+  if (setting == "mosaic") {
+    res <- c(res, hidden_atac_auroc = s$hidden_atac_auroc,
+             hidden_rna_spearman = s$hidden_rna_spearman)
+  }
+  res
+}
+
+lines <- c(sprintf("# MULTIVI: rscvi vs scvi-tools 1.5.1 (bench/bench_multivi.R, %d epochs)", epochs),
+           "", sprintf("mop_snareseq2: %d cells, %d genes, %d regions; 2 threads each; load %s.",
+                       length(cells), nrow(rna), nrow(atac), readLines("/proc/loadavg")), "")
+for (setting in settings) {
+  cat(sprintf("== %s\n", setting))
+  ours <- run_rscvi(setting)
+  ref <- run_reference(setting)
+  rows <- union(names(ours), names(ref))
+  tab <- data.frame(metric = rows, rscvi = signif(ours[rows], 5), scvi_tools = signif(ref[rows], 5))
+  print(tab, row.names = FALSE)
+  if (setting == "mosaic") {
+    base <- knn_baseline(which(group == "rna_only"), which(group == "atac_only"),
+                         which(group == "paired"))
+    tab$knn_baseline <- signif(base[rows], 4)
+  }
+  print(tab, row.names = FALSE)
+  lines <- c(lines, sprintf("## %s", setting), "",
+             paste0("| ", paste(names(tab), collapse = " | "), " |"),
+             paste0("|", paste(rep("---", ncol(tab)), collapse = "|"), "|"),
+             apply(tab, 1, function(r) paste0("| ", paste(r, collapse = " | "), " |")), "")
+}
+writeLines(lines, file.path(here, "results",
+                            sprintf("multivi-%d-%s.md", epochs, paste(settings, collapse = "-"))))
