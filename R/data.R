@@ -521,22 +521,33 @@
 
 # New data must carry the model's genes, in the model's order.
 .check_gene_names <- function(genes, model_genes, arg = "x") {
-  if (identical(as.character(genes), as.character(model_genes))) return(invisible(TRUE))
-  missing <- setdiff(model_genes, genes)
-  extra <- setdiff(genes, model_genes)
+  .check_feature_names(genes, model_genes, arg, unit = "genes", model_unit = "genes",
+                       reorder = "x[model_genes, ]",
+                       hint = "subset/reorder the rows to the model's genes")
+}
+
+# New data must carry the model's features (`unit`: "genes", "regions"), in its order.
+.check_feature_names <- function(features, model_features, arg, unit, model_unit, reorder,
+                                 hint) {
+  if (identical(as.character(features), as.character(model_features))) {
+    return(invisible(TRUE))
+  }
+  missing <- setdiff(model_features, features)
+  extra <- setdiff(features, model_features)
   if (!length(missing) && !length(extra)) {
-    .stop(paste0("`%s` has the model's %d genes but in a different order; reorder its rows ",
-                 "to the model's gene order first (e.g. x[model_genes, ])"),
-          arg, length(model_genes))
+    .stop(paste0("`%s` has the model's %d %s but in a different order; reorder its rows ",
+                 "to the model's %s order first (e.g. %s)"),
+          arg, length(model_features), unit, sub("s$", "", unit), reorder)
   }
   parts <- c(
-    if (length(missing)) sprintf("%d of the model's %d genes are missing (%s)",
-                                 length(missing), length(model_genes), .enum(missing)),
-    if (length(extra)) sprintf("%d genes are not in the model (%s)", length(extra),
+    if (length(missing)) sprintf("%d of the model's %d %s are missing (%s)",
+                                 length(missing), length(model_features), unit,
+                                 .enum(missing)),
+    if (length(extra)) sprintf("%d %s are not in the model (%s)", length(extra), unit,
                                .enum(extra))
   )
-  .stop("`%s` genes do not match the model's genes: %s; subset/reorder the rows to the model's genes",
-        arg, paste(parts, collapse = "; "))
+  .stop("`%s` %s do not match the model's %s: %s; %s", arg, unit, model_unit,
+        paste(parts, collapse = "; "), hint)
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,46 @@
 # included: its modalities are columns of one dataset).
 .dataset_names <- function(model) if (inherits(model, "GIMVI")) .gimvi_parts else "cells"
 
+# The train() options every model shares, checked, under the names of the core's TrainConfig.
+.train_config <- function(max_epochs, train_size, validation_size, shuffle_set_split,
+                          batch_size, lr, weight_decay, eps, n_epochs_kl_warmup,
+                          n_steps_kl_warmup, check_val_every_n_epoch, seed) {
+  sizes <- .check_split_sizes(train_size, validation_size)
+  list(
+    max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1, null_ok = TRUE),
+    train_size = sizes$train_size,
+    validation_size = sizes$validation_size,
+    shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
+    batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
+    lr = .check_scalar_num(lr, "lr", min = 0, min_open = TRUE),
+    weight_decay = .check_scalar_num(weight_decay, "weight_decay", min = 0),
+    eps = .check_scalar_num(eps, "eps", min = 0, min_open = TRUE),
+    n_epochs_kl_warmup = .check_scalar_int(n_epochs_kl_warmup, "n_epochs_kl_warmup", min = 0,
+                                           null_ok = TRUE),
+    n_steps_kl_warmup = .check_scalar_int(n_steps_kl_warmup, "n_steps_kl_warmup", min = 0,
+                                          null_ok = TRUE),
+    check_val_every_n_epoch = .check_scalar_int(check_val_every_n_epoch,
+                                                "check_val_every_n_epoch", min = 0),
+    seed = .check_seed(seed)
+  )
+}
+
+.early_stopping_monitors <- c("elbo_validation", "reconstruction_loss_validation",
+                              "validation_loss", "elbo_train", "reconstruction_loss_train",
+                              "train_loss")
+
+# The early-stopping options of train(), checked.
+.early_stopping_config <- function(early_stopping, monitor, patience, min_delta) {
+  list(
+    early_stopping = .check_scalar_bool(early_stopping, "early_stopping"),
+    early_stopping_monitor = .check_choice(monitor, .early_stopping_monitors,
+                                           "early_stopping_monitor"),
+    early_stopping_patience = .check_scalar_int(patience, "early_stopping_patience", min = 1),
+    early_stopping_min_delta = .check_scalar_num(min_delta, "early_stopping_min_delta",
+                                                 min = 0)
+  )
+}
+
 # Runs the shared training entry point with the checked train() options `cfg`.
 .train_model <- function(model, cfg, device, progress) {
   datasets <- .model_datasets(model)

@@ -221,24 +221,12 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
     .stop("train() got unknown arguments for a GIMVI model: %s; see ?train",
           .dots_names(dots))
   }
-  sizes <- .check_split_sizes(train_size, validation_size)
-  cfg <- list(
-    max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1),
-    train_size = sizes$train_size,
-    validation_size = sizes$validation_size,
-    shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
-    batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
-    early_stopping = FALSE,
-    lr = .check_scalar_num(lr, "lr", min = 0, min_open = TRUE),
-    weight_decay = .check_scalar_num(weight_decay, "weight_decay", min = 0),
-    eps = .check_scalar_num(eps, "eps", min = 0, min_open = TRUE),
-    n_epochs_kl_warmup = .check_scalar_int(n_epochs_kl_warmup, "n_epochs_kl_warmup", min = 0,
-                                           null_ok = TRUE),
-    n_steps_kl_warmup = .check_scalar_int(n_steps_kl_warmup, "n_steps_kl_warmup", min = 0,
-                                          null_ok = TRUE),
-    check_val_every_n_epoch = .check_scalar_int(check_val_every_n_epoch %||% 0L,
-                                                "check_val_every_n_epoch", min = 0),
-    seed = .check_seed(seed)
+  cfg <- c(
+    .train_config(.check_scalar_int(max_epochs, "max_epochs", min = 1), train_size,
+                  validation_size, shuffle_set_split, batch_size, lr, weight_decay, eps,
+                  n_epochs_kl_warmup, n_steps_kl_warmup, check_val_every_n_epoch %||% 0L,
+                  seed),
+    list(early_stopping = FALSE)
   )
   cfg$kappa <- .check_scalar_num(kappa, "kappa", min = 0)
   .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))

@@ -733,9 +733,6 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
     .stop("train() got unknown arguments for a MULTIVI model: %s%s; see ?train",
           .dots_names(dots), hint)
   }
-  sizes <- .check_split_sizes(train_size, validation_size)
-  monitors <- c("elbo_validation", "reconstruction_loss_validation", "validation_loss",
-                "elbo_train", "reconstruction_loss_train", "train_loss")
   early_stopping <- .check_scalar_bool(early_stopping, "early_stopping")
   asked_mixing <- !missing(adversarial_mixing)
   adversarial_mixing <- .check_scalar_bool(adversarial_mixing, "adversarial_mixing")
@@ -744,29 +741,13 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
   }
   # scvi-tools validates every epoch when early stopping is on, otherwise never by default.
   check_val <- check_val_every_n_epoch %||% (if (early_stopping) 1L else 0L)
-  cfg <- list(
-    max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1),
-    train_size = sizes$train_size,
-    validation_size = sizes$validation_size,
-    shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
-    batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
-    early_stopping = early_stopping,
-    early_stopping_monitor = .check_choice(early_stopping_monitor, monitors,
-                                           "early_stopping_monitor"),
-    early_stopping_patience = .check_scalar_int(early_stopping_patience,
-                                                "early_stopping_patience", min = 1),
-    early_stopping_min_delta = .check_scalar_num(early_stopping_min_delta,
-                                                 "early_stopping_min_delta", min = 0),
-    optimizer = "AdamW",
-    lr = .check_scalar_num(lr, "lr", min = 0, min_open = TRUE),
-    weight_decay = .check_scalar_num(weight_decay, "weight_decay", min = 0),
-    eps = .check_scalar_num(eps, "eps", min = 0, min_open = TRUE),
-    n_epochs_kl_warmup = .check_scalar_int(n_epochs_kl_warmup, "n_epochs_kl_warmup", min = 0,
-                                           null_ok = TRUE),
-    n_steps_kl_warmup = .check_scalar_int(n_steps_kl_warmup, "n_steps_kl_warmup", min = 0,
-                                          null_ok = TRUE),
-    check_val_every_n_epoch = .check_scalar_int(check_val, "check_val_every_n_epoch", min = 0),
-    seed = .check_seed(seed)
+  cfg <- c(
+    .train_config(.check_scalar_int(max_epochs, "max_epochs", min = 1), train_size,
+                  validation_size, shuffle_set_split, batch_size, lr, weight_decay, eps,
+                  n_epochs_kl_warmup, n_steps_kl_warmup, check_val, seed),
+    .early_stopping_config(early_stopping, early_stopping_monitor, early_stopping_patience,
+                           early_stopping_min_delta),
+    list(optimizer = "AdamW")
   )
   if (early_stopping && cfg$check_val_every_n_epoch == 0L &&
       grepl("validation", cfg$early_stopping_monitor)) {
@@ -882,23 +863,11 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
 
 # New data must carry the model's regions, in the model's order.
 .check_region_names <- function(regions, model_regions, arg) {
-  if (identical(as.character(regions), as.character(model_regions))) return(invisible(TRUE))
-  missing <- setdiff(model_regions, regions)
-  extra <- setdiff(regions, model_regions)
-  if (!length(missing) && !length(extra)) {
-    .stop(paste0("`%s` has the model's %d regions but in a different order; reorder its rows ",
-                 "to the model's region order first (e.g. atac[model$region_names, ])"),
-          arg, length(model_regions))
-  }
-  parts <- c(
-    if (length(missing)) sprintf("%d of the model's %d regions are missing (%s)",
-                                 length(missing), length(model_regions), .enum(missing)),
-    if (length(extra)) sprintf("%d regions are not in the model (%s)", length(extra),
-                               .enum(extra))
-  )
-  .stop(paste0("`%s` regions do not match the model's ATAC regions: %s; MULTIVI applies only ",
-               "to the regions (peaks) it was trained on: subset/reorder the rows to ",
-               "model$region_names"), arg, paste(parts, collapse = "; "))
+  .check_feature_names(regions, model_regions, arg, unit = "regions",
+                       model_unit = "ATAC regions", reorder = "atac[model$region_names, ]",
+                       hint = paste0("MULTIVI applies only to the regions (peaks) it was ",
+                                     "trained on: subset/reorder the rows to ",
+                                     "model$region_names"))
 }
 
 # The data a MULTIVI query runs on: the model's own, or `x` registered against the model.

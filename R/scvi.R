@@ -441,35 +441,14 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
   if (min_kl > max_kl) {
     .stop("`min_kl_weight` (%s) must not exceed `max_kl_weight` (%s)", min_kl, max_kl)
   }
-  sizes <- .check_split_sizes(train_size, validation_size)
-  monitors <- c("elbo_validation", "reconstruction_loss_validation", "validation_loss",
-                "elbo_train", "reconstruction_loss_train", "train_loss")
-  cfg <- list(
-    max_epochs = .check_scalar_int(max_epochs, "max_epochs", min = 1, null_ok = TRUE),
-    train_size = sizes$train_size,
-    validation_size = sizes$validation_size,
-    shuffle_set_split = .check_scalar_bool(shuffle_set_split, "shuffle_set_split"),
-    batch_size = .check_scalar_int(batch_size, "batch_size", min = 2),
-    early_stopping = .check_scalar_bool(early_stopping, "early_stopping"),
-    early_stopping_monitor = .check_choice(early_stopping_monitor, monitors,
-                                           "early_stopping_monitor"),
-    early_stopping_patience = .check_scalar_int(early_stopping_patience,
-                                                "early_stopping_patience", min = 1),
-    early_stopping_min_delta = .check_scalar_num(early_stopping_min_delta,
-                                                 "early_stopping_min_delta", min = 0),
-    optimizer = .match_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
-    lr = .check_scalar_num(lr, "lr", min = 0, min_open = TRUE),
-    weight_decay = .check_scalar_num(weight_decay, "weight_decay", min = 0),
-    eps = .check_scalar_num(eps, "eps", min = 0, min_open = TRUE),
-    n_epochs_kl_warmup = .check_scalar_int(n_epochs_kl_warmup, "n_epochs_kl_warmup", min = 0,
-                                           null_ok = TRUE),
-    n_steps_kl_warmup = .check_scalar_int(n_steps_kl_warmup, "n_steps_kl_warmup", min = 0,
-                                          null_ok = TRUE),
-    min_kl_weight = min_kl,
-    max_kl_weight = max_kl,
-    check_val_every_n_epoch = .check_scalar_int(extra$check_val_every_n_epoch %||% 1L,
-                                                "check_val_every_n_epoch", min = 0),
-    seed = .check_seed(seed)
+  cfg <- c(
+    .train_config(max_epochs, train_size, validation_size, shuffle_set_split, batch_size, lr,
+                  weight_decay, eps, n_epochs_kl_warmup, n_steps_kl_warmup,
+                  extra$check_val_every_n_epoch %||% 1L, seed),
+    .early_stopping_config(early_stopping, early_stopping_monitor, early_stopping_patience,
+                           early_stopping_min_delta),
+    list(optimizer = .match_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
+         min_kl_weight = min_kl, max_kl_weight = max_kl)
   )
   .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
 }
