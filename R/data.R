@@ -191,16 +191,21 @@
     .stop("`layer` '%s' is not an assay of `%s`; available assays: %s", layer, arg,
           .enum(assays, 10L))
   }
-  # SeuratObject 5 renamed `slot` to `layer`; Debian ships 4.1.3 where only `slot` works.
-  # LayerData is looked up at run time: 4.1.3 does not export it (R CMD check would warn).
+  list(m = .seurat_counts(x, layer, arg), cells = x[[]], layer = layer)
+}
+
+# The counts of assay `assay` of a Seurat object. SeuratObject 5 renamed `slot` to `layer`;
+# Debian ships 4.1.3 where only `slot` works. LayerData is looked up at run time: 4.1.3 does
+# not export it (R CMD check would warn).
+.seurat_counts <- function(x, assay, arg) {
   m <- if (utils::packageVersion("SeuratObject") >= "5.0.0") {
     layer_data <- getExportedValue("SeuratObject", "LayerData")
-    layer_data(x, assay = layer, layer = "counts")
+    layer_data(x, assay = assay, layer = "counts")
   } else {
-    SeuratObject::GetAssayData(x, slot = "counts", assay = layer)
+    SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
   }
-  if (length(m) == 0L) .stop("assay '%s' of `%s` has no counts", layer, arg)
-  list(m = m, cells = x[[]], layer = layer)
+  if (length(m) == 0L) .stop("assay '%s' of `%s` has no counts", assay, arg)
+  m
 }
 
 #' Convert user input into a validated genes x cells count matrix plus cell data

@@ -4,6 +4,19 @@
 
 .check_batch_size <- function(batch_size) .check_scalar_int(batch_size, "batch_size", min = 1)
 
+# A positive number, or "latent" for the cell's own library; NaN (not NA, which the bridge's
+# f64 refuses) asks the core for the latent library.
+.check_library_size <- function(library_size) {
+  if (identical(library_size, "latent")) return(NaN)
+  ok <- is.numeric(library_size) && length(library_size) == 1L && !is.na(library_size) &&
+    is.finite(library_size) && library_size > 0
+  if (!ok) {
+    .stop("`library_size` must be a single positive number or \"latent\", got %s",
+          .describe(library_size))
+  }
+  as.double(library_size)
+}
+
 # Cell selection on the query data: 0-based indices for the bridge and the cells' names.
 .query_cells <- function(q, indices) {
   idx <- .resolve_indices(indices, length(q$cell_names), "indices")
@@ -126,16 +139,7 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
   if (weights == "importance" && is.null(n_samples_overall)) {
     .stop("`weights` = \"importance\" weights the draws of `n_samples_overall`; give it too")
   }
-  # NaN (not NA, which the bridge's f64 refuses) asks the core for the "latent" library.
-  lib <- if (identical(library_size, "latent")) NaN else {
-    ok <- is.numeric(library_size) && length(library_size) == 1L && !is.na(library_size) &&
-      is.finite(library_size) && library_size > 0
-    if (!ok) {
-      .stop("`library_size` must be a single positive number or \"latent\", got %s",
-            .describe(library_size))
-    }
-    as.double(library_size)
-  }
+  lib <- .check_library_size(library_size)
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)

@@ -13,7 +13,7 @@
 # ---------------------------------------------------------------------------------------------
 # Gathering the modalities.
 
-# Counts of a Seurat assay (SeuratObject 4 `slot`, 5 `layer`; see .from_seurat()).
+# Counts of a Seurat assay named by argument `assay_arg`.
 .seurat_assay_counts <- function(x, assay, arg, assay_arg) {
   if (!requireNamespace("SeuratObject", quietly = TRUE)) {
     .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first", arg)
@@ -23,14 +23,7 @@
     .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", assay_arg, assay, arg,
           .enum(assays, 10L))
   }
-  m <- if (utils::packageVersion("SeuratObject") >= "5.0.0") {
-    layer_data <- getExportedValue("SeuratObject", "LayerData")
-    layer_data(x, assay = assay, layer = "counts")
-  } else {
-    SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
-  }
-  if (length(m) == 0L) .stop("assay '%s' of `%s` has no counts", assay, arg)
-  m
+  .seurat_counts(x, assay, arg)
 }
 
 .sce_assay <- function(x, layer, arg, layer_arg) {
@@ -977,15 +970,7 @@ get_normalized_expression.MULTIVI <- function(model, x = NULL, indices = NULL,
           .dots_names(list(...)))
   }
   .require_modality(model, "expression", "get_normalized_expression()", NULL)
-  lib <- if (identical(library_size, "latent")) NaN else {
-    ok <- is.numeric(library_size) && length(library_size) == 1L && !is.na(library_size) &&
-      is.finite(library_size) && library_size > 0
-    if (!ok) {
-      .stop("`library_size` must be a single positive number or \"latent\", got %s",
-            .describe(library_size))
-    }
-    as.double(library_size)
-  }
+  lib <- .check_library_size(library_size)
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
