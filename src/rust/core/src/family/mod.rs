@@ -39,6 +39,9 @@ pub struct StepLoss<B: Backend> {
     /// The sampled latent of every cell of the step, for models with an adversarial
     /// classifier.
     pub z: Option<Tensor<B, 2>>,
+    /// First layers computed as sparse products, whose weight gradients the loop adds after
+    /// the backward pass.
+    pub sparse_inputs: Vec<crate::nn::SparseInput<B>>,
 }
 
 /// q(z | x) of a minibatch in eval mode.

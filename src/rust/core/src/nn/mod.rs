@@ -6,7 +6,7 @@ pub mod adversarial;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{activation, backend::Backend, Distribution, Tensor};
+use burn::tensor::{activation, backend::Backend, Distribution, Tensor, TensorData};
 
 pub const BN_EPS: f64 = 1e-3;
 pub const BN_MOMENTUM: f64 = 0.01;
@@ -204,33 +204,168 @@ impl<B: Backend> FcLayers<B> {
     /// `cov` is the one-hot covariate block (None when the stack has no covariates).
     pub fn forward(
         &self,
+        h: Tensor<B, 2>,
+        cov: Option<&Tensor<B, 2>>,
+        training: bool,
+    ) -> Tensor<B, 2> {
+        self.forward_from(0, h, cov, training)
+    }
+
+    /// As [`FcLayers::forward`] from layer `first` on (its covariates are injected as
+    /// usual).
+    fn forward_from(
+        &self,
+        first: usize,
         mut h: Tensor<B, 2>,
         cov: Option<&Tensor<B, 2>>,
         training: bool,
     ) -> Tensor<B, 2> {
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().skip(first) {
             if let Some(c) = cov {
                 if i == 0 || self.inject_covariates {
                     h = Tensor::cat(vec![h, c.clone()], 1);
                 }
             }
-            h = layer.linear.forward(h);
-            if let Some(bn) = &layer.batch_norm {
-                h = bn.forward(h, training);
-            }
-            if layer.layer_norm {
-                h = layer_norm(h);
-            }
-            if layer.activation {
-                h = if self.leaky_relu {
-                    activation::leaky_relu(h, 0.01)
-                } else {
-                    activation::relu(h)
-                };
-            }
-            h = dropout(h, self.dropout, training);
+            h = self.after_linear(layer, layer.linear.forward(h), training);
         }
         h
+    }
+
+    /// A layer's normalisation, activation and dropout, after its linear map.
+    fn after_linear(
+        &self,
+        layer: &FcLayer<B>,
+        mut h: Tensor<B, 2>,
+        training: bool,
+    ) -> Tensor<B, 2> {
+        if let Some(bn) = &layer.batch_norm {
+            h = bn.forward(h, training);
+        }
+        if layer.layer_norm {
+            h = layer_norm(h);
+        }
+        if layer.activation {
+            h = if self.leaky_relu {
+                activation::leaky_relu(h, 0.01)
+            } else {
+                activation::relu(h)
+            };
+        }
+        dropout(h, self.dropout, training)
+    }
+
+    /// As [`FcLayers::forward`] on sparse input rows without covariates: the first linear
+    /// map is a sparse product on the host (the dense product would mostly multiply zeros);
+    /// its weight's gradient is left to [`SparseInput::weight_gradient`] after the backward
+    /// pass.
+    pub fn forward_sparse(
+        &self,
+        x: &std::sync::Arc<SparseRows>,
+        training: bool,
+    ) -> (Tensor<B, 2>, SparseInput<B>) {
+        let first = &self.layers[0];
+        let weight = first.linear.weight.val();
+        let device = weight.device();
+        let [d_in, d_out] = weight.dims();
+        let w: Vec<f32> = weight
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        let y = x.matmul(&w, d_in, d_out);
+        let n = x.n_rows();
+        let product =
+            Tensor::<B, 2>::from_data(TensorData::new(y, [n, d_out]), &device).require_grad();
+        let mut h = product.clone();
+        if let Some(b) = &first.linear.bias {
+            h = h + b.val().unsqueeze_dim(0);
+        }
+        let h = self.after_linear(first, h, training);
+        let pending = SparseInput {
+            weight: first.linear.weight.id,
+            product,
+            input: x.clone(),
+            d_in,
+        };
+        (self.forward_from(1, h, None, training), pending)
+    }
+}
+
+/// Rows of a sparse matrix (CSR), the input of a sparse first layer.
+#[derive(Clone, Debug, Default)]
+pub struct SparseRows {
+    pub indptr: Vec<usize>,
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseRows {
+    pub fn n_rows(&self) -> usize {
+        self.indptr.len().saturating_sub(1)
+    }
+
+    /// Rows x `w` (row-major d_in x d_out).
+    fn matmul(&self, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+        let mut y = vec![0f32; self.n_rows() * d_out];
+        for (r, out) in y.chunks_mut(d_out.max(1)).enumerate() {
+            for k in self.indptr[r]..self.indptr[r + 1] {
+                let j = self.indices[k] as usize;
+                if j < d_in {
+                    let v = self.values[k];
+                    for (o, &wj) in out.iter_mut().zip(&w[j * d_out..(j + 1) * d_out]) {
+                        *o += v * wj;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Rowsᵀ x `dy` (n x d_out): d_in x d_out.
+    fn transpose_matmul(&self, dy: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+        let mut g = vec![0f32; d_in * d_out];
+        for r in 0..self.n_rows() {
+            let row = &dy[r * d_out..(r + 1) * d_out];
+            for k in self.indptr[r]..self.indptr[r + 1] {
+                let j = self.indices[k] as usize;
+                if j < d_in {
+                    let v = self.values[k];
+                    for (o, &d) in g[j * d_out..(j + 1) * d_out].iter_mut().zip(row) {
+                        *o += v * d;
+                    }
+                }
+            }
+        }
+        g
+    }
+}
+
+/// The pending weight gradient of a sparse first layer: ∂L/∂W = Xᵀ · ∂L/∂(XW), once the
+/// backward pass has given ∂L/∂(XW).
+pub struct SparseInput<B: Backend> {
+    pub weight: ParamId,
+    /// X·W, a leaf of the graph.
+    pub product: Tensor<B, 2>,
+    pub input: std::sync::Arc<SparseRows>,
+    /// Input width of the layer (rows of W).
+    pub d_in: usize,
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> SparseInput<B> {
+    /// ∂L/∂W from the gradients of a backward pass (None when X·W was not used).
+    pub fn weight_gradient(&self, grads: &B::Gradients) -> Option<Tensor<B::InnerBackend, 2>> {
+        let dy = self.product.grad(grads)?;
+        let device = dy.device();
+        let [n, d_out] = dy.dims();
+        let dy: Vec<f32> = dy.into_data().convert::<f32>().into_vec::<f32>().ok()?;
+        if n != self.input.n_rows() {
+            return None;
+        }
+        let g = self.input.transpose_matmul(&dy, self.d_in, d_out);
+        Some(Tensor::from_data(
+            TensorData::new(g, [self.d_in, d_out]),
+            &device,
+        ))
     }
 }
 
@@ -266,7 +401,21 @@ impl<B: Backend> Encoder<B> {
         cov: Option<&Tensor<B, 2>>,
         training: bool,
     ) -> Posterior<B> {
-        let h = self.encoder.forward(x, cov, training);
+        self.head(self.encoder.forward(x, cov, training))
+    }
+
+    /// As [`Encoder::forward`] on sparse input rows without covariates (see
+    /// [`FcLayers::forward_sparse`]).
+    pub fn forward_sparse(
+        &self,
+        x: &std::sync::Arc<SparseRows>,
+        training: bool,
+    ) -> (Posterior<B>, SparseInput<B>) {
+        let (h, pending) = self.encoder.forward_sparse(x, training);
+        (self.head(h), pending)
+    }
+
+    fn head(&self, h: Tensor<B, 2>) -> Posterior<B> {
         let mean = self.mean_encoder.forward(h.clone());
         let var = self.var_encoder.forward(h).exp() + self.var_eps;
         let noise =

@@ -231,7 +231,14 @@ where
                 let logits = c.forward(z.clone(), true);
                 objective = objective + adversarial_loss(logits, classes.clone(), false) * scale;
             }
-            let mut grads = GradientsParams::from_grads(objective.backward(), &model);
+            let raw = objective.backward();
+            let sparse: Vec<_> = (loss.sparse_inputs.iter())
+                .filter_map(|s| Some((s.weight, s.weight_gradient(&raw)?)))
+                .collect();
+            let mut grads = GradientsParams::from_grads(raw, &model);
+            for (id, g) in sparse {
+                grads.register::<B::InnerBackend, 2>(id, g);
+            }
             grad::apply_grad_rules::<B>(&mut grads, &grad_rules);
             model = optim.step(cfg.lr, model, grads);
             if let (Some(c), Some(opt), Some(classes)) =

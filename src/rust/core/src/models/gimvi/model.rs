@@ -87,6 +87,7 @@ impl<B: Backend> FamilyModule<B> for Jvae<B> {
             objective: loss_sum / n_total as f64,
             terms,
             z: Some(z),
+            sparse_inputs: Vec::new(),
         }
     }
 

@@ -19,7 +19,9 @@ use crate::error::{invalid_arg, Result};
 use crate::models::options::{
     check_dropout_rates, check_sizes, GeneLikelihood, LatentDistribution, NormPlacement,
 };
-use crate::nn::{Encoder, FcLayers, FcOptions};
+use std::sync::Arc;
+
+use crate::nn::{Encoder, FcLayers, FcOptions, SparseInput, SparseRows};
 
 /// The masked softmax's stand-in for an absent modality (Q8) and its denominator guard.
 const MASKED_WEIGHT: f64 = 1e-30;
@@ -210,6 +212,9 @@ pub struct MultiviBatch<B: Backend> {
     /// Batch code of each cell (the adversarial classifier's classes).
     pub batch_codes: Vec<usize>,
     pub n_cells: usize,
+    /// The same counts as sparse rows, for the encoders' sparse first layers.
+    pub rna_rows: Arc<SparseRows>,
+    pub atac_rows: Arc<SparseRows>,
 }
 
 impl<B: Backend> MultiviBatch<B> {
@@ -228,6 +233,9 @@ impl<B: Backend> MultiviBatch<B> {
         let mut x_atac = vec![0f32; n * rw];
         let mut log_factorial = vec![0f32; n];
         let mut masks = vec![0f32; n * 2];
+        let (mut rna_rows, mut atac_rows) = (SparseRows::default(), SparseRows::default());
+        rna_rows.indptr.push(0);
+        atac_rows.indptr.push(0);
         for (row, &c) in cells.iter().enumerate() {
             let (idx, val) = data.counts.row(c);
             let (mut rna_total, mut atac_total, mut lf) = (0f64, 0f64, 0f64);
@@ -237,11 +245,17 @@ impl<B: Backend> MultiviBatch<B> {
                     x_rna[row * gw + j] = v;
                     rna_total += v as f64;
                     lf += crate::data::ln_factorial(v as f64);
+                    rna_rows.indices.push(j as u32);
+                    rna_rows.values.push(v);
                 } else {
                     x_atac[row * rw + j - g] = v;
                     atac_total += v as f64;
+                    atac_rows.indices.push((j - g) as u32);
+                    atac_rows.values.push(v);
                 }
             }
+            rna_rows.indptr.push(rna_rows.values.len());
+            atac_rows.indptr.push(atac_rows.values.len());
             log_factorial[row] = lf as f32;
             masks[row * 2] = (rna_total > 0.0) as u8 as f32;
             masks[row * 2 + 1] = (atac_total > 0.0) as u8 as f32;
@@ -268,6 +282,8 @@ impl<B: Backend> MultiviBatch<B> {
             ),
             batch_codes,
             n_cells: n,
+            rna_rows: Arc::new(rna_rows),
+            atac_rows: Arc::new(atac_rows),
         }
     }
 
@@ -294,6 +310,8 @@ pub struct MultiviInference<B: Backend> {
     /// Log library of the expression (ℓ_e) and accessibility factor d, (n, 1).
     pub library_expression: Tensor<B, 2>,
     pub library_accessibility: Tensor<B, 2>,
+    /// The encoders' sparse first layers, pending their weight gradients.
+    pub sparse_inputs: Vec<SparseInput<B>>,
 }
 
 /// The decoder side: expression logits, zero-inflation logits, region probabilities.
@@ -317,6 +335,7 @@ pub struct MultiviLoss<B: Backend> {
     pub penalty: Tensor<B, 1>,
     /// The joint draw (input of the adversarial classifier).
     pub z: Tensor<B, 2>,
+    pub sparse_inputs: Vec<SparseInput<B>>,
 }
 
 /// Masked softmax of the modality logits (§4 step 4): exp(ω) where the modality is
@@ -508,16 +527,35 @@ impl<B: Backend> Multivae<B> {
             self.encoder_input(&b.x_rna, b),
             self.encoder_input(&b.x_atac, b),
         );
-        let qa = self
-            .z_encoder_accessibility
-            .forward(xa.clone(), cov, training);
-        let qe = self.z_encoder_expression.forward(xe.clone(), cov, training);
-        let library = |enc: &LibraryEncoder<B>, x: Tensor<B, 2>| {
-            enc.output.forward(enc.px_decoder.forward(x, cov, training))
+        // The counts are mostly zeros (99.7% for ATAC): without encoded covariates the
+        // encoders' first layers multiply the sparse rows (same values, far fewer products).
+        let sparse = !self.config.encode_covariates;
+        let mut sparse_inputs = Vec::new();
+        let mut encode = |enc: &Encoder<B>, x: &Tensor<B, 2>, rows: &Arc<SparseRows>| {
+            if sparse {
+                let (q, pending) = enc.forward_sparse(rows, training);
+                sparse_inputs.push(pending);
+                q
+            } else {
+                enc.forward(x.clone(), cov, training)
+            }
+        };
+        let qa = encode(&self.z_encoder_accessibility, &xa, &b.atac_rows);
+        let qe = encode(&self.z_encoder_expression, &xe, &b.rna_rows);
+        let mut library = |enc: &LibraryEncoder<B>, x: Tensor<B, 2>, rows: &Arc<SparseRows>| {
+            let h = if sparse {
+                let (h, pending) = enc.px_decoder.forward_sparse(rows, training);
+                sparse_inputs.push(pending);
+                h
+            } else {
+                enc.px_decoder.forward(x, cov, training)
+            };
+            enc.output.forward(h)
         };
         let library_expression =
-            activation::leaky_relu(library(&self.l_encoder_expression, xe), 0.01);
-        let library_accessibility = activation::sigmoid(library(&self.l_encoder_accessibility, xa));
+            activation::leaky_relu(library(&self.l_encoder_expression, xe, &b.rna_rows), 0.01);
+        let library_accessibility =
+            activation::sigmoid(library(&self.l_encoder_accessibility, xa, &b.atac_rows));
         let weights = mixing_weights(self.modality_logits(b), b.masks.clone());
         let (qz_mean, qz_var) = mix(
             &weights,
@@ -538,6 +576,7 @@ impl<B: Backend> Multivae<B> {
             z,
             library_expression,
             library_accessibility,
+            sparse_inputs,
         }
     }
 
@@ -648,6 +687,7 @@ impl<B: Backend> Multivae<B> {
             kl_z,
             penalty,
             z: inf.z,
+            sparse_inputs: inf.sparse_inputs,
         }
     }
 }

@@ -81,8 +81,10 @@ impl<B: Backend> FamilyModule<B> for Multivae<B> {
         let mut terms = Vec::with_capacity(batches.len());
         let mut objective = None;
         let mut z = None;
+        let mut sparse_inputs = Vec::new();
         for b in batches {
             let t = self.loss(b, kl_weight, training);
+            sparse_inputs.extend(t.sparse_inputs);
             objective = Some(match objective {
                 Some(o) => o + t.loss.clone(),
                 None => t.loss.clone(),
@@ -99,6 +101,7 @@ impl<B: Backend> FamilyModule<B> for Multivae<B> {
             objective: objective.expect("a training step has a minibatch"),
             terms,
             z,
+            sparse_inputs,
         }
     }
 
@@ -581,6 +584,58 @@ mod tests {
         assert_eq!(z.values, z2.values);
         assert_eq!(back.state.history.len(), 60);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The sparse first layers give the dense path's loss and first-layer weight gradients
+    /// (one batch and no covariates: encoding covariates only switches the path).
+    #[test]
+    fn sparse_first_layers_match_the_dense_product() {
+        use burn::module::AutodiffModule;
+        use burn::tensor::backend::Backend as _;
+        type A = crate::backend::CpuTrain;
+        let _guard = crate::TEST_RNG_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let data = mosaic();
+        let one_batch = DataSet::with_batches(
+            data.counts.clone(),
+            crate::data::Categorical::constant(data.n_cells()),
+        )
+        .unwrap();
+        let cells: Vec<usize> = (0..120).step_by(3).collect();
+        let dev = Default::default();
+        let run = |encode_covariates: bool| {
+            let mut config = MultiviConfig::new(10, 16, 1);
+            config.encode_covariates = encode_covariates;
+            A::seed(&dev, 7);
+            let m = <Multivae<A> as AutodiffModule<A>>::from_inner(
+                Multivae::<Cpu>::new(config.clone(), &dev).unwrap(),
+            );
+            let m = burn::module::Module::map(m, &mut crate::nn::Retrainable);
+            let b = MultiviBatch::<A>::new(&config, &one_batch, &cells, None, &dev);
+            let loss = m.step_loss(&[b], 0.5, false);
+            let value: f32 = loss.objective.clone().into_scalar();
+            let raw = loss.objective.backward();
+            let first = &m.z_encoder_accessibility.encoder.layers[0].linear.weight;
+            let grad = match loss.sparse_inputs.iter().find(|s| s.weight == first.id) {
+                Some(s) => s.weight_gradient(&raw).unwrap(),
+                None => first.val().grad(&raw).unwrap(),
+            };
+            let g: Vec<f32> = grad.into_data().to_vec().unwrap();
+            (value, g, loss.sparse_inputs.len())
+        };
+        let (dense, dense_grad, n_dense) = run(true);
+        let (sparse, sparse_grad, n_sparse) = run(false);
+        assert_eq!((n_dense, n_sparse), (0, 4));
+        assert!(
+            (dense - sparse).abs() < 1e-3 * dense.abs(),
+            "{dense} vs {sparse}"
+        );
+        let scale = dense_grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        for (a, b) in dense_grad.iter().zip(&sparse_grad) {
+            assert!((a - b).abs() < 1e-3 * scale, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl<B: Backend> FamilyModule<B> for Scvi<B> {
             objective,
             terms,
             z: None,
+            sparse_inputs: Vec::new(),
         }
     }
 }
