@@ -264,22 +264,9 @@
   }
 
   m <- .to_dgc(m, arg)
-  v <- m@x
-  if (any(!is.finite(v))) {
-    .stop("`%s` contains %d missing or infinite values (NA/NaN/Inf); counts must be finite",
-          arg, sum(!is.finite(v)))
-  }
-  if (any(v < 0)) {
-    .stop("`%s` contains %d negative values (min %s); rscvi expects raw non-negative counts",
-          arg, sum(v < 0), format(min(v)))
-  }
-  if (any(v != round(v))) {
-    # scvi-tools only warns, but the count likelihoods are defined on integers and
-    # non-integer input is almost always normalised or log-transformed data by mistake.
-    .stop(paste0("`%s` contains %d non-integer values (e.g. %s); rscvi expects raw counts, ",
-                 "not normalised or log-transformed data"), arg, sum(v != round(v)),
-          format(v[v != round(v)][1]))
-  }
+  # scvi-tools only warns on non-integers, but the count likelihoods are defined on integers
+  # and non-integer input is almost always normalised or log-transformed data by mistake.
+  .check_count_values(m@x, arg, "rscvi", "raw counts, not normalised or log-transformed data")
 
   gene_names <- rownames(m) %||% paste0("gene", seq_len(nrow(m)))
   cell_names <- colnames(m)
@@ -522,6 +509,24 @@
     cell_data = cd,
     cell_names = input$cell_names
   )
+}
+
+# The stored values of a count matrix: finite, non-negative integers; `who` expects
+# `integers` (what the error says instead of non-integer values).
+.check_count_values <- function(v, arg, who, integers) {
+  if (any(!is.finite(v))) {
+    .stop("`%s` contains %d missing or infinite values (NA/NaN/Inf); counts must be finite",
+          arg, sum(!is.finite(v)))
+  }
+  if (any(v < 0)) {
+    .stop("`%s` contains %d negative values (min %s); %s expects raw non-negative counts",
+          arg, sum(v < 0), format(min(v)), who)
+  }
+  if (any(v != round(v))) {
+    .stop("`%s` contains %d non-integer values (e.g. %s); %s expects %s", arg,
+          sum(v != round(v)), format(v[v != round(v)][1]), who, integers)
+  }
+  invisible(TRUE)
 }
 
 # New data must carry the model's genes, in the model's order.

@@ -121,14 +121,21 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
     if (mode == "change") df[[paste0("is_de_fdr_", .py_float(fdr_target))]] <- res$is_de
     rownames(df) <- model$gene_names %||% model$registry$gene_names
     key <- if (mode == "change") df$proba_de else df$bayes_factor
-    df <- df[order(-key, method = "radix"), , drop = FALSE]
+    df[order(-key, method = "radix"), , drop = FALSE]
+  })
+  .bind_comparisons(tables, comparisons)
+}
+
+# One table of per-comparison results, each labelled with its groups when there are groups.
+.bind_comparisons <- function(tables, comparisons) {
+  tables <- Map(function(df, cmp) {
     if (!is.null(cmp$group1)) {
       df$comparison <- cmp$label
       df$group1 <- cmp$group1
       df$group2 <- cmp$group2
     }
     df
-  })
+  }, tables, comparisons)
   out <- do.call(rbind, unname(tables))
   if (length(tables) > 1) rownames(out) <- make.unique(unlist(lapply(tables, rownames)))
   out

@@ -117,6 +117,14 @@
   model
 }
 
+# print()'s first line; FALSE (after saying so) when the Rust handle is gone.
+.print_title <- function(x, kind) {
+  cat(sprintf("%s model (rscvi)\n", kind))
+  if (!.null_ptr(x$model)) return(TRUE)
+  cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
+  FALSE
+}
+
 #' @rdname history
 #' @export
 history.rscvi_model <- function(model, ...) {

@@ -340,11 +340,7 @@ get_imputed_values.GIMVI <- function(model, x_seq = NULL, x_spatial = NULL, norm
 #' @method print GIMVI
 #' @export
 print.GIMVI <- function(x, ...) {
-  cat("GIMVI model (rscvi)\n")
-  if (.null_ptr(x$model)) {
-    cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
-    return(invisible(x))
-  }
+  if (!.print_title(x, "GIMVI")) return(invisible(x))
   cfg <- x$config
   for (p in .gimvi_parts) {
     inp <- x$input[[p]]

@@ -374,11 +374,7 @@ validation_indices <- function(model, ...) UseMethod("validation_indices")
 #' @method print SCVI
 #' @export
 print.SCVI <- function(x, ...) {
-  cat("SCVI model (rscvi)\n")
-  if (.null_ptr(x$model)) {
-    cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
-    return(invisible(x))
-  }
+  if (!.print_title(x, "SCVI")) return(invisible(x))
   cfg <- x$config
   reg <- x$registry
   sa <- reg$setup_args

@@ -210,22 +210,11 @@
   if (ncol(m) == 0L) .stop("`%s` has no cells (0 columns); MULTIVI expects %s x cells", arg, unit)
   if (nrow(m) == 0L) .stop("`%s` has no %s (0 rows); MULTIVI expects %s x cells", arg, unit, unit)
   m <- .to_dgc(m, arg)
-  v <- m@x
-  if (any(!is.finite(v))) {
-    .stop("`%s` contains %d missing or infinite values (NA/NaN/Inf); counts must be finite",
-          arg, sum(!is.finite(v)))
-  }
-  if (any(v < 0)) {
-    .stop("`%s` contains %d negative values (min %s); MULTIVI expects raw non-negative counts",
-          arg, sum(v < 0), format(min(v)))
-  }
-  if (any(v != round(v))) {
-    what_ok <- if (what == "rna") "raw counts, not normalised or log-transformed data"
-               else paste("raw counts or binary (0/1) accessibility, not TF-IDF or other",
-                          "normalised values")
-    .stop("`%s` contains %d non-integer values (e.g. %s); MULTIVI expects %s", arg,
-          sum(v != round(v)), format(v[v != round(v)][1]), what_ok)
-  }
+  .check_count_values(m@x, arg, "MULTIVI", if (what == "rna") {
+    "raw counts, not normalised or log-transformed data"
+  } else {
+    "raw counts or binary (0/1) accessibility, not TF-IDF or other normalised values"
+  })
   features <- rownames(m) %||% paste0(if (what == "rna") "gene" else "region", seq_len(nrow(m)))
   if (anyDuplicated(features)) {
     dup <- unique(features[duplicated(features)])
@@ -1270,16 +1259,9 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
       df$emp_prob1 <- col$non_zeros_proportion1
       df$emp_prob2 <- col$non_zeros_proportion2
     }
-    if (!is.null(cmp$group1)) {
-      df$comparison <- cmp$label
-      df$group1 <- cmp$group1
-      df$group2 <- cmp$group2
-    }
     df
   })
-  out <- do.call(rbind, unname(tables))
-  if (length(tables) > 1) rownames(out) <- make.unique(unlist(lapply(tables, rownames)))
-  out
+  .bind_comparisons(tables, comparisons)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1305,11 +1287,7 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
 #' @method print MULTIVI
 #' @export
 print.MULTIVI <- function(x, ...) {
-  cat("MULTIVI model (rscvi)\n")
-  if (.null_ptr(x$model)) {
-    cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
-    return(invisible(x))
-  }
+  if (!.print_title(x, "MULTIVI")) return(invisible(x))
   cfg <- x$config
   reg <- x$registry
   sa <- reg$setup_args

@@ -234,40 +234,24 @@ mod tests {
         };
         let total: f32 = out.per_cell.iter().sum();
         assert!((total - value(&a, &d, &rl)).abs() < 1e-4);
-        let eps = 1e-3f32;
-        for k in 0..6 {
-            let (mut up, mut dn) = (a, a);
-            up[k] += eps;
-            dn[k] -= eps;
-            let num = (value(&up, &d, &rl) - value(&dn, &d, &rl)) / (2.0 * eps);
-            assert!(
-                (num - out.d_logits[k]).abs() < 2e-3,
-                "a[{k}]: {num} vs {}",
-                out.d_logits[k]
-            );
-        }
-        for c in 0..2 {
-            let (mut up, mut dn) = (d, d);
-            up[c] += eps;
-            dn[c] -= eps;
-            let num = (value(&a, &up, &rl) - value(&a, &dn, &rl)) / (2.0 * eps);
-            assert!(
-                (num - out.d_library[c]).abs() < 5e-3,
-                "d[{c}]: {num} vs {}",
-                out.d_library[c]
-            );
-        }
-        for j in 0..3 {
-            let (mut up, mut dn) = (rl, rl);
-            up[j] += eps;
-            dn[j] -= eps;
-            let num = (value(&a, &d, &up) - value(&a, &d, &dn)) / (2.0 * eps);
-            assert!(
-                (num - out.d_region[j]).abs() < 2e-3,
-                "r[{j}]: {num} vs {}",
-                out.d_region[j]
-            );
-        }
+        // Central differences of the summed value along each coordinate of `at`.
+        let check = |name: &str, at: &[f32], f: &dyn Fn(&[f32]) -> f32, got: &[f32], tol: f32| {
+            let eps = 1e-3f32;
+            for k in 0..at.len() {
+                let (mut up, mut dn) = (at.to_vec(), at.to_vec());
+                up[k] += eps;
+                dn[k] -= eps;
+                let num = (f(&up) - f(&dn)) / (2.0 * eps);
+                assert!(
+                    (num - got[k]).abs() < tol,
+                    "{name}[{k}]: {num} vs {}",
+                    got[k]
+                );
+            }
+        };
+        check("a", &a, &|v| value(v, &d, &rl), &out.d_logits, 2e-3);
+        check("d", &d, &|v| value(&a, v, &rl), &out.d_library, 5e-3);
+        check("r", &rl, &|v| value(&a, &d, v), &out.d_region, 2e-3);
         // An unmeasured cell does not move the region factors.
         let half = cross_entropy(&x, &a, &d, Some(&rl), &[1.0, 0.0], 3, true);
         let first = cross_entropy(&x[..3], &a[..3], &d[..1], Some(&rl), &[1.0], 3, true);

@@ -331,6 +331,28 @@ mod training_tests {
         crate::data::toy_dataset(2)
     }
 
+    /// The loop on the CPU for an SCVI module without scArches freezing.
+    fn train_scvi(
+        module: Scvi<Cpu>,
+        data: &DataSet,
+        tc: &TrainConfig,
+        state: &mut TrainState,
+        resident_budget: Option<usize>,
+    ) -> (Scvi<Cpu>, Result<TrainSummary>) {
+        let device = Default::default();
+        let extra = ScviExtra::default();
+        train::<ScviKind, CpuTrain>(
+            module,
+            &[data],
+            tc,
+            &extra,
+            state,
+            &mut Silent,
+            &device,
+            resident_budget,
+        )
+    }
+
     fn flat<const D: usize>(t: burn::tensor::Tensor<Cpu, D>) -> Vec<f32> {
         t.into_data().to_vec().unwrap()
     }
@@ -351,16 +373,7 @@ mod training_tests {
         };
         let run = || {
             let mut state = TrainState::default();
-            let (m, r) = train::<ScviKind, CpuTrain>(
-                fresh(),
-                &[&data],
-                &tc,
-                &ScviExtra::default(),
-                &mut state,
-                &mut Silent,
-                &Default::default(),
-                None,
-            );
+            let (m, r) = train_scvi(fresh(), &data, &tc, &mut state, None);
             r.unwrap();
             (m, state)
         };
@@ -414,16 +427,7 @@ mod training_tests {
             let prior = crate::data::library_prior(&data);
             let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
             let mut state = TrainState::default();
-            let (m, r) = train::<ScviKind, CpuTrain>(
-                m,
-                &[&data],
-                &tc,
-                &ScviExtra::default(),
-                &mut state,
-                &mut Silent,
-                &Default::default(),
-                budget,
-            );
+            let (m, r) = train_scvi(m, &data, &tc, &mut state, budget);
             r.unwrap();
             (flat(m.px_r.val()), state.history[1].elbo_train)
         };
@@ -453,28 +457,10 @@ mod training_tests {
         let _ = w(&m); // use it first: parameters are now initialised
         let before = w(&m);
         let mut state = TrainState::default();
-        let (once, r) = train::<ScviKind, CpuTrain>(
-            m.clone(),
-            &[&data],
-            &tc,
-            &ScviExtra::default(),
-            &mut state,
-            &mut Silent,
-            &Default::default(),
-            None,
-        );
+        let (once, r) = train_scvi(m.clone(), &data, &tc, &mut state, None);
         r.unwrap();
         assert_ne!(w(&once), before, "a used model did not train");
-        let (twice, r) = train::<ScviKind, CpuTrain>(
-            once.clone(),
-            &[&data],
-            &tc,
-            &ScviExtra::default(),
-            &mut state,
-            &mut Silent,
-            &Default::default(),
-            None,
-        );
+        let (twice, r) = train_scvi(once.clone(), &data, &tc, &mut state, None);
         r.unwrap();
         assert_ne!(w(&twice), w(&once), "a trained model did not train further");
         assert_eq!(state.history.len(), 2);
