@@ -46,3 +46,27 @@ rscvi_example_sce <- function() {
   SingleCellExperiment::SingleCellExperiment(assays = list(counts = d$counts),
                                              colData = col_data)
 }
+
+#' Example data: single-cell splice junction counts with gene expression
+#'
+#' A small real dataset shipped with the package for the SPLICEVI examples, tests and
+#' vignette: 600 mouse cells (droplet data, STARsolo counts) from 11 library tags, with UMI
+#' counts of 482 genes and the junction reads of 500 alternative splicing events, each an
+#' ATSE of two junctions: the event's inclusion junction (`<event>:inc`) and its competing
+#' exclusion junctions (`<event>:exc`). From the toy data of the splikit R package (csglab,
+#' MIT licence); there are no cell-type labels. See
+#' `system.file("extdata", "README.md", package = "rscvi")` for provenance.
+#'
+#' @return A list with `expression` (`dgCMatrix`, genes x cells), `junctions` (`dgCMatrix`,
+#'   1,000 junctions x the same cells), `atse` (the event id of each junction row, for
+#'   [splicevi()]'s `atse`) and `cells` (data.frame, row names = cell names; `library`, the
+#'   library tag, to use as batch).
+#' @export
+#' @examples
+#' d <- rscvi_example_splicing()
+#' sapply(d[c("expression", "junctions")], dim)
+#' head(d$atse)
+#' table(d$cells$library)
+rscvi_example_splicing <- function() {
+  readRDS(system.file("extdata", "splikit_small.rds", package = "rscvi", mustWork = TRUE))
+}

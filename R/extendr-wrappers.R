@@ -87,4 +87,25 @@ rs_multivi_library_size_factors <- function(model, ds, idx, batch_size, device) 
 
 rs_multivi_region_factors <- function(model) .Call(wrap__rs_multivi_region_factors, model)
 
+# `ds`: one dataset whose columns are the genes, then the junctions.
+rs_splicevi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_splicevi_new, ds, config_json, registry_json)
+
+# Number of entries where the user's ATSE totals (dgCMatrix slots of junctions x cells)
+# differ from the sums of the junction counts over each ATSE.
+rs_splicevi_check_totals <- function(ds, n_genes, junction_atse, p, i, x) .Call(wrap__rs_splicevi_check_totals, ds, n_genes, junction_atse, p, i, x)
+
+# Latent representation of one modality: "joint", "expression" or "splicing".
+rs_splicevi_latent <- function(model, ds, idx, modality, give_mean, batch_size, device) .Call(wrap__rs_splicevi_latent, model, ds, idx, modality, give_mean, batch_size, device)
+
+# Junction probabilities; `transform_batch`: batch codes to average over (empty: each
+# cell's own); `junctions` NULL: all, else 0-based.
+rs_splicevi_normalized_splicing <- function(model, ds, idx, transform_batch, junctions, use_z_mean, n_samples, return_mean, norm_splicing_function, batch_size, device) .Call(wrap__rs_splicevi_normalized_splicing, model, ds, idx, transform_batch, junctions, use_z_mean, n_samples, return_mean, norm_splicing_function, batch_size, device)
+
+# Per cell: the log library log(s + 1e-6).
+rs_splicevi_library_size_factors <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_splicevi_library_size_factors, model, ds, idx, batch_size, device)
+
+# Differential splicing between two cell sets (0-based); `batches1/2` NULL = observed
+# batches, else batch codes to marginalise over. Columns in junction order.
+rs_splicevi_differential_splicing <- function(model, ds, idx1, idx2, batches1, batches2, n_samples_overall, delta, fdr_target, norm_splicing_function, mode, batch_size, seed, device) .Call(wrap__rs_splicevi_differential_splicing, model, ds, idx1, idx2, batches1, batches2, n_samples_overall, delta, fdr_target, norm_splicing_function, mode, batch_size, seed, device)
+
 

@@ -5,7 +5,8 @@
 # (rs_model_train/history/state/save); each model's own file adds only what is its own.
 
 # The kinds and how users build them, for messages.
-.model_makers <- c(SCVI = "scvi()", GIMVI = "gimvi()", MULTIVI = "multivi()")
+.model_makers <- c(SCVI = "scvi()", GIMVI = "gimvi()", MULTIVI = "multivi()",
+                   SPLICEVI = "splicevi()")
 
 .check_kind <- function(model, kind, arg = "model") {
   if (!inherits(model, kind)) {
@@ -115,6 +116,92 @@
   }
   model$last_training <- res
   model
+}
+
+# Arguments that a constructor (`caller`) passes on to `train_fun`, the train() method of
+# `kind`, checked by name before any work is done.
+.check_kind_train_dots <- function(dots, caller, train_fun, kind) {
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) .stop("%s(): arguments passed on to train() must be named", caller)
+  known <- setdiff(names(formals(train_fun)), c("model", "..."))
+  unknown <- setdiff(nms, known)
+  if (length(unknown)) {
+    .stop("%s(): unknown training arguments: %s; train() of a %s model takes %s", caller,
+          .enum(unknown, 10L), kind, .enum(known, 30L))
+  }
+  invisible(TRUE)
+}
+
+# run<KIND>() / Run<KIND>(): builds a model of `kind` on `x` with `build`, trains it with
+# `train_fun` (the arguments in `dots` go to whichever takes them) and returns the model
+# and its latent representation.
+.fit_embedding <- function(x, dots, caller, kind, build, train_fun) {
+  maker <- .model_makers[[kind]]
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) {
+    .stop("%s(): arguments in `...` must be named (they are passed to %s and train())",
+          caller, maker)
+  }
+  setup_args <- setdiff(names(formals(build))[-1], c("train", "..."))
+  train_args <- setdiff(names(formals(train_fun)), c("model", "..."))
+  unknown <- setdiff(nms, c(setup_args, train_args))
+  if (length(unknown)) {
+    .stop("%s(): unknown arguments: %s; `...` takes arguments of %s and train()",
+          caller, .enum(unknown, 10L), maker)
+  }
+  model <- do.call(build, c(list(x), dots[nms %in% setup_args]))
+  model <- do.call(train_fun, c(list(model), dots[nms %in% train_args]))
+  z <- get_latent_representation(model, device = dots$device %||% "auto")
+  list(model = model, latent = z)
+}
+
+# Normalized expression of a model with an expression head next to another modality
+# (MULTIVI, SPLICEVI), decoded from the joint latent; its data come from .query_data().
+.joint_normalized_expression <- function(model, x, indices, transform_batch, gene_list,
+                                         library_size, n_samples, batch_size, device) {
+  lib <- .check_library_size(library_size)
+  n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
+  genes <- model$gene_names
+  gene_idx <- .feature_positions(gene_list, genes, "gene_list", "gene")
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  out <- .rs(rs_model_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
+                                            n_samples, batch_size, device))
+  dimnames(out) <- list(cells$names, if (is.null(gene_idx)) genes else genes[gene_idx + 1L])
+  out
+}
+
+# summary() of a model of two modalities (MULTIVI, SPLICEVI) of kind `kind`; `drop` names
+# config entries that are not hyperparameters.
+.summary_of <- function(object, kind, data_text, drop = "n_cells") {
+  reg <- object$registry
+  st <- .state(object)
+  h <- history(object)
+  cats <- c(list(batch = reg$batch_categories), reg$categorical_covariate_categories)
+  training <- list(
+    is_trained = isTRUE(st$is_trained),
+    epochs = nrow(h),
+    n_train = length(st$train), n_validation = length(st$validation),
+    n_test = length(st$test),
+    last = if (nrow(h)) as.list(h[nrow(h), c("elbo_train", "elbo_validation",
+                                              "reconstruction_loss_train",
+                                              "kl_local_train", "kl_weight")])
+  )
+  sa <- reg$setup_args
+  structure(list(
+    kind = kind,
+    data = data_text,
+    setup_args = sa[!vapply(sa, is.null, logical(1)) |
+                      names(sa) %in% c("batch_key", "categorical_covariate_keys",
+                                       "continuous_covariate_keys")],
+    categories = cats,
+    continuous_covariates = reg$continuous_covariate_keys,
+    hyperparameters = object$config[setdiff(names(object$config), drop)],
+    training = training
+  ), class = c(paste0("summary.", kind), "summary.SCVI"))
 }
 
 # print()'s first line; FALSE (after saying so) when the Rust handle is gone.

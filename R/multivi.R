@@ -11,37 +11,7 @@
 .atac_names <- c("ATAC", "Peaks", "peaks", "atac")
 
 # ---------------------------------------------------------------------------------------------
-# Gathering the modalities.
-
-# Counts of a Seurat assay named by argument `assay_arg`.
-.seurat_assay_counts <- function(x, assay, arg, assay_arg) {
-  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-    .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first", arg)
-  }
-  assays <- SeuratObject::Assays(x)
-  if (!assay %in% assays) {
-    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", assay_arg, assay, arg,
-          .enum(assays, 10L))
-  }
-  .seurat_counts(x, assay, arg)
-}
-
-.sce_assay <- function(x, layer, arg, layer_arg) {
-  if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
-    .stop("`%s` is a %s, which needs the SummarizedExperiment package: install it first",
-          arg, class(x)[1])
-  }
-  layer <- .check_scalar_string(layer %||% "counts", layer_arg)
-  available <- SummarizedExperiment::assayNames(x)
-  if (!layer %in% available) {
-    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", layer_arg, layer, arg,
-          if (length(available)) .enum(available, 10L) else "none")
-  }
-  list(m = SummarizedExperiment::assay(x, layer, withDimnames = TRUE), layer = layer)
-}
-
-.is_sce <- function(x) methods::is(x, "SummarizedExperiment")
-.is_seurat <- function(x) methods::is(x, "Seurat")
+# Gathering the modalities (the readers they share with SPLICEVI are in data.R).
 
 # The modalities and their cell data from what the user passed. Returns list(rna, atac,
 # setup) where rna / atac are NULL or list(m, cells (data.frame or NULL), class, arg) and
@@ -196,116 +166,17 @@
   out
 }
 
-# One modality as a checked features x cells dgCMatrix with dimnames. Cells without counts
-# are allowed (they are unmeasured in this modality).
-.multivi_matrix <- function(src, what) {
-  arg <- src$arg
-  m <- src$m
-  unit <- if (what == "rna") "genes" else "regions"
-  if (!is.matrix(m) && !methods::is(m, "Matrix") && length(dim(m)) != 2L) {
-    .stop(paste0("`%s` must be a SingleCellExperiment, a Seurat object, or a %s x cells ",
-                 "count matrix (dgCMatrix, other Matrix, or base matrix), got %s"), arg,
-          sub("s$", "", unit), .describe(m))
-  }
-  if (ncol(m) == 0L) .stop("`%s` has no cells (0 columns); MULTIVI expects %s x cells", arg, unit)
-  if (nrow(m) == 0L) .stop("`%s` has no %s (0 rows); MULTIVI expects %s x cells", arg, unit, unit)
-  m <- .to_dgc(m, arg)
-  .check_count_values(m@x, arg, "MULTIVI", if (what == "rna") {
-    "raw counts, not normalised or log-transformed data"
-  } else {
-    "raw counts or binary (0/1) accessibility, not TF-IDF or other normalised values"
-  })
-  features <- rownames(m) %||% paste0(if (what == "rna") "gene" else "region", seq_len(nrow(m)))
-  if (anyDuplicated(features)) {
-    dup <- unique(features[duplicated(features)])
-    .stop("`%s` has %d duplicated %s names (e.g. %s); feature names must be unique", arg,
-          sum(duplicated(features)), sub("s$", "", unit), .enum(dup, 3L))
-  }
-  cell_names <- colnames(m)
-  if (!is.null(cell_names) && anyDuplicated(cell_names)) {
-    dup <- unique(cell_names[duplicated(cell_names)])
-    .stop(paste0("`%s` has %d duplicated cell names (e.g. %s); cells are matched across ",
-                 "modalities by name, make them unique"), arg, sum(duplicated(cell_names)),
-          .enum(dup, 3L))
-  }
-  if (!is.null(cell_names) && (anyNA(cell_names) || !all(nzchar(cell_names)))) {
-    .stop("`%s` has missing or empty cell names (column names)", arg)
-  }
-  dimnames(m) <- list(features, cell_names)
-  m
-}
-
-# Place the columns of `m` (features x its cells) at their cells' positions among
-# `cell_names` (all cells); cells it lacks get zero columns.
-.spread_columns <- function(m, cell_names) {
-  pos <- match(colnames(m), cell_names)
-  t <- methods::as(m, "TsparseMatrix")
-  Matrix::sparseMatrix(i = t@i + 1L, j = pos[t@j + 1L], x = as.double(t@x),
-                       dims = c(nrow(m), length(cell_names)),
-                       dimnames = list(rownames(m), cell_names))
-}
-
-# Cell data of every cell, merged over the modalities' own cell data (the RNA's first).
-.merge_cell_data <- function(parts, cell_names) {
-  parts <- Filter(function(p) !is.null(p) && ncol(p) > 0L, parts)
-  out <- data.frame(row.names = cell_names)
-  n <- length(cell_names)
-  for (col in unique(unlist(lapply(parts, names)))) {
-    v <- NULL
-    filled <- logical(n)
-    for (p in parts) {
-      if (!col %in% names(p)) next
-      new <- p[[col]]
-      pos <- match(rownames(p), cell_names)
-      ok <- !is.na(pos)
-      pos <- pos[ok]
-      new <- new[ok]
-      take <- !filled[pos]
-      if (is.null(v)) {
-        v <- new[rep(NA_integer_, n)]
-      } else if (is.factor(v) != is.factor(new)) {
-        v <- as.character(v)
-        new <- as.character(new)
-      } else if (is.factor(v)) {
-        levels(v) <- union(levels(v), levels(new))
-        new <- factor(as.character(new), levels = levels(v))
-      }
-      v[pos[take]] <- new[take]
-      filled[pos] <- TRUE
-    }
-    out[[col]] <- v
-  }
-  out
-}
-
-# The user's `cells` data.frame for matrix input, aligned to all cells.
-.align_cells_arg <- function(cells, cell_names) {
-  if (methods::is(cells, "DataFrame")) cells <- as.data.frame(cells, optional = TRUE)
-  if (!is.data.frame(cells)) {
-    .stop("`cells` must be NULL or a data.frame with one row per cell, got %s",
-          .describe(cells))
-  }
-  if (.row_names_info(cells) > 0L) {
-    missing <- setdiff(cell_names, rownames(cells))
-    if (!length(missing)) return(cells[cell_names, , drop = FALSE])
-    .stop(paste0("`cells` has no row for %d of the %d cells (e.g. %s); give one row per cell ",
-                 "of `rna` and `atac`, named by cell"), length(missing), length(cell_names),
-          .enum(missing, 3L))
-  }
-  if (nrow(cells) != length(cell_names)) {
-    .stop(paste0("`cells` has %d rows but `rna` and `atac` have %d cells in all; give one row ",
-                 "per cell (row names = cell names, or in the order of the cells of `rna` ",
-                 "followed by the ATAC-only cells)"), nrow(cells), length(cell_names))
-  }
-  rownames(cells) <- cell_names
-  cells
-}
-
 # The modalities combined into the core's layout: one features x cells matrix, genes then
 # regions, over the union of the cells (RNA's cells first, then the ATAC-only ones).
 .multivi_combine <- function(src, cells = NULL) {
-  rna <- if (!is.null(src$rna)) .multivi_matrix(src$rna, "rna")
-  atac <- if (!is.null(src$atac)) .multivi_matrix(src$atac, "atac")
+  rna <- if (!is.null(src$rna)) {
+    .modality_matrix(src$rna, "genes", "MULTIVI",
+                     "raw counts, not normalised or log-transformed data")
+  }
+  atac <- if (!is.null(src$atac)) {
+    .modality_matrix(src$atac, "regions", "MULTIVI", paste0(
+      "raw counts or binary (0/1) accessibility, not TF-IDF or other normalised values"))
+  }
   named <- c(rna = !is.null(rna) && !is.null(colnames(rna)),
              atac = !is.null(atac) && !is.null(colnames(atac)))
   # Unnamed matrices take the cell names of `cells` when it names one row per cell.
@@ -623,7 +494,7 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
     .stop(paste0("multivi() got arguments it does not use: %s; training arguments apply only ",
                  "with train = TRUE (or call train(model, ...))"), .dots_names(dots))
   }
-  if (do_train) .check_multivi_train_dots(dots, "multivi")
+  if (do_train) .check_kind_train_dots(dots, "multivi", train.MULTIVI, "MULTIVI")
 
   src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay)
   comb <- .multivi_combine(src, cells)
@@ -676,21 +547,8 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
 # ---------------------------------------------------------------------------------------------
 # Training.
 
-.multivi_train_arg_names <- function() setdiff(names(formals(train.MULTIVI)), c("model", "..."))
-
-.check_multivi_train_dots <- function(dots, caller) {
-  nms <- names(dots) %||% rep("", length(dots))
-  if (any(!nzchar(nms))) .stop("%s(): arguments passed on to train() must be named", caller)
-  unknown <- setdiff(nms, .multivi_train_arg_names())
-  if (length(unknown)) {
-    .stop("%s(): unknown training arguments: %s; train() of a MULTIVI model takes %s", caller,
-          .enum(unknown, 10L), .enum(.multivi_train_arg_names(), 30L))
-  }
-  invisible(TRUE)
-}
-
 #' @rdname train
-#' @param adversarial_mixing MULTIVI: train an adversarial batch classifier on the joint
+#' @param adversarial_mixing MULTIVI, SPLICEVI: train an adversarial batch classifier on the joint
 #'   latent space and push the encoders to fool it (weight 1), mixing the batches; off by
 #'   itself with a single batch. `FALSE` trains without it.
 #' @section MULTIVI: `train()` of a `MULTIVI` model uses scvi-tools' `MULTIVI.train()`
@@ -839,10 +697,6 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
        class = .multivi_input_info(src, comb)$class)
 }
 
-.layer_like_sce <- function(x, layer) {
-  if (!is.null(layer) && layer %in% SummarizedExperiment::assayNames(x)) layer else NULL
-}
-
 # New data must carry the model's regions, in the model's order.
 .check_region_names <- function(regions, model_regions, arg) {
   .check_feature_names(regions, model_regions, arg, unit = "regions",
@@ -879,29 +733,14 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
   invisible(n)
 }
 
-# Names -> 0-based positions (kept in the model's order), for gene_list / region_list.
-.feature_positions <- function(list, features, arg, unit) {
-  if (is.null(list)) return(NULL)
-  if (!(is.character(list) || is.factor(list)) || length(list) == 0L || anyNA(list)) {
-    .stop("`%s` must be NULL or a character vector of %s names, got %s", arg, unit,
-          .describe(list))
-  }
-  list <- as.character(list)
-  unknown <- setdiff(list, features)
-  if (length(unknown)) {
-    .stop("`%s` has %d %ss that are not in the model: %s", arg, length(unknown), unit,
-          .enum(unknown))
-  }
-  which(features %in% list) - 1L
-}
-
 # ---------------------------------------------------------------------------------------------
 # Queries.
 
 #' @rdname get_latent_representation
 #' @param modality MULTIVI: the latent space of `"joint"` (both modalities mixed, the
 #'   default), or of one modality's own encoder, `"expression"` or `"accessibility"`
-#'   (refused for `fully_paired` models).
+#'   (refused for `fully_paired` models). SPLICEVI: `"joint"`, `"expression"` or
+#'   `"splicing"` (whose posterior mean is non-negative by construction).
 #' @return MULTIVI: a cells x `n_latent` matrix (columns `MULTIVI_1`, ...), or with
 #'   `return_dist = TRUE` a list with `mean` and `var`. For `x`, a MULTIVI model takes
 #'   `list(rna = , atac = , cells = )` (either modality may be left out), or a
@@ -959,19 +798,8 @@ get_normalized_expression.MULTIVI <- function(model, x = NULL, indices = NULL,
           .dots_names(list(...)))
   }
   .require_modality(model, "expression", "get_normalized_expression()", NULL)
-  lib <- .check_library_size(library_size)
-  n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
-  batch_size <- .check_batch_size(batch_size)
-  device <- .check_device(device)
-  tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
-  genes <- model$gene_names
-  gene_idx <- .feature_positions(gene_list, genes, "gene_list", "gene")
-  q <- .multivi_query_data(model, x)
-  cells <- .query_cells(q, indices)
-  out <- .rs(rs_model_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
-                                            n_samples, batch_size, device))
-  dimnames(out) <- list(cells$names, if (is.null(gene_idx)) genes else genes[gene_idx + 1L])
-  out
+  .joint_normalized_expression(model, x, indices, transform_batch, gene_list, library_size,
+                               n_samples, batch_size, device)
 }
 
 #' Normalized accessibility from a MULTIVI model
@@ -1067,7 +895,7 @@ get_accessibility_estimates <- function(model, ...) get_normalized_accessibility
 #' them: the expression library on the log scale, and the accessibility factor (in (0, 1)).
 #' `get_region_factors()`: the learned per-region accessibility factors (sigmoid scale).
 #'
-#' @param model a `MULTIVI` model.
+#' @param model a `MULTIVI` or `SPLICEVI` model.
 #' @param x,indices,batch_size,device as for [get_normalized_accessibility()].
 #' @param ... unused.
 #' @return `get_library_size_factors()`: a list with named vectors `expression` (log scale)
@@ -1310,31 +1138,7 @@ print.MULTIVI <- function(x, ...) {
 #' @export
 summary.MULTIVI <- function(object, ...) {
   .check_multivi(object, "object")
-  reg <- object$registry
-  st <- .state(object)
-  h <- history(object)
-  cats <- c(list(batch = reg$batch_categories), reg$categorical_covariate_categories)
-  training <- list(
-    is_trained = isTRUE(st$is_trained),
-    epochs = nrow(h),
-    n_train = length(st$train), n_validation = length(st$validation),
-    n_test = length(st$test),
-    last = if (nrow(h)) as.list(h[nrow(h), c("elbo_train", "elbo_validation",
-                                              "reconstruction_loss_train",
-                                              "kl_local_train", "kl_weight")])
-  )
-  sa <- reg$setup_args
-  structure(list(
-    kind = "MULTIVI",
-    data = .multivi_data_text(object),
-    setup_args = sa[!vapply(sa, is.null, logical(1)) |
-                      names(sa) %in% c("batch_key", "categorical_covariate_keys",
-                                       "continuous_covariate_keys")],
-    categories = cats,
-    continuous_covariates = reg$continuous_covariate_keys,
-    hyperparameters = object$config[setdiff(names(object$config), "n_cells")],
-    training = training
-  ), class = c("summary.MULTIVI", "summary.SCVI"))
+  .summary_of(object, "MULTIVI", .multivi_data_text(object))
 }
 
 #' @rdname plot.SCVI
@@ -1387,25 +1191,6 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 # ---------------------------------------------------------------------------------------------
 # Conveniences: SingleCellExperiment and Seurat.
 
-.fit_multivi <- function(x, dots, caller) {
-  nms <- names(dots) %||% rep("", length(dots))
-  if (any(!nzchar(nms))) {
-    .stop("%s(): arguments in `...` must be named (they are passed to multivi() and train())",
-          caller)
-  }
-  setup_args <- setdiff(names(formals(multivi)), c("rna", "train", "..."))
-  train_args <- .multivi_train_arg_names()
-  unknown <- setdiff(nms, c(setup_args, train_args))
-  if (length(unknown)) {
-    .stop("%s(): unknown arguments: %s; `...` takes arguments of multivi() and train()",
-          caller, .enum(unknown, 10L))
-  }
-  model <- do.call(multivi, c(list(x), dots[nms %in% setup_args]))
-  model <- do.call(train.MULTIVI, c(list(model), dots[nms %in% train_args]))
-  z <- get_latent_representation.MULTIVI(model, device = dots$device %||% "auto")
-  list(model = model, latent = z)
-}
-
 #' MULTIVI embedding for SingleCellExperiment and Seurat objects
 #'
 #' Builds a MULTIVI model ([multivi()]) on a multiome object, trains it ([train()]) and
@@ -1438,7 +1223,7 @@ runMULTIVI <- function(x, ..., name = "MULTIVI") {
                  "RunMULTIVI() for Seurat, or multivi() for matrices"), .describe(x))
   }
   name <- .check_scalar_string(name, "name")
-  fit <- .fit_multivi(x, list(...), "runMULTIVI")
+  fit <- .fit_embedding(x, list(...), "runMULTIVI", "MULTIVI", multivi, train.MULTIVI)
   SingleCellExperiment::reducedDim(x, name) <- fit$latent
   x
 }
@@ -1462,7 +1247,8 @@ RunMULTIVI <- function(object, ..., reduction.name = "multivi", reduction.key = 
     .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"MULTIVI_\"), got \"%s\"",
           reduction.key)
   }
-  fit <- .fit_multivi(object, list(...), "RunMULTIVI")
+  fit <- .fit_embedding(object, list(...), "RunMULTIVI", "MULTIVI", multivi,
+                        train.MULTIVI)
   emb <- fit$latent
   colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
   object[[reduction.name]] <- SeuratObject::CreateDimReducObject(

@@ -152,10 +152,11 @@
 }
 
 # The data a query runs on: the model's own, or `x` registered against the model. Shared
-# queries written for SCVI (ELBO terms, differential expression) also serve MULTIVI, whose
-# data are registered its own way.
+# queries written for SCVI (ELBO terms, differential expression) also serve MULTIVI and
+# SPLICEVI, whose data are registered their own way.
 .query_data <- function(model, x, arg = "x") {
   if (inherits(model, "MULTIVI")) return(.multivi_query_data(model, x, arg))
+  if (inherits(model, "SPLICEVI")) return(.splicevi_query_data(model, x, arg))
   .check_model(model)
   if (is.null(x)) {
     if (is.null(model$data) || .null_ptr(model$data)) {
@@ -464,18 +465,20 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
-#' @param model an `SCVI`, `GIMVI` or `MULTIVI` model.
+#' @param model an `SCVI`, `GIMVI`, `MULTIVI` or `SPLICEVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
 #' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
 #'   `list(seq = , spatial = )` of both datasets; for a MULTIVI model
 #'   `list(rna = , atac = , cells = )` or a SingleCellExperiment / Seurat object laid out as
-#'   for [multivi()]): it must hold the model's genes (and regions) in the model's order and
-#'   only known batch / label / covariate categories.
+#'   for [multivi()]; for a SPLICEVI model `list(expression = , junctions = , atse = ,
+#'   cells = )` or an object laid out as for [splicevi()]): it must hold the model's genes
+#'   (and regions or junctions, with the same events) in the model's order and only known
+#'   batch / label / covariate categories.
 #' @param ... for `load_model()`: `cells` and `layer`, as for [scvi()], describing `x` (SCVI
 #'   only).
-#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI`, `GIMVI` or `MULTIVI`
-#'   model (whichever was saved).
+#' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI`, `GIMVI`, `MULTIVI`
+#'   or `SPLICEVI` model (whichever was saved).
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' sce <- rscvi_example_sce()
@@ -496,6 +499,7 @@ load_model <- function(dir, x = NULL, ...) {
   }
   kind <- .rs(rs_saved_model_kind(path.expand(dir)))
   if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))
+  if (kind == "SPLICEVI") return(.load_splicevi(dir, x, ...))
   dots <- list(...)
   known <- (names(dots) %||% rep("", length(dots))) %in% c("cells", "layer")
   if (!all(known)) {

@@ -22,6 +22,7 @@ mod multivi;
 mod progress;
 mod queries;
 mod scvi;
+mod splicevi;
 
 /// A query on a model on the device the user named, with errors and panics turned into R
 /// errors: `guarded` around `on_device!`.
@@ -252,6 +253,7 @@ extendr_module! {
     use scvi;
     use gimvi;
     use multivi;
+    use splicevi;
     fn rs_dataset_new;
     fn rs_knn_purity;
     fn rs_batch_mixing;

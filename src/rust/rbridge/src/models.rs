@@ -12,6 +12,7 @@ use rscvi_core::family::{Model, ModelKind, TrainableEverywhere};
 use rscvi_core::models::gimvi::GimviKind;
 use rscvi_core::models::multivi::MultiviKind;
 use rscvi_core::models::scvi::ScviKind;
+use rscvi_core::models::splicevi::SpliceviKind;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig, TrainState, TrainSummary};
 
 use crate::progress::RProgress;
@@ -146,6 +147,8 @@ fn any_model(m: &mut Robj) -> Result<&mut dyn AnyModel> {
         as_kind::<GimviKind>(m)
     } else if is_kind::<MultiviKind>(m) {
         as_kind::<MultiviKind>(m)
+    } else if is_kind::<SpliceviKind>(m) {
+        as_kind::<SpliceviKind>(m)
     } else {
         Err(other("invalid model handle"))
     }
@@ -248,6 +251,7 @@ fn rs_model_load(dir: &str) -> Result<Robj> {
         ScviKind::NAME => Ok(new_handle(guarded(|| Model::<ScviKind>::load(dir))?)),
         GimviKind::NAME => Ok(new_handle(guarded(|| Model::<GimviKind>::load(dir))?)),
         MultiviKind::NAME => Ok(new_handle(guarded(|| Model::<MultiviKind>::load(dir))?)),
+        SpliceviKind::NAME => Ok(new_handle(guarded(|| Model::<SpliceviKind>::load(dir))?)),
         other_kind => Err(other(format!(
             "{} holds a {other_kind} model, which this version of rscvi does not know",
             dir.display()

@@ -11,6 +11,7 @@ use rscvi_core::infer::{self, ExpressionQuery, Matrix, RowWeights};
 use rscvi_core::models::gimvi::GimviKind;
 use rscvi_core::models::multivi::MultiviKind;
 use rscvi_core::models::scvi::ScviKind;
+use rscvi_core::models::splicevi::SpliceviKind;
 
 use crate::models::{with_kind, Query};
 use crate::{indices, ints, on_device_guarded, other, reals, transform_batches};
@@ -45,21 +46,25 @@ fn rs_model_latent(
     device: &str,
 ) -> Result<Robj> {
     let (i, mc) = (dataset.max(0) as usize, mc_samples.max(1) as usize);
-    let latent = with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
-        let q = Query::new(m, &ds, &idx, batch_size)?;
-        on_device_guarded!(q.model, device, |module, dev| {
-            infer::latent(
-                module,
-                i,
-                q.data,
-                &q.cells,
-                give_mean,
-                mc,
-                q.batch_size,
-                dev,
-            )
-        })
-    })?;
+    let latent = with_kind!(
+        &model,
+        [ScviKind, GimviKind, MultiviKind, SpliceviKind],
+        |m| {
+            let q = Query::new(m, &ds, &idx, batch_size)?;
+            on_device_guarded!(q.model, device, |module, dev| {
+                infer::latent(
+                    module,
+                    i,
+                    q.data,
+                    &q.cells,
+                    give_mean,
+                    mc,
+                    q.batch_size,
+                    dev,
+                )
+            })
+        }
+    )?;
     Ok(latent_list(latent))
 }
 
@@ -74,12 +79,16 @@ fn rs_model_elbo_terms(
     device: &str,
 ) -> Result<Robj> {
     let i = dataset.max(0) as usize;
-    let (rec, kl) = with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
-        let q = Query::new(m, &ds, &idx, batch_size)?;
-        on_device_guarded!(q.model, device, |module, dev| {
-            infer::elbo_terms(module, i, q.data, &q.cells, q.batch_size, dev)
-        })
-    })?;
+    let (rec, kl) = with_kind!(
+        &model,
+        [ScviKind, GimviKind, MultiviKind, SpliceviKind],
+        |m| {
+            let q = Query::new(m, &ds, &idx, batch_size)?;
+            on_device_guarded!(q.model, device, |module, dev| {
+                infer::elbo_terms(module, i, q.data, &q.cells, q.batch_size, dev)
+            })
+        }
+    )?;
     Ok(list!(reconstruction_loss = rec, kl_local = kl).into())
 }
 
@@ -98,7 +107,7 @@ fn rs_model_normalized_expression(
     device: &str,
 ) -> Result<Robj> {
     let tb = transform_batches(&transform_batch)?;
-    let out = with_kind!(&model, [ScviKind, MultiviKind], |m| {
+    let out = with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
         let width = q
             .model
@@ -165,7 +174,7 @@ fn rs_model_scale_samples(
     let weights = row_weights(importance_json)?;
     let tb = (transform_batch >= 0).then_some(transform_batch as u32);
     let mut rng = rscvi_core::rand_seeded(seed.max(0.0) as u64);
-    let (values, g) = with_kind!(&model, [ScviKind, MultiviKind], |mdl| {
+    let (values, g) = with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |mdl| {
         let q = Query::new(mdl, &ds, &idx, batch_size)?;
         let (cells, size) = (&q.cells, library_size as f32);
         let v = on_device_guarded!(q.model, device, |module, dev| {
@@ -190,7 +199,7 @@ fn rs_model_scale_samples(
 }
 
 /// Batch codes to marginalise over, or NULL for each cell's observed batch.
-fn batch_codes(b: &Robj) -> Result<Option<Vec<u32>>> {
+pub(crate) fn batch_codes(b: &Robj) -> Result<Option<Vec<u32>>> {
     if b.is_null() {
         return Ok(None);
     }
@@ -235,7 +244,7 @@ fn rs_model_de(
     let (batches1, batches2) = (batch_codes(&batches1)?, batch_codes(&batches2)?);
     let weights = row_weights(importance_json)?;
     let head = head(head_name)?;
-    let table = with_kind!(&model, [ScviKind, MultiviKind], |m| {
+    let table = with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx1, batch_size)?;
         let cells2 = indices(&idx2, q.data.n_cells())?;
         let req = de::DeRequest {

@@ -68,13 +68,15 @@ fn raw_stats(data: &DataSet, cells: &[usize], columns: &std::ops::Range<usize>) 
     [mean, nz, norm].map(|v| v.into_iter().map(|x| x / k).collect())
 }
 
-/// Samples both groups, pairs them and computes the DE statistics (scvi.md §9.2-9.7).
-pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
+/// Both groups' draws of the head's normalised values, paired row by row (scvi.md §9.2–9.4):
+/// each group sampled with replacement (`n_samples_overall`, spread over its batch list),
+/// truncated to the same number of rows. Returns (group 1, group 2, features), row-major.
+pub fn paired_samples<B: Backend, M: ExpressionModule<B>>(
     model: &M,
     data: &DataSet,
     req: &DeRequest,
     device: &B::Device,
-) -> Result<DeTable> {
+) -> Result<(Vec<f32>, Vec<f32>, usize)> {
     use rand::SeedableRng;
     // Both the row draws and the posterior noise follow the seed (R passes one drawn from its
     // own RNG, so set.seed() makes DE reproducible).
@@ -130,13 +132,27 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
     let a1 = sample_group(&kept1, &req.batches1, &mut rng)?;
     let a2 = sample_group(&kept2, &req.batches2, &mut rng)?;
     let j = (a1.len() / g).min(a2.len() / g);
+    Ok((a1[..j * g].to_vec(), a2[..j * g].to_vec(), g))
+}
+
+/// Samples both groups, pairs them and computes the DE statistics (scvi.md §9.2-9.7).
+pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
+    model: &M,
+    data: &DataSet,
+    req: &DeRequest,
+    device: &B::Device,
+) -> Result<DeTable> {
+    let (a1, a2, g) = paired_samples(model, data, req, device)?;
+    let columns = model
+        .head_columns(req.head)
+        .ok_or_else(|| crate::error::invalid_arg("model", format!("has no {:?} head", req.head)))?;
     let (p1, p2) = (
         Samples {
-            values: &a1[..j * g],
+            values: &a1,
             n_genes: g,
         },
         Samples {
-            values: &a2[..j * g],
+            values: &a2,
             n_genes: g,
         },
     );

@@ -5,6 +5,7 @@
 pub mod bernoulli;
 pub mod fused;
 pub mod sample;
+pub mod splicing;
 pub mod surrogate;
 
 use burn::tensor::{backend::Backend, Tensor};

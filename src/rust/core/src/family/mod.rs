@@ -197,12 +197,17 @@ pub trait ModelKind: Sized + 'static {
 pub struct NoExtra {}
 
 /// A per-feature output of a model that the expression queries and differential analysis
-/// read: the expression head (SCVI, MULTIVI) or MULTIVI's accessibility head.
+/// read: the expression head (SCVI, MULTIVI, SPLICEVI), MULTIVI's accessibility head or
+/// SPLICEVI's splicing heads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Head {
     #[default]
     Expression,
     Accessibility,
+    /// SPLICEVI's junction probabilities p, and their posterior means ψ* given the cell's
+    /// own counts (splicevi.md §8.4–8.5).
+    Splicing,
+    SplicingPosterior,
 }
 
 /// One posterior draw decoded by a head: normalised values (ρ, or the accessibility

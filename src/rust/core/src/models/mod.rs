@@ -5,3 +5,4 @@ pub mod gimvi;
 pub mod multivi;
 pub mod options;
 pub mod scvi;
+pub mod splicevi;

@@ -126,13 +126,38 @@ pub fn layer_norm<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     centered / (var + LN_EPS).sqrt()
 }
 
-/// Inverted dropout, active only in training mode.
+/// Inverted dropout, active only in training mode. The mask comes from a SplitMix64 stream
+/// on the host seeded by one draw of the backend's RNG (so `train(seed = )` still fixes it):
+/// Burn's per-element sampler took a third of a SPLICEVI step, whose partial encoder drops
+/// out a layer of every observed (cell, junction) pair.
 pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64, training: bool) -> Tensor<B, 2> {
     if !training || p <= 0.0 {
         return x;
     }
-    let keep = Tensor::<B, 2>::random(x.shape(), Distribution::Bernoulli(1.0 - p), &x.device());
-    x * keep / (1.0 - p)
+    let device = x.device();
+    let [n, k] = x.dims();
+    let draw: Vec<f32> = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap_or_default();
+    let bits = |i: usize| (draw.get(i).copied().unwrap_or(0.5) as f64 * (1u64 << 24) as f64) as u64;
+    let mut state = (bits(0) << 24) | bits(1);
+    let keep = ((1.0 - p) * 4_294_967_296.0) as u64;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mut mask = Vec::with_capacity(n * k + 1);
+    while mask.len() < n * k {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        for half in [z & 0xffff_ffff, z >> 32] {
+            mask.push(if half < keep { scale } else { 0.0 });
+        }
+    }
+    mask.truncate(n * k);
+    x * Tensor::<B, 2>::from_data(TensorData::new(mask, [n, k]), &device)
 }
 
 /// One hidden layer: Linear → [BatchNorm] → [LayerNorm] → [ReLU] → [Dropout].
@@ -198,6 +223,26 @@ impl<B: Backend> FcLayers<B> {
             inject_covariates: o.inject_covariates,
             dropout: o.dropout,
             leaky_relu: o.leaky_relu,
+        }
+    }
+
+    /// A single linear map without bias or activation, then the optional normalisations
+    /// (scvi-tools' `FCLayers(n_layers = 1, use_activation = False, bias = False)`, the maps of
+    /// its linear decoders).
+    pub fn new_linear(o: &FcOptions, device: &B::Device) -> Self {
+        let layer = FcLayer {
+            linear: LinearConfig::new(o.n_in + o.n_cov, o.n_out)
+                .with_bias(false)
+                .init(device),
+            batch_norm: o.batch_norm.then(|| TorchBatchNorm::new(o.n_out, device)),
+            layer_norm: o.layer_norm,
+            activation: false,
+        };
+        Self {
+            layers: vec![layer],
+            inject_covariates: false,
+            dropout: 0.0,
+            leaky_relu: false,
         }
     }
 
@@ -439,6 +484,26 @@ mod tests {
     use burn::tensor::TensorData;
 
     type B = Flex;
+
+    #[test]
+    fn dropout_zeroes_a_fraction_p_and_keeps_the_mean() {
+        let _guard = crate::TEST_RNG_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dev = Default::default();
+        B::seed(&dev, 3);
+        let x = Tensor::<B, 2>::ones([300, 101], &dev);
+        let y: Vec<f32> = dropout(x.clone(), 0.25, true).into_data().to_vec().unwrap();
+        let zero = y.iter().filter(|&&v| v == 0.0).count() as f64 / y.len() as f64;
+        let mean = y.iter().map(|&v| v as f64).sum::<f64>() / y.len() as f64;
+        assert!(
+            (zero - 0.25).abs() < 0.01 && (mean - 1.0).abs() < 0.02,
+            "{zero} {mean}"
+        );
+        B::seed(&dev, 3);
+        let again: Vec<f32> = dropout(x, 0.25, true).into_data().to_vec().unwrap();
+        assert_eq!(y, again);
+    }
 
     #[test]
     fn batch_norm_training_uses_biased_batch_variance_and_unbiased_running_update() {

@@ -27,6 +27,9 @@ pub struct TrainConfig {
     pub early_stopping_monitor: String,
     pub early_stopping_patience: usize,
     pub early_stopping_min_delta: f64,
+    /// Checks of the monitored metric that early stopping ignores at first (neither best
+    /// value nor patience; SpliceVI: its KL warm-up epochs).
+    pub early_stopping_warmup_epochs: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
     pub weight_decay: f64,
@@ -41,6 +44,9 @@ pub struct TrainConfig {
     /// Weight of the adversarial terms of models with an adversarial classifier (GIMVI's
     /// `kappa`); None: the model's default.
     pub kappa: Option<f64>,
+    /// Clip the global L2 norm of the module's gradients to this value (SpliceVI's plan);
+    /// None: no clipping.
+    pub gradient_clipping_max_norm: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +61,7 @@ impl Default for TrainConfig {
             early_stopping_monitor: "elbo_validation".into(),
             early_stopping_patience: 45,
             early_stopping_min_delta: 0.0,
+            early_stopping_warmup_epochs: 0,
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
             weight_decay: 1e-6,
@@ -66,6 +73,7 @@ impl Default for TrainConfig {
             check_val_every_n_epoch: 1,
             seed: None,
             kappa: None,
+            gradient_clipping_max_norm: None,
         }
     }
 }
@@ -131,6 +139,15 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
         return Err(invalid_arg(
             "kappa",
             format!("must be a number >= 0, got {k}"),
+        ));
+    }
+    if let Some(m) = cfg
+        .gradient_clipping_max_norm
+        .filter(|m| !(*m > 0.0 && m.is_finite()))
+    {
+        return Err(invalid_arg(
+            "gradient_clipping_max_norm",
+            format!("must be a number > 0, got {m}"),
         ));
     }
     if !MONITORS.contains(&cfg.early_stopping_monitor.as_str()) {

@@ -182,6 +182,8 @@ where
     let start = Instant::now();
     let mut step = 0usize;
     let mut best = f64::INFINITY;
+    // Checks of the monitored metric so far (the first warm-up ones are ignored).
+    let mut checks = 0usize;
     let mut wait = 0usize;
     let mut summary = TrainSummary {
         epochs_run: 0,
@@ -240,6 +242,9 @@ where
                 grads.register::<B::InnerBackend, 2>(id, g);
             }
             grad::apply_grad_rules::<B>(&mut grads, &grad_rules);
+            if let Some(max_norm) = cfg.gradient_clipping_max_norm {
+                grad::clip_global_norm(&model, &mut grads, max_norm);
+            }
             model = optim.step(cfg.lr, model, grads);
             if let (Some(c), Some(opt), Some(classes)) =
                 (classifier.take(), classifier_optim.as_mut(), classes)
@@ -300,6 +305,10 @@ where
                 if !v.is_finite() {
                     summary.early_stopped = true;
                     break;
+                }
+                checks += 1;
+                if checks <= cfg.early_stopping_warmup_epochs {
+                    continue;
                 }
                 if v < best - cfg.early_stopping_min_delta {
                     best = v;

@@ -126,6 +126,7 @@ impl<B: Backend> ExpressionModule<B> for Multivae<B> {
         match head {
             Head::Expression => (g > 0).then_some(0..g),
             Head::Accessibility => (r > 0).then_some(g..g + r),
+            Head::Splicing | Head::SplicingPosterior => None,
         }
     }
 
@@ -156,16 +157,16 @@ impl<B: Backend> ExpressionModule<B> for Multivae<B> {
         head: Head,
     ) -> Expression<B> {
         let z = match (head, k) {
-            (Head::Expression, _) => pass.qz_mean.clone(),
             (Head::Accessibility, 0) => pass.z.clone(),
             (Head::Accessibility, _) => {
                 self.transform_latent(crate::nn::resample(&pass.qz_mean, &pass.qz_var))
             }
+            _ => pass.qz_mean.clone(),
         };
         let gen = self.generative(batch, z, false);
         let empty = || Tensor::zeros([batch.n_cells, 0], &batch.masks.device());
         match head {
-            Head::Expression => {
+            Head::Expression | Head::Splicing | Head::SplicingPosterior => {
                 let scale = gen
                     .expression_logits
                     .map_or_else(empty, |l| burn::tensor::activation::softmax(l, 1));
