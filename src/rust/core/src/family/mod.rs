@@ -44,6 +44,24 @@ pub struct StepLoss<B: Backend> {
     pub sparse_inputs: Vec<crate::nn::SparseInput<B>>,
 }
 
+impl<B: Backend> StepLoss<B> {
+    /// The step of a model that reads one dataset: its minibatch's terms (the objective is
+    /// their mean loss), the latent draw an adversary reads and the pending sparse first
+    /// layers.
+    pub fn single(
+        terms: Terms<B>,
+        z: Option<Tensor<B, 2>>,
+        sparse_inputs: Vec<crate::nn::SparseInput<B>>,
+    ) -> Self {
+        Self {
+            objective: terms.loss_mean.clone(),
+            terms: vec![terms],
+            z,
+            sparse_inputs,
+        }
+    }
+}
+
 /// q(z | x) of a minibatch in eval mode.
 pub struct LatentPosterior<B: Backend> {
     pub mean: Tensor<B, 2>,

@@ -11,7 +11,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::data::batch::host;
 use crate::data::DataSet;
 use crate::error::{invalid_arg, Result};
-use crate::family::FamilyModule;
+use crate::family::{FamilyModule, LatentPosterior};
 
 pub use expression::{normalized_expression, scale_samples, ExpressionQuery};
 pub use expression::{ImportanceOptions, RowWeights};
@@ -79,19 +79,52 @@ pub fn latent<B: Backend, M: FamilyModule<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<(Matrix, Matrix, Matrix)> {
-    check_query::<B, M>(module, dataset, data, cells, batch_size)?;
+    let request = LatentRequest {
+        dataset,
+        cells,
+        give_mean,
+        mc_samples,
+        batch_size,
+        width: module.n_latent(),
+    };
+    posterior_latent(module, data, &request, device, |b| {
+        module.latent_posterior(b)
+    })
+}
+
+/// What [`posterior_latent`] reads.
+pub struct LatentRequest<'a> {
+    pub dataset: usize,
+    pub cells: &'a [usize],
+    pub give_mean: bool,
+    pub mc_samples: usize,
+    pub batch_size: usize,
+    /// Width of the posterior.
+    pub width: usize,
+}
+
+/// As [`latent`] for any posterior of a minibatch (the joint one, or a modality's own in the
+/// multimodal models).
+pub fn posterior_latent<B: Backend, M: FamilyModule<B>>(
+    module: &M,
+    data: &DataSet,
+    q: &LatentRequest,
+    device: &B::Device,
+    posterior: impl Fn(&M::Batch) -> LatentPosterior<B>,
+) -> Result<(Matrix, Matrix, Matrix)> {
+    check_query::<B, M>(module, q.dataset, data, q.cells, q.batch_size)?;
     let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
-    for chunk in cells.chunks(batch_size) {
-        let b = M::minibatch(module.config(), dataset, data, chunk, device);
-        let p = module.latent_posterior(&b);
-        let z = match (give_mean, module.latent_is_transformed()) {
+    for chunk in q.cells.chunks(q.batch_size) {
+        let b = M::minibatch(module.config(), q.dataset, data, chunk, device);
+        let p = posterior(&b);
+        let z = match (q.give_mean, module.latent_is_transformed()) {
             (true, false) => p.mean.clone(),
             (true, true) => {
                 let mut acc = p.mean.zeros_like();
-                for _ in 0..mc_samples.max(1) {
+                for _ in 0..q.mc_samples.max(1) {
                     acc = acc + module.transform_latent(crate::nn::resample(&p.mean, &p.var));
                 }
-                acc / mc_samples.max(1) as f64
+                acc / q.mc_samples.max(1) as f64
             }
             (false, _) => p.z,
         };
@@ -100,8 +133,8 @@ pub fn latent<B: Backend, M: FamilyModule<B>>(
         var.extend(host(&p.var));
     }
     let mk = |values| Matrix {
-        n_rows: cells.len(),
-        n_cols: module.n_latent(),
+        n_rows: q.cells.len(),
+        n_cols: q.width,
         values,
     };
     Ok((mk(out), mk(mean), mk(var)))

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::DataSet;
 use crate::error::{invalid_arg, Result};
 
 /// Every named size must be at least 1 (layer counts, widths).
@@ -18,6 +19,45 @@ pub(crate) fn check_dropout_rates(rates: &[(&str, f64)]) -> Result<()> {
         Some((name, p)) => Err(invalid_arg(name, format!("must be in [0, 1), got {p}"))),
         None => Ok(()),
     }
+}
+
+/// Checks data of a multimodal model: one dataset whose columns are the modalities' features
+/// in order (`modalities`: count and plural name of each), its batches, and with per-cell
+/// modality weights (`weighted_cells`: the training cells) that it is the training data.
+pub(crate) fn check_modality_columns(
+    data: &DataSet,
+    modalities: &[(usize, &str)],
+    n_batch: usize,
+    weighted_cells: Option<usize>,
+) -> Result<()> {
+    let expected: usize = modalities.iter().map(|m| m.0).sum();
+    if data.n_genes() != expected {
+        let parts: Vec<String> = modalities.iter().map(|(n, w)| format!("{n} {w}")).collect();
+        return Err(invalid_arg(
+            "x",
+            format!(
+                "has {} features but the model expects {expected} ({})",
+                data.n_genes(),
+                parts.join(" + ")
+            ),
+        ));
+    }
+    if data.batch.n_categories != n_batch {
+        return Err(invalid_arg(
+            "batch_key",
+            format!(
+                "has {} categories but the model has {n_batch}",
+                data.batch.n_categories
+            ),
+        ));
+    }
+    if weighted_cells.is_some_and(|n| n != data.n_cells()) {
+        return Err(invalid_arg(
+            "x",
+            "must be the training cells: modality_weights = \"cell\" has one weight per cell",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

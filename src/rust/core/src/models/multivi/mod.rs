@@ -17,7 +17,8 @@ use crate::dist;
 use crate::dist::surrogate::{fused_bernoulli_cross_entropy, fused_log_likelihood_from_logits};
 use crate::error::{invalid_arg, Result};
 use crate::models::options::{
-    check_dropout_rates, check_sizes, GeneLikelihood, LatentDistribution, NormPlacement,
+    check_dropout_rates, check_modality_columns, check_sizes, GeneLikelihood, LatentDistribution,
+    NormPlacement,
 };
 use std::sync::Arc;
 
@@ -694,34 +695,13 @@ impl<B: Backend> Multivae<B> {
 
 /// Checks that `data` holds the model's features and categories.
 pub fn check_data(config: &MultiviConfig, data: &DataSet) -> Result<()> {
-    if data.n_genes() != config.n_features() {
-        return Err(invalid_arg(
-            "x",
-            format!(
-                "has {} features but the model expects {} ({} genes + {} regions)",
-                data.n_genes(),
-                config.n_features(),
-                config.n_genes,
-                config.n_regions
-            ),
-        ));
-    }
-    if data.batch.n_categories != config.n_batch {
-        return Err(invalid_arg(
-            "batch_key",
-            format!(
-                "has {} categories but the model has {}",
-                data.batch.n_categories, config.n_batch
-            ),
-        ));
-    }
-    if config.modality_weights == ModalityWeights::Cell && data.n_cells() != config.n_cells {
-        return Err(invalid_arg(
-            "x",
-            "must be the training cells: modality_weights = \"cell\" has one weight per cell",
-        ));
-    }
-    Ok(())
+    let weighted = (config.modality_weights == ModalityWeights::Cell).then_some(config.n_cells);
+    check_modality_columns(
+        data,
+        &[(config.n_genes, "genes"), (config.n_regions, "regions")],
+        config.n_batch,
+        weighted,
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::family::{
     Adversary, ClassifierOptimizer, Expression, ExpressionModule, FamilyModule, Head,
     LatentPosterior, Model, ModelKind, NoExtra, StepLoss, Terms, TrainPlan,
 };
-use crate::infer::{check_query, Matrix};
+use crate::infer::{check_query, posterior_latent, LatentRequest, Matrix};
 use crate::models::multivi::{
     check_data, default_n_hidden, default_n_latent, Multivae, MultiviBatch, MultiviConfig,
     MultiviInference,
@@ -78,34 +78,17 @@ impl<B: Backend> FamilyModule<B> for Multivae<B> {
         kl_weight: f64,
         training: bool,
     ) -> StepLoss<B> {
-        let mut terms = Vec::with_capacity(batches.len());
-        let mut objective = None;
-        let mut z = None;
-        let mut sparse_inputs = Vec::new();
-        for b in batches {
-            let t = self.loss(b, kl_weight, training);
-            sparse_inputs.extend(t.sparse_inputs);
-            objective = Some(match objective {
-                Some(o) => o + t.loss.clone(),
-                None => t.loss.clone(),
-            });
-            z = Some(t.z);
-            terms.push(Terms {
-                loss_mean: t.loss,
-                reconstruction: t.reconstruction,
-                kl_local: t.kl_z + t.penalty,
-                n_cells: b.n_cells,
-            });
-        }
-        StepLoss {
-            objective: objective.expect("a training step has a minibatch"),
-            terms,
-            z,
-            sparse_inputs,
-        }
+        let b = batches.first().expect("a training step has a minibatch");
+        let t = self.loss(b, kl_weight, training);
+        let terms = Terms {
+            loss_mean: t.loss,
+            reconstruction: t.reconstruction,
+            kl_local: t.kl_z + t.penalty,
+            n_cells: b.n_cells,
+        };
+        StepLoss::single(terms, Some(t.z), t.sparse_inputs)
     }
 
-    /// The batch of each cell.
     fn adversarial_classes(&self, batches: &[MultiviBatch<B>]) -> Vec<usize> {
         batches
             .iter()
@@ -276,26 +259,19 @@ pub fn modality_latent<B: Backend>(
             "must be \"joint\" for a model built with fully_paired = TRUE",
         ));
     }
-    check_query(module, 0, data, cells, batch_size)?;
-    let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
-    for chunk in cells.chunks(batch_size) {
-        let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
-        let inf = module.inference(&b, false);
-        let z = if give_mean {
-            inf.qz_m[m].clone()
-        } else {
-            inf.z_m[m].clone()
-        };
-        out.extend(host(&z));
-        mean.extend(host(&inf.qz_m[m]));
-        var.extend(host(&inf.qz_v[m]));
-    }
-    let mk = |values| Matrix {
-        n_rows: cells.len(),
-        n_cols: module.config.n_latent,
-        values,
+    let request = LatentRequest {
+        dataset: 0,
+        cells,
+        give_mean,
+        mc_samples: 1,
+        batch_size,
+        width: module.config.n_latent,
     };
-    Ok((mk(out), mk(mean), mk(var)))
+    posterior_latent(module, data, &request, device, |b| {
+        let inf = module.inference(b, false);
+        let [mean, var, z] = [inf.qz_m, inf.qz_v, inf.z_m].map(|t| t[m].clone());
+        LatentPosterior { mean, var, z }
+    })
 }
 
 /// Options of [`normalized_accessibility`] (the reference's defaults: observed batch, the

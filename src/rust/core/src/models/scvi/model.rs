@@ -103,30 +103,15 @@ impl<B: Backend> FamilyModule<B> for Scvi<B> {
     }
 
     fn step_loss(&self, batches: &[Batch<B>], kl_weight: f64, training: bool) -> StepLoss<B> {
-        let terms: Vec<Terms<B>> = batches
-            .iter()
-            .map(|b| {
-                let t = self.loss(b, kl_weight, training);
-                Terms {
-                    loss_mean: t.loss,
-                    reconstruction: t.reconstruction,
-                    kl_local: t.kl_z + t.kl_l,
-                    n_cells: b.x.dims()[0],
-                }
-            })
-            .collect();
-        // One dataset: the objective is its minibatch's mean loss.
-        let objective = terms
-            .iter()
-            .map(|t| t.loss_mean.clone())
-            .reduce(|a, b| a + b)
-            .expect("a training step has a minibatch");
-        StepLoss {
-            objective,
-            terms,
-            z: None,
-            sparse_inputs: Vec::new(),
-        }
+        let b = batches.first().expect("a training step has a minibatch");
+        let t = self.loss(b, kl_weight, training);
+        let terms = Terms {
+            loss_mean: t.loss,
+            reconstruction: t.reconstruction,
+            kl_local: t.kl_z + t.kl_l,
+            n_cells: b.x.dims()[0],
+        };
+        StepLoss::single(terms, None, Vec::new())
     }
 }
 

@@ -30,7 +30,8 @@ use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Result};
 use crate::models::multivi::{jeffreys, mix, mixing_weights};
 use crate::models::options::{
-    check_dropout_rates, check_sizes, Dispersion, GeneLikelihood, LatentDistribution, NormPlacement,
+    check_dropout_rates, check_modality_columns, check_sizes, Dispersion, GeneLikelihood,
+    LatentDistribution, NormPlacement,
 };
 use crate::nn::{Encoder, FcLayers, FcOptions, Posterior, SparseInput, SparseRows};
 
@@ -1104,7 +1105,6 @@ impl<B: Backend> SpliceVae<B> {
         };
         let inf = self.inference(b, training, gate);
         let gen = self.generative(b, inf.z.clone(), gate, training);
-        let n = b.n_cells;
         let me = b.has_expression.clone();
         let reconstruction_expression = self.expression_nll(b, &gen, training) * me.clone();
         let (splicing, prior) = self.splicing_nll(b, gen.p_hat);
@@ -1136,7 +1136,6 @@ impl<B: Backend> SpliceVae<B> {
         if let Some(r) = prior {
             loss = loss + r;
         }
-        let _ = n;
         SpliceviLoss {
             loss,
             reconstruction,
@@ -1152,32 +1151,12 @@ impl<B: Backend> SpliceVae<B> {
 
 /// Checks that `data` is laid out as the model expects (genes then junctions, batches).
 pub fn check_data(config: &SpliceviConfig, data: &DataSet) -> Result<()> {
-    if data.n_genes() != config.n_features() {
-        return Err(invalid_arg(
-            "x",
-            format!(
-                "has {} features but the model expects {} ({} genes + {} junctions)",
-                data.n_genes(),
-                config.n_features(),
-                config.n_genes,
-                config.n_junctions
-            ),
-        ));
-    }
-    if data.batch.n_categories != config.n_batch {
-        return Err(invalid_arg(
-            "batch_key",
-            format!(
-                "has {} categories but the model has {}",
-                data.batch.n_categories, config.n_batch
-            ),
-        ));
-    }
-    if config.modality_weights == SpliceModalityWeights::Cell && data.n_cells() != config.n_cells {
-        return Err(invalid_arg(
-            "x",
-            "must be the training cells: modality_weights = \"cell\" has one weight per cell",
-        ));
-    }
-    Ok(())
+    let weighted =
+        (config.modality_weights == SpliceModalityWeights::Cell).then_some(config.n_cells);
+    check_modality_columns(
+        data,
+        &[(config.n_genes, "genes"), (config.n_junctions, "junctions")],
+        config.n_batch,
+        weighted,
+    )
 }

@@ -79,34 +79,17 @@ impl<B: Backend> FamilyModule<B> for SpliceVae<B> {
         kl_weight: f64,
         training: bool,
     ) -> StepLoss<B> {
-        let mut terms = Vec::with_capacity(batches.len());
-        let mut objective = None;
-        let mut z = None;
-        let mut sparse_inputs = Vec::new();
-        for b in batches {
-            let t = self.loss(b, kl_weight, training);
-            sparse_inputs.extend(t.sparse_inputs);
-            objective = Some(match objective {
-                Some(o) => o + t.loss.clone(),
-                None => t.loss.clone(),
-            });
-            z = Some(t.z);
-            // The penalty is a minibatch sum (§6.4): spread over the cells so that the
-            // history's per-cell kl_local sums to Σ KL + P.
-            let share = t.penalty.clone() / b.n_cells as f64;
-            terms.push(Terms {
-                loss_mean: t.loss,
-                reconstruction: t.reconstruction,
-                kl_local: t.kl_z + share,
-                n_cells: b.n_cells,
-            });
-        }
-        StepLoss {
-            objective: objective.expect("a training step has a minibatch"),
-            terms,
-            z,
-            sparse_inputs,
-        }
+        let b = batches.first().expect("a training step has a minibatch");
+        let t = self.loss(b, kl_weight, training);
+        // The penalty is a minibatch sum (§6.4): spread over the cells so that the history's
+        // per-cell kl_local sums to Σ KL + P.
+        let terms = Terms {
+            loss_mean: t.loss,
+            reconstruction: t.reconstruction,
+            kl_local: t.kl_z + t.penalty / b.n_cells as f64,
+            n_cells: b.n_cells,
+        };
+        StepLoss::single(terms, Some(t.z), t.sparse_inputs)
     }
 
     fn adversarial_classes(&self, batches: &[SpliceviBatch<B>]) -> Vec<usize> {

@@ -9,8 +9,8 @@ use crate::data::batch::host;
 use crate::data::{CsrMatrix, DataSet};
 use crate::de::{fdr_flags, paired_samples, DeRequest};
 use crate::error::{invalid_arg, Result};
-use crate::family::Head;
-use crate::infer::{check_query, Matrix};
+use crate::family::{Head, LatentPosterior};
+use crate::infer::{check_query, posterior_latent, LatentRequest, Matrix};
 use crate::models::splicevi::{SpliceVae, SpliceviBatch, SpliceviConfig};
 
 /// A modality of SPLICEVI's latent queries (§8.1).
@@ -45,26 +45,19 @@ pub fn modality_latent<B: Backend>(
             "must be \"joint\" for a model built with fully_paired = TRUE",
         ));
     }
-    check_query(module, 0, data, cells, batch_size)?;
-    let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
-    for chunk in cells.chunks(batch_size) {
-        let b = SpliceviBatch::<B>::new(&module.config, data, chunk, None, device);
-        let inf = module.inference(&b, false, 1.0);
-        let z = if give_mean {
-            inf.qz_m[m].clone()
-        } else {
-            inf.z_m[m].clone()
-        };
-        out.extend(host(&z));
-        mean.extend(host(&inf.qz_m[m]));
-        var.extend(host(&inf.qz_v[m]));
-    }
-    let mk = |values| Matrix {
-        n_rows: cells.len(),
-        n_cols: module.config.n_latent,
-        values,
+    let request = LatentRequest {
+        dataset: 0,
+        cells,
+        give_mean,
+        mc_samples: 1,
+        batch_size,
+        width: module.config.n_latent,
     };
-    Ok((mk(out), mk(mean), mk(var)))
+    posterior_latent(module, data, &request, device, |b| {
+        let inf = module.inference(b, false, 1.0);
+        let [mean, var, z] = [inf.qz_m, inf.qz_v, inf.z_m].map(|t| t[m].clone());
+        LatentPosterior { mean, var, z }
+    })
 }
 
 /// Options of [`normalized_splicing`] (§8.4–8.5).
