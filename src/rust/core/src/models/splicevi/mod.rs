@@ -134,6 +134,12 @@ pub struct SpliceviConfig {
     /// Observed pairs per chunk of the partial encoder; <= 0: one chunk.
     pub max_nobs: i64,
     pub initialize_embeddings_from_pca: bool,
+    /// Start the splicing decoder's biases at the junctions' mean observed PSI (not in the
+    /// reference, which starts them at random: at its learning rate of 1e-4 they move about
+    /// 1e-4 per step, far too slowly to reach the logits of rarely or mostly used junctions,
+    /// and the reference's imputation stays below the per-junction mean).
+    #[serde(default = "enabled")]
+    pub initialize_bias_from_psi: bool,
     pub fully_paired: bool,
     pub use_batch_norm: NormPlacement,
     pub use_layer_norm: NormPlacement,
@@ -184,6 +190,7 @@ impl SpliceviConfig {
             pool_mode: PoolMode::Mean,
             max_nobs: -1,
             initialize_embeddings_from_pca: false,
+            initialize_bias_from_psi: true,
             fully_paired: false,
             use_batch_norm: NormPlacement::None,
             use_layer_norm: NormPlacement::Both,
@@ -310,6 +317,10 @@ impl SpliceviConfig {
         }
         (indptr, members)
     }
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// `min(128, floor(sqrt(J)))`, or `floor(sqrt(G))` without junctions (§3.1).

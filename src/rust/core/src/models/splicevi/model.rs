@@ -17,7 +17,7 @@ use crate::family::{
 use crate::models::options::LatentDistribution;
 use crate::models::splicevi::{
     check_data, default_n_hidden, default_n_latent, pca, Architecture, SpliceVae, SpliceviBatch,
-    SpliceviConfig, SpliceviInference, SplicingEncoder,
+    SpliceviConfig, SpliceviInference, SplicingEncoder, SplicingLoss,
 };
 use crate::train::TrainConfig;
 
@@ -232,6 +232,16 @@ impl Model<SpliceviKind> {
         let device = Default::default();
         let mut module = SpliceVae::<Cpu>::new(config, &device)?;
         let c = &module.config;
+        let all: Vec<usize> = (0..data.n_cells()).collect();
+        let (indptr, indices, values) = junction_ratios_of(c, data, &all);
+        if c.initialize_bias_from_psi {
+            let bias = decoder_bias_from_psi(c, &indices, &values);
+            module.z_decoder_splicing.output.bias = Some(crate::nn::trainable(Tensor::from_data(
+                TensorData::new(bias, [c.n_junctions]),
+                &device,
+            )));
+        }
+        let c = &module.config;
         if c.initialize_embeddings_from_pca {
             if c.splicing_encoder_architecture != SplicingEncoder::Partial {
                 return Err(invalid_arg(
@@ -239,8 +249,6 @@ impl Model<SpliceviKind> {
                     "applies to the partial splicing encoder only",
                 ));
             }
-            let all: Vec<usize> = (0..data.n_cells()).collect();
-            let (indptr, indices, values) = junction_ratios_of(c, data, &all);
             let e = pca::top_right_singular_vectors(
                 data.n_cells(),
                 c.n_junctions,
@@ -258,6 +266,29 @@ impl Model<SpliceviKind> {
         }
         Ok(Self::from_module(module, registry, NoExtra {}))
     }
+}
+
+/// Splicing decoder biases whose output is each junction's mean observed PSI (§4.8): under
+/// the Dirichlet-multinomial p is a softmax of the logits within each ATSE, so the bias is
+/// log(mean); otherwise p = σ(bias), so the bias is logit(mean). Means are clamped to
+/// [1e-3, 1 - 1e-3]; a junction never observed gets 0.
+fn decoder_bias_from_psi(c: &SpliceviConfig, indices: &[u32], values: &[f32]) -> Vec<f32> {
+    let (mut sum, mut count) = (vec![0f64; c.n_junctions], vec![0f64; c.n_junctions]);
+    for (&j, &r) in indices.iter().zip(values) {
+        sum[j as usize] += r as f64;
+        count[j as usize] += 1.0;
+    }
+    let dm = c.splicing_loss_type == SplicingLoss::DirichletMultinomial;
+    sum.iter()
+        .zip(&count)
+        .map(|(&s, &n)| {
+            if n == 0.0 {
+                return 0.0;
+            }
+            let m = (s / n).clamp(1e-3, 1.0 - 1e-3);
+            (if dm { m.ln() } else { (m / (1.0 - m)).ln() }) as f32
+        })
+        .collect()
 }
 
 /// The junction ratios r = y / t of `cells` at their observed junctions (explicit zeros
