@@ -272,7 +272,11 @@ impl Model<SpliceviKind> {
 /// the Dirichlet-multinomial p is a softmax of the logits within each ATSE, so the bias is
 /// log(mean); otherwise p = σ(bias), so the bias is logit(mean). Means are clamped to
 /// [1e-3, 1 - 1e-3]; a junction never observed gets 0.
-fn decoder_bias_from_psi(c: &SpliceviConfig, indices: &[u32], values: &[f32]) -> Vec<f32> {
+pub(super) fn decoder_bias_from_psi(
+    c: &SpliceviConfig,
+    indices: &[u32],
+    values: &[f32],
+) -> Vec<f32> {
     let (mut sum, mut count) = (vec![0f64; c.n_junctions], vec![0f64; c.n_junctions]);
     for (&j, &r) in indices.iter().zip(values) {
         sum[j as usize] += r as f64;

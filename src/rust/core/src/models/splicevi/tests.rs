@@ -430,3 +430,17 @@ fn early_stopping_ignores_the_warm_up_checks() {
         assert_eq!((s.epochs_run, s.early_stopped), (epochs, true));
     }
 }
+
+#[test]
+fn decoder_biases_start_at_the_mean_observed_psi() {
+    // Junctions 0-1 form one ATSE, 2 its own; cells observe PSI (0.75, 0.25) and (0.25, 0.75)
+    // of the first, junction 2 never.
+    let mut c = SpliceviConfig::new(1, vec![0, 0, 1], 1);
+    let (indices, values) = (vec![0, 1, 0, 1], vec![0.75, 0.25, 0.25, 0.75]);
+    let dm = super::model::decoder_bias_from_psi(&c, &indices, &values);
+    close(&dm, &[0.5f64.ln(), 0.5f64.ln(), 0.0], 1e-6);
+    c.splicing_loss_type = SplicingLoss::Binomial;
+    let values = vec![0.9, 0.1, 0.9, 0.1];
+    let bin = super::model::decoder_bias_from_psi(&c, &indices, &values);
+    close(&bin, &[9f64.ln(), -(9f64.ln()), 0.0], 1e-5);
+}
