@@ -220,8 +220,30 @@ fn rs_splicevi_differential_splicing(
     Ok(cols.into())
 }
 
+/// LeafCutter-style ATSE code (0-based) of every junction from its coordinates.
+#[extendr]
+fn rs_junction_clusters(
+    chrom: Vec<String>,
+    start: Robj,
+    end: Robj,
+    strand: Vec<String>,
+) -> Result<Robj> {
+    let pos = |x: &Robj, name: &str| -> Result<Vec<i64>> {
+        Ok(reals(x, name)?.into_iter().map(|v| v as i64).collect())
+    };
+    let (start, end) = (pos(&start, "start")?, pos(&end, "end")?);
+    let codes =
+        guarded(|| rscvi_core::data::junctions::junction_clusters(&chrom, &start, &end, &strand))?;
+    Ok(codes
+        .into_iter()
+        .map(|c| c as i32)
+        .collect::<Vec<i32>>()
+        .into())
+}
+
 extendr_module! {
     mod splicevi;
+    fn rs_junction_clusters;
     fn rs_splicevi_new;
     fn rs_splicevi_check_totals;
     fn rs_splicevi_latent;

@@ -3,6 +3,7 @@
 //! minibatch is densified.
 
 pub mod batch;
+pub mod junctions;
 pub mod mt;
 pub mod resident;
 
