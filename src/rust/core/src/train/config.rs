@@ -47,6 +47,8 @@ pub struct TrainConfig {
     /// Clip the global L2 norm of the module's gradients to this value (SpliceVI's plan);
     /// None: no clipping.
     pub gradient_clipping_max_norm: Option<f64>,
+    /// None: constant learning rate.
+    pub lr_scheduler: Option<crate::train::lr::LrSchedule>,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +76,7 @@ impl Default for TrainConfig {
             seed: None,
             kappa: None,
             gradient_clipping_max_norm: None,
+            lr_scheduler: None,
         }
     }
 }
@@ -149,6 +152,9 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
             "gradient_clipping_max_norm",
             format!("must be a number > 0, got {m}"),
         ));
+    }
+    if let Some(s) = &cfg.lr_scheduler {
+        s.validate()?;
     }
     if !MONITORS.contains(&cfg.early_stopping_monitor.as_str()) {
         return Err(invalid_arg(

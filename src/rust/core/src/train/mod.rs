@@ -6,6 +6,7 @@
 pub mod config;
 pub mod grad;
 pub mod history;
+pub mod lr;
 pub mod memory;
 pub mod schedule;
 
@@ -184,6 +185,7 @@ where
     let mut best = f64::INFINITY;
     // Checks of the monitored metric so far (the first warm-up ones are ignored).
     let mut checks = 0usize;
+    let mut lr = lr::LrState::new(cfg.lr, cfg.lr_scheduler.clone());
     let mut wait = 0usize;
     let mut summary = TrainSummary {
         epochs_run: 0,
@@ -245,7 +247,7 @@ where
             if let Some(max_norm) = cfg.gradient_clipping_max_norm {
                 grad::clip_global_norm(&model, &mut grads, max_norm);
             }
-            model = optim.step(cfg.lr, model, grads);
+            model = optim.step(lr.lr, model, grads);
             if let (Some(c), Some(opt), Some(classes)) =
                 (classifier.take(), classifier_optim.as_mut(), classes)
             {
@@ -287,6 +289,7 @@ where
                 device,
             ));
         }
+        lr.after_epoch(&record);
         record.seconds = epoch_start.elapsed().as_secs_f64();
         summary.epochs_run = epoch + 1;
         observer.on_epoch(
