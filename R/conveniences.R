@@ -1,7 +1,92 @@
 # One-call workflows for Bioconductor (scater conventions: calculateX() returns the result,
 # runX() stores it in the object) and Seurat (RunX() adds a DimReduc). All three share
 # .fit_scvi(): it splits `...` between scvi() and train() by their formal arguments, so the
-# parameter lists live only in those two functions.
+# parameter lists live only in those two functions. The run/Run functions of the other
+# models check their object and store their results with the helpers below.
+
+# `x` of run<KIND>() must be a SingleCellExperiment.
+.check_sce_input <- function(x, kind) {
+  if (!methods::is(x, "SingleCellExperiment")) {
+    .stop(paste0("`x` must be a SingleCellExperiment for run%s(), got %s; use Run%s() for ",
+                 "Seurat, or %s for matrices"), kind, .describe(x), kind,
+          .model_makers[[kind]])
+  }
+  invisible(x)
+}
+
+# `object` of Run<KIND>() must be a Seurat object.
+.check_seurat_input <- function(object, kind) {
+  if (!methods::is(object, "Seurat")) {
+    .stop(paste0("`object` must be a Seurat object for Run%s(), got %s; use run%s() for a ",
+                 "SingleCellExperiment"), kind, .describe(object), kind)
+  }
+  invisible(object)
+}
+
+# A Seurat reduction key: letters and digits ending in "_" (e.g. "<KIND>_").
+.check_reduction_key <- function(key, kind) {
+  key <- .check_scalar_string(key, "reduction.key")
+  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", key)) {
+    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"%s_\"), got \"%s\"",
+          kind, key)
+  }
+  key
+}
+
+# `object` with the embedding `latent` as its reduction `name` (columns `key`1, `key`2, ...,
+# of assay `assay`), the model in the reduction's `misc` slot.
+.add_reduction <- function(object, name, key, latent, assay, model) {
+  colnames(latent) <- paste0(key, seq_len(ncol(latent)))
+  object[[name]] <- SeuratObject::CreateDimReducObject(
+    embeddings = latent, key = key, assay = assay, misc = list(model = model))
+  object
+}
+
+# run<KIND>() / Run<KIND>(): builds a model of `kind` on `x` with `build`, trains it with
+# `train_fun` (the arguments in `dots` go to whichever takes them) and returns the model
+# and its latent representation.
+.fit_embedding <- function(x, dots, caller, kind, build, train_fun) {
+  maker <- .model_makers[[kind]]
+  nms <- names(dots) %||% rep("", length(dots))
+  if (any(!nzchar(nms))) {
+    .stop("%s(): arguments in `...` must be named (they are passed to %s and train())",
+          caller, maker)
+  }
+  setup_args <- setdiff(names(formals(build))[-1], c("train", "..."))
+  train_args <- setdiff(names(formals(train_fun)), c("model", "..."))
+  unknown <- setdiff(nms, c(setup_args, train_args))
+  if (length(unknown)) {
+    .stop("%s(): unknown arguments: %s; `...` takes arguments of %s and train()",
+          caller, .enum(unknown, 10L), maker)
+  }
+  model <- do.call(build, c(list(x), dots[nms %in% setup_args]))
+  model <- do.call(train_fun, c(list(model), dots[nms %in% train_args]))
+  z <- get_latent_representation(model, device = dots$device %||% "auto")
+  list(model = model, latent = z)
+}
+
+# run<KIND>() of a model built by `build` and trained by `train_fun` (.fit_embedding()):
+# `x` with the latent representation as reducedDim `name`.
+.run_embedding <- function(x, dots, kind, build, train_fun, name) {
+  .check_sce_input(x, kind)
+  name <- .check_scalar_string(name, "name")
+  fit <- .fit_embedding(x, dots, paste0("run", kind), kind, build, train_fun)
+  SingleCellExperiment::reducedDim(x, name) <- fit$latent
+  x
+}
+
+# Run<KIND>() likewise: `object` with the latent representation as the reduction
+# `reduction.name`, of the assay the model read (or the default assay).
+.Run_embedding <- function(object, dots, kind, build, train_fun, reduction.name,
+                           reduction.key) {
+  .check_seurat_input(object, kind)
+  reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
+  reduction.key <- .check_reduction_key(reduction.key, kind)
+  fit <- .fit_embedding(object, dots, paste0("Run", kind), kind, build, train_fun)
+  .add_reduction(object, reduction.name, reduction.key, fit$latent,
+                 fit$model$registry$setup_args$assay %||% SeuratObject::DefaultAssay(object),
+                 fit$model)
+}
 
 .fit_scvi <- function(x, dots, caller) {
   nms <- names(dots) %||% rep("", length(dots))
@@ -81,25 +166,12 @@ calculateSCVI <- function(x, ...) {
 #' so <- RunSCVI(so, batch_key = "batch", max_epochs = 3, seed = 0)
 #' head(SeuratObject::Embeddings(so, "scvi")[, 1:3])
 RunSCVI <- function(object, ..., reduction.name = "scvi", reduction.key = "SCVI_") {
-  if (!methods::is(object, "Seurat")) {
-    .stop(paste0("`object` must be a Seurat object for RunSCVI(), got %s; use runSCVI() for ",
-                 "a SingleCellExperiment"), .describe(object))
-  }
+  .check_seurat_input(object, "SCVI")
   reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
-  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
-  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
-    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"SCVI_\"), got \"%s\"",
-          reduction.key)
-  }
+  reduction.key <- .check_reduction_key(reduction.key, "SCVI")
   fit <- .fit_scvi(object, list(...), "RunSCVI")
-  emb <- fit$latent
-  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
-  reduction <- SeuratObject::CreateDimReducObject(
-    embeddings = emb, key = reduction.key, assay = fit$model$input$layer,
-    misc = list(model = fit$model)
-  )
-  object[[reduction.name]] <- reduction
-  object
+  .add_reduction(object, reduction.name, reduction.key, fit$latent, fit$model$input$layer,
+                 fit$model)
 }
 
 # GIMVI: fit on (reference, spatial object) and write the results into the spatial object.
@@ -150,10 +222,7 @@ RunSCVI <- function(object, ..., reduction.name = "scvi", reduction.key = "SCVI_
 #' spatial <- runGIMVI(spatial, reference, max_epochs = 5, seed = 0)
 #' SingleCellExperiment::altExp(spatial, "GIMVI")
 runGIMVI <- function(x, reference, ..., name = "GIMVI") {
-  if (!methods::is(x, "SingleCellExperiment")) {
-    .stop(paste0("`x` must be a SingleCellExperiment for runGIMVI(), got %s; use RunGIMVI() ",
-                 "for Seurat, or gimvi() for matrices"), .describe(x))
-  }
+  .check_sce_input(x, "GIMVI")
   name <- .check_scalar_string(name, "name")
   fit <- .fit_gimvi(x, reference, list(...), "runGIMVI")
   imputed <- SummarizedExperiment::SummarizedExperiment(
@@ -173,22 +242,11 @@ runGIMVI <- function(x, reference, ..., name = "GIMVI") {
 #' SeuratObject::Assays(so)
 RunGIMVI <- function(object, reference, ..., assay.name = "GIMVI", reduction.name = "gimvi",
                      reduction.key = "GIMVI_") {
-  if (!methods::is(object, "Seurat")) {
-    .stop("`object` must be a Seurat object for RunGIMVI(), got %s; use runGIMVI() for a SingleCellExperiment",
-          .describe(object))
-  }
+  .check_seurat_input(object, "GIMVI")
   assay.name <- .check_scalar_string(assay.name, "assay.name")
   reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
-  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
-  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
-    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"GIMVI_\"), got \"%s\"",
-          reduction.key)
-  }
+  reduction.key <- .check_reduction_key(reduction.key, "GIMVI")
   fit <- .fit_gimvi(object, reference, list(...), "RunGIMVI")
   object[[assay.name]] <- SeuratObject::CreateAssayObject(data = t(fit$imputed))
-  emb <- fit$latent
-  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
-  object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
-    embeddings = emb, key = reduction.key, assay = assay.name, misc = list(model = fit$model))
-  object
+  .add_reduction(object, reduction.name, reduction.key, fit$latent, assay.name, fit$model)
 }

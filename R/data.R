@@ -24,6 +24,12 @@
 .stop <- function(...) stop(sprintf(...), call. = FALSE)
 .warn <- function(...) warning(sprintf(...), call. = FALSE)
 
+# A handler for withCallingHandlers() that muffles the warnings matching `pattern` (those
+# about the data that matter for training, not for applying a fitted model to new data).
+.muffle <- function(pattern) {
+  function(w) if (grepl(pattern, conditionMessage(w))) invokeRestart("muffleWarning")
+}
+
 # "a", "b", "c", ... (n more): keeps messages short for long lists.
 .enum <- function(x, max = 5L, quote = TRUE) {
   x <- as.character(x)
@@ -131,6 +137,23 @@
   idx - 1L
 }
 
+# Names -> 0-based positions (kept in the model's order), for gene_list / region_list /
+# junction_list.
+.feature_positions <- function(list, features, arg, unit) {
+  if (is.null(list)) return(NULL)
+  if (!(is.character(list) || is.factor(list)) || length(list) == 0L || anyNA(list)) {
+    .stop("`%s` must be NULL or a character vector of %s names, got %s", arg, unit,
+          .describe(list))
+  }
+  list <- as.character(list)
+  unknown <- setdiff(list, features)
+  if (length(unknown)) {
+    .stop("`%s` has %d %ss that are not in the model: %s", arg, length(unknown), unit,
+          .enum(unknown))
+  }
+  which(features %in% list) - 1L
+}
+
 # ---------------------------------------------------------------------------------------------
 # Count input.
 
@@ -175,14 +198,21 @@
           if (length(available)) .enum(available, 10L) else "none")
   }
   m <- SummarizedExperiment::assay(x, layer, withDimnames = TRUE)
-  cd <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
-  list(m = m, cells = cd, layer = layer)
+  list(m = m, cells = .col_data(x), layer = layer)
 }
 
-.from_seurat <- function(x, layer, arg) {
+# The cell data (colData) of a SummarizedExperiment as a data.frame.
+.col_data <- function(x) as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
+
+# Stops unless SeuratObject is there to read the Seurat object `arg`.
+.require_seurat <- function(arg) {
   if (!requireNamespace("SeuratObject", quietly = TRUE)) {
     .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first", arg)
   }
+}
+
+.from_seurat <- function(x, layer, arg) {
+  .require_seurat(arg)
   assays <- SeuratObject::Assays(x)
   # Raw counts live in the RNA assay by convention; other assays (e.g. SCT) hold corrected
   # values, so the default is RNA rather than the object's default assay.
@@ -306,14 +336,20 @@
     .stop("`%s` has %d cells with no counts (all zero): %s; remove them before fitting",
           arg, length(empty), .enum(empty))
   }
-  gene_totals <- Matrix::rowSums(m)
-  if (any(gene_totals == 0)) {
-    .warn("`%s` has %d genes with no counts in any cell (e.g. %s); consider removing them",
-          arg, sum(gene_totals == 0), .enum(gene_names[gene_totals == 0], 3L))
-  }
+  .warn_empty_genes(m, arg)
 
   list(counts = m, cell_data = cells, gene_names = gene_names, cell_names = cell_names,
        layer = layer)
+}
+
+# Warns of the genes (rows of `m`, from `arg`) without counts in any cell.
+.warn_empty_genes <- function(m, arg) {
+  zero <- Matrix::rowSums(m) == 0
+  if (any(zero)) {
+    .warn("`%s` has %d genes with no counts in any cell (e.g. %s); consider removing them",
+          arg, sum(zero), .enum(rownames(m)[zero], 3L))
+  }
+  invisible(TRUE)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -570,9 +606,17 @@
                                 digits = NA, pretty = pretty))
 }
 
+# A character vector that stays a JSON array (NULL: the empty one).
+.json_array <- function(x) I(as.character(x %||% character(0)))
+
+# fromJSON() turns [] into list() and may leave nulls in lists: a character vector
+# (`.json_chr`, character(0) for none) or a key (`.json_key`, NULL for none).
+.json_chr <- function(x) if (is.null(x) || length(x) == 0L) character(0) else as.character(unlist(x))
+.json_key <- function(x) if (is.null(x) || length(x) == 0L) NULL else as.character(unlist(x))
+
 # The registry's shared fields, ready for toJSON() (models add their own fields to it).
 .registry_list <- function(registry) {
-  arr <- function(x) I(as.character(x %||% character(0)))
+  arr <- .json_array
   key_arr <- function(x) if (is.null(x)) NULL else arr(x)
   sa <- registry$setup_args
   cc <- registry$categorical_covariate_categories
@@ -601,9 +645,8 @@
 
 # The shared fields of a registry parsed from JSON.
 .registry_from_list <- function(r) {
-  # fromJSON turns [] into list() and may leave nulls in lists: normalise each field.
-  chr <- function(x) if (is.null(x) || length(x) == 0L) character(0) else as.character(unlist(x))
-  key <- function(x) if (is.null(x) || length(x) == 0L) NULL else as.character(unlist(x))
+  chr <- .json_chr
+  key <- .json_key
   sa <- r$setup_args
   cc <- r$categorical_covariate_categories
   cc <- if (length(cc)) lapply(cc, chr) else stats::setNames(list(), character(0))
@@ -623,164 +666,4 @@
     n_labels = as.integer(r$n_labels),
     n_cells = as.integer(r$n_cells)
   )
-}
-
-# ---------------------------------------------------------------------------------------------
-# Models of two modalities (MULTIVI, SPLICEVI): reading assays, matching cells by name.
-
-# Counts of a Seurat assay named by argument `assay_arg`.
-.seurat_assay_counts <- function(x, assay, arg, assay_arg) {
-  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-    .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first", arg)
-  }
-  assays <- SeuratObject::Assays(x)
-  if (!assay %in% assays) {
-    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", assay_arg, assay, arg,
-          .enum(assays, 10L))
-  }
-  .seurat_counts(x, assay, arg)
-}
-
-.sce_assay <- function(x, layer, arg, layer_arg) {
-  if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
-    .stop("`%s` is a %s, which needs the SummarizedExperiment package: install it first",
-          arg, class(x)[1])
-  }
-  layer <- .check_scalar_string(layer %||% "counts", layer_arg)
-  available <- SummarizedExperiment::assayNames(x)
-  if (!layer %in% available) {
-    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", layer_arg, layer, arg,
-          if (length(available)) .enum(available, 10L) else "none")
-  }
-  list(m = SummarizedExperiment::assay(x, layer, withDimnames = TRUE), layer = layer)
-}
-
-.is_sce <- function(x) methods::is(x, "SummarizedExperiment")
-.is_seurat <- function(x) methods::is(x, "Seurat")
-
-# Place the columns of `m` (features x its cells) at their cells' positions among
-# `cell_names` (all cells); cells it lacks get zero columns.
-.spread_columns <- function(m, cell_names) {
-  pos <- match(colnames(m), cell_names)
-  t <- methods::as(m, "TsparseMatrix")
-  Matrix::sparseMatrix(i = t@i + 1L, j = pos[t@j + 1L], x = as.double(t@x),
-                       dims = c(nrow(m), length(cell_names)),
-                       dimnames = list(rownames(m), cell_names))
-}
-
-# Cell data of every cell, merged over the modalities' own cell data (the RNA's first).
-.merge_cell_data <- function(parts, cell_names) {
-  parts <- Filter(function(p) !is.null(p) && ncol(p) > 0L, parts)
-  out <- data.frame(row.names = cell_names)
-  n <- length(cell_names)
-  for (col in unique(unlist(lapply(parts, names)))) {
-    v <- NULL
-    filled <- logical(n)
-    for (p in parts) {
-      if (!col %in% names(p)) next
-      new <- p[[col]]
-      pos <- match(rownames(p), cell_names)
-      ok <- !is.na(pos)
-      pos <- pos[ok]
-      new <- new[ok]
-      take <- !filled[pos]
-      if (is.null(v)) {
-        v <- new[rep(NA_integer_, n)]
-      } else if (is.factor(v) != is.factor(new)) {
-        v <- as.character(v)
-        new <- as.character(new)
-      } else if (is.factor(v)) {
-        levels(v) <- union(levels(v), levels(new))
-        new <- factor(as.character(new), levels = levels(v))
-      }
-      v[pos[take]] <- new[take]
-      filled[pos] <- TRUE
-    }
-    out[[col]] <- v
-  }
-  out
-}
-
-# The user's `cells` data.frame for matrix input, aligned to all cells. `args` names the two
-# modalities' inputs; `second_only` describes the cells only the second one has.
-.align_cells_arg <- function(cells, cell_names, args = c("rna", "atac"),
-                             second_only = "ATAC-only") {
-  if (methods::is(cells, "DataFrame")) cells <- as.data.frame(cells, optional = TRUE)
-  if (!is.data.frame(cells)) {
-    .stop("`cells` must be NULL or a data.frame with one row per cell, got %s",
-          .describe(cells))
-  }
-  if (.row_names_info(cells) > 0L) {
-    missing <- setdiff(cell_names, rownames(cells))
-    if (!length(missing)) return(cells[cell_names, , drop = FALSE])
-    .stop(paste0("`cells` has no row for %d of the %d cells (e.g. %s); give one row per cell ",
-                 "of `%s` and `%s`, named by cell"), length(missing), length(cell_names),
-          .enum(missing, 3L), args[[1]], args[[2]])
-  }
-  if (nrow(cells) != length(cell_names)) {
-    .stop(paste0("`cells` has %d rows but `%s` and `%s` have %d cells in all; give one row ",
-                 "per cell (row names = cell names, or in the order of the cells of `%s` ",
-                 "followed by the %s cells)"), nrow(cells), args[[1]], args[[2]],
-          length(cell_names), args[[1]], second_only)
-  }
-  rownames(cells) <- cell_names
-  cells
-}
-
-# Names -> 0-based positions (kept in the model's order), for gene_list / region_list.
-.feature_positions <- function(list, features, arg, unit) {
-  if (is.null(list)) return(NULL)
-  if (!(is.character(list) || is.factor(list)) || length(list) == 0L || anyNA(list)) {
-    .stop("`%s` must be NULL or a character vector of %s names, got %s", arg, unit,
-          .describe(list))
-  }
-  list <- as.character(list)
-  unknown <- setdiff(list, features)
-  if (length(unknown)) {
-    .stop("`%s` has %d %ss that are not in the model: %s", arg, length(unknown), unit,
-          .enum(unknown))
-  }
-  which(features %in% list) - 1L
-}
-
-# One modality as a checked features x cells dgCMatrix with dimnames; `unit` names its
-# features ("genes", "regions", "junctions"), `kind` the model, `integers` what the model
-# expects instead of non-integer values. Cells without counts are allowed (they are
-# unmeasured in this modality).
-.modality_matrix <- function(src, unit, kind, integers) {
-  arg <- src$arg
-  m <- src$m
-  feature <- sub("s$", "", unit)
-  if (!is.matrix(m) && !methods::is(m, "Matrix") && length(dim(m)) != 2L) {
-    .stop(paste0("`%s` must be a SingleCellExperiment, a Seurat object, or a %s x cells ",
-                 "count matrix (dgCMatrix, other Matrix, or base matrix), got %s"), arg,
-          feature, .describe(m))
-  }
-  if (ncol(m) == 0L) .stop("`%s` has no cells (0 columns); %s expects %s x cells", arg, kind, unit)
-  if (nrow(m) == 0L) .stop("`%s` has no %s (0 rows); %s expects %s x cells", arg, unit, kind, unit)
-  m <- .to_dgc(m, arg)
-  .check_count_values(m@x, arg, kind, integers)
-  features <- rownames(m) %||% paste0(feature, seq_len(nrow(m)))
-  if (anyDuplicated(features)) {
-    dup <- unique(features[duplicated(features)])
-    .stop("`%s` has %d duplicated %s names (e.g. %s); feature names must be unique", arg,
-          sum(duplicated(features)), feature, .enum(dup, 3L))
-  }
-  cell_names <- colnames(m)
-  if (!is.null(cell_names) && anyDuplicated(cell_names)) {
-    dup <- unique(cell_names[duplicated(cell_names)])
-    .stop(paste0("`%s` has %d duplicated cell names (e.g. %s); cells are matched across ",
-                 "modalities by name, make them unique"), arg, sum(duplicated(cell_names)),
-          .enum(dup, 3L))
-  }
-  if (!is.null(cell_names) && (anyNA(cell_names) || !all(nzchar(cell_names)))) {
-    .stop("`%s` has missing or empty cell names (column names)", arg)
-  }
-  dimnames(m) <- list(features, cell_names)
-  m
-}
-
-# The assay `layer` of `x` if it has one of that name (new data laid out as at setup).
-.layer_like_sce <- function(x, layer) {
-  if (!is.null(layer) && layer %in% SummarizedExperiment::assayNames(x)) layer else NULL
 }

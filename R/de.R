@@ -91,26 +91,18 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
   }
 
   q <- .query_data(model, x)
-  cell_data <- q$cell_data %||% model$cell_data
-  n <- length(q$cell_names)
-  batch_codes <- function(ids, arg) {
-    cats <- model$registry$batch_categories
-    if (!batch_correction) {
-      if (!is.null(ids)) .stop("`%s` needs batch_correction = TRUE", arg)
-      return(NULL)
-    }
-    if (is.null(ids)) return(seq_along(cats) - 1L)
+  cats <- model$registry$batch_categories
+  codes <- function(ids, arg) {
     bad <- setdiff(as.character(ids), cats)
     if (length(bad)) .stop("`%s` has unknown batches: %s (known: %s)", arg,
                            paste(bad, collapse = ", "), paste(cats, collapse = ", "))
     match(as.character(ids), cats) - 1L
   }
-  b1 <- batch_codes(batchid1, "batchid1")
-  b2 <- batch_codes(batchid2, "batchid2")
+  b1 <- .de_batch_codes(batchid1, "batchid1", batch_correction, cats, codes)
+  b2 <- .de_batch_codes(batchid2, "batchid2", batch_correction, cats, codes)
 
-  comparisons <- .de_comparisons(cell_data, n, groupby, group1, group2, idx1, idx2)
-  tables <- lapply(comparisons, function(cmp) {
-    if (!silent && length(comparisons) > 1) message("DE: ", cmp$label)
+  comparisons <- .query_comparisons(model, q, groupby, group1, group2, idx1, idx2)
+  .compare_groups(comparisons, "DE", silent, function(cmp) {
     res <- .rs(rs_model_de(model$model, "expression", q$data, cmp$cells1 - 1L,
                            cmp$cells2 - 1L, mode == "change", delta, test_mode == "three",
                            pseudocount, b1, b2, n_samples, batch_size, fdr_target, levels_ci,
@@ -122,6 +114,34 @@ differential_expression.SCVI <- function(object, x = NULL, groupby = NULL, group
     rownames(df) <- model$gene_names %||% model$registry$gene_names
     key <- if (mode == "change") df$proba_de else df$bayes_factor
     df[order(-key, method = "radix"), , drop = FALSE]
+  })
+}
+
+# The batches the draws of a group are decoded in (0-based codes): none without
+# `batch_correction` (then `ids`, named `arg`, must not be given), else `ids` (`codes(ids,
+# arg)`), all `categories` by default.
+.de_batch_codes <- function(ids, arg, batch_correction, categories,
+                            codes = function(ids, arg) .transform_batch_codes(ids, categories)) {
+  if (!batch_correction) {
+    if (!is.null(ids)) .stop("`%s` needs batch_correction = TRUE", arg)
+    return(NULL)
+  }
+  if (is.null(ids)) return(seq_along(categories) - 1L)
+  codes(ids, arg)
+}
+
+# The comparisons of a differential analysis on the query data `q` of `model`.
+.query_comparisons <- function(model, q, groupby, group1, group2, idx1, idx2) {
+  .de_comparisons(q$cell_data %||% model$cell_data, length(q$cell_names), groupby, group1,
+                  group2, idx1, idx2)
+}
+
+# The table of `one(cmp)` for every comparison, bound by .bind_comparisons(); says which
+# comparison runs (`what`: "DE", "DA", "DS") when there are several, unless `silent`.
+.compare_groups <- function(comparisons, what, silent, one) {
+  tables <- lapply(comparisons, function(cmp) {
+    if (!silent && length(comparisons) > 1) message(what, ": ", cmp$label)
+    one(cmp)
   })
   .bind_comparisons(tables, comparisons)
 }

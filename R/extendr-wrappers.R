@@ -87,6 +87,9 @@ rs_multivi_library_size_factors <- function(model, ds, idx, batch_size, device) 
 
 rs_multivi_region_factors <- function(model) .Call(wrap__rs_multivi_region_factors, model)
 
+# LeafCutter-style ATSE code (0-based) of every junction from its coordinates.
+rs_junction_clusters <- function(chrom, start, end, strand) .Call(wrap__rs_junction_clusters, chrom, start, end, strand)
+
 # `ds`: one dataset whose columns are the genes, then the junctions.
 rs_splicevi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_splicevi_new, ds, config_json, registry_json)
 

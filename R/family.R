@@ -118,6 +118,66 @@
   model
 }
 
+# The train() options of the models that train with AdamW and stop early by default
+# (MULTIVI, SPLICEVI), checked as far as they share them (`dots`: train()'s `...` for a model
+# of kind `kind`): validation every epoch when early stopping is on (never by default
+# otherwise), and no adversarial classifier (weight 0) without `adversarial_mixing`, with a
+# warning when it was asked for (`asked_mixing`) and there is only one batch.
+.adamw_train_config <- function(model, kind, dots, max_epochs, lr, train_size,
+                                validation_size, shuffle_set_split, batch_size, weight_decay,
+                                eps, early_stopping, early_stopping_patience,
+                                early_stopping_monitor, early_stopping_min_delta,
+                                check_val_every_n_epoch, n_epochs_kl_warmup,
+                                n_steps_kl_warmup, adversarial_mixing, asked_mixing, seed) {
+  if (length(dots)) {
+    hint <- if ("optimizer" %in% names(dots)) {
+      sprintf(" (%s always trains with AdamW)", kind)
+    } else ""
+    .stop("train() got unknown arguments for a %s model: %s%s; see ?train", kind,
+          .dots_names(dots), hint)
+  }
+  early_stopping <- .check_scalar_bool(early_stopping, "early_stopping")
+  adversarial_mixing <- .check_scalar_bool(adversarial_mixing, "adversarial_mixing")
+  if (adversarial_mixing && model$registry$n_batch < 2L && asked_mixing) {
+    .warn("`adversarial_mixing` needs more than one batch: training without the batch classifier")
+  }
+  check_val <- check_val_every_n_epoch %||% (if (early_stopping) 1L else 0L)
+  cfg <- c(
+    .train_config(.check_scalar_int(max_epochs, "max_epochs", min = 1), train_size,
+                  validation_size, shuffle_set_split, batch_size, lr, weight_decay, eps,
+                  n_epochs_kl_warmup, n_steps_kl_warmup, check_val, seed),
+    .early_stopping_config(early_stopping, early_stopping_monitor, early_stopping_patience,
+                           early_stopping_min_delta),
+    list(optimizer = "AdamW")
+  )
+  if (early_stopping && cfg$check_val_every_n_epoch == 0L &&
+      grepl("validation", cfg$early_stopping_monitor)) {
+    .stop(paste0("`check_val_every_n_epoch` = 0 never validates, but early stopping monitors ",
+                 "\"%s\""), cfg$early_stopping_monitor)
+  }
+  # The classifier's weight: the model's default (1) with mixing, none without.
+  if (!adversarial_mixing) cfg$kappa <- 0
+  cfg
+}
+
+# `...` of a constructor (`caller`) holds arguments of train(), used only with `do_train`.
+.check_constructor_dots <- function(dots, do_train, caller) {
+  if (length(dots) && !do_train) {
+    .stop(paste0("%s() got arguments it does not use: %s; training arguments apply only ",
+                 "with train = TRUE (or call train(model, ...))"), caller, .dots_names(dots))
+  }
+  invisible(TRUE)
+}
+
+# `...` of a query method `fun` must be empty; `kind` names the model in the message.
+.no_dots <- function(dots, fun, kind = NULL) {
+  if (length(dots)) {
+    .stop("%s() got unknown arguments%s: %s", fun,
+          if (is.null(kind)) "" else sprintf(" for a %s model", kind), .dots_names(dots))
+  }
+  invisible(TRUE)
+}
+
 # Arguments that a constructor (`caller`) passes on to `train_fun`, the train() method of
 # `kind`, checked by name before any work is done.
 .check_kind_train_dots <- function(dots, caller, train_fun, kind) {
@@ -130,78 +190,6 @@
           .enum(unknown, 10L), kind, .enum(known, 30L))
   }
   invisible(TRUE)
-}
-
-# run<KIND>() / Run<KIND>(): builds a model of `kind` on `x` with `build`, trains it with
-# `train_fun` (the arguments in `dots` go to whichever takes them) and returns the model
-# and its latent representation.
-.fit_embedding <- function(x, dots, caller, kind, build, train_fun) {
-  maker <- .model_makers[[kind]]
-  nms <- names(dots) %||% rep("", length(dots))
-  if (any(!nzchar(nms))) {
-    .stop("%s(): arguments in `...` must be named (they are passed to %s and train())",
-          caller, maker)
-  }
-  setup_args <- setdiff(names(formals(build))[-1], c("train", "..."))
-  train_args <- setdiff(names(formals(train_fun)), c("model", "..."))
-  unknown <- setdiff(nms, c(setup_args, train_args))
-  if (length(unknown)) {
-    .stop("%s(): unknown arguments: %s; `...` takes arguments of %s and train()",
-          caller, .enum(unknown, 10L), maker)
-  }
-  model <- do.call(build, c(list(x), dots[nms %in% setup_args]))
-  model <- do.call(train_fun, c(list(model), dots[nms %in% train_args]))
-  z <- get_latent_representation(model, device = dots$device %||% "auto")
-  list(model = model, latent = z)
-}
-
-# Normalized expression of a model with an expression head next to another modality
-# (MULTIVI, SPLICEVI), decoded from the joint latent; its data come from .query_data().
-.joint_normalized_expression <- function(model, x, indices, transform_batch, gene_list,
-                                         library_size, n_samples, batch_size, device) {
-  lib <- .check_library_size(library_size)
-  n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
-  batch_size <- .check_batch_size(batch_size)
-  device <- .check_device(device)
-  tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
-  genes <- model$gene_names
-  gene_idx <- .feature_positions(gene_list, genes, "gene_list", "gene")
-  q <- .query_data(model, x)
-  cells <- .query_cells(q, indices)
-  out <- .rs(rs_model_normalized_expression(model$model, q$data, cells$idx, tb, gene_idx, lib,
-                                            n_samples, batch_size, device))
-  dimnames(out) <- list(cells$names, if (is.null(gene_idx)) genes else genes[gene_idx + 1L])
-  out
-}
-
-# summary() of a model of two modalities (MULTIVI, SPLICEVI) of kind `kind`; `drop` names
-# config entries that are not hyperparameters.
-.summary_of <- function(object, kind, data_text, drop = "n_cells") {
-  reg <- object$registry
-  st <- .state(object)
-  h <- history(object)
-  cats <- c(list(batch = reg$batch_categories), reg$categorical_covariate_categories)
-  training <- list(
-    is_trained = isTRUE(st$is_trained),
-    epochs = nrow(h),
-    n_train = length(st$train), n_validation = length(st$validation),
-    n_test = length(st$test),
-    last = if (nrow(h)) as.list(h[nrow(h), c("elbo_train", "elbo_validation",
-                                              "reconstruction_loss_train",
-                                              "kl_local_train", "kl_weight")])
-  )
-  sa <- reg$setup_args
-  structure(list(
-    kind = kind,
-    data = data_text,
-    setup_args = sa[!vapply(sa, is.null, logical(1)) |
-                      names(sa) %in% c("batch_key", "categorical_covariate_keys",
-                                       "continuous_covariate_keys")],
-    categories = cats,
-    continuous_covariates = reg$continuous_covariate_keys,
-    hyperparameters = object$config[setdiff(names(object$config), drop)],
-    training = training
-  ), class = c(paste0("summary.", kind), "summary.SCVI"))
 }
 
 # print()'s first line; FALSE (after saying so) when the Rust handle is gone.

@@ -148,11 +148,7 @@ gimvi <- function(x_seq, x_spatial, cells_seq = NULL, cells_spatial = NULL, laye
   }
   labels_key <- .check_scalar_string(labels_key, "labels_key", null_ok = TRUE)
   do_train <- .check_scalar_bool(train, "train")
-  dots <- list(...)
-  if (length(dots) && !do_train) {
-    .stop(paste0("gimvi() got arguments it does not use: %s; training arguments apply only ",
-                 "with train = TRUE (or call train(model, ...))"), .dots_names(dots))
-  }
+  .check_constructor_dots(list(...), do_train, "gimvi")
   if (missing(x_spatial)) .stop("`x_spatial` is missing: gimvi() needs a spatial dataset")
 
   f <- list(
@@ -262,10 +258,7 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
 get_latent_representation.GIMVI <- function(model, x_seq = NULL, x_spatial = NULL,
                                              deterministic = TRUE, batch_size = 128L, ...) {
   .check_gimvi(model)
-  if (length(list(...))) {
-    .stop("get_latent_representation() got unknown arguments for a GIMVI model: %s",
-          .dots_names(list(...)))
-  }
+  .no_dots(list(...), "get_latent_representation", "GIMVI")
   deterministic <- .check_scalar_bool(deterministic, "deterministic")
   batch_size <- .gimvi_batch_size(batch_size)
   q <- .gimvi_query_data(model, x_seq, x_spatial)
@@ -310,9 +303,7 @@ get_imputed_values.GIMVI <- function(model, x_seq = NULL, x_spatial = NULL, norm
                                      decode_mode = NULL, deterministic = TRUE,
                                      batch_size = 128L, ...) {
   .check_gimvi(model)
-  if (length(list(...))) {
-    .stop("get_imputed_values() got unknown arguments: %s", .dots_names(list(...)))
-  }
+  .no_dots(list(...), "get_imputed_values")
   normalized <- .check_scalar_bool(normalized, "normalized")
   deterministic <- .check_scalar_bool(deterministic, "deterministic")
   batch_size <- .gimvi_batch_size(batch_size)

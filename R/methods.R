@@ -65,9 +65,15 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
   cells <- .query_cells(q, indices)
   res <- .rs(rs_model_latent(model$model, 0L, q$data, cells$idx, give_mean || return_dist,
                              mc_samples, batch_size, device))
-  dn <- list(cells$names, paste0("SCVI_", seq_len(ncol(res$z))))
+  .label_latent(res, cells$names, "SCVI", return_dist)
+}
+
+# The bridge's latent representation labelled: cells (`cell_names`) x dimensions
+# `<prefix>_1`, ...; with `return_dist` the posterior's `mean` and `var` (the untransformed
+# Gaussian q(z|x), also for the "ln" latent: scvi.md §8.1).
+.label_latent <- function(res, cell_names, prefix, return_dist) {
+  dn <- list(cell_names, paste0(prefix, "_", seq_len(ncol(res$z))))
   if (return_dist) {
-    # The untransformed Gaussian q(z|x), also for the "ln" latent (scvi.md §8.1).
     dimnames(res$mean) <- dn
     dimnames(res$var) <- dn
     return(list(mean = res$mean, var = res$var))
@@ -139,27 +145,25 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
   if (weights == "importance" && is.null(n_samples_overall)) {
     .stop("`weights` = \"importance\" weights the draws of `n_samples_overall`; give it too")
   }
+  .normalized_expression(model, x, library_size, n_samples, transform_batch, gene_list,
+                         indices, batch_size, device, n_samples_overall, return_mean,
+                         importance_json)
+}
+
+# Normalized expression of any model with an expression head (SCVI; MULTIVI and SPLICEVI,
+# decoded from the joint latent, without the sampler's options); its data come from
+# .query_data(). `importance_json`: .importance_json().
+.normalized_expression <- function(model, x, library_size, n_samples, transform_batch,
+                                   gene_list, indices, batch_size, device,
+                                   n_samples_overall = NULL, return_mean = TRUE,
+                                   importance_json = "") {
   lib <- .check_library_size(library_size)
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
   tb <- .transform_batch_codes(transform_batch, model$registry$batch_categories)
   genes <- model$gene_names
-  gene_idx <- NULL
-  if (!is.null(gene_list)) {
-    if (!(is.character(gene_list) || is.factor(gene_list)) || length(gene_list) == 0L ||
-        anyNA(gene_list)) {
-      .stop("`gene_list` must be NULL or a character vector of gene names, got %s",
-            .describe(gene_list))
-    }
-    gene_list <- as.character(gene_list)
-    unknown <- setdiff(gene_list, genes)
-    if (length(unknown)) {
-      .stop("`gene_list` has %d genes that are not in the model: %s", length(unknown),
-            .enum(unknown))
-    }
-    gene_idx <- which(genes %in% gene_list) - 1L
-  }
+  gene_idx <- .feature_positions(gene_list, genes, "gene_list", "gene")
   return_mean <- .check_scalar_bool(return_mean, "return_mean")
   q <- .query_data(model, x)
   cells <- .query_cells(q, indices)
@@ -374,11 +378,22 @@ validation_indices <- function(model, ...) UseMethod("validation_indices")
 #' @method print SCVI
 #' @export
 print.SCVI <- function(x, ...) {
-  if (!.print_title(x, "SCVI")) return(invisible(x))
   cfg <- x$config
+  .print_model(x, "SCVI", .data_text(x), sprintf(paste0(
+    "n_latent = %d, n_hidden = %d, n_layers = %d, dropout_rate = %s,\n            ",
+    "dispersion = \"%s\", gene_likelihood = \"%s\", latent_distribution = \"%s\""),
+    cfg$n_latent, cfg$n_hidden, cfg$n_layers, format(cfg$dropout_rate), cfg$dispersion,
+    cfg$gene_likelihood, cfg$latent_distribution))
+}
+
+# print() of a model of one dataset (SCVI, MULTIVI, SPLICEVI) of kind `kind`: its data
+# (`data_text`), setup, architecture (`model_text`) and training; only the title when the
+# Rust handle is gone (the texts are not evaluated then).
+.print_model <- function(x, kind, data_text, model_text) {
+  if (!.print_title(x, kind)) return(invisible(x))
   reg <- x$registry
   sa <- reg$setup_args
-  cat(sprintf("  data:     %s\n", .data_text(x)))
+  cat(sprintf("  data:     %s\n", data_text))
   cat(sprintf("  batch:    %s\n", .key_text(sa$batch_key, reg$n_batch, "batch")))
   if (!is.null(sa$labels_key)) {
     cat(sprintf("  labels:   \"%s\" (%d labels)\n", sa$labels_key, reg$n_labels))
@@ -388,11 +403,7 @@ print.SCVI <- function(x, ...) {
   if (!is.null(sa$size_factor_key)) {
     cat(sprintf("  size factor: \"%s\"\n", sa$size_factor_key))
   }
-  cat(sprintf(paste0("  model:    n_latent = %d, n_hidden = %d, n_layers = %d, ",
-                     "dropout_rate = %s,\n            dispersion = \"%s\", ",
-                     "gene_likelihood = \"%s\", latent_distribution = \"%s\"\n"),
-              cfg$n_latent, cfg$n_hidden, cfg$n_layers, format(cfg$dropout_rate),
-              cfg$dispersion, cfg$gene_likelihood, cfg$latent_distribution))
+  cat(sprintf("  model:    %s\n", model_text))
   cat(sprintf("  training: %s\n", .training_text(x)))
   invisible(x)
 }
@@ -431,11 +442,23 @@ print.SCVI <- function(x, ...) {
 summary.SCVI <- function(object, ...) {
   .check_model(object)
   reg <- object$registry
-  st <- .state(object)
-  h <- history(object)
   cats <- c(list(batch = reg$batch_categories, labels = reg$label_categories),
             reg$categorical_covariate_categories)
-  training <- list(
+  structure(list(
+    data = .data_text(object),
+    setup_args = reg$setup_args,
+    categories = cats,
+    continuous_covariates = reg$continuous_covariate_keys,
+    hyperparameters = object$config,
+    training = .training_summary(object)
+  ), class = "summary.SCVI")
+}
+
+# summary()'s training state of a model: trained or not, epochs, the split, the last epoch.
+.training_summary <- function(object) {
+  st <- .state(object)
+  h <- history(object)
+  list(
     is_trained = isTRUE(st$is_trained),
     epochs = nrow(h),
     n_train = length(st$train), n_validation = length(st$validation),
@@ -444,14 +467,6 @@ summary.SCVI <- function(object, ...) {
                                               "reconstruction_loss_train",
                                               "kl_local_train", "kl_weight")])
   )
-  structure(list(
-    data = .data_text(object),
-    setup_args = reg$setup_args,
-    categories = cats,
-    continuous_covariates = reg$continuous_covariate_keys,
-    hyperparameters = object$config,
-    training = training
-  ), class = "summary.SCVI")
 }
 
 #' @rdname summary.SCVI

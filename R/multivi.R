@@ -7,11 +7,15 @@
 
 .check_multivi <- function(model, arg = "model") .check_kind(model, "MULTIVI", arg)
 
+# The modalities (a cell measured in one only is "expression" or "accessibility"; in both,
+# "paired"), as in the `modality` of queries.
+.multivi_modalities <- c("expression", "accessibility")
+
 # The ATAC altExp / assay names looked for when none is given.
 .atac_names <- c("ATAC", "Peaks", "peaks", "atac")
 
 # ---------------------------------------------------------------------------------------------
-# Gathering the modalities (the readers they share with SPLICEVI are in data.R).
+# Gathering the modalities (the readers they share with SPLICEVI are in modalities.R).
 
 # The modalities and their cell data from what the user passed. Returns list(rna, atac,
 # setup) where rna / atac are NULL or list(m, cells (data.frame or NULL), class, arg) and
@@ -34,34 +38,15 @@
     .stop("`%s` and `%s` are both NULL: MULTIVI needs gene expression, accessibility or both",
           a_rna, a_atac)
   }
+  .check_modality_args(rna, atac, cells, layer, assay, altexp, args, c("RNA", "ATAC"))
   rna_sce <- methods::is(rna, "SingleCellExperiment")
-  if (!is.null(layer) && !.is_sce(rna)) {
-    .stop("`layer` names the RNA assay of a SingleCellExperiment `%s`; `%s` is %s", a_rna,
-          a_rna, .describe(rna))
-  }
-  if (!is.null(altexp) && !rna_sce) {
-    .stop(paste0("`altexp` names the ATAC alternative experiment of a SingleCellExperiment ",
-                 "`%s`; `%s` is %s"), a_rna, a_rna, .describe(rna))
-  }
-  if (!is.null(altexp) && !is.null(atac)) {
-    .stop("give the ATAC counts either as `%s` or as `altexp` of `%s`, not both", a_atac, a_rna)
-  }
   if (!is.null(atac_layer) && !.is_sce(atac) && !(rna_sce && is.null(atac))) {
     .stop(paste0("`atac_layer` names the ATAC assay of a SingleCellExperiment (`%s`, or the ",
                  "altExp of `%s`); it does not apply here"), a_atac, a_rna)
   }
-  if (!is.null(assay) && !.is_seurat(rna)) {
-    .stop("`assay` names the RNA assay of a Seurat object `%s`; `%s` is %s", a_rna, a_rna,
-          .describe(rna))
-  }
   if (!is.null(atac_assay) && !.is_seurat(atac) && !(.is_seurat(rna) && is.null(atac))) {
     .stop(paste0("`atac_assay` names the ATAC assay of a Seurat object (`%s`, or `%s`); it ",
                  "does not apply here"), a_atac, a_rna)
-  }
-  if (!is.null(cells) && (.is_sce(rna) || .is_sce(atac) || .is_seurat(rna) ||
-                          .is_seurat(atac))) {
-    .stop(paste0("`cells` is only used with count matrices; for a SingleCellExperiment or ",
-                 "Seurat object the cell data come from the object itself"))
   }
   setup <- list(layer = NULL, atac_layer = NULL, altexp = NULL, assay = NULL,
                 atac_assay = NULL)
@@ -71,25 +56,10 @@
   if (.is_sce(rna)) {
     a <- .sce_assay(rna, layer, a_rna, "layer")
     setup$layer <- a$layer
-    out$rna <- list(m = a$m, cells = as.data.frame(SummarizedExperiment::colData(rna),
-                                                   optional = TRUE),
-                    class = class(rna)[1], arg = a_rna)
+    out$rna <- list(m = a$m, cells = .col_data(rna), class = class(rna)[1], arg = a_rna)
     if (is.null(atac) && atac_mode != "none") {
-      alts <- if (rna_sce) SingleCellExperiment::altExpNames(rna) else character(0)
-      if (is.null(altexp)) {
-        hit <- intersect(.atac_names, alts)
-        if (length(hit)) {
-          altexp <- hit[[1]]
-        } else if (atac_mode == "required") {
-          .stop(paste0("`%s` has no ATAC alternative experiment named %s: name it with ",
-                       "`altexp` (altExps: %s), or pass the ATAC counts as `%s`"), a_rna,
-                paste(.atac_names, collapse = "/"),
-                if (length(alts)) .enum(alts, 10L) else "none", a_atac)
-        }
-      } else if (!altexp %in% alts) {
-        .stop("`altexp` '%s' is not an alternative experiment of `%s`; available: %s", altexp,
-              a_rna, if (length(alts)) .enum(alts, 10L) else "none")
-      }
+      altexp <- .find_altexp(rna, altexp, .atac_names, a_rna, a_atac, "ATAC",
+                             required = atac_mode == "required")
       if (!is.null(altexp)) {
         alt_arg <- sprintf("altExp(%s, \"%s\")", a_rna, altexp)
         alt <- SingleCellExperiment::altExp(rna, altexp, withDimnames = TRUE)
@@ -100,20 +70,11 @@
       }
     }
   } else if (.is_seurat(rna)) {
-    if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-      .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first",
-            a_rna)
-    }
+    .require_seurat(a_rna)
     assays <- SeuratObject::Assays(rna)
     if (is.null(atac) && atac_mode != "none" && is.null(atac_assay)) {
-      hit <- intersect(.atac_names, assays)
-      if (length(hit)) {
-        atac_assay <- hit[[1]]
-      } else if (atac_mode == "required") {
-        .stop(paste0("`%s` is a Seurat object without an assay named %s: name its ATAC assay ",
-                     "with `atac_assay` (assays: %s), or pass the ATAC counts as `%s`"),
-              a_rna, paste(.atac_names, collapse = "/"), .enum(assays, 10L), a_atac)
-      }
+      atac_assay <- .find_seurat_assay(rna, .atac_names, a_rna, a_atac, "ATAC", "atac_assay",
+                                       required = atac_mode == "required")
     }
     if (is.null(atac) && atac_mode == "none") atac_assay <- NULL
     if (is.null(assay)) {
@@ -148,14 +109,12 @@
   if (.is_sce(atac)) {
     b <- .sce_assay(atac, atac_layer, a_atac, "atac_layer")
     setup$atac_layer <- b$layer
-    out$atac <- list(m = b$m, cells = as.data.frame(SummarizedExperiment::colData(atac),
-                                                    optional = TRUE),
-                     class = class(atac)[1], arg = a_atac)
+    out$atac <- list(m = b$m, cells = .col_data(atac), class = class(atac)[1], arg = a_atac)
   } else if (.is_seurat(atac)) {
-    if (is.null(atac_assay)) {
-      hit <- intersect(.atac_names, SeuratObject::Assays(atac))
-      atac_assay <- if (length(hit)) hit[[1]] else SeuratObject::DefaultAssay(atac)
-    }
+    atac_assay <- atac_assay %||%
+      .find_seurat_assay(atac, .atac_names, a_atac, a_atac, "ATAC", "atac_assay",
+                         required = FALSE) %||%
+      SeuratObject::DefaultAssay(atac)
     setup$atac_assay <- atac_assay
     out$atac <- list(m = .seurat_assay_counts(atac, atac_assay, a_atac, "atac_assay"),
                      cells = atac[[]], class = class(atac)[1], arg = a_atac)
@@ -166,176 +125,66 @@
   out
 }
 
-# The modalities combined into the core's layout: one features x cells matrix, genes then
-# regions, over the union of the cells (RNA's cells first, then the ATAC-only ones).
-.multivi_combine <- function(src, cells = NULL) {
-  rna <- if (!is.null(src$rna)) {
-    .modality_matrix(src$rna, "genes", "MULTIVI",
-                     "raw counts, not normalised or log-transformed data")
-  }
-  atac <- if (!is.null(src$atac)) {
-    .modality_matrix(src$atac, "regions", "MULTIVI", paste0(
-      "raw counts or binary (0/1) accessibility, not TF-IDF or other normalised values"))
-  }
-  named <- c(rna = !is.null(rna) && !is.null(colnames(rna)),
-             atac = !is.null(atac) && !is.null(colnames(atac)))
-  # Unnamed matrices take the cell names of `cells` when it names one row per cell.
-  if (!any(named) && !is.null(cells) && is.data.frame(cells) && .row_names_info(cells) > 0L &&
-      (is.null(rna) || ncol(rna) == nrow(cells)) && (is.null(atac) || ncol(atac) == nrow(cells))) {
-    if (!is.null(rna)) colnames(rna) <- rownames(cells)
-    if (!is.null(atac)) colnames(atac) <- rownames(cells)
-    named[] <- c(!is.null(rna), !is.null(atac))
-  }
-  if (!is.null(rna) && !is.null(atac)) {
-    if (named[["rna"]] != named[["atac"]]) {
-      .stop(paste0("`%s` has cell (column) names but `%s` has none; cells are matched across ",
-                   "modalities by name"), if (named[["rna"]]) src$rna$arg else src$atac$arg,
-            if (named[["rna"]]) src$atac$arg else src$rna$arg)
-    }
-    if (!named[["rna"]]) {
-      if (ncol(rna) != ncol(atac)) {
-        .stop(paste0("`%s` (%d cells) and `%s` (%d cells) have no cell names to match cells by; ",
-                     "name the columns of both"), src$rna$arg, ncol(rna), src$atac$arg,
-              ncol(atac))
+# The modalities combined (.combine_modalities()) over the union of the cells (RNA's cells
+# first, then the ATAC-only ones), with their `genes` and `regions`. A cell is measured in a
+# modality where it has counts in it; a modality the data lack (new data of a query) is all
+# zeros, `n_features` rows of it.
+.multivi_combine <- function(src, cells = NULL, n_features = c(0L, 0L)) {
+  mats <- list(
+    rna = if (!is.null(src$rna)) {
+      .modality_matrix(src$rna, "genes", "MULTIVI",
+                       "raw counts, not normalised or log-transformed data")
+    },
+    atac = if (!is.null(src$atac)) {
+      .modality_matrix(src$atac, "regions", "MULTIVI", paste0(
+        "raw counts or binary (0/1) accessibility, not TF-IDF or other normalised values"))
+    })
+  args <- c(src$rna$arg %||% "rna", src$atac$arg %||% "atac")
+  # A modality given without any counts is a mistake, not unmeasured cells.
+  no_counts <- function(mats, cell_names) {
+    for (k in which(!vapply(mats, is.null, logical(1)))) {
+      if (all(Matrix::colSums(mats[[k]]) == 0)) {
+        .stop("`%s` has no counts in any cell: remove it or give the %s counts", args[[k]],
+              c("RNA", "ATAC")[[k]])
       }
-      colnames(rna) <- colnames(atac) <- paste0("cell", seq_len(ncol(rna)))
-    }
-  } else {
-    one <- if (is.null(rna)) "atac" else "rna"
-    if (!named[[one]]) {
-      if (one == "rna") colnames(rna) <- paste0("cell", seq_len(ncol(rna)))
-      else colnames(atac) <- paste0("cell", seq_len(ncol(atac)))
     }
   }
-  cell_names <- unique(c(colnames(rna), colnames(atac)))
-  for (mod in c("rna", "atac")) {
-    m <- if (mod == "rna") rna else atac
-    if (!is.null(m) && all(Matrix::colSums(m) == 0)) {
-      .stop("`%s` has no counts in any cell: remove it or give the %s counts", src[[mod]]$arg,
-            if (mod == "rna") "RNA" else "ATAC")
-    }
-  }
-  rna_full <- if (!is.null(rna)) .spread_columns(rna, cell_names)
-  atac_full <- if (!is.null(atac)) .spread_columns(atac, cell_names)
-  has_rna <- if (is.null(rna_full)) logical(length(cell_names)) else Matrix::colSums(rna_full) > 0
-  has_atac <- if (is.null(atac_full)) logical(length(cell_names)) else
-    Matrix::colSums(atac_full) > 0
-  none <- !has_rna & !has_atac
-  if (any(none)) {
-    .stop(paste0("%d cells have no counts in any modality (e.g. %s): a cell needs RNA or ATAC ",
-                 "counts; remove them from `%s`%s"), sum(none), .enum(cell_names[none], 3L),
-          if (!is.null(src$rna)) src$rna$arg else src$atac$arg,
-          if (!is.null(src$rna) && !is.null(src$atac)) sprintf(" and `%s`", src$atac$arg) else "")
-  }
-  counts <- if (is.null(rna_full)) atac_full else if (is.null(atac_full)) rna_full else
-    rbind(rna_full, atac_full)
-  counts <- methods::as(counts, "CsparseMatrix")
-  if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")
-
-  cell_data <- if (!is.null(cells)) .align_cells_arg(cells, cell_names) else
-    .merge_cell_data(list(src$rna$cells, src$atac$cells), cell_names)
-  modality <- ifelse(has_rna & has_atac, "paired", ifelse(has_rna, "expression",
-                                                         "accessibility"))
-  list(counts = counts, genes = rownames(rna) %||% character(0),
-       regions = rownames(atac) %||% character(0), cell_names = cell_names,
-       cell_data = cell_data, modality = stats::setNames(modality, cell_names))
-}
-
-.modality_counts <- function(modality) {
-  c(paired = sum(modality == "paired"), expression = sum(modality == "expression"),
-    accessibility = sum(modality == "accessibility"))
+  comb <- .combine_modalities(mats, args, list(src$rna$cells, src$atac$cells), cells,
+                              .multivi_modalities, "RNA or ATAC counts", by_counts = TRUE,
+                              check = no_counts, n_features = n_features,
+                              cells_args = c("rna", "atac"), second_only = "ATAC-only")
+  c(comb, list(genes = rownames(comb$mats$rna) %||% character(0),
+               regions = rownames(comb$mats$atac) %||% character(0)))
 }
 
 # ---------------------------------------------------------------------------------------------
 # Registry <-> JSON: gene and region names kept apart, the assays the data came from.
 
+.multivi_setup_keys <- c("layer", "atac_layer", "altexp", "assay", "atac_assay")
+
 .multivi_registry_to_json <- function(reg) {
-  arr <- function(x) I(as.character(x %||% character(0)))
-  key_arr <- function(x) if (is.null(x)) NULL else arr(x)
-  sa <- reg$setup_args
-  cc <- reg$categorical_covariate_categories
-  cc_json <- if (length(cc)) lapply(cc, arr) else stats::setNames(list(), character(0))
-  out <- list(
-    model = "MULTIVI",
-    gene_names = arr(reg$gene_names),
-    region_names = arr(reg$region_names),
-    setup_args = list(layer = sa$layer, atac_layer = sa$atac_layer, altexp = sa$altexp,
-                      assay = sa$assay, atac_assay = sa$atac_assay, batch_key = sa$batch_key,
-                      labels_key = NULL, size_factor_key = NULL,
-                      categorical_covariate_keys = key_arr(sa$categorical_covariate_keys),
-                      continuous_covariate_keys = key_arr(sa$continuous_covariate_keys)),
-    batch_categories = arr(reg$batch_categories),
-    label_categories = arr(reg$label_categories),
-    categorical_covariate_categories = cc_json,
-    continuous_covariate_keys = arr(reg$continuous_covariate_keys),
-    n_batch = as.integer(reg$n_batch),
-    n_labels = as.integer(reg$n_labels),
-    n_cells = as.integer(reg$n_cells),
-    n_genes = length(reg$gene_names),
-    n_regions = length(reg$region_names),
-    modality_cells = stats::setNames(as.list(as.integer(reg$modality_cells)),
-                                     names(reg$modality_cells))
-  )
-  as.character(jsonlite::toJSON(out, auto_unbox = TRUE, null = "null", digits = NA))
+  .modality_registry_to_json(reg, .multivi_setup_keys, list(
+    region_names = .json_array(reg$region_names), n_genes = length(reg$gene_names),
+    n_regions = length(reg$region_names)))
 }
 
 .multivi_registry_from_json <- function(json) {
-  r <- jsonlite::fromJSON(json, simplifyVector = TRUE)
-  chr <- function(x) if (is.null(x) || length(x) == 0L) character(0) else as.character(unlist(x))
-  key <- function(x) if (is.null(x) || length(x) == 0L) NULL else as.character(unlist(x))
-  sa <- r$setup_args
-  cc <- r$categorical_covariate_categories
-  cc <- if (length(cc)) lapply(cc, chr) else stats::setNames(list(), character(0))
-  mc <- r$modality_cells
-  list(
-    model = "MULTIVI",
-    gene_names = chr(r$gene_names),
-    region_names = chr(r$region_names),
-    setup_args = list(layer = key(sa$layer), atac_layer = key(sa$atac_layer),
-                      altexp = key(sa$altexp), assay = key(sa$assay),
-                      atac_assay = key(sa$atac_assay), batch_key = key(sa$batch_key),
-                      labels_key = NULL, size_factor_key = NULL,
-                      categorical_covariate_keys = key(sa$categorical_covariate_keys),
-                      continuous_covariate_keys = key(sa$continuous_covariate_keys)),
-    batch_categories = chr(r$batch_categories),
-    label_categories = chr(r$label_categories) %||% "0",
-    categorical_covariate_categories = cc,
-    continuous_covariate_keys = chr(r$continuous_covariate_keys),
-    n_batch = as.integer(r$n_batch),
-    n_labels = as.integer(r$n_labels),
-    n_cells = as.integer(r$n_cells),
-    modality_cells = if (length(mc)) unlist(lapply(mc, as.integer)) else integer(0)
-  )
-}
-
-# The registry in the form .register_fields() transfers: every feature as a "gene".
-.multivi_fields_registry <- function(reg) {
-  reg$gene_names <- c(reg$gene_names, reg$region_names)
-  reg
+  .modality_registry_from_json(json, "MULTIVI", .multivi_setup_keys, function(r) {
+    list(region_names = .json_chr(r$region_names))
+  })
 }
 
 .new_multivi <- function(ptr, data, registry, config, cell_names, cell_data, modality, input,
                          dir = NULL) {
-  structure(list(
-    model = ptr,                  # Rust model (parameters, training state, registry)
-    data = data,                  # Rust data set (genes, then regions), or NULL
-    registry = registry,          # R copy of the registry (features, categories, setup)
-    config = config,              # hyperparameters as sent to the core
-    gene_names = registry$gene_names,
-    region_names = registry$region_names,
-    cell_names = cell_names,
-    cell_data = cell_data,
-    modality = modality,          # per cell: "paired", "expression" or "accessibility"
-    input = input,                # classes / dimensions of the data, for print()
-    dir = dir
-  ), class = c("MULTIVI", "rscvi_model"))
+  .new_modality_model("MULTIVI", ptr, data, registry, config,
+                      list(region_names = registry$region_names), cell_names, cell_data,
+                      modality, input, dir)
 }
 
 .multivi_input_info <- function(src, comb) {
-  cls <- unique(c(src$rna$class, src$atac$class))
-  list(class = paste(cls, collapse = " + "), n_cells = length(comb$cell_names),
+  list(class = .input_classes(list(src$rna, src$atac)), n_cells = length(comb$cell_names),
        n_genes = length(comb$genes), n_regions = length(comb$regions),
-       modality_cells = .modality_counts(comb$modality))
+       modality_cells = .modality_counts(comb$modality, .multivi_modalities))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -464,81 +313,44 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
     .stop(paste0("`size_factor_key`: size factors are not supported yet by rscvi's MULTIVI; ",
                  "leave it NULL (library sizes are then encoded from the counts)"))
   }
-  norms <- c("none", "encoder", "decoder", "both")
   n_hidden <- .check_scalar_int(n_hidden, "n_hidden", min = 1, null_ok = TRUE)
   n_latent <- .check_scalar_int(n_latent, "n_latent", min = 1, null_ok = TRUE)
-  hp <- list(
-    n_layers_encoder = .check_scalar_int(n_layers_encoder, "n_layers_encoder", min = 1),
-    n_layers_decoder = .check_scalar_int(n_layers_decoder, "n_layers_decoder", min = 1),
-    dropout_rate = .check_dropout(dropout_rate),
-    region_factors = .check_scalar_bool(region_factors, "region_factors"),
-    gene_likelihood = .match_choice(gene_likelihood, c("zinb", "nb", "poisson"),
-                                    "gene_likelihood"),
-    modality_weights = .match_choice(modality_weights, c("equal", "universal", "cell"),
-                                     "modality_weights"),
-    modality_penalty = .match_choice(modality_penalty, c("Jeffreys", "MMD", "None"),
-                                     "modality_penalty"),
-    use_batch_norm = .match_choice(use_batch_norm, norms, "use_batch_norm"),
-    use_layer_norm = .match_choice(use_layer_norm, c("both", "none", "encoder", "decoder"),
-                                   "use_layer_norm"),
-    latent_distribution = .match_choice(latent_distribution, c("normal", "ln"),
-                                        "latent_distribution"),
-    deeply_inject_covariates = .check_scalar_bool(deeply_inject_covariates,
-                                                  "deeply_inject_covariates"),
-    encode_covariates = .check_scalar_bool(encode_covariates, "encode_covariates"),
-    fully_paired = .check_scalar_bool(fully_paired, "fully_paired")
-  )
+  hp <- c(.joint_hyperparameters(n_layers_encoder, n_layers_decoder, dropout_rate,
+                                 gene_likelihood, modality_penalty, use_batch_norm,
+                                 use_layer_norm, latent_distribution, deeply_inject_covariates,
+                                 encode_covariates, fully_paired),
+          list(region_factors = .check_scalar_bool(region_factors, "region_factors"),
+               modality_weights = .match_choice(modality_weights, c("equal", "universal", "cell"),
+                                                "modality_weights")))
   do_train <- .check_scalar_bool(train, "train")
   dots <- list(...)
-  if (length(dots) && !do_train) {
-    .stop(paste0("multivi() got arguments it does not use: %s; training arguments apply only ",
-                 "with train = TRUE (or call train(model, ...))"), .dots_names(dots))
-  }
+  .check_constructor_dots(dots, do_train, "multivi")
   if (do_train) .check_kind_train_dots(dots, "multivi", train.MULTIVI, "MULTIVI")
 
   src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay)
   comb <- .multivi_combine(src, cells)
-  n_mod <- .modality_counts(comb$modality)
+  n_mod <- .modality_counts(comb$modality, .multivi_modalities)
   if (hp$fully_paired && (n_mod[["expression"]] > 0 || n_mod[["accessibility"]] > 0)) {
     .stop(paste0("`fully_paired` = TRUE but %d cells have RNA only and %d ATAC only (e.g. %s); ",
                  "use fully_paired = FALSE for unpaired cells"), n_mod[["expression"]],
           n_mod[["accessibility"]], .enum(comb$cell_names[comb$modality != "paired"], 3L))
   }
-  if (length(comb$genes)) {
-    zero <- Matrix::rowSums(comb$counts[seq_along(comb$genes), , drop = FALSE]) == 0
-    if (any(zero)) {
-      .warn("`%s` has %d genes with no counts in any cell (e.g. %s); consider removing them",
-            src$rna$arg, sum(zero), .enum(comb$genes[zero], 3L))
-    }
-  }
-  input <- list(counts = comb$counts, cell_data = comb$cell_data,
-                gene_names = c(comb$genes, comb$regions), cell_names = comb$cell_names,
-                layer = NULL)
-  f <- .register_fields(input, batch_key = batch_key,
-                        categorical_covariate_keys = categorical_covariate_keys,
-                        continuous_covariate_keys = continuous_covariate_keys)
-  data <- .new_dataset(f, if (!is.null(src$rna)) src$rna$arg else src$atac$arg)
-
-  G <- length(comb$genes)
-  R <- length(comb$regions)
-  # 0 asks the core for scvi-tools' rule (n_hidden from the regions or genes, n_latent from
-  # n_hidden); the config read back below holds the values used.
-  config <- c(list(n_genes = G, n_regions = R, n_batch = f$registry$n_batch,
-                   n_cats_per_cov = as.integer(unname(f$cat_sizes)),
-                   n_continuous_cov = ncol(f$cont_covs), n_cells = length(comb$cell_names),
-                   n_hidden = n_hidden %||% 0L, n_latent = n_latent %||% 0L), hp)
-  registry <- f$registry
-  registry$model <- "MULTIVI"
-  registry$gene_names <- comb$genes
-  registry$region_names <- comb$regions
-  registry$setup_args <- c(src$setup, registry$setup_args[c(
-    "batch_key", "labels_key", "size_factor_key", "categorical_covariate_keys",
-    "continuous_covariate_keys")])
-  registry$modality_cells <- n_mod
-  ptr <- .rs(rs_multivi_new(data, .config_to_json(config),
+  .warn_empty_genes(comb$full$rna, src$rna$arg)
+  ds <- .modality_dataset(comb, if (!is.null(src$rna)) src$rna$arg else src$atac$arg,
+                          batch_key = batch_key,
+                          categorical_covariate_keys = categorical_covariate_keys,
+                          continuous_covariate_keys = continuous_covariate_keys)
+  # n_hidden / n_latent NULL: scvi-tools' rule (n_hidden from the regions or genes, n_latent
+  # from n_hidden).
+  config <- .joint_config(list(n_genes = length(comb$genes), n_regions = length(comb$regions)),
+                          ds$fields, length(comb$cell_names), n_hidden, n_latent, hp)
+  registry <- .modality_registry(ds$fields, "MULTIVI", src$setup,
+                                 list(gene_names = comb$genes, region_names = comb$regions),
+                                 n_mod)
+  ptr <- .rs(rs_multivi_new(ds$data, .config_to_json(config),
                             .multivi_registry_to_json(registry)))
   config <- .config_from_json(.rs(rs_model_state(ptr))$config)
-  model <- .new_multivi(ptr, data, registry, config, comb$cell_names, comb$cell_data,
+  model <- .new_multivi(ptr, ds$data, registry, config, comb$cell_names, comb$cell_data,
                         comb$modality, .multivi_input_info(src, comb))
   if (do_train) model <- train.MULTIVI(model, ...)
   model
@@ -567,35 +379,12 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
                           adversarial_mixing = TRUE, seed = NULL,
                           device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
   .check_multivi(model)
-  dots <- list(...)
-  if (length(dots)) {
-    hint <- if ("optimizer" %in% names(dots)) " (MULTIVI always trains with AdamW)" else ""
-    .stop("train() got unknown arguments for a MULTIVI model: %s%s; see ?train",
-          .dots_names(dots), hint)
-  }
-  early_stopping <- .check_scalar_bool(early_stopping, "early_stopping")
-  asked_mixing <- !missing(adversarial_mixing)
-  adversarial_mixing <- .check_scalar_bool(adversarial_mixing, "adversarial_mixing")
-  if (adversarial_mixing && model$registry$n_batch < 2L && asked_mixing) {
-    .warn("`adversarial_mixing` needs more than one batch: training without the batch classifier")
-  }
-  # scvi-tools validates every epoch when early stopping is on, otherwise never by default.
-  check_val <- check_val_every_n_epoch %||% (if (early_stopping) 1L else 0L)
-  cfg <- c(
-    .train_config(.check_scalar_int(max_epochs, "max_epochs", min = 1), train_size,
-                  validation_size, shuffle_set_split, batch_size, lr, weight_decay, eps,
-                  n_epochs_kl_warmup, n_steps_kl_warmup, check_val, seed),
-    .early_stopping_config(early_stopping, early_stopping_monitor, early_stopping_patience,
-                           early_stopping_min_delta),
-    list(optimizer = "AdamW")
-  )
-  if (early_stopping && cfg$check_val_every_n_epoch == 0L &&
-      grepl("validation", cfg$early_stopping_monitor)) {
-    .stop(paste0("`check_val_every_n_epoch` = 0 never validates, but early stopping monitors ",
-                 "\"%s\""), cfg$early_stopping_monitor)
-  }
-  # The classifier's weight: the model's default (1) with mixing, none without.
-  if (!adversarial_mixing) cfg$kappa <- 0
+  cfg <- .adamw_train_config(model, "MULTIVI", list(...), max_epochs, lr, train_size,
+                             validation_size, shuffle_set_split, batch_size, weight_decay, eps,
+                             early_stopping, early_stopping_patience, early_stopping_monitor,
+                             early_stopping_min_delta, check_val_every_n_epoch,
+                             n_epochs_kl_warmup, n_steps_kl_warmup, adversarial_mixing,
+                             !missing(adversarial_mixing), seed)
   .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
 }
 
@@ -612,28 +401,16 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
   sa <- reg$setup_args
   G <- length(reg$gene_names)
   R <- length(reg$region_names)
-  if (!allow_cell_weights && identical(model$config$modality_weights, "cell")) {
-    .stop(paste0("`%s`: a model built with modality_weights = \"cell\" has one weight per ",
-                 "training cell and cannot be applied to new data"), arg)
-  }
+  .check_new_data_allowed(model, arg, allow_cell_weights)
   rna <- atac <- cells <- NULL
   layer <- atac_layer <- altexp <- assay <- atac_assay <- NULL
   args <- c(rna = arg, atac = arg)
   atac_mode <- "none"
-  seurat_assay <- function(obj, a) {
-    if (!is.null(a) && a %in% SeuratObject::Assays(obj)) a else NULL
-  }
-  if (is.list(x) && !is.data.frame(x) && !is.object(x)) {
-    nms <- names(x) %||% rep("", length(x))
-    bad <- setdiff(nms, c("rna", "atac", "cells"))
-    if (!length(x) || any(!nzchar(nms)) || length(bad)) {
-      .stop("`%s` as a list must have elements named `rna`, `atac` and optionally `cells`%s",
-            arg, if (length(bad)) sprintf(", got %s", .enum(bad)) else "")
-    }
+  if (.is_plain_list(x)) {
+    args <- .check_query_list(x, arg, c("rna", "atac"), "cells")
     rna <- x$rna
     atac <- x$atac
     cells <- x$cells
-    args <- c(rna = paste0(arg, "$rna"), atac = paste0(arg, "$atac"))
   } else if (.is_sce(x) || .is_seurat(x)) {
     if (G == 0L) atac <- x else rna <- x
     if (G > 0L && R > 0L) atac_mode <- "optional"
@@ -658,43 +435,26 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
   # The assays the model was set up with, where the new objects have them.
   if (.is_sce(rna)) {
     layer <- .layer_like_sce(rna, sa$layer)
-    if (atac_mode != "none" && methods::is(rna, "SingleCellExperiment") &&
-        isTRUE(sa$altexp %in% SingleCellExperiment::altExpNames(rna))) {
-      altexp <- sa$altexp
-      atac_layer <- .layer_like_sce(SingleCellExperiment::altExp(rna, altexp), sa$atac_layer)
+    if (atac_mode != "none") {
+      alt <- .altexp_like(rna, sa$altexp, sa$atac_layer)
+      altexp <- alt$altexp
+      atac_layer <- alt$layer
     }
   }
   if (.is_sce(atac)) atac_layer <- .layer_like_sce(atac, sa$atac_layer)
   if (.is_seurat(rna)) {
-    assay <- seurat_assay(rna, sa$assay)
-    if (atac_mode != "none") atac_assay <- seurat_assay(rna, sa$atac_assay)
+    assay <- .seurat_assay_like(rna, sa$assay)
+    if (atac_mode != "none") atac_assay <- .seurat_assay_like(rna, sa$atac_assay)
   }
-  if (.is_seurat(atac)) atac_assay <- seurat_assay(atac, sa$atac_assay)
+  if (.is_seurat(atac)) atac_assay <- .seurat_assay_like(atac, sa$atac_assay)
   src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
                           args, atac_mode = atac_mode)
-  comb <- .multivi_combine(src, cells)
+  # Modalities the new data lack are unmeasured: zero rows.
+  comb <- .multivi_combine(src, cells, n_features = c(G, R))
   if (!is.null(src$rna)) .check_gene_names(comb$genes, reg$gene_names, src$rna$arg)
   if (!is.null(src$atac)) .check_region_names(comb$regions, reg$region_names, src$atac$arg)
-  # Modalities the new data lack are unmeasured: zero rows.
-  n <- length(comb$cell_names)
-  empty <- function(k) Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0),
-                                            dims = c(k, n))
-  counts <- comb$counts
-  if (G > 0 && is.null(src$rna)) counts <- rbind(empty(G), counts)
-  if (R > 0 && is.null(src$atac)) counts <- rbind(counts, empty(R))
-  counts <- methods::as(methods::as(counts, "CsparseMatrix"), "dgCMatrix")
-  dimnames(counts) <- list(c(reg$gene_names, reg$region_names), comb$cell_names)
-  input <- list(counts = counts, cell_data = comb$cell_data,
-                gene_names = c(reg$gene_names, reg$region_names),
-                cell_names = comb$cell_names, layer = NULL)
-  quiet <- function(w) {
-    if (grepl("fewer than 3 cells", conditionMessage(w))) invokeRestart("muffleWarning")
-  }
-  f <- withCallingHandlers(.register_fields(input, registry = .multivi_fields_registry(reg)),
-                           warning = quiet)
-  list(data = .new_dataset(f, arg), cell_names = comb$cell_names,
-       cell_data = comb$cell_data, modality = comb$modality,
-       class = .multivi_input_info(src, comb)$class)
+  ds <- .modality_dataset(comb, arg, reg, c(reg$gene_names, reg$region_names))
+  .query_result(comb, ds, list(src$rna, src$atac))
 }
 
 # New data must carry the model's regions, in the model's order.
@@ -709,16 +469,7 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
 # The data a MULTIVI query runs on: the model's own, or `x` registered against the model.
 .multivi_query_data <- function(model, x, arg = "x") {
   .check_multivi(model)
-  if (is.null(x)) {
-    if (is.null(model$data) || .null_ptr(model$data)) {
-      .stop(paste0("this model has no data attached (it was loaded with load_model() without ",
-                   "`x`): pass the data as `%s`, e.g. %s = list(rna = ..., atac = ...)"),
-            arg, arg)
-    }
-    return(list(data = model$data, cell_names = model$cell_names,
-                cell_data = model$cell_data, modality = model$modality))
-  }
-  .multivi_register_query(model, x, arg = arg)
+  .modality_query_data(model, x, arg, "list(rna = ..., atac = ...)", .multivi_register_query)
 }
 
 .require_modality <- function(model, what, arg, value) {
@@ -752,35 +503,10 @@ get_latent_representation.MULTIVI <- function(model, x = NULL, indices = NULL,
                                                give_mean = TRUE, return_dist = FALSE,
                                                batch_size = 128L, device = "auto", ...) {
   .check_multivi(model)
-  if (length(list(...))) {
-    .stop("get_latent_representation() got unknown arguments for a MULTIVI model: %s",
-          .dots_names(list(...)))
-  }
-  modality <- .match_choice(modality, c("joint", "expression", "accessibility"), "modality")
-  give_mean <- .check_scalar_bool(give_mean, "give_mean")
-  return_dist <- .check_scalar_bool(return_dist, "return_dist")
-  batch_size <- .check_batch_size(batch_size)
-  device <- .check_device(device)
-  if (modality != "joint") {
-    .require_modality(model, modality, "modality", modality)
-    if (isTRUE(model$config$fully_paired)) {
-      .stop(paste0("`modality` = \"%s\": a model built with fully_paired = TRUE has only the ",
-                   "joint latent representation; use modality = \"joint\""), modality)
-    }
-  }
-  q <- .multivi_query_data(model, x)
-  cells <- .query_cells(q, indices)
-  res <- .rs(rs_multivi_latent(model$model, q$data, cells$idx, modality, give_mean,
-                               batch_size, device))
-  dn <- list(cells$names, paste0("MULTIVI_", seq_len(ncol(res$z))))
-  if (return_dist) {
-    dimnames(res$mean) <- dn
-    dimnames(res$var) <- dn
-    return(list(mean = res$mean, var = res$var))
-  }
-  z <- res$z
-  dimnames(z) <- dn
-  z
+  .no_dots(list(...), "get_latent_representation", "MULTIVI")
+  .modality_latent(model, "MULTIVI", x, indices, modality, .multivi_modalities, give_mean,
+                   return_dist, batch_size, device, rs_multivi_latent,
+                   require = function(m) .require_modality(model, m, "modality", m))
 }
 
 #' @rdname get_normalized_expression
@@ -793,13 +519,10 @@ get_normalized_expression.MULTIVI <- function(model, x = NULL, indices = NULL,
                                               library_size = 1, n_samples = 1L,
                                               batch_size = 128L, device = "auto", ...) {
   .check_multivi(model)
-  if (length(list(...))) {
-    .stop("get_normalized_expression() got unknown arguments for a MULTIVI model: %s",
-          .dots_names(list(...)))
-  }
+  .no_dots(list(...), "get_normalized_expression", "MULTIVI")
   .require_modality(model, "expression", "get_normalized_expression()", NULL)
-  .joint_normalized_expression(model, x, indices, transform_batch, gene_list, library_size,
-                               n_samples, batch_size, device)
+  .normalized_expression(model, x, library_size, n_samples, transform_batch, gene_list,
+                         indices, batch_size, device)
 }
 
 #' Normalized accessibility from a MULTIVI model
@@ -847,9 +570,7 @@ get_normalized_accessibility.MULTIVI <- function(model, x = NULL, indices = NULL
                                                  normalize_regions = FALSE, use_z_mean = TRUE,
                                                  batch_size = 128L, device = "auto", ...) {
   .check_multivi(model)
-  if (length(list(...))) {
-    .stop("get_normalized_accessibility() got unknown arguments: %s", .dots_names(list(...)))
-  }
+  .no_dots(list(...), "get_normalized_accessibility")
   .require_modality(model, "accessibility", "get_normalized_accessibility()", NULL)
   normalize_cells <- .check_scalar_bool(normalize_cells, "normalize_cells")
   normalize_regions <- .check_scalar_bool(normalize_regions, "normalize_regions")
@@ -913,9 +634,7 @@ get_library_size_factors <- function(model, ...) UseMethod("get_library_size_fac
 get_library_size_factors.MULTIVI <- function(model, x = NULL, indices = NULL,
                                              batch_size = 128L, device = "auto", ...) {
   .check_multivi(model)
-  if (length(list(...))) {
-    .stop("get_library_size_factors() got unknown arguments: %s", .dots_names(list(...)))
-  }
+  .no_dots(list(...), "get_library_size_factors")
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
   q <- .multivi_query_data(model, x)
@@ -964,31 +683,10 @@ get_reconstruction_error.MULTIVI <- function(model, x = NULL, indices = NULL,
 #'   their imputed expression. `pseudocounts` defaults to 1e-6; importance weights are not
 #'   available. For the regions see [differential_accessibility()].
 #' @export
-differential_expression.MULTIVI <- function(object, x = NULL, groupby = NULL, group1 = NULL,
-                                            group2 = NULL, idx1 = NULL, idx2 = NULL,
-                                            mode = c("change", "vanilla"), delta = 0.25,
-                                            batch_size = NULL, all_stats = TRUE,
-                                            batch_correction = FALSE, batchid1 = NULL,
-                                            batchid2 = NULL, fdr_target = 0.05,
-                                            silent = FALSE, filter_outlier_cells = FALSE,
-                                            device = "auto", ...) {
+differential_expression.MULTIVI <- .joint_differential_expression("MULTIVI", function(object) {
   .check_multivi(object, "object")
   .require_modality(object, "expression", "differential_expression()", NULL)
-  extra <- list(...)
-  if (any(c("weights", "importance_weighting_kwargs") %in% names(extra))) {
-    .stop("`weights`: importance weights are not available for MULTIVI models")
-  }
-  extra$pseudocounts <- extra$pseudocounts %||% 1e-6
-  # SCVI's method serves every model with an expression head: its data come from
-  # .query_data(), which registers MULTIVI data the MULTIVI way.
-  do.call(differential_expression.SCVI, c(list(
-    object, x = x, groupby = groupby, group1 = group1, group2 = group2, idx1 = idx1,
-    idx2 = idx2, mode = mode, delta = delta, batch_size = batch_size, all_stats = all_stats,
-    batch_correction = batch_correction, batchid1 = batchid1, batchid2 = batchid2,
-    fdr_target = fdr_target, silent = silent, weights = "uniform",
-    filter_outlier_cells = filter_outlier_cells, importance_weighting_kwargs = NULL,
-    device = device), extra))
-}
+})
 
 #' Differential accessibility
 #'
@@ -1053,22 +751,11 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
                                  min = 1)
   pseudocount <- .check_scalar_num(extra$pseudocounts %||% 1e-6, "pseudocounts", min = 0)
   q <- .multivi_query_data(model, x)
-  cell_data <- q$cell_data %||% model$cell_data
   cats <- model$registry$batch_categories
-  batch_codes <- function(ids, arg) {
-    if (!batch_correction) {
-      if (!is.null(ids)) .stop("`%s` needs batch_correction = TRUE", arg)
-      return(NULL)
-    }
-    if (is.null(ids)) return(seq_along(cats) - 1L)
-    .transform_batch_codes(ids, cats)
-  }
-  b1 <- batch_codes(batchid1, "batchid1")
-  b2 <- batch_codes(batchid2, "batchid2")
-  comparisons <- .de_comparisons(cell_data, length(q$cell_names), groupby, group1, group2,
-                                 idx1, idx2)
-  tables <- lapply(comparisons, function(cmp) {
-    if (!silent && length(comparisons) > 1) message("DA: ", cmp$label)
+  b1 <- .de_batch_codes(batchid1, "batchid1", batch_correction, cats)
+  b2 <- .de_batch_codes(batchid2, "batchid2", batch_correction, cats)
+  comparisons <- .query_comparisons(model, q, groupby, group1, group2, idx1, idx2)
+  .compare_groups(comparisons, "DA", silent, function(cmp) {
     # Two-sided: the probability that |LFC| >= delta (scvi-tools' two_sided = True).
     res <- .rs(rs_model_de(model$model, "accessibility", q$data, cmp$cells1 - 1L,
                            cmp$cells2 - 1L, mode == "change", delta, FALSE, pseudocount, b1,
@@ -1089,7 +776,6 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
     }
     df
   })
-  .bind_comparisons(tables, comparisons)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1097,40 +783,22 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
 
 .multivi_data_text <- function(model) {
   inp <- model$input
-  mc <- inp$modality_cells
-  mods <- if (length(mc) == 3L) {
-    sprintf(" (%s paired, %s RNA only, %s ATAC only)", .fmt_int(mc[["paired"]]),
-            .fmt_int(mc[["expression"]]), .fmt_int(mc[["accessibility"]]))
-  } else ""
-  dims <- sprintf("%s cells%s x %s genes + %s regions", .fmt_int(inp$n_cells), mods,
-                  .fmt_int(inp$n_genes), .fmt_int(inp$n_regions))
-  if (is.null(model$data) || .null_ptr(model$data)) {
-    return(sprintf("none attached (model set up on %s); pass `x` to queries", dims))
-  }
-  src <- if (is.na(inp$class %||% NA)) "" else sprintf(" from %s", inp$class)
-  paste0(dims, src)
+  .modality_data_text(model, c(expression = "RNA", accessibility = "ATAC"),
+                      sprintf("%s genes + %s regions", .fmt_int(inp$n_genes),
+                              .fmt_int(inp$n_regions)))
 }
 
 #' @rdname summary.SCVI
 #' @method print MULTIVI
 #' @export
 print.MULTIVI <- function(x, ...) {
-  if (!.print_title(x, "MULTIVI")) return(invisible(x))
   cfg <- x$config
-  reg <- x$registry
-  sa <- reg$setup_args
-  cat(sprintf("  data:     %s\n", .multivi_data_text(x)))
-  cat(sprintf("  batch:    %s\n", .key_text(sa$batch_key, reg$n_batch, "batch")))
-  cov <- c(sa$categorical_covariate_keys, sa$continuous_covariate_keys)
-  if (length(cov)) cat(sprintf("  covariates: %s\n", .enum(cov, 10L)))
-  cat(sprintf(paste0("  model:    n_latent = %d, n_hidden = %d, layers %d / %d (encoder / ",
-                     "decoder), gene_likelihood = \"%s\",\n            modality_weights = ",
-                     "\"%s\", modality_penalty = \"%s\", region_factors = %s%s\n"),
-              cfg$n_latent, cfg$n_hidden, cfg$n_layers_encoder, cfg$n_layers_decoder,
-              cfg$gene_likelihood, cfg$modality_weights, cfg$modality_penalty,
-              cfg$region_factors, if (isTRUE(cfg$fully_paired)) ", fully_paired" else ""))
-  cat(sprintf("  training: %s\n", .training_text(x)))
-  invisible(x)
+  .print_model(x, "MULTIVI", .multivi_data_text(x), sprintf(paste0(
+    "n_latent = %d, n_hidden = %d, layers %d / %d (encoder / decoder), gene_likelihood = ",
+    "\"%s\",\n            modality_weights = \"%s\", modality_penalty = \"%s\", ",
+    "region_factors = %s%s"), cfg$n_latent, cfg$n_hidden, cfg$n_layers_encoder,
+    cfg$n_layers_decoder, cfg$gene_likelihood, cfg$modality_weights, cfg$modality_penalty,
+    cfg$region_factors, if (isTRUE(cfg$fully_paired)) ", fully_paired" else ""))
 }
 
 #' @rdname summary.SCVI
@@ -1153,18 +821,10 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 # Save / load.
 
 .load_multivi <- function(dir, x, ...) {
-  dots <- list(...)
-  if (length(dots)) {
-    .stop(paste0("load_model(): %s do not apply to a MULTIVI model; pass `x` as ",
-                 "list(rna = , atac = , cells = ) or a SingleCellExperiment / Seurat object"),
-          .dots_names(dots))
-  }
-  ptr <- .rs(rs_model_load(path.expand(dir)))
-  st <- .rs(rs_model_state(ptr))
-  registry <- tryCatch(.multivi_registry_from_json(st$registry), error = function(e) {
-    .stop("`dir` '%s': the saved registry is not readable (%s)", dir, conditionMessage(e))
-  })
-  config <- .config_from_json(st$config)
+  saved <- .load_modality_model(dir, list(...), "MULTIVI", "list(rna = , atac = , cells = )",
+                                .multivi_registry_from_json)
+  registry <- saved$registry
+  config <- saved$config
   if (length(registry$gene_names) != config$n_genes ||
       length(registry$region_names) != config$n_regions) {
     .stop(paste0("`dir` '%s': the saved registry lists %d genes and %d regions but the model ",
@@ -1174,18 +834,9 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   input <- list(class = NA_character_, n_cells = registry$n_cells,
                 n_genes = config$n_genes, n_regions = config$n_regions,
                 modality_cells = registry$modality_cells)
-  model <- .new_multivi(ptr, NULL, registry, config, NULL, NULL, NULL, input,
+  model <- .new_multivi(saved$ptr, NULL, registry, config, NULL, NULL, NULL, input,
                         dir = normalizePath(dir))
-  if (!is.null(x)) {
-    q <- .multivi_register_query(model, x, allow_cell_weights = TRUE)
-    model$data <- q$data
-    model$cell_names <- q$cell_names
-    model$cell_data <- q$cell_data
-    model$modality <- q$modality
-    model$input <- modifyList(input, list(class = q$class, n_cells = length(q$cell_names),
-                                          modality_cells = .modality_counts(q$modality)))
-  }
-  model
+  .attach_modality_data(model, x, .multivi_register_query, .multivi_modalities)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1218,14 +869,7 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #' sce <- runMULTIVI(sce, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SingleCellExperiment::reducedDim(sce, "MULTIVI"))
 runMULTIVI <- function(x, ..., name = "MULTIVI") {
-  if (!methods::is(x, "SingleCellExperiment")) {
-    .stop(paste0("`x` must be a SingleCellExperiment for runMULTIVI(), got %s; use ",
-                 "RunMULTIVI() for Seurat, or multivi() for matrices"), .describe(x))
-  }
-  name <- .check_scalar_string(name, "name")
-  fit <- .fit_embedding(x, list(...), "runMULTIVI", "MULTIVI", multivi, train.MULTIVI)
-  SingleCellExperiment::reducedDim(x, name) <- fit$latent
-  x
+  .run_embedding(x, list(...), "MULTIVI", multivi, train.MULTIVI, name)
 }
 
 #' @rdname runMULTIVI
@@ -1237,25 +881,8 @@ runMULTIVI <- function(x, ..., name = "MULTIVI") {
 #' so <- RunMULTIVI(so, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SeuratObject::Embeddings(so, "multivi"))
 RunMULTIVI <- function(object, ..., reduction.name = "multivi", reduction.key = "MULTIVI_") {
-  if (!methods::is(object, "Seurat")) {
-    .stop(paste0("`object` must be a Seurat object for RunMULTIVI(), got %s; use ",
-                 "runMULTIVI() for a SingleCellExperiment"), .describe(object))
-  }
-  reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
-  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
-  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
-    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"MULTIVI_\"), got \"%s\"",
-          reduction.key)
-  }
-  fit <- .fit_embedding(object, list(...), "RunMULTIVI", "MULTIVI", multivi,
-                        train.MULTIVI)
-  emb <- fit$latent
-  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
-  object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
-    embeddings = emb, key = reduction.key,
-    assay = fit$model$registry$setup_args$assay %||% SeuratObject::DefaultAssay(object),
-    misc = list(model = fit$model))
-  object
+  .Run_embedding(object, list(...), "MULTIVI", multivi, train.MULTIVI, reduction.name,
+                 reduction.key)
 }
 
 # ---------------------------------------------------------------------------------------------

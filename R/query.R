@@ -19,11 +19,8 @@
 prepare_query_data <- function(x_query, reference, layer = NULL) {
   ref_genes <- .reference_genes(reference)
   # genes without counts are expected in a query (e.g. the ones padded later): no warning
-  input <- withCallingHandlers(
-    .as_count_input(x_query, layer = layer, arg = "x_query"),
-    warning = function(w) {
-      if (grepl("genes with no counts", conditionMessage(w))) invokeRestart("muffleWarning")
-    })
+  input <- withCallingHandlers(.as_count_input(x_query, layer = layer, arg = "x_query"),
+                               warning = .muffle("genes with no counts"))
   present <- ref_genes %in% input$gene_names
   if (mean(present) < 0.8) {
     .warn("`x_query` has only %d of the reference's %d genes (%.0f%%); the missing ones are set to 0",

@@ -124,13 +124,10 @@
 # or rare categories matter for training, not for applying a fitted model to a few cells.
 .register_against <- function(x, registry, cells = NULL, layer = NULL, arg = "x") {
   if (is.null(layer)) layer <- .layer_like(x, registry$setup_args$layer)
-  quiet <- function(pattern) function(w) {
-    if (grepl(pattern, conditionMessage(w))) invokeRestart("muffleWarning")
-  }
   input <- withCallingHandlers(.input_from(x, cells = cells, layer = layer, arg = arg),
-                               warning = quiet("genes with no counts"))
+                               warning = .muffle("genes with no counts"))
   f <- withCallingHandlers(.register_fields(input, registry = registry),
-                           warning = quiet("fewer than 3 cells"))
+                           warning = .muffle("fewer than 3 cells"))
   list(data = .new_dataset(f, arg), cell_names = input$cell_names, cell_data = input$cell_data,
        layer = input$layer)
 }
@@ -273,10 +270,7 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
   )
   do_train <- .check_scalar_bool(train, "train")
   dots <- list(...)
-  if (length(dots) && !do_train) {
-    .stop(paste0("scvi() got arguments it does not use: %s; training arguments apply only ",
-                 "with train = TRUE (or call train(model, ...))"), .dots_names(dots))
-  }
+  .check_constructor_dots(dots, do_train, "scvi")
   if (do_train) .check_train_dots(dots, "scvi")
 
   input <- .input_from(x, cells = cells, layer = layer, arg = "x")

@@ -7,6 +7,10 @@
 
 .check_splicevi <- function(model, arg = "model") .check_kind(model, "SPLICEVI", arg)
 
+# The modalities (a cell measured in one only is "expression" or "splicing"; in both,
+# "paired"), as in the `modality` of queries.
+.splicevi_modalities <- c("expression", "splicing")
+
 # The altExp / Seurat assay names looked for when none is given.
 .junction_names <- c("junctions", "splicing", "Junctions", "Splicing", "SJ")
 
@@ -14,7 +18,7 @@
                         junctions = "raw junction read counts, not PSI or other ratios")
 
 # ---------------------------------------------------------------------------------------------
-# Gathering the modalities.
+# Gathering the modalities (the readers they share with MULTIVI are in modalities.R).
 
 # The modalities from what the user passed: list(expr, junc, setup), where expr / junc are
 # NULL or list(m, cells (data.frame or NULL), rows (the junctions' row data or NULL), obj (a
@@ -36,36 +40,17 @@
     .stop("`%s` and `%s` are both NULL: SPLICEVI needs gene expression and junction counts",
           a_e, a_j)
   }
+  .check_modality_args(expression, junctions, cells, layer, assay, altexp, args,
+                       c("expression", "junction"))
   e_sce <- methods::is(expression, "SingleCellExperiment")
-  if (!is.null(layer) && !.is_sce(expression)) {
-    .stop("`layer` names the expression assay of a SingleCellExperiment `%s`; `%s` is %s", a_e,
-          a_e, .describe(expression))
-  }
-  if (!is.null(assay) && !.is_seurat(expression)) {
-    .stop("`assay` names the expression assay of a Seurat object `%s`; `%s` is %s", a_e, a_e,
-          .describe(expression))
-  }
-  if (!is.null(altexp) && !e_sce) {
-    .stop(paste0("`altexp` names the junction alternative experiment of a ",
-                 "SingleCellExperiment `%s`; `%s` is %s"), a_e, a_e, .describe(expression))
-  }
-  if (!is.null(altexp) && !is.null(junctions)) {
-    .stop("give the junction counts either as `%s` or as `altexp` of `%s`, not both", a_j, a_e)
-  }
   if (!is.null(junction_assay) && !.is_sce(junctions) && !(is.null(junctions) &&
                                                           (e_sce || .is_seurat(expression)))) {
     .stop(paste0("`junction_assay` names the assay with the junction counts of a ",
                  "SingleCellExperiment `%s` (or of the altExp / junction assay of `%s`); it ",
                  "does not apply here"), a_j, a_e)
   }
-  if (!is.null(cells) && (.is_sce(expression) || .is_sce(junctions) ||
-                          .is_seurat(expression) || .is_seurat(junctions))) {
-    .stop(paste0("`cells` is only used with count matrices; for a SingleCellExperiment or ",
-                 "Seurat object the cell data come from the object itself"))
-  }
   setup <- list(layer = NULL, assay = NULL, altexp = NULL, junction_assay = NULL)
   out <- list(expr = NULL, junc = NULL)
-  col_data <- function(x) as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
   # A junction SummarizedExperiment (given, or an altExp): its counts, assay and row data.
   junction_se <- function(x, arg, cells) {
     a <- .sce_assay(x, junction_assay, arg, "junction_assay")
@@ -76,24 +61,11 @@
   if (.is_sce(expression)) {
     a <- .sce_assay(expression, layer, a_e, "layer")
     setup$layer <- a$layer
-    out$expr <- list(m = a$m, cells = col_data(expression), class = class(expression)[1],
+    out$expr <- list(m = a$m, cells = .col_data(expression), class = class(expression)[1],
                      arg = a_e)
     if (is.null(junctions) && e_sce) {
-      alts <- SingleCellExperiment::altExpNames(expression)
-      if (is.null(altexp)) {
-        hit <- intersect(.junction_names, alts)
-        if (length(hit)) {
-          altexp <- hit[[1]]
-        } else if (junction_mode == "required") {
-          .stop(paste0("`%s` has no junction alternative experiment named %s: name it with ",
-                       "`altexp` (altExps: %s), or pass the junction counts as `%s`"), a_e,
-                paste(.junction_names, collapse = "/"),
-                if (length(alts)) .enum(alts, 10L) else "none", a_j)
-        }
-      } else if (!altexp %in% alts) {
-        .stop("`altexp` '%s' is not an alternative experiment of `%s`; available: %s", altexp,
-              a_e, if (length(alts)) .enum(alts, 10L) else "none")
-      }
+      altexp <- .find_altexp(expression, altexp, .junction_names, a_e, a_j, "junction",
+                             required = junction_mode == "required")
       if (!is.null(altexp)) {
         setup$altexp <- altexp
         out$junc <- junction_se(SingleCellExperiment::altExp(expression, altexp,
@@ -103,21 +75,11 @@
       }
     }
   } else if (.is_seurat(expression)) {
-    if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-      .stop("`%s` is a Seurat object, which needs the SeuratObject package: install it first",
-            a_e)
-    }
-    assays <- SeuratObject::Assays(expression)
+    .require_seurat(a_e)
     if (is.null(junctions) && is.null(junction_assay)) {
-      hit <- intersect(.junction_names, assays)
-      if (length(hit)) {
-        junction_assay <- hit[[1]]
-      } else if (junction_mode == "required") {
-        .stop(paste0("`%s` is a Seurat object without an assay named %s: name its junction ",
-                     "assay with `junction_assay` (assays: %s), or pass the junction counts ",
-                     "as `%s`"), a_e, paste(.junction_names, collapse = "/"),
-              .enum(assays, 10L), a_j)
-      }
+      junction_assay <- .find_seurat_assay(expression, .junction_names, a_e, a_j, "junction",
+                                           "junction_assay",
+                                           required = junction_mode == "required")
     }
     if (is.null(assay)) {
       # The default assay, unless it is the junction one.
@@ -144,7 +106,7 @@
   }
 
   if (.is_sce(junctions)) {
-    out$junc <- junction_se(junctions, a_j, col_data(junctions))
+    out$junc <- junction_se(junctions, a_j, .col_data(junctions))
     setup$junction_assay <- out$junc$layer
   } else if (.is_seurat(junctions)) {
     .stop(paste0("`%s` is a Seurat object: give the junction counts as an assay of the ",
@@ -192,9 +154,11 @@
   atse
 }
 
-# The modalities combined into the core's layout: genes x cells and junctions x cells over
-# the union of the cells (the expression's cells first, then the junction-only ones). A
-# modality the data lack (new data of a query) is all zeros, `n_features` rows of it.
+# The modalities combined (.combine_modalities()) over the union of the cells (the
+# expression's cells first, then the junction-only ones), with their `genes`,
+# `junction_names` and the cells with junction counts (`junction_cells`). A cell is measured
+# in a modality where it is given; a modality the data lack (new data of a query) is all
+# zeros, `n_features` rows of it.
 .splicevi_combine <- function(src, cells = NULL, fully_paired = FALSE,
                               n_features = c(genes = 0L, junctions = 0L)) {
   mats <- list(
@@ -204,70 +168,31 @@
     junctions = if (!is.null(src$junc)) {
       .modality_matrix(src$junc, "junctions", "SPLICEVI", .splicevi_integers[["junctions"]])
     })
-  given <- !vapply(mats, is.null, logical(1))
   args <- c(src$expr$arg %||% "expression", src$junc$arg %||% "junctions")
-  named <- vapply(mats, function(m) !is.null(colnames(m)), logical(1))
-  # Unnamed matrices take the cell names of `cells` when it names one row per cell.
-  if (!any(named) && is.data.frame(cells) && .row_names_info(cells) > 0L &&
-      all(vapply(mats[given], ncol, 1L) == nrow(cells))) {
-    for (k in which(given)) colnames(mats[[k]]) <- rownames(cells)
-    named <- given
-  }
-  if (all(given)) {
-    if (named[[1]] != named[[2]]) {
-      .stop(paste0("`%s` has cell (column) names but `%s` has none; cells are matched across ",
-                   "modalities by name"), args[named][[1]], args[!named][[1]])
+  pairing <- function(mats, cell_names) {
+    e_cells <- colnames(mats$expression)
+    j_cells <- colnames(mats$junctions)
+    in_e <- cell_names %in% e_cells
+    in_j <- cell_names %in% j_cells
+    if (!is.null(e_cells) && !is.null(j_cells) && !any(in_e & in_j)) {
+      .stop(paste0("`%s` and `%s` have no cell names in common (e.g. %s and %s): cells are ",
+                   "matched across the modalities by name"), args[[1]], args[[2]],
+            .enum(e_cells, 2L), .enum(j_cells, 2L))
     }
-    if (!named[[1]] && ncol(mats[[1]]) != ncol(mats[[2]])) {
-      .stop(paste0("`%s` (%d cells) and `%s` (%d cells) have no cell names to match cells by; ",
-                   "name the columns of both"), args[[1]], ncol(mats[[1]]), args[[2]],
-            ncol(mats[[2]]))
+    if (fully_paired && !all(in_e & in_j)) {
+      .stop(paste0("`fully_paired` = TRUE but %d cells of `%s` are missing from `%s` and %d ",
+                   "cells of `%s` from `%s` (e.g. %s); give every cell in both, or use ",
+                   "fully_paired = FALSE"), sum(!in_j), args[[1]], args[[2]], sum(!in_e),
+            args[[2]], args[[1]], .enum(cell_names[!(in_e & in_j)], 3L))
     }
   }
-  for (k in which(given & !named)) colnames(mats[[k]]) <- paste0("cell", seq_len(ncol(mats[[k]])))
-  e_cells <- colnames(mats$expression)
-  j_cells <- colnames(mats$junctions)
-  cell_names <- unique(c(e_cells, j_cells))
-  in_e <- cell_names %in% e_cells
-  in_j <- cell_names %in% j_cells
-  if (all(given) && !any(in_e & in_j)) {
-    .stop(paste0("`%s` and `%s` have no cell names in common (e.g. %s and %s): cells are ",
-                 "matched across the modalities by name"), args[[1]], args[[2]],
-          .enum(e_cells, 2L), .enum(j_cells, 2L))
-  }
-  if (fully_paired && !all(in_e & in_j)) {
-    .stop(paste0("`fully_paired` = TRUE but %d cells of `%s` are missing from `%s` and %d ",
-                 "cells of `%s` from `%s` (e.g. %s); give every cell in both, or use ",
-                 "fully_paired = FALSE"), sum(!in_j), args[[1]], args[[2]], sum(!in_e),
-          args[[2]], args[[1]], .enum(cell_names[!(in_e & in_j)], 3L))
-  }
-  full <- lapply(stats::setNames(nm = names(mats)), function(k) {
-    if (given[[k]]) return(.spread_columns(mats[[k]], cell_names))
-    n <- n_features[[if (k == "expression") "genes" else "junctions"]]
-    Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0),
-                         dims = c(n, length(cell_names)), dimnames = list(NULL, cell_names))
-  })
-  none <- Matrix::colSums(full$expression) == 0 & Matrix::colSums(full$junctions) == 0
-  if (any(none)) {
-    .stop(paste0("%d cells have no counts in any modality (e.g. %s): a cell needs gene or ",
-                 "junction counts; remove them from %s"), sum(none),
-          .enum(cell_names[none], 3L), paste0("`", args[given], "`", collapse = " and "))
-  }
-  cell_data <- if (!is.null(cells)) {
-    .align_cells_arg(cells, cell_names, args, "junction-only")
-  } else {
-    .merge_cell_data(list(src$expr$cells, src$junc$cells), cell_names)
-  }
-  modality <- ifelse(in_e & in_j, "paired", ifelse(in_e, "expression", "splicing"))
-  list(expression = full$expression, junctions = full$junctions,
-       genes = rownames(mats$expression), junction_names = rownames(mats$junctions),
-       junction_cells = j_cells, cell_names = cell_names, cell_data = cell_data,
-       modality = stats::setNames(modality, cell_names))
-}
-
-.splicevi_modality_counts <- function(modality) {
-  c(paired = sum(modality == "paired"), expression = sum(modality == "expression"),
-    splicing = sum(modality == "splicing"))
+  comb <- .combine_modalities(mats, args, list(src$expr$cells, src$junc$cells), cells,
+                              .splicevi_modalities, "gene or junction counts",
+                              by_counts = FALSE, check = pairing, n_features = n_features,
+                              second_only = "junction-only")
+  c(comb, list(genes = rownames(comb$mats$expression),
+               junction_names = rownames(comb$mats$junctions),
+               junction_cells = colnames(comb$mats$junctions)))
 }
 
 # User-given ATSE totals (junctions x cells, or an assay name of the junction
@@ -317,45 +242,24 @@
 .splicevi_setup_keys <- c("layer", "assay", "altexp", "junction_assay", "atse_column")
 
 .splicevi_registry_to_json <- function(reg) {
-  arr <- function(x) I(as.character(x %||% character(0)))
-  out <- .registry_list(reg)
-  out$model <- "SPLICEVI"
-  out$setup_args <- c(out$setup_args[setdiff(names(out$setup_args), "layer")],
-                      lapply(stats::setNames(nm = .splicevi_setup_keys),
-                             function(k) reg$setup_args[[k]]))
-  out <- c(out, list(
+  arr <- .json_array
+  .modality_registry_to_json(reg, .splicevi_setup_keys, list(
     junction_names = arr(reg$junction_names),
     atse = arr(reg$atse),
     atse_levels = arr(reg$atse_levels),
     junction_gene_names = if (!is.null(reg$junction_gene_names)) arr(reg$junction_gene_names),
     n_genes = length(reg$gene_names),
     n_junctions = length(reg$junction_names),
-    n_atse = length(reg$atse_levels),
-    modality_cells = as.list(reg$modality_cells)
+    n_atse = length(reg$atse_levels)
   ))
-  as.character(jsonlite::toJSON(out, auto_unbox = TRUE, null = "null", digits = NA))
 }
 
 .splicevi_registry_from_json <- function(json) {
-  r <- jsonlite::fromJSON(json, simplifyVector = TRUE)
-  chr <- function(x) if (is.null(x) || length(x) == 0L) character(0) else as.character(unlist(x))
-  key <- function(x) if (is.null(x) || length(x) == 0L) NULL else as.character(unlist(x))
-  reg <- .registry_from_list(r)
-  reg$model <- "SPLICEVI"
-  for (k in .splicevi_setup_keys) reg$setup_args[k] <- list(key(r$setup_args[[k]]))
-  reg$junction_names <- chr(r$junction_names)
-  reg$atse <- chr(r$atse)
-  reg$atse_levels <- chr(r$atse_levels)
-  reg$junction_gene_names <- key(r$junction_gene_names)
-  mc <- r$modality_cells
-  reg$modality_cells <- if (length(mc)) unlist(lapply(mc, as.integer)) else integer(0)
-  reg
-}
-
-# The registry in the form .register_fields() transfers: every feature as a "gene".
-.splicevi_fields_registry <- function(reg) {
-  reg$gene_names <- c(reg$gene_names, reg$junction_names)
-  reg
+  .modality_registry_from_json(json, "SPLICEVI", .splicevi_setup_keys, function(r) {
+    list(junction_names = .json_chr(r$junction_names), atse = .json_chr(r$atse),
+         atse_levels = .json_chr(r$atse_levels),
+         junction_gene_names = .json_key(r$junction_gene_names))
+  })
 }
 
 # 0-based ATSE code of every junction, in the sorted order of the event ids.
@@ -363,49 +267,16 @@
 
 .new_splicevi <- function(ptr, data, registry, config, cell_names, cell_data, modality, input,
                           dir = NULL) {
-  structure(list(
-    model = ptr,                  # Rust model (parameters, training state, registry)
-    data = data,                  # Rust data set (genes, then junctions), or NULL
-    registry = registry,          # R copy of the registry (features, ATSE map, categories)
-    config = config,              # hyperparameters as sent to the core
-    gene_names = registry$gene_names,
-    junction_names = registry$junction_names,
-    atse = registry$atse,         # event id of every junction
-    cell_names = cell_names,
-    cell_data = cell_data,
-    modality = modality,          # per cell: "paired", "expression" or "splicing"
-    input = input,                # classes / dimensions of the data, for print()
-    dir = dir
-  ), class = c("SPLICEVI", "rscvi_model"))
+  # atse: the event id of every junction.
+  .new_modality_model("SPLICEVI", ptr, data, registry, config,
+                      list(junction_names = registry$junction_names, atse = registry$atse),
+                      cell_names, cell_data, modality, input, dir)
 }
 
 .splicevi_input_info <- function(src, comb, n_atse) {
-  cls <- unique(c(src$expr$class, src$junc$class))
-  list(class = paste(cls, collapse = " + "), n_cells = length(comb$cell_names),
-       n_genes = nrow(comb$expression), n_junctions = nrow(comb$junctions), n_atse = n_atse,
-       modality_cells = .splicevi_modality_counts(comb$modality))
-}
-
-# The core's dataset of the combined modalities, registered fresh (`registry` NULL, with the
-# keys) or against a model's registry. The size factor is each cell's expression total
-# (cells without expression counts are splicing-only cells).
-.splicevi_dataset <- function(comb, arg, registry = NULL, ...) {
-  counts <- methods::as(rbind(comb$expression, comb$junctions), "CsparseMatrix")
-  if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")
-  input <- list(counts = counts, cell_data = comb$cell_data,
-                gene_names = c(rownames(comb$expression), rownames(comb$junctions)),
-                cell_names = comb$cell_names, layer = NULL)
-  f <- if (is.null(registry)) {
-    .register_fields(input, ...)
-  } else {
-    quiet <- function(w) {
-      if (grepl("fewer than 3 cells", conditionMessage(w))) invokeRestart("muffleWarning")
-    }
-    withCallingHandlers(.register_fields(input, registry = .splicevi_fields_registry(registry)),
-                        warning = quiet)
-  }
-  # No size factor: the core takes each cell's expression total (0 for splicing-only cells).
-  list(data = .new_dataset(f, arg), fields = f)
+  list(class = .input_classes(list(src$expr, src$junc)), n_cells = length(comb$cell_names),
+       n_genes = nrow(comb$full$expression), n_junctions = nrow(comb$full$junctions),
+       n_atse = n_atse, modality_cells = .modality_counts(comb$modality, .splicevi_modalities))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -509,6 +380,10 @@
 #'   `"sum"`.
 #' @param max_nobs the partial encoder processes the observed (cell, junction) pairs in
 #'   chunks of this many (memory only; -1 = all at once).
+#' @param initialize_bias_from_psi start the splicing decoder at each junction's mean
+#'   observed PSI (an rscvi addition; `FALSE` starts it at random as SpliceVI does). At
+#'   SpliceVI's learning rate the random start takes thousands of steps to reach junctions
+#'   that are rarely or mostly used, and the imputed PSI stays near 0.5 meanwhile.
 #' @param initialize_embeddings_from_pca initialise the partial encoder's junction
 #'   embeddings from a PCA of the junction ratios.
 #' @param fully_paired declare every cell measured in both modalities: refuses cells missing
@@ -558,34 +433,29 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
                      splicing_concentration = NULL, dm_concentration = c("atse", "scalar"),
                      encoder_hidden_dim = 128L, code_dim = 16L, h_hidden_dim = 64L,
                      pool_mode = c("mean", "sum"), max_nobs = -1L,
-                     initialize_embeddings_from_pca = FALSE, fully_paired = FALSE,
-                     use_batch_norm = c("none", "encoder", "decoder", "both"),
+                     initialize_embeddings_from_pca = FALSE, initialize_bias_from_psi = TRUE,
+                     fully_paired = FALSE, use_batch_norm = c("none", "encoder", "decoder", "both"),
                      use_layer_norm = c("both", "none", "encoder", "decoder"),
                      latent_distribution = c("normal", "ln"), deeply_inject_covariates = FALSE,
                      encode_covariates = FALSE, splicing_loss_weight = 1, lambda_prior = 0.01,
                      train = FALSE, ...) {
   # Cheap argument checks first, so a typo fails before the data are converted.
-  norms <- c("none", "encoder", "decoder", "both")
   n_hidden <- .check_scalar_int(n_hidden, "n_hidden", min = 1, null_ok = TRUE)
   n_latent <- .check_scalar_int(n_latent, "n_latent", min = 1, null_ok = TRUE)
   max_nobs <- .check_scalar_int(max_nobs, "max_nobs", min = -1)
   if (max_nobs == 0L) {
     .stop("`max_nobs` must be a positive chunk size, or -1 for no chunking, got 0")
   }
-  hp <- list(
-    n_layers_encoder = .check_scalar_int(n_layers_encoder, "n_layers_encoder", min = 1),
-    n_layers_decoder = .check_scalar_int(n_layers_decoder, "n_layers_decoder", min = 1),
-    dropout_rate = .check_dropout(dropout_rate),
-    gene_likelihood = .match_choice(gene_likelihood, c("zinb", "nb", "poisson"),
-                                    "gene_likelihood"),
+  hp <- c(.joint_hyperparameters(n_layers_encoder, n_layers_decoder, dropout_rate,
+                                 gene_likelihood, modality_penalty, use_batch_norm,
+                                 use_layer_norm, latent_distribution, deeply_inject_covariates,
+                                 encode_covariates, fully_paired), list(
     dispersion = .match_choice(dispersion, c("gene", "gene-batch", "gene-label", "gene-cell"),
                                "dispersion"),
     modality_weights = .match_choice(modality_weights, c("equal", "cell", "universal",
                                                          "concatenate",
                                                          "per_dimension_weighted_average"),
                                      "modality_weights"),
-    modality_penalty = .match_choice(modality_penalty, c("Jeffreys", "MMD", "None"),
-                                     "modality_penalty"),
     splicing_encoder_architecture = .match_choice(splicing_encoder_architecture,
                                                   c("partial", "vanilla"),
                                                   "splicing_encoder_architecture"),
@@ -608,19 +478,12 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
     max_nobs = max_nobs,
     initialize_embeddings_from_pca = .check_scalar_bool(initialize_embeddings_from_pca,
                                                         "initialize_embeddings_from_pca"),
-    fully_paired = .check_scalar_bool(fully_paired, "fully_paired"),
-    use_batch_norm = .match_choice(use_batch_norm, norms, "use_batch_norm"),
-    use_layer_norm = .match_choice(use_layer_norm, c("both", "none", "encoder", "decoder"),
-                                   "use_layer_norm"),
-    latent_distribution = .match_choice(latent_distribution, c("normal", "ln"),
-                                        "latent_distribution"),
-    deeply_inject_covariates = .check_scalar_bool(deeply_inject_covariates,
-                                                  "deeply_inject_covariates"),
-    encode_covariates = .check_scalar_bool(encode_covariates, "encode_covariates"),
+    initialize_bias_from_psi = .check_scalar_bool(initialize_bias_from_psi,
+                                                  "initialize_bias_from_psi"),
     splicing_loss_weight = .check_scalar_num(splicing_loss_weight, "splicing_loss_weight",
                                              min = 0),
     lambda_prior = .check_scalar_num(lambda_prior, "lambda_prior", min = 0)
-  )
+  ))
   if (!is.null(hp$splicing_concentration) && hp$splicing_loss_type != "beta_binomial") {
     .stop(paste0("`splicing_concentration` is the fixed concentration of the beta-binomial ",
                  "likelihood; it needs splicing_loss_type = \"beta_binomial\", got \"%s\""),
@@ -628,10 +491,7 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
   }
   do_train <- .check_scalar_bool(train, "train")
   dots <- list(...)
-  if (length(dots) && !do_train) {
-    .stop(paste0("splicevi() got arguments it does not use: %s; training arguments apply ",
-                 "only with train = TRUE (or call train(model, ...))"), .dots_names(dots))
-  }
+  .check_constructor_dots(dots, do_train, "splicevi")
   if (do_train) .check_kind_train_dots(dots, "splicevi", train.SPLICEVI, "SPLICEVI")
 
   src <- .splicevi_sources(expression, junctions, cells, layer, assay, altexp, junction_assay)
@@ -644,49 +504,36 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
   comb <- .splicevi_combine(src, cells, hp$fully_paired)
   atse_column <- if (is.null(atse)) .check_scalar_string(atse_column, "atse_column")
   atse <- .splicevi_atse(atse, atse_column, src$junc, length(comb$junction_names))
-  n_mod <- .splicevi_modality_counts(comb$modality)
+  n_mod <- .modality_counts(comb$modality, .splicevi_modalities)
   if (n_mod[["expression"]] > 0 || n_mod[["splicing"]] > 0) {
     message(sprintf(paste0("splicevi(): %d cells have gene expression only and %d junction ",
                            "counts only; they get zero counts in the other modality"),
                     n_mod[["expression"]], n_mod[["splicing"]]))
   }
-  zero <- Matrix::rowSums(comb$expression) == 0
-  if (any(zero)) {
-    .warn("`%s` has %d genes with no counts in any cell (e.g. %s); consider removing them",
-          src$expr$arg, sum(zero), .enum(comb$genes[zero], 3L))
-  }
-  ds <- .splicevi_dataset(comb, src$expr$arg, batch_key = batch_key,
+  .warn_empty_genes(comb$full$expression, src$expr$arg)
+  ds <- .modality_dataset(comb, src$expr$arg, batch_key = batch_key,
                           categorical_covariate_keys = categorical_covariate_keys,
                           continuous_covariate_keys = continuous_covariate_keys)
-  f <- ds$fields
   atse_levels <- .sorted_categories(atse)
   junction_atse <- .atse_codes(atse, atse_levels)
   if (!is.null(atse_totals)) {
     .splicevi_check_totals(atse_totals, src, comb, ds$data, junction_atse)
   }
 
-  # 0 asks the core for SpliceVI's rule (n_hidden from the junctions, n_latent from
-  # n_hidden); the config read back below holds the values used.
-  config <- c(list(n_genes = length(comb$genes), n_junctions = length(comb$junction_names),
-                   n_atse = length(atse_levels), junction_atse = I(junction_atse),
-                   n_batch = f$registry$n_batch,
-                   n_cats_per_cov = as.integer(unname(f$cat_sizes)),
-                   n_continuous_cov = ncol(f$cont_covs), n_cells = length(comb$cell_names),
-                   n_hidden = n_hidden %||% 0L, n_latent = n_latent %||% 0L), hp)
-  registry <- f$registry
-  registry$model <- "SPLICEVI"
-  registry$gene_names <- comb$genes
-  registry$junction_names <- comb$junction_names
-  registry$atse <- as.character(atse)
-  registry$atse_levels <- atse_levels
-  registry$junction_gene_names <- if (is.character(src$junc$rows$gene_name)) {
-    src$junc$rows$gene_name
-  }
-  registry$setup_args <- c(src$setup, list(atse_column = atse_column),
-                           registry$setup_args[c("batch_key", "labels_key", "size_factor_key",
-                                                 "categorical_covariate_keys",
-                                                 "continuous_covariate_keys")])
-  registry$modality_cells <- n_mod
+  # n_hidden / n_latent NULL: SpliceVI's rule (n_hidden from the junctions, n_latent from
+  # n_hidden).
+  config <- .joint_config(list(n_genes = length(comb$genes),
+                               n_junctions = length(comb$junction_names),
+                               n_atse = length(atse_levels), junction_atse = I(junction_atse)),
+                          ds$fields, length(comb$cell_names), n_hidden, n_latent, hp)
+  registry <- .modality_registry(
+    ds$fields, "SPLICEVI", c(src$setup, list(atse_column = atse_column)),
+    list(gene_names = comb$genes, junction_names = comb$junction_names,
+         atse = as.character(atse), atse_levels = atse_levels,
+         junction_gene_names = if (is.character(src$junc$rows$gene_name)) {
+           src$junc$rows$gene_name
+         }),
+    n_mod)
   ptr <- .rs(rs_splicevi_new(ds$data, .config_to_json(config),
                              .splicevi_registry_to_json(registry)))
   config <- .config_from_json(.rs(rs_model_state(ptr))$config)
@@ -724,38 +571,17 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
                            gradient_clipping_max_norm = 5, seed = NULL,
                            device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
   .check_splicevi(model)
-  dots <- list(...)
-  if (length(dots)) {
-    hint <- if ("optimizer" %in% names(dots)) " (SPLICEVI always trains with AdamW)" else ""
-    .stop("train() got unknown arguments for a SPLICEVI model: %s%s; see ?train",
-          .dots_names(dots), hint)
-  }
-  early_stopping <- .check_scalar_bool(early_stopping, "early_stopping")
-  asked_mixing <- !missing(adversarial_mixing)
-  adversarial_mixing <- .check_scalar_bool(adversarial_mixing, "adversarial_mixing")
-  if (adversarial_mixing && model$registry$n_batch < 2L && asked_mixing) {
-    .warn("`adversarial_mixing` needs more than one batch: training without the batch classifier")
-  }
+  cfg <- .adamw_train_config(model, "SPLICEVI", list(...), max_epochs, lr, train_size,
+                             validation_size, shuffle_set_split, batch_size, weight_decay, eps,
+                             early_stopping, early_stopping_patience, early_stopping_monitor,
+                             early_stopping_min_delta, check_val_every_n_epoch,
+                             n_epochs_kl_warmup, n_steps_kl_warmup, adversarial_mixing,
+                             !missing(adversarial_mixing), seed)
   gradient_clipping <- .check_scalar_bool(gradient_clipping, "gradient_clipping")
   max_norm <- .check_scalar_num(gradient_clipping_max_norm, "gradient_clipping_max_norm",
                                 min = 0, min_open = TRUE)
-  # SpliceVI validates every epoch when early stopping is on, otherwise never by default.
-  check_val <- check_val_every_n_epoch %||% (if (early_stopping) 1L else 0L)
-  cfg <- c(
-    .train_config(.check_scalar_int(max_epochs, "max_epochs", min = 1), train_size,
-                  validation_size, shuffle_set_split, batch_size, lr, weight_decay, eps,
-                  n_epochs_kl_warmup, n_steps_kl_warmup, check_val, seed),
-    .early_stopping_config(early_stopping, early_stopping_monitor, early_stopping_patience,
-                           early_stopping_min_delta),
-    list(optimizer = "AdamW")
-  )
-  if (early_stopping && cfg$check_val_every_n_epoch == 0L &&
-      grepl("validation", cfg$early_stopping_monitor)) {
-    .stop(paste0("`check_val_every_n_epoch` = 0 never validates, but early stopping monitors ",
-                 "\"%s\""), cfg$early_stopping_monitor)
-  }
-  if (!adversarial_mixing) cfg$kappa <- 0
   if (gradient_clipping) cfg$gradient_clipping_max_norm <- max_norm
+  # Early stopping ignores the validation checks of the KL warm-up epochs.
   cfg$early_stopping_warmup_epochs <- as.integer(cfg$n_epochs_kl_warmup %||% 0L)
   .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
 }
@@ -770,40 +596,26 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
 .splicevi_register_query <- function(model, x, arg = "x", allow_cell_weights = FALSE) {
   reg <- model$registry
   sa <- reg$setup_args
-  if (!allow_cell_weights && identical(model$config$modality_weights, "cell")) {
-    .stop(paste0("`%s`: a model built with modality_weights = \"cell\" has one weight per ",
-                 "training cell and cannot be applied to new data"), arg)
-  }
+  .check_new_data_allowed(model, arg, allow_cell_weights)
   expression <- junctions <- atse <- cells <- NULL
   layer <- assay <- altexp <- junction_assay <- NULL
   args <- c(expression = arg, junctions = arg)
-  if (is.list(x) && !is.data.frame(x) && !is.object(x)) {
-    nms <- names(x) %||% rep("", length(x))
-    bad <- setdiff(nms, c("expression", "junctions", "atse", "cells"))
-    if (!length(x) || any(!nzchar(nms)) || length(bad)) {
-      .stop(paste0("`%s` as a list must have elements named `expression`, `junctions` and ",
-                   "optionally `atse` and `cells`%s"), arg,
-            if (length(bad)) sprintf(", got %s", .enum(bad)) else "")
-    }
+  if (.is_plain_list(x)) {
+    args <- .check_query_list(x, arg, c("expression", "junctions"), c("atse", "cells"))
     expression <- x$expression
     junctions <- x$junctions
     atse <- x$atse
     cells <- x$cells
-    args <- c(expression = paste0(arg, "$expression"), junctions = paste0(arg, "$junctions"))
   } else if (.is_sce(x) || .is_seurat(x)) {
     expression <- x
     if (.is_sce(x)) {
       layer <- .layer_like_sce(x, sa$layer)
-      if (methods::is(x, "SingleCellExperiment") &&
-          isTRUE(sa$altexp %in% SingleCellExperiment::altExpNames(x))) {
-        altexp <- sa$altexp
-        junction_assay <- .layer_like_sce(SingleCellExperiment::altExp(x, altexp),
-                                          sa$junction_assay)
-      }
+      alt <- .altexp_like(x, sa$altexp, sa$junction_assay)
+      altexp <- alt$altexp
+      junction_assay <- alt$layer
     } else {
-      has <- function(a) if (!is.null(a) && a %in% SeuratObject::Assays(x)) a
-      assay <- has(sa$assay)
-      junction_assay <- has(sa$junction_assay)
+      assay <- .seurat_assay_like(x, sa$assay)
+      junction_assay <- .seurat_assay_like(x, sa$junction_assay)
     }
   } else {
     .stop(paste0("`%s` must hold the modalities of this model: list(expression = <genes x ",
@@ -832,33 +644,15 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
             src$junc$arg, length(differ), .enum(reg$junction_names[differ], 3L))
     }
   }
-  rownames(comb$expression) <- reg$gene_names
-  rownames(comb$junctions) <- reg$junction_names
-  ds <- .splicevi_dataset(comb, arg, registry = reg)
-  list(data = ds$data, cell_names = comb$cell_names, cell_data = comb$cell_data,
-       modality = comb$modality, class = .splicevi_input_info(src, comb, 0L)$class)
+  ds <- .modality_dataset(comb, arg, reg, c(reg$gene_names, reg$junction_names))
+  .query_result(comb, ds, list(src$expr, src$junc))
 }
 
 # The data a SPLICEVI query runs on: the model's own, or `x` registered against the model.
 .splicevi_query_data <- function(model, x, arg = "x") {
   .check_splicevi(model)
-  if (is.null(x)) {
-    if (is.null(model$data) || .null_ptr(model$data)) {
-      .stop(paste0("this model has no data attached (it was loaded with load_model() without ",
-                   "`x`): pass the data as `%s`, e.g. %s = list(expression = ..., ",
-                   "junctions = ...)"), arg, arg)
-    }
-    return(list(data = model$data, cell_names = model$cell_names,
-                cell_data = model$cell_data, modality = model$modality))
-  }
-  .splicevi_register_query(model, x, arg = arg)
-}
-
-# `...` of a query method must be empty.
-.no_dots <- function(dots, fun) {
-  if (length(dots)) {
-    .stop("%s() got unknown arguments for a SPLICEVI model: %s", fun, .dots_names(dots))
-  }
+  .modality_query_data(model, x, arg, "list(expression = ..., junctions = ...)",
+                       .splicevi_register_query)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -877,29 +671,9 @@ get_latent_representation.SPLICEVI <- function(model, x = NULL, indices = NULL,
                                                 give_mean = TRUE, return_dist = FALSE,
                                                 batch_size = 128L, device = "auto", ...) {
   .check_splicevi(model)
-  .no_dots(list(...), "get_latent_representation")
-  modality <- .match_choice(modality, c("joint", "expression", "splicing"), "modality")
-  give_mean <- .check_scalar_bool(give_mean, "give_mean")
-  return_dist <- .check_scalar_bool(return_dist, "return_dist")
-  batch_size <- .check_batch_size(batch_size)
-  device <- .check_device(device)
-  if (modality != "joint" && isTRUE(model$config$fully_paired)) {
-    .stop(paste0("`modality` = \"%s\": a model built with fully_paired = TRUE has only the ",
-                 "joint latent representation; use modality = \"joint\""), modality)
-  }
-  q <- .splicevi_query_data(model, x)
-  cells <- .query_cells(q, indices)
-  res <- .rs(rs_splicevi_latent(model$model, q$data, cells$idx, modality, give_mean,
-                                batch_size, device))
-  dn <- list(cells$names, paste0("SPLICEVI_", seq_len(ncol(res$z))))
-  if (return_dist) {
-    dimnames(res$mean) <- dn
-    dimnames(res$var) <- dn
-    return(list(mean = res$mean, var = res$var))
-  }
-  z <- res$z
-  dimnames(z) <- dn
-  z
+  .no_dots(list(...), "get_latent_representation", "SPLICEVI")
+  .modality_latent(model, "SPLICEVI", x, indices, modality, .splicevi_modalities, give_mean,
+                   return_dist, batch_size, device, rs_splicevi_latent)
 }
 
 #' @rdname get_normalized_expression
@@ -910,9 +684,9 @@ get_normalized_expression.SPLICEVI <- function(model, x = NULL, indices = NULL,
                                                library_size = 1, n_samples = 1L,
                                                batch_size = 128L, device = "auto", ...) {
   .check_splicevi(model)
-  .no_dots(list(...), "get_normalized_expression")
-  .joint_normalized_expression(model, x, indices, transform_batch, gene_list, library_size,
-                               n_samples, batch_size, device)
+  .no_dots(list(...), "get_normalized_expression", "SPLICEVI")
+  .normalized_expression(model, x, library_size, n_samples, transform_batch, gene_list,
+                         indices, batch_size, device)
 }
 
 #' Normalized splicing (PSI) from a SPLICEVI model
@@ -965,7 +739,7 @@ get_normalized_splicing.SPLICEVI <- function(model, x = NULL, indices = NULL,
                                                                         "dm_posterior_mean"),
                                              batch_size = NULL, device = "auto", ...) {
   .check_splicevi(model)
-  .no_dots(list(...), "get_normalized_splicing")
+  .no_dots(list(...), "get_normalized_splicing", "SPLICEVI")
   use_z_mean <- .check_scalar_bool(use_z_mean, "use_z_mean")
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   return_mean <- .check_scalar_bool(return_mean, "return_mean")
@@ -1000,7 +774,7 @@ get_normalized_splicing.SPLICEVI <- function(model, x = NULL, indices = NULL,
 get_library_size_factors.SPLICEVI <- function(model, x = NULL, indices = NULL,
                                               batch_size = 128L, device = "auto", ...) {
   .check_splicevi(model)
-  .no_dots(list(...), "get_library_size_factors")
+  .no_dots(list(...), "get_library_size_factors", "SPLICEVI")
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
   q <- .splicevi_query_data(model, x)
@@ -1015,7 +789,7 @@ get_library_size_factors.SPLICEVI <- function(model, x = NULL, indices = NULL,
 get_elbo.SPLICEVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
                               device = "auto", ...) {
   .check_splicevi(model)
-  .no_dots(list(...), "get_elbo")
+  .no_dots(list(...), "get_elbo", "SPLICEVI")
   t <- .elbo_terms(model, x, indices, batch_size, device)
   -mean(t$reconstruction_loss + t$kl_local)
 }
@@ -1025,7 +799,7 @@ get_elbo.SPLICEVI <- function(model, x = NULL, indices = NULL, batch_size = 128L
 get_reconstruction_error.SPLICEVI <- function(model, x = NULL, indices = NULL,
                                               batch_size = 128L, device = "auto", ...) {
   .check_splicevi(model)
-  .no_dots(list(...), "get_reconstruction_error")
+  .no_dots(list(...), "get_reconstruction_error", "SPLICEVI")
   mean(.elbo_terms(model, x, indices, batch_size, device)$reconstruction_loss)
 }
 
@@ -1035,28 +809,9 @@ get_reconstruction_error.SPLICEVI <- function(model, x = NULL, indices = NULL,
 #'   posterior mean; `pseudocounts` defaults to 1e-6; no importance weights). For the
 #'   junctions see [differential_splicing()].
 #' @export
-differential_expression.SPLICEVI <- function(object, x = NULL, groupby = NULL, group1 = NULL,
-                                             group2 = NULL, idx1 = NULL, idx2 = NULL,
-                                             mode = c("change", "vanilla"), delta = 0.25,
-                                             batch_size = NULL, all_stats = TRUE,
-                                             batch_correction = FALSE, batchid1 = NULL,
-                                             batchid2 = NULL, fdr_target = 0.05,
-                                             silent = FALSE, filter_outlier_cells = FALSE,
-                                             device = "auto", ...) {
+differential_expression.SPLICEVI <- .joint_differential_expression("SPLICEVI", function(object) {
   .check_splicevi(object, "object")
-  extra <- list(...)
-  if (any(c("weights", "importance_weighting_kwargs") %in% names(extra))) {
-    .stop("`weights`: importance weights are not available for SPLICEVI models")
-  }
-  extra$pseudocounts <- extra$pseudocounts %||% 1e-6
-  do.call(differential_expression.SCVI, c(list(
-    object, x = x, groupby = groupby, group1 = group1, group2 = group2, idx1 = idx1,
-    idx2 = idx2, mode = mode, delta = delta, batch_size = batch_size, all_stats = all_stats,
-    batch_correction = batch_correction, batchid1 = batchid1, batchid2 = batchid2,
-    fdr_target = fdr_target, silent = silent, weights = "uniform",
-    filter_outlier_cells = filter_outlier_cells, importance_weighting_kwargs = NULL,
-    device = device), extra))
-}
+})
 
 #' Differential splicing
 #'
@@ -1115,7 +870,7 @@ differential_splicing.SPLICEVI <- function(object, x = NULL, groupby = NULL, gro
                                            silent = FALSE, device = "auto", ...) {
   model <- object
   .check_splicevi(model, "object")
-  .no_dots(list(...), "differential_splicing")
+  .no_dots(list(...), "differential_splicing", "SPLICEVI")
   mode <- .match_choice(mode, c("change", "vanilla"), "mode")
   delta <- .check_scalar_num(delta, "delta", min = 0)
   fdr_target <- .check_scalar_num(fdr_target, "fdr_target", min = 0, max = 1)
@@ -1129,23 +884,13 @@ differential_splicing.SPLICEVI <- function(object, x = NULL, groupby = NULL, gro
   device <- .check_device(device)
   q <- .splicevi_query_data(model, x)
   cats <- model$registry$batch_categories
-  batch_codes <- function(ids, arg) {
-    if (!batch_correction) {
-      if (!is.null(ids)) .stop("`%s` needs batch_correction = TRUE", arg)
-      return(NULL)
-    }
-    if (is.null(ids)) return(seq_along(cats) - 1L)
-    .transform_batch_codes(ids, cats)
-  }
-  b1 <- batch_codes(batchid1, "batchid1")
-  b2 <- batch_codes(batchid2, "batchid2")
-  comparisons <- .de_comparisons(q$cell_data %||% model$cell_data, length(q$cell_names),
-                                 groupby, group1, group2, idx1, idx2)
+  b1 <- .de_batch_codes(batchid1, "batchid1", batch_correction, cats)
+  b2 <- .de_batch_codes(batchid2, "batchid2", batch_correction, cats)
+  comparisons <- .query_comparisons(model, q, groupby, group1, group2, idx1, idx2)
   junctions <- model$junction_names
   genes <- model$registry$junction_gene_names
   emp <- c("emp_effect", "emp_prob1", "emp_prob2")
-  tables <- lapply(comparisons, function(cmp) {
-    if (!silent && length(comparisons) > 1) message("DS: ", cmp$label)
+  .compare_groups(comparisons, "DS", silent, function(cmp) {
     col <- .rs(rs_splicevi_differential_splicing(model$model, q$data, cmp$cells1 - 1L,
                                                  cmp$cells2 - 1L, b1, b2, n_samples, delta,
                                                  fdr_target, fun, mode, batch_size,
@@ -1160,7 +905,6 @@ differential_splicing.SPLICEVI <- function(object, x = NULL, groupby = NULL, gro
     if (!all_stats) df[emp] <- NA_real_
     df
   })
-  .bind_comparisons(tables, comparisons)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1168,43 +912,24 @@ differential_splicing.SPLICEVI <- function(object, x = NULL, groupby = NULL, gro
 
 .splicevi_data_text <- function(model) {
   inp <- model$input
-  mc <- inp$modality_cells
-  mods <- if (length(mc) == 3L) {
-    sprintf(" (%s paired, %s expression only, %s splicing only)", .fmt_int(mc[["paired"]]),
-            .fmt_int(mc[["expression"]]), .fmt_int(mc[["splicing"]]))
-  } else ""
-  dims <- sprintf("%s cells%s x %s genes + %s junctions in %s ATSEs", .fmt_int(inp$n_cells),
-                  mods, .fmt_int(inp$n_genes), .fmt_int(inp$n_junctions),
-                  .fmt_int(inp$n_atse))
-  if (is.null(model$data) || .null_ptr(model$data)) {
-    return(sprintf("none attached (model set up on %s); pass `x` to queries", dims))
-  }
-  src <- if (is.na(inp$class %||% NA)) "" else sprintf(" from %s", inp$class)
-  paste0(dims, src)
+  .modality_data_text(model, c(expression = "expression", splicing = "splicing"),
+                      sprintf("%s genes + %s junctions in %s ATSEs", .fmt_int(inp$n_genes),
+                              .fmt_int(inp$n_junctions), .fmt_int(inp$n_atse)))
 }
 
 #' @rdname summary.SCVI
 #' @method print SPLICEVI
 #' @export
 print.SPLICEVI <- function(x, ...) {
-  if (!.print_title(x, "SPLICEVI")) return(invisible(x))
   cfg <- x$config
-  reg <- x$registry
-  sa <- reg$setup_args
-  cat(sprintf("  data:     %s\n", .splicevi_data_text(x)))
-  cat(sprintf("  batch:    %s\n", .key_text(sa$batch_key, reg$n_batch, "batch")))
-  cov <- c(sa$categorical_covariate_keys, sa$continuous_covariate_keys)
-  if (length(cov)) cat(sprintf("  covariates: %s\n", .enum(cov, 10L)))
-  cat(sprintf(paste0("  model:    n_latent = %d, n_hidden = %d, gene_likelihood = \"%s\", ",
-                     "splicing_loss_type = \"%s\",\n            encoders: expression / ",
-                     "%s splicing, decoders: %s / %s,\n            modality_weights = \"%s\", ",
-                     "modality_penalty = \"%s\"%s\n"),
-              cfg$n_latent, cfg$n_hidden, cfg$gene_likelihood, cfg$splicing_loss_type,
-              cfg$splicing_encoder_architecture, cfg$expression_architecture,
-              cfg$splicing_decoder_architecture, cfg$modality_weights, cfg$modality_penalty,
-              if (isTRUE(cfg$fully_paired)) ", fully_paired" else ""))
-  cat(sprintf("  training: %s\n", .training_text(x)))
-  invisible(x)
+  .print_model(x, "SPLICEVI", .splicevi_data_text(x), sprintf(paste0(
+    "n_latent = %d, n_hidden = %d, gene_likelihood = \"%s\", splicing_loss_type = \"%s\",\n",
+    "            encoders: expression / %s splicing, decoders: %s / %s,\n",
+    "            modality_weights = \"%s\", modality_penalty = \"%s\"%s"),
+    cfg$n_latent, cfg$n_hidden, cfg$gene_likelihood, cfg$splicing_loss_type,
+    cfg$splicing_encoder_architecture, cfg$expression_architecture,
+    cfg$splicing_decoder_architecture, cfg$modality_weights, cfg$modality_penalty,
+    if (isTRUE(cfg$fully_paired)) ", fully_paired" else ""))
 }
 
 #' @rdname summary.SCVI
@@ -1228,18 +953,11 @@ plot.SPLICEVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 # Save / load.
 
 .load_splicevi <- function(dir, x, ...) {
-  dots <- list(...)
-  if (length(dots)) {
-    .stop(paste0("load_model(): %s do not apply to a SPLICEVI model; pass `x` as ",
-                 "list(expression = , junctions = , cells = ) or a SingleCellExperiment / ",
-                 "Seurat object"), .dots_names(dots))
-  }
-  ptr <- .rs(rs_model_load(path.expand(dir)))
-  st <- .rs(rs_model_state(ptr))
-  registry <- tryCatch(.splicevi_registry_from_json(st$registry), error = function(e) {
-    .stop("`dir` '%s': the saved registry is not readable (%s)", dir, conditionMessage(e))
-  })
-  config <- .config_from_json(st$config)
+  saved <- .load_modality_model(dir, list(...), "SPLICEVI",
+                                "list(expression = , junctions = , cells = )",
+                                .splicevi_registry_from_json)
+  registry <- saved$registry
+  config <- saved$config
   if (length(registry$gene_names) != config$n_genes ||
       length(registry$junction_names) != config$n_junctions ||
       !identical(.atse_codes(registry$atse, registry$atse_levels),
@@ -1252,19 +970,9 @@ plot.SPLICEVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   input <- list(class = NA_character_, n_cells = registry$n_cells, n_genes = config$n_genes,
                 n_junctions = config$n_junctions, n_atse = config$n_atse,
                 modality_cells = registry$modality_cells)
-  model <- .new_splicevi(ptr, NULL, registry, config, NULL, NULL, NULL, input,
+  model <- .new_splicevi(saved$ptr, NULL, registry, config, NULL, NULL, NULL, input,
                          dir = normalizePath(dir))
-  if (!is.null(x)) {
-    q <- .splicevi_register_query(model, x, allow_cell_weights = TRUE)
-    model$data <- q$data
-    model$cell_names <- q$cell_names
-    model$cell_data <- q$cell_data
-    model$modality <- q$modality
-    model$input <- utils::modifyList(input, list(
-      class = q$class, n_cells = length(q$cell_names),
-      modality_cells = .splicevi_modality_counts(q$modality)))
-  }
-  model
+  .attach_modality_data(model, x, .splicevi_register_query, .splicevi_modalities)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1301,14 +1009,7 @@ plot.SPLICEVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #' sce <- runSPLICEVI(sce, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SingleCellExperiment::reducedDim(sce, "SPLICEVI"))
 runSPLICEVI <- function(x, ..., name = "SPLICEVI") {
-  if (!methods::is(x, "SingleCellExperiment")) {
-    .stop(paste0("`x` must be a SingleCellExperiment for runSPLICEVI(), got %s; use ",
-                 "RunSPLICEVI() for Seurat, or splicevi() for matrices"), .describe(x))
-  }
-  name <- .check_scalar_string(name, "name")
-  fit <- .fit_embedding(x, list(...), "runSPLICEVI", "SPLICEVI", splicevi, train.SPLICEVI)
-  SingleCellExperiment::reducedDim(x, name) <- fit$latent
-  x
+  .run_embedding(x, list(...), "SPLICEVI", splicevi, train.SPLICEVI, name)
 }
 
 #' @rdname runSPLICEVI
@@ -1321,23 +1022,6 @@ runSPLICEVI <- function(x, ..., name = "SPLICEVI") {
 #' dim(SeuratObject::Embeddings(so, "splicevi"))
 RunSPLICEVI <- function(object, ..., reduction.name = "splicevi",
                         reduction.key = "SPLICEVI_") {
-  if (!methods::is(object, "Seurat")) {
-    .stop(paste0("`object` must be a Seurat object for RunSPLICEVI(), got %s; use ",
-                 "runSPLICEVI() for a SingleCellExperiment"), .describe(object))
-  }
-  reduction.name <- .check_scalar_string(reduction.name, "reduction.name")
-  reduction.key <- .check_scalar_string(reduction.key, "reduction.key")
-  if (!grepl("^[A-Za-z][A-Za-z0-9]*_$", reduction.key)) {
-    .stop("`reduction.key` must be letters/digits ending in \"_\" (e.g. \"SPLICEVI_\"), got \"%s\"",
-          reduction.key)
-  }
-  fit <- .fit_embedding(object, list(...), "RunSPLICEVI", "SPLICEVI", splicevi,
-                        train.SPLICEVI)
-  emb <- fit$latent
-  colnames(emb) <- paste0(reduction.key, seq_len(ncol(emb)))
-  object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
-    embeddings = emb, key = reduction.key,
-    assay = fit$model$registry$setup_args$assay %||% SeuratObject::DefaultAssay(object),
-    misc = list(model = fit$model))
-  object
+  .Run_embedding(object, list(...), "SPLICEVI", splicevi, train.SPLICEVI, reduction.name,
+                 reduction.key)
 }

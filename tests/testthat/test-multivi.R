@@ -288,9 +288,7 @@ test_that("a trained MULTIVI model answers every query with the right shapes", {
   expect_error(differential_accessibility(m, idx1 = 1:5, nope = 1), "unknown arguments")
 
   expect_output(print(m), "30 epochs")
-  grDevices::pdf(NULL)
-  on.exit(grDevices::dev.off(), add = TRUE)
-  expect_identical(plot(m), m)
+  expect_plots(m)
 })
 
 test_that("MULTIVI queries take new data of one or both modalities", {
@@ -395,11 +393,7 @@ test_that("runMULTIVI() and RunMULTIVI() store the joint latent space", {
   so <- multiome_seurat(small)
   so <- RunMULTIVI(so, batch_key = "library", n_latent = 3L, max_epochs = 2L, seed = 0L,
                    progress = FALSE)
-  emb <- SeuratObject::Embeddings(so, "multivi")
-  expect_identical(dim(emb), c(80L, 3L))
-  expect_identical(colnames(emb), paste0("MULTIVI_", 1:3))
-  expect_s3_class(SeuratObject::Misc(so[["multivi"]], "model"), "MULTIVI")
-  expect_error(RunMULTIVI(so, reduction.key = "bad key"), "reduction.key")
+  expect_run_reduction(so, "multivi", "MULTIVI", c(80L, 3L), RunMULTIVI)
 })
 
 test_that("multivi() names what is wrong with bad input", {

@@ -284,14 +284,10 @@ test_that("RunSCVI() adds a DimReduc holding the model", {
   so <- RunSCVI(so, batch_key = "batch", n_latent = 4L, max_epochs = 2L, seed = 0L,
                 progress = FALSE)
   expect_true("scvi" %in% SeuratObject::Reductions(so))
-  emb <- SeuratObject::Embeddings(so, "scvi")
-  expect_identical(dim(emb), c(300L, 4L))
-  expect_identical(colnames(emb), paste0("SCVI_", 1:4))
-  expect_identical(rownames(emb), colnames(so))
-  model <- SeuratObject::Misc(so[["scvi"]], "model")
-  expect_s3_class(model, "SCVI")
-  expect_equal(get_latent_representation(model), emb, ignore_attr = TRUE, tolerance = 1e-6)
-  expect_error(RunSCVI(so, reduction.key = "bad key"), "reduction.key")
+  run <- expect_run_reduction(so, "scvi", "SCVI", c(300L, 4L), RunSCVI)
+  expect_identical(rownames(run$embedding), colnames(so))
+  expect_equal(get_latent_representation(run$model), run$embedding, ignore_attr = TRUE,
+               tolerance = 1e-6)
 })
 
 test_that("knn_purity() and batch_mixing() measure what they document", {
