@@ -160,6 +160,31 @@
   cfg
 }
 
+# The learning-rate schedule of train() (NULL: constant): StepLR when `type` is "step",
+# ReduceLROnPlateau when it is "plateau" and `reduce_lr_on_plateau`; `cfg` is the checked
+# training config (a validation metric needs validation epochs).
+.lr_schedule_config <- function(cfg, type, reduce_lr_on_plateau, lr_factor, lr_patience,
+                                lr_threshold, lr_min, lr_scheduler_metric, step_size) {
+  type <- .match_choice(type, c("plateau", "step"), "lr_scheduler_type")
+  reduce <- .check_scalar_bool(reduce_lr_on_plateau, "reduce_lr_on_plateau")
+  factor <- .check_scalar_num(lr_factor, "lr_factor", min = 0, min_open = TRUE)
+  if (factor >= 1) .stop("`lr_factor` must be below 1, got %s", format(factor))
+  if (type == "step") {
+    return(list(type = "step", gamma = factor,
+                step_size = .check_scalar_int(step_size, "step_size", min = 1)))
+  }
+  if (!reduce) return(NULL)
+  metric <- .check_choice(lr_scheduler_metric, .early_stopping_monitors, "lr_scheduler_metric")
+  if (grepl("validation", metric) && cfg$check_val_every_n_epoch == 0L) {
+    .stop(paste0("`reduce_lr_on_plateau` monitors \"%s\", but `check_val_every_n_epoch` = 0 ",
+                 "never validates"), metric)
+  }
+  list(type = "plateau", factor = factor,
+       patience = .check_scalar_int(lr_patience, "lr_patience", min = 0),
+       threshold = .check_scalar_num(lr_threshold, "lr_threshold", min = 0),
+       min_lr = .check_scalar_num(lr_min, "lr_min", min = 0), metric = metric)
+}
+
 # `...` of a constructor (`caller`) holds arguments of train(), used only with `do_train`.
 .check_constructor_dots <- function(dots, do_train, caller) {
   if (length(dots) && !do_train) {

@@ -295,7 +295,7 @@ get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples =
 .history_columns <- c("epoch", "elbo_train", "elbo_validation", "reconstruction_loss_train",
                       "reconstruction_loss_validation", "kl_local_train",
                       "kl_local_validation", "kl_weight", "train_loss", "validation_loss",
-                      "seconds")
+                      "lr", "seconds")
 
 #' Training history of a model
 #'
@@ -304,7 +304,8 @@ get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples =
 #' `reconstruction_loss_*` the negative log-likelihood of the counts, `kl_local_*` the KL
 #' divergence of the posterior from the prior, `train_loss` / `validation_loss` the loss that
 #' was optimised (KL weighted by `kl_weight`, the warm-up weight of that epoch). Validation
-#' columns are `NA` in epochs without validation. `seconds` is the epoch's wall time.
+#' columns are `NA` in epochs without validation. `lr` is the learning rate of the epoch's
+#' steps (it changes only with a learning-rate schedule). `seconds` is the epoch's wall time.
 #'
 #' `history()` with anything other than a model (or no argument) is R's command history,
 #' [utils::history()], which this generic masks.
@@ -314,7 +315,7 @@ get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples =
 #' @param ... passed to [utils::history()] by the default method.
 #' @return A data.frame with columns `epoch`, `elbo_train`, `elbo_validation`,
 #'   `reconstruction_loss_train`, `reconstruction_loss_validation`, `kl_local_train`,
-#'   `kl_local_validation`, `kl_weight`, `train_loss`, `validation_loss`, `seconds`.
+#'   `kl_local_validation`, `kl_weight`, `train_loss`, `validation_loss`, `lr`, `seconds`.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)

@@ -550,6 +550,12 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
 #' @rdname train
 #' @param gradient_clipping,gradient_clipping_max_norm SPLICEVI: clip the norm of all
 #'   gradients together to `gradient_clipping_max_norm` before each optimizer step.
+#' @param lr_scheduler_type,reduce_lr_on_plateau,lr_factor,lr_patience,lr_threshold,lr_min,lr_scheduler_metric,step_size
+#'   SPLICEVI: learning-rate schedule, off by default. `lr_scheduler_type = "step"` multiplies
+#'   the learning rate by `lr_factor` every `step_size` validation epochs;
+#'   `"plateau"` with `reduce_lr_on_plateau = TRUE` multiplies it by `lr_factor` (not below
+#'   `lr_min`) once `lr_scheduler_metric` has not fallen by more than `lr_threshold` for more
+#'   than `lr_patience` epochs (PyTorch's `ReduceLROnPlateau`, absolute threshold).
 #' @section SPLICEVI: `train()` of a `SPLICEVI` model uses SpliceVI's defaults: AdamW
 #'   (decoupled weight decay 1e-3, `eps` 1e-8) with learning rate 1e-4, up to 500 epochs,
 #'   KL warm-up over 50 epochs, gradient clipping at norm 5, the adversarial batch classifier
@@ -557,8 +563,7 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
 #'   improved for 50 epochs (validation every epoch; the checks of the KL warm-up epochs are
 #'   ignored). Until the warm-up ends, each training step encodes the joint latent from one
 #'   modality picked at random (both halves stay separate with `concatenate`). The optimizer
-#'   cannot be changed, and SpliceVI's learning-rate schedulers (off by default) are not
-#'   available.
+#'   cannot be changed.
 #' @export
 train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL,
                            validation_size = NULL, shuffle_set_split = TRUE,
@@ -568,8 +573,13 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
                            early_stopping_min_delta = 0, check_val_every_n_epoch = NULL,
                            n_epochs_kl_warmup = 50L, n_steps_kl_warmup = NULL,
                            adversarial_mixing = TRUE, gradient_clipping = TRUE,
-                           gradient_clipping_max_norm = 5, seed = NULL,
-                           device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
+                           gradient_clipping_max_norm = 5,
+                           lr_scheduler_type = c("plateau", "step"),
+                           reduce_lr_on_plateau = FALSE, lr_factor = 0.6, lr_patience = 30L,
+                           lr_threshold = 0, lr_min = 0,
+                           lr_scheduler_metric = "elbo_validation", step_size = 10L,
+                           seed = NULL, device = c("auto", "cpu", "cuda"),
+                           progress = interactive(), ...) {
   .check_splicevi(model)
   cfg <- .adamw_train_config(model, "SPLICEVI", list(...), max_epochs, lr, train_size,
                              validation_size, shuffle_set_split, batch_size, weight_decay, eps,
@@ -581,6 +591,9 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
   max_norm <- .check_scalar_num(gradient_clipping_max_norm, "gradient_clipping_max_norm",
                                 min = 0, min_open = TRUE)
   if (gradient_clipping) cfg$gradient_clipping_max_norm <- max_norm
+  cfg$lr_scheduler <- .lr_schedule_config(cfg, lr_scheduler_type, reduce_lr_on_plateau,
+                                          lr_factor, lr_patience, lr_threshold, lr_min,
+                                          lr_scheduler_metric, step_size)
   # Early stopping ignores the validation checks of the KL warm-up epochs.
   cfg$early_stopping_warmup_epochs <- as.integer(cfg$n_epochs_kl_warmup %||% 0L)
   .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))

@@ -34,3 +34,6 @@ small_model <- local({
     cache
   }
 })
+
+# A model's training history without the timing column (what a seed reproduces).
+untimed <- function(m) history(m)[names(history(m)) != "seconds"]

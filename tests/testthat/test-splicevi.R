@@ -502,7 +502,7 @@ test_that("train() of a SPLICEVI model has SpliceVI's defaults and options", {
   expect_error(train(m, optimizer = "Adam"), "AdamW")
   expect_error(train(m, gradient_clipping_max_norm = 0), "`gradient_clipping_max_norm`")
   expect_error(train(m, gradient_clipping = "yes"), "`gradient_clipping`")
-  expect_error(train(m, lr_scheduler_type = "step"), "unknown arguments.*lr_scheduler_type")
+  expect_error(train(m, lr_scheduler_type = "cosine"), "lr_scheduler_type")
   fitted <- splicevi(s$expression, s$junctions, atse = s$atse, train = TRUE, max_epochs = 1L,
                      progress = FALSE)
   expect_identical(nrow(history(fitted)), 1L)
@@ -570,4 +570,27 @@ test_that("SPLICEVI imputes held-out PSI, which an untrained model cannot", {
   m <- splicevi(p$expression, jm, atse = p$atse, cells = p$cells, batch_key = "library")
   expect_gt(spearman(m), baseline - 0.01)
   expect_gt(spearman(fit(m)), baseline - 0.01)
+})
+
+test_that("SPLICEVI's learning-rate schedules change the recorded learning rate", {
+  p <- splice_part(1:80)
+  # A fresh model each time: training continues a model's history.
+  fresh <- function() splicevi(p$expression, p$junctions, atse = p$atse, cells = p$cells,
+                               n_latent = 3L)
+  step <- train(fresh(), max_epochs = 4L, lr = 1e-3, lr_scheduler_type = "step",
+                step_size = 2L, lr_factor = 0.5, seed = 0L, progress = FALSE)
+  expect_equal(history(step)$lr, c(1e-3, 1e-3, 5e-4, 5e-4))
+  # Off by default (the plateau rule needs reduce_lr_on_plateau = TRUE).
+  expect_equal(history(train(fresh(), max_epochs = 2L, seed = 0L, progress = FALSE))$lr,
+               c(1e-4, 1e-4))
+  plateau <- train(fresh(), max_epochs = 3L, lr = 1e-3, reduce_lr_on_plateau = TRUE,
+                   lr_patience = 0L, lr_threshold = 1e9, lr_factor = 0.5, seed = 0L,
+                   progress = FALSE)
+  expect_equal(history(plateau)$lr, c(1e-3, 1e-3, 5e-4))
+  m <- fresh()
+  expect_error(train(m, lr_factor = 1.5, reduce_lr_on_plateau = TRUE), "lr_factor")
+  expect_error(train(m, reduce_lr_on_plateau = TRUE, early_stopping = FALSE,
+                     check_val_every_n_epoch = 0L), "never validates")
+  expect_error(train(m, reduce_lr_on_plateau = TRUE, lr_scheduler_metric = "elbo"),
+               "lr_scheduler_metric")
 })

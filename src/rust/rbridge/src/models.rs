@@ -202,6 +202,7 @@ fn rs_model_history(mut model: Robj) -> Result<Robj> {
         kl_weight = req(|r| r.kl_weight),
         train_loss = req(|r| r.train_loss),
         validation_loss = opt(|r| r.validation_loss),
+        lr = opt(|r| r.lr),
         seconds = req(|r| r.seconds)
     )
     .into())

@@ -20,6 +20,9 @@ pub struct EpochRecord {
     pub kl_weight: f64,
     pub train_loss: f64,
     pub validation_loss: Option<f64>,
+    /// Learning rate of the epoch's steps (None in histories saved before it was recorded).
+    #[serde(default)]
+    pub lr: Option<f64>,
     pub seconds: f64,
 }
 

@@ -289,6 +289,7 @@ where
                 device,
             ));
         }
+        record.lr = Some(lr.lr);
         lr.after_epoch(&record);
         record.seconds = epoch_start.elapsed().as_secs_f64();
         summary.epochs_run = epoch + 1;
