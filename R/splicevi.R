@@ -1038,3 +1038,83 @@ RunSPLICEVI <- function(object, ..., reduction.name = "splicevi",
   .Run_embedding(object, list(...), "SPLICEVI", splicevi, train.SPLICEVI, reduction.name,
                  reduction.key)
 }
+
+# ---------------------------------------------------------------------------------------------
+# Readers.
+
+#' Read STARsolo's splice-junction counts
+#'
+#' Reads the `SJ` output of STARsolo (`--soloFeatures SJ`): a folder such as
+#' `Solo.out/SJ/raw` holding `matrix.mtx`, `barcodes.tsv` and `features.tsv` (the columns of
+#' STAR's `SJ.out.tab`: chromosome, first and last intron base, strand 0/1/2, motif,
+#' annotation flag, ...), plain or gzipped. Junctions are grouped into ATSEs the way
+#' LeafCutter clusters introns: the connected components of the junctions that share a
+#' donor or an acceptor site on the same chromosome and strand. The result goes straight into
+#' [splicevi()] as `junctions` (its `event_id` row data are the ATSEs).
+#'
+#' @param path the folder.
+#' @return A `SingleCellExperiment` (junctions x cells) with assay `counts` and row data
+#'   `chr`, `start`, `end`, `strand` (`"+"`, `"-"` or `"*"`), `motif`, `annotated` and
+#'   `event_id`; rows are named `chr:start-end:strand`.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' dir <- tempfile("sj-")
+#' dir.create(dir)
+#' # three junctions: the first two share a donor, the third stands alone
+#' writeLines(c("1\t100\t200\t1\t1\t1\t5\t0\t30", "1\t100\t300\t1\t1\t0\t2\t0\t30",
+#'              "2\t50\t90\t2\t2\t1\t4\t0\t30"), file.path(dir, "features.tsv"))
+#' writeLines(c("AAAC-1", "AAAG-1"), file.path(dir, "barcodes.tsv"))
+#' Matrix::writeMM(Matrix::sparseMatrix(i = c(1, 2, 3), j = c(1, 2, 2), x = c(3, 1, 2),
+#'                                      dims = c(3, 2)), file.path(dir, "matrix.mtx"))
+#' sj <- read_starsolo_sj(dir)
+#' SummarizedExperiment::rowData(sj)$event_id
+read_starsolo_sj <- function(path) {
+  path <- .check_scalar_string(path, "path")
+  if (!dir.exists(path)) .stop("`path` '%s' is not a folder", path)
+  if (!requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+    .stop("read_starsolo_sj() needs the 'SingleCellExperiment' package (Bioconductor)")
+  }
+  file <- function(name) {
+    hit <- file.path(path, paste0(name, c("", ".gz")))
+    hit <- hit[file.exists(hit)]
+    if (!length(hit)) {
+      .stop("`path` '%s' has no %s (STARsolo's SJ output: matrix.mtx, barcodes.tsv, features.tsv)",
+            path, name)
+    }
+    hit[[1]]
+  }
+  features <- tryCatch(
+    utils::read.delim(file("features.tsv"), header = FALSE, stringsAsFactors = FALSE),
+    error = function(e) .stop("`path`: cannot read features.tsv as SJ.out.tab: %s",
+                              conditionMessage(e)))
+  if (ncol(features) < 4) {
+    .stop("`path`: features.tsv has %d columns; STAR's SJ.out.tab has 9", ncol(features))
+  }
+  barcodes <- readLines(file("barcodes.tsv"))
+  counts <- tryCatch(methods::as(Matrix::readMM(file("matrix.mtx")), "CsparseMatrix"),
+                     error = function(e) .stop("`path`: cannot read matrix.mtx: %s",
+                                               conditionMessage(e)))
+  if (!identical(dim(counts), c(nrow(features), length(barcodes)))) {
+    .stop("`path`: matrix.mtx is %d x %d but there are %d junctions and %d barcodes",
+          nrow(counts), ncol(counts), nrow(features), length(barcodes))
+  }
+  strand <- c("*", "+", "-")[match(features[[4]], 0:2)]
+  if (anyNA(strand)) .stop("`path`: features.tsv has strand codes other than 0, 1, 2")
+  rows <- data.frame(chr = as.character(features[[1]]), start = features[[2]],
+                     end = features[[3]], strand = strand)
+  if (ncol(features) >= 5) rows$motif <- as.integer(features[[5]])
+  if (ncol(features) >= 6) rows$annotated <- features[[6]] == 1
+  codes <- .rs(rs_junction_clusters(rows$chr, as.numeric(rows$start), as.numeric(rows$end),
+                                    rows$strand))
+  rows$event_id <- sprintf("clu_%d_%s", codes + 1L,
+                           c("*" = "NA", "+" = "+", "-" = "-")[rows$strand])
+  names <- sprintf("%s:%d-%d:%s", rows$chr, as.integer(rows$start), as.integer(rows$end),
+                   rows$strand)
+  if (anyDuplicated(names)) {
+    .stop("`path`: features.tsv lists %d junctions more than once (e.g. %s); STARsolo writes each once",
+          sum(duplicated(names)), .enum(unique(names[duplicated(names)]), 3L))
+  }
+  dimnames(counts) <- list(names, barcodes)
+  rownames(rows) <- rownames(counts)
+  SingleCellExperiment::SingleCellExperiment(assays = list(counts = counts), rowData = rows)
+}

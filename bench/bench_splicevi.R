@@ -109,6 +109,8 @@ peak_rss_mb <- function() {
 variants <- list(
   default = list(),
   concatenate = list(modality_weights = "concatenate"),
+  no_penalty = list(modality_penalty = "None"),
+  random_start = list(initialize_bias_from_psi = FALSE),
   beta_binomial = list(splicing_loss_type = "beta_binomial")
 )
 rows <- list()

@@ -594,3 +594,65 @@ test_that("SPLICEVI's learning-rate schedules change the recorded learning rate"
   expect_error(train(m, reduce_lr_on_plateau = TRUE, lr_scheduler_metric = "elbo"),
                "lr_scheduler_metric")
 })
+
+# A STARsolo SJ folder: `features` rows are SJ.out.tab lines.
+write_sj <- function(features, counts, barcodes, gz = FALSE) {
+  dir <- tempfile("sj-")
+  dir.create(dir)
+  utils::write.table(features, file.path(dir, "features.tsv"), sep = "\t", quote = FALSE,
+                     row.names = FALSE, col.names = FALSE)
+  writeLines(barcodes, file.path(dir, "barcodes.tsv"))
+  Matrix::writeMM(methods::as(counts, "CsparseMatrix"), file.path(dir, "matrix.mtx"))
+  if (gz) system2("gzip", file.path(dir, c("features.tsv", "barcodes.tsv", "matrix.mtx")))
+  dir
+}
+
+test_that("read_starsolo_sj() reads STARsolo's SJ output and clusters junctions", {
+  skip_if_not_installed("SingleCellExperiment")
+  features <- data.frame(chr = c("1", "1", "1", "1", "2"), start = c(100, 100, 150, 500, 100),
+                         end = c(200, 300, 300, 600, 200), strand = c(1, 1, 1, 1, 0),
+                         motif = 1, annotated = c(1, 0, 1, 1, 0), u = 3, m = 0, o = 30)
+  counts <- Matrix::sparseMatrix(i = 1:5, j = c(1, 2, 1, 2, 1), x = 1:5, dims = c(5, 2))
+  for (gz in c(FALSE, TRUE)) {
+    sj <- read_starsolo_sj(write_sj(features, counts, c("A-1", "B-1"), gz = gz))
+    rd <- SummarizedExperiment::rowData(sj)
+    # 1-3 chained by shared sites, 4 alone, 5 on another chromosome with no strand
+    expect_identical(rd$event_id, c("clu_1_+", "clu_1_+", "clu_1_+", "clu_2_+", "clu_3_NA"))
+    expect_identical(rownames(sj)[5], "2:100-200:*")
+    expect_equal(as.matrix(SummarizedExperiment::assay(sj)), as.matrix(counts),
+                 ignore_attr = TRUE)
+  }
+  expect_error(read_starsolo_sj(write_sj(features[c(1:5, 5), ], counts[c(1:5, 5), ],
+                                          c("A-1", "B-1"))), "lists 1 junctions more than once")
+  bad <- write_sj(features, counts[1:4, ], c("A-1", "B-1"))
+  expect_error(read_starsolo_sj(bad), "matrix.mtx is 4 x 2 but there are 5 junctions")
+  expect_error(read_starsolo_sj(tempfile()), "not a folder")
+  empty <- tempfile()
+  dir.create(empty)
+  expect_error(read_starsolo_sj(empty), "no matrix.mtx|no features.tsv|no barcodes.tsv")
+})
+
+test_that("read_starsolo_sj() finds the donor/acceptor clusters of real STARsolo junctions", {
+  dir <- skip_if_no_shared_data("splikit_splicing/junctions_sj")
+  skip_if_not_installed("SingleCellExperiment")
+  rows <- utils::read.delim(gzfile(file.path(dir, "junctions.tsv.gz")))
+  counts <- Matrix::readMM(gzfile(file.path(dir, "junction_counts.mtx.gz")))
+  # The conversion of the splikit object repeated some rows; STARsolo writes each once.
+  once <- !duplicated(rows[c("chr", "start", "end", "strand")])
+  rows <- rows[once, ]
+  counts <- counts[once, ]
+  barcodes <- utils::read.delim(gzfile(file.path(dir, "barcodes.tsv.gz")))$barcode
+  features <- data.frame(rows$chr, rows$start, rows$end, rows$strand, rows$intron_motif,
+                         rows$is_annot, 0, 0, 0)
+  sj <- read_starsolo_sj(write_sj(features, counts, barcodes))
+  ours <- SummarizedExperiment::rowData(sj)$event_id
+  # The data's own atse_id: components of shared donor or acceptor ids (PROVENANCE.md).
+  expect_identical(length(unique(ours)), length(unique(rows$atse_id)))
+  expect_identical(as.vector(table(table(ours))), as.vector(table(table(rows$atse_id))))
+  expect_true(all(tapply(rows$atse_id, ours, function(v) length(unique(v))) == 1))
+  # The reader's output goes straight into splicevi() (event ids from its row data).
+  expression <- Matrix::Matrix(rep(seq_len(ncol(sj)) %% 5 + 1, each = 3), 3, ncol(sj),
+                               sparse = TRUE, dimnames = list(paste0("g", 1:3), colnames(sj)))
+  m <- splicevi(expression, sj)
+  expect_identical(as.integer(m$config$n_atse), length(unique(ours)))
+})
