@@ -209,36 +209,9 @@ pub fn differential_splicing<B: Backend>(
         ));
     }
     let (a1, a2, j) = paired_samples(module, data, req, device)?;
-    let k = a1.len() / j.max(1);
-    let mut scale1 = vec![0f64; j];
-    let mut scale2 = vec![0f64; j];
-    let (mut up, mut down, mut greater) = (vec![0f64; j], vec![0f64; j], vec![0f64; j]);
-    for row in 0..k {
-        for col in 0..j {
-            let (p1, p2) = (a1[row * j + col] as f64, a2[row * j + col] as f64);
-            scale1[col] += p1;
-            scale2[col] += p2;
-            let r = p2 - p1;
-            up[col] += (r >= req.delta) as u8 as f64;
-            down[col] += (r < -req.delta) as u8 as f64;
-            greater[col] += (p1 > p2) as u8 as f64;
-        }
-    }
-    let kf = k.max(1) as f64;
-    let mean = |v: Vec<f64>| v.into_iter().map(|x| x / kf).collect::<Vec<f64>>();
-    let (scale1, scale2) = (mean(scale1), mean(scale2));
+    let stats = splicing_change(&a1, &a2, j, req.delta, req.change_mode, req.fdr_target);
+    let (proba, is_ds, scale1, scale2) = (stats.proba, stats.is_ds, stats.scale1, stats.scale2);
     let bayes = |p: f64| (p + 1e-8).ln() - (1.0 - p + 1e-8).ln();
-    let (proba, is_ds) = if req.change_mode {
-        let proba: Vec<f64> = mean(up)
-            .into_iter()
-            .zip(mean(down))
-            .map(|(u, d)| u.max(d))
-            .collect();
-        let flags = fdr_flags(&proba, req.fdr_target);
-        (proba, Some(flags))
-    } else {
-        (mean(greater), None)
-    };
     let [(emp1, n1), (emp2, n2)] =
         [req.cells1, req.cells2].map(|cells| empirical_psi(&module.config, data, cells));
     let columns = vec![
@@ -263,6 +236,60 @@ pub fn differential_splicing<B: Backend>(
         ("n_obs_group2".into(), n2),
     ];
     Ok(DsTable { columns, is_ds })
+}
+
+/// Statistics of paired PSI draws (rows of `j` junctions, group 1 and group 2).
+pub struct SplicingChange {
+    /// Change mode: max(P(Ψ2 − Ψ1 ≥ δ), P(Ψ2 − Ψ1 < −δ)); vanilla: P(Ψ1 > Ψ2).
+    pub proba: Vec<f64>,
+    /// Posterior-FDR flags (change mode).
+    pub is_ds: Option<Vec<bool>>,
+    pub scale1: Vec<f64>,
+    pub scale2: Vec<f64>,
+}
+
+/// §8.7 steps 2–6 on paired draws.
+pub fn splicing_change(
+    a1: &[f32],
+    a2: &[f32],
+    j: usize,
+    delta: f64,
+    change_mode: bool,
+    fdr_target: f64,
+) -> SplicingChange {
+    let k = a1.len() / j.max(1);
+    let (mut scale1, mut scale2) = (vec![0f64; j], vec![0f64; j]);
+    let (mut up, mut down, mut greater) = (vec![0f64; j], vec![0f64; j], vec![0f64; j]);
+    for row in 0..k {
+        for col in 0..j {
+            let (p1, p2) = (a1[row * j + col] as f64, a2[row * j + col] as f64);
+            scale1[col] += p1;
+            scale2[col] += p2;
+            let r = p2 - p1;
+            up[col] += (r >= delta) as u8 as f64;
+            down[col] += (r < -delta) as u8 as f64;
+            greater[col] += (p1 > p2) as u8 as f64;
+        }
+    }
+    let kf = k.max(1) as f64;
+    let mean = |v: Vec<f64>| v.into_iter().map(|x| x / kf).collect::<Vec<f64>>();
+    let (proba, is_ds) = if change_mode {
+        let proba: Vec<f64> = mean(up)
+            .into_iter()
+            .zip(mean(down))
+            .map(|(u, d)| u.max(d))
+            .collect();
+        let flags = fdr_flags(&proba, fdr_target);
+        (proba, Some(flags))
+    } else {
+        (mean(greater), None)
+    };
+    SplicingChange {
+        proba,
+        is_ds,
+        scale1: mean(scale1),
+        scale2: mean(scale2),
+    }
 }
 
 /// Mean observed ratio of each junction over `cells` (−1 where never observed) and the number

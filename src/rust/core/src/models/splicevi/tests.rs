@@ -444,3 +444,43 @@ fn decoder_biases_start_at_the_mean_observed_psi() {
     let bin = super::model::decoder_bias_from_psi(&c, &indices, &values);
     close(&bin, &[9f64.ln(), -(9f64.ln()), 0.0], 1e-5);
 }
+
+#[test]
+fn differential_splicing_matches_p12_and_the_penalty_p8() {
+    use crate::models::splicevi::queries::splicing_change;
+    let psi1 = [
+        0.10f32, 0.50, 0.30, 0.15, 0.55, 0.32, 0.12, 0.40, 0.31, 0.20, 0.45, 0.29,
+    ];
+    let psi2 = [
+        0.40f32, 0.52, 0.10, 0.35, 0.60, 0.12, 0.05, 0.41, 0.33, 0.45, 0.47, 0.13,
+    ];
+    let s = splicing_change(&psi1, &psi2, 3, 0.1, true, 0.05);
+    close(
+        &s.proba.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &[0.75, 0.0, 0.75],
+        1e-6,
+    );
+    let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    close(&f(&s.scale1), &[0.1425, 0.475, 0.305], 1e-6);
+    close(&f(&s.scale2), &[0.3125, 0.5, 0.17], 1e-6);
+    let bayes: Vec<f32> = s
+        .proba
+        .iter()
+        .map(|&p| ((p + 1e-8).ln() - (1.0 - p + 1e-8).ln()) as f32)
+        .collect();
+    close(
+        &bayes,
+        &[1.098_612_262, -18.420_680_754, 1.098_612_262],
+        1e-6,
+    );
+    // P8: the penalty as implemented (the variances passed through a square root twice).
+    let dev = Default::default();
+    let t = |v: f32| Tensor::<B, 2>::from_data(TensorData::new(vec![v], [1, 1]), &dev);
+    for ((me, ve, ms, vs), want) in [
+        ((0.0, 1.0, 1.0, 1.0), 1.0),
+        ((0.5, 0.25, 1.2, 0.9), 0.960_459_112_0),
+        ((-1.0, 2.0, 0.3, 0.7), 1.748_431_648_9),
+    ] {
+        close(&values(jeffreys(t(me), t(ve), t(ms), t(vs))), &[want], 1e-5);
+    }
+}
