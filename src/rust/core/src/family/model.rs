@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Cpu, CpuTrain, DeviceKind};
 use crate::data::DataSet;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::family::{FamilyModule, ModelKind};
 use crate::io;
 use crate::train::{self, Observer, TrainConfig, TrainState, TrainSummary};
@@ -172,7 +172,9 @@ impl<K: ModelKind> Model<K> {
                 r
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => Err(Error::Device("rscvi was built without CUDA support".into())),
+            DeviceKind::Cuda => Err(crate::error::Error::Device(
+                "rscvi was built without CUDA support".into(),
+            )),
         }
     }
 
