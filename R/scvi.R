@@ -421,7 +421,9 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
                        early_stopping_monitor = "elbo_validation",
                        early_stopping_min_delta = 0, lr = 1e-3, weight_decay = 1e-6,
                        eps = 0.01, optimizer = c("Adam", "AdamW"), n_epochs_kl_warmup = 400L,
-                       n_steps_kl_warmup = NULL, seed = NULL,
+                       n_steps_kl_warmup = NULL, reduce_lr_on_plateau = FALSE, lr_factor = 0.6,
+                       lr_patience = 30L, lr_threshold = 0, lr_min = 0,
+                       lr_scheduler_metric = "elbo_validation", seed = NULL,
                        device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
   .check_model(model)
   extra <- list(...)
@@ -445,6 +447,9 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
     list(optimizer = .match_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
          min_kl_weight = min_kl, max_kl_weight = max_kl)
   )
+  cfg$lr_scheduler <- .lr_schedule_config(cfg, "plateau", reduce_lr_on_plateau, lr_factor,
+                                          lr_patience, lr_threshold, lr_min,
+                                          lr_scheduler_metric, NULL)
   .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
 }
 

@@ -551,11 +551,12 @@ splicevi <- function(expression = NULL, junctions = NULL, atse = NULL, atse_tota
 #' @param gradient_clipping,gradient_clipping_max_norm SPLICEVI: clip the norm of all
 #'   gradients together to `gradient_clipping_max_norm` before each optimizer step.
 #' @param lr_scheduler_type,reduce_lr_on_plateau,lr_factor,lr_patience,lr_threshold,lr_min,lr_scheduler_metric,step_size
-#'   SPLICEVI: learning-rate schedule, off by default. `lr_scheduler_type = "step"` multiplies
-#'   the learning rate by `lr_factor` every `step_size` validation epochs;
-#'   `"plateau"` with `reduce_lr_on_plateau = TRUE` multiplies it by `lr_factor` (not below
+#'   SCVI, SPLICEVI: learning-rate schedule, off by default (scvi-tools' `plan_kwargs`).
+#'   `reduce_lr_on_plateau = TRUE` multiplies the learning rate by `lr_factor` (not below
 #'   `lr_min`) once `lr_scheduler_metric` has not fallen by more than `lr_threshold` for more
-#'   than `lr_patience` epochs (PyTorch's `ReduceLROnPlateau`, absolute threshold).
+#'   than `lr_patience` epochs (PyTorch's `ReduceLROnPlateau`, absolute threshold). SPLICEVI
+#'   only: `lr_scheduler_type = "step"` multiplies it by `lr_factor` every `step_size`
+#'   validation epochs instead. `history()` shows each epoch's learning rate (`lr`).
 #' @section SPLICEVI: `train()` of a `SPLICEVI` model uses SpliceVI's defaults: AdamW
 #'   (decoupled weight decay 1e-3, `eps` 1e-8) with learning rate 1e-4, up to 500 epochs,
 #'   KL warm-up over 50 epochs, gradient clipping at norm 5, the adversarial batch classifier

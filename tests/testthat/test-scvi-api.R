@@ -340,3 +340,16 @@ test_that("history() without a model is R's command history", {
   expect_false(grepl("SCVI", paste(res, collapse = " ")))
   expect_error(history.rscvi_model(1), "must be an rscvi model")
 })
+
+test_that("reduce_lr_on_plateau lowers the learning rate on a plateau, as scvi-tools' plan", {
+  d <- small_data()
+  m <- train(scvi(d, batch_key = "batch", n_latent = 4L), max_epochs = 3L, lr = 1e-3,
+             reduce_lr_on_plateau = TRUE, lr_patience = 0L, lr_threshold = 1e9,
+             lr_factor = 0.5, seed = 0L, progress = FALSE)
+  expect_equal(history(m)$lr, c(1e-3, 1e-3, 5e-4))
+  plain <- train(scvi(d, batch_key = "batch", n_latent = 4L), max_epochs = 2L, seed = 0L,
+                 progress = FALSE)
+  expect_equal(history(plain)$lr, c(1e-3, 1e-3))
+  expect_error(train(plain, reduce_lr_on_plateau = TRUE, lr_factor = 0), "lr_factor")
+  expect_error(train(plain, lr_scheduler_type = "step"), "unknown arguments")
+})
