@@ -232,7 +232,7 @@ history.rscvi_model <- function(model, ...) {
   .history_frame(.rs(rs_model_history(model$model)))
 }
 
-# The split's `part` ("train" or "validation") of every dataset: a vector for a model of one
+# The split's `part` ("train", "validation" or "test") of every dataset: a vector for a model of one
 # dataset, a named list of vectors otherwise.
 .split_indices <- function(model, part) {
   .check_any_model(model)
@@ -249,6 +249,17 @@ train_indices.rscvi_model <- function(model, ...) .split_indices(model, "train")
 #' @rdname train_indices
 #' @export
 validation_indices.rscvi_model <- function(model, ...) .split_indices(model, "validation")
+
+#' @rdname train_indices
+#' @export
+test_indices.rscvi_model <- function(model, ...) .split_indices(model, "test")
+
+#' @rdname train_indices
+#' @export
+is_trained.rscvi_model <- function(model, ...) {
+  .check_any_model(model)
+  isTRUE(.model_state(model)$is_trained)
+}
 
 #' @rdname save_model
 #' @export

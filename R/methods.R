@@ -335,24 +335,38 @@ history.default <- function(model, ...) {
   as.data.frame(h, optional = TRUE)
 }
 
-#' Cells used for training and validation
+#' Cells used for training, validation and testing
 #'
-#' The 1-based positions (in the model's data) of the cells in the training and validation
-#' sets of the last [train()] call; empty before training.
+#' The 1-based positions (in the model's data) of the cells in the training, validation and
+#' test sets of the last [train()] call (scvi-tools' `train_indices`, `validation_indices`,
+#' `test_indices`); empty before training. The test set holds the cells left over when
+#' `train_size + validation_size < 1`. `is_trained()` says whether the model has been trained.
 #'
-#' @param model a model (`SCVI`, `GIMVI`).
+#' @param model a model (`SCVI`, `GIMVI`, `MULTIVI`, `SPLICEVI`).
 #' @param ... unused.
-#' @return SCVI: an integer vector.
+#' @return An integer vector (GIMVI: one per dataset); `is_trained()`: `TRUE` or `FALSE`.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
-#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 2, seed = 0)
+#' model <- scvi(rscvi_example_sce(), batch_key = "batch")
+#' is_trained(model)
+#' model <- train(model, max_epochs = 2, train_size = 0.8, validation_size = 0.1, seed = 0)
+#' is_trained(model)
 #' length(train_indices(model))
 #' head(validation_indices(model))
+#' length(test_indices(model))
 train_indices <- function(model, ...) UseMethod("train_indices")
 
 #' @rdname train_indices
 #' @export
 validation_indices <- function(model, ...) UseMethod("validation_indices")
+
+#' @rdname train_indices
+#' @export
+test_indices <- function(model, ...) UseMethod("test_indices")
+
+#' @rdname train_indices
+#' @export
+is_trained <- function(model, ...) UseMethod("is_trained")
 
 # ---------------------------------------------------------------------------------------------
 # print / summary / plot.

@@ -353,3 +353,15 @@ test_that("reduce_lr_on_plateau lowers the learning rate on a plateau, as scvi-t
   expect_error(train(plain, reduce_lr_on_plateau = TRUE, lr_factor = 0), "lr_factor")
   expect_error(train(plain, lr_scheduler_type = "step"), "unknown arguments")
 })
+
+test_that("test_indices() holds the cells left out of training and validation", {
+  d <- small_data()
+  m <- scvi(d, batch_key = "batch", n_latent = 4L)
+  expect_false(is_trained(m))
+  m <- train(m, max_epochs = 1L, train_size = 0.8, validation_size = 0.1, seed = 0L,
+             progress = FALSE)
+  expect_true(is_trained(m))
+  parts <- list(train_indices(m), validation_indices(m), test_indices(m))
+  expect_identical(lengths(parts), c(240L, 30L, 30L))
+  expect_identical(sort(unlist(parts)), seq_len(300L))
+})
