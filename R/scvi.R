@@ -362,7 +362,9 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 #' @param device `"auto"` (CUDA when available, else CPU), `"cpu"` or `"cuda"`.
 #' @param progress draw a progress line (epoch, elapsed time, ETA, ELBO).
 #' @param ... for `SCVI` models, advanced options: `min_kl_weight` (0), `max_kl_weight` (1),
-#'   `check_val_every_n_epoch` (1: the validation ELBO is recorded every epoch; 0 = never).
+#'   `check_val_every_n_epoch` (1: the validation ELBO is recorded every epoch; 0 = never),
+#'   `gradient_clip_val` (Lightning's trainer option as scvi-tools passes it on: clip the
+#'   norm of all gradients together to this value before each step; 0 or `NULL` = none).
 #' @return The trained model (the same object, updated).
 #' @seealso [history()], [plot.SCVI()] for the training curves.
 #' @export
@@ -373,7 +375,8 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 train <- function(model, ...) UseMethod("train")
 
 # train() options that are not formal arguments of train.SCVI (rarely changed).
-.train_extra_args <- c("min_kl_weight", "max_kl_weight", "check_val_every_n_epoch")
+.train_extra_args <- c("min_kl_weight", "max_kl_weight", "check_val_every_n_epoch",
+                       "gradient_clip_val")
 
 .train_arg_names <- function() {
   c(setdiff(names(formals(train.SCVI)), c("model", "...")), .train_extra_args)
@@ -447,6 +450,8 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
     list(optimizer = .match_choice(optimizer, c("Adam", "AdamW"), "optimizer"),
          min_kl_weight = min_kl, max_kl_weight = max_kl)
   )
+  clip <- .check_scalar_num(extra$gradient_clip_val %||% 0, "gradient_clip_val", min = 0)
+  if (clip > 0) cfg$gradient_clipping_max_norm <- clip
   cfg$lr_scheduler <- .lr_schedule_config(cfg, "plateau", reduce_lr_on_plateau, lr_factor,
                                           lr_patience, lr_threshold, lr_min,
                                           lr_scheduler_metric, NULL)

@@ -365,3 +365,13 @@ test_that("test_indices() holds the cells left out of training and validation", 
   expect_identical(lengths(parts), c(240L, 30L, 30L))
   expect_identical(sort(unlist(parts)), seq_len(300L))
 })
+
+test_that("gradient_clip_val clips the gradients, as scvi-tools' trainer option", {
+  d <- small_data()
+  fit <- function(...) untimed(train(scvi(d, batch_key = "batch", n_latent = 4L),
+                                     max_epochs = 2L, seed = 0L, progress = FALSE, ...))
+  free <- fit()
+  expect_identical(fit(gradient_clip_val = 0), free)
+  expect_false(isTRUE(all.equal(fit(gradient_clip_val = 1e-3)$elbo_train, free$elbo_train)))
+  expect_error(fit(gradient_clip_val = -1), "gradient_clip_val")
+})
