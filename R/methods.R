@@ -217,7 +217,20 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
   device <- .check_device(device)
   q <- .query_data(model, x)
   cells <- .query_cells(q, indices)
-  .rs(rs_model_elbo_terms(model$model, 0L, q$data, cells$idx, batch_size, device))
+  t <- .rs(rs_model_elbo_terms(model$model, 0L, q$data, cells$idx, batch_size, device))
+  t$names <- cells$names
+  t
+}
+
+# get_elbo() (`what` = "elbo") or get_reconstruction_error() ("reconstruction") of any model
+# with ELBO terms: the mean over cells, or per cell (named) with return_mean = FALSE.
+.elbo_query <- function(model, what, x, indices, batch_size, device, return_mean, dots) {
+  fun <- c(elbo = "get_elbo", reconstruction = "get_reconstruction_error")[[what]]
+  .no_dots(dots, fun, class(model)[1])
+  return_mean <- .check_scalar_bool(return_mean, "return_mean")
+  t <- .elbo_terms(model, x, indices, batch_size, device)
+  v <- if (what == "elbo") -(t$reconstruction_loss + t$kl_local) else t$reconstruction_loss
+  if (return_mean) mean(v) else stats::setNames(v, t$names)
 }
 
 #' ELBO, reconstruction error and marginal log-likelihood
@@ -239,7 +252,9 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
 #'
 #' @inheritParams get_latent_representation
 #' @param n_mc_samples importance samples per cell.
-#' @return A single number.
+#' @param return_mean `TRUE`: the mean over cells (scvi-tools' default); `FALSE`: one value
+#'   per cell, named by cell.
+#' @return A single number, or a named vector with `return_mean = FALSE`.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
@@ -252,9 +267,8 @@ get_elbo <- function(model, ...) UseMethod("get_elbo")
 #' @rdname get_elbo
 #' @export
 get_elbo.SCVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
-                          device = "auto", ...) {
-  t <- .elbo_terms(model, x, indices, batch_size, device)
-  -mean(t$reconstruction_loss + t$kl_local)
+                          device = "auto", return_mean = TRUE, ...) {
+  .elbo_query(model, "elbo", x, indices, batch_size, device, return_mean, list(...))
 }
 
 #' @rdname get_elbo
@@ -264,9 +278,9 @@ get_reconstruction_error <- function(model, ...) UseMethod("get_reconstruction_e
 #' @rdname get_elbo
 #' @export
 get_reconstruction_error.SCVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
-                                          device = "auto", ...) {
-  t <- .elbo_terms(model, x, indices, batch_size, device)
-  mean(t$reconstruction_loss)
+                                          device = "auto", return_mean = TRUE, ...) {
+  .elbo_query(model, "reconstruction", x, indices, batch_size, device, return_mean,
+              list(...))
 }
 
 #' @rdname get_elbo
@@ -276,7 +290,10 @@ get_marginal_ll <- function(model, ...) UseMethod("get_marginal_ll")
 #' @rdname get_elbo
 #' @export
 get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples = 1000L,
-                                 batch_size = 128L, device = "auto", ...) {
+                                 batch_size = 128L, device = "auto", return_mean = TRUE,
+                                 ...) {
+  .no_dots(list(...), "get_marginal_ll", "SCVI")
+  return_mean <- .check_scalar_bool(return_mean, "return_mean")
   n_mc_samples <- .check_scalar_int(n_mc_samples, "n_mc_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
@@ -284,6 +301,7 @@ get_marginal_ll.SCVI <- function(model, x = NULL, indices = NULL, n_mc_samples =
   cells <- .query_cells(q, indices)
   v <- .rs(rs_scvi_marginal_ll(model$model, q$data, cells$idx, n_mc_samples, batch_size,
                                device))
+  if (!return_mean) return(stats::setNames(v, cells$names))
   # scvi-tools averages per-minibatch means (scvi.md section 8.8).
   minibatch <- (seq_along(v) - 1L) %/% batch_size
   mean(vapply(split(v, minibatch), mean, numeric(1)))

@@ -663,17 +663,17 @@ get_region_factors.MULTIVI <- function(model, ...) {
 #' @rdname get_elbo
 #' @export
 get_elbo.MULTIVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
-                             device = "auto", ...) {
-  t <- .elbo_terms(model, x, indices, batch_size, device)
-  -mean(t$reconstruction_loss + t$kl_local)
+                             device = "auto", return_mean = TRUE, ...) {
+  .elbo_query(model, "elbo", x, indices, batch_size, device, return_mean, list(...))
 }
 
 #' @rdname get_elbo
 #' @export
 get_reconstruction_error.MULTIVI <- function(model, x = NULL, indices = NULL,
-                                             batch_size = 128L, device = "auto", ...) {
-  t <- .elbo_terms(model, x, indices, batch_size, device)
-  mean(t$reconstruction_loss)
+                                             batch_size = 128L, device = "auto",
+                                             return_mean = TRUE, ...) {
+  .elbo_query(model, "reconstruction", x, indices, batch_size, device, return_mean,
+              list(...))
 }
 
 #' @rdname differential_expression

@@ -801,20 +801,17 @@ get_library_size_factors.SPLICEVI <- function(model, x = NULL, indices = NULL,
 #' @rdname get_elbo
 #' @export
 get_elbo.SPLICEVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
-                              device = "auto", ...) {
-  .check_splicevi(model)
-  .no_dots(list(...), "get_elbo", "SPLICEVI")
-  t <- .elbo_terms(model, x, indices, batch_size, device)
-  -mean(t$reconstruction_loss + t$kl_local)
+                              device = "auto", return_mean = TRUE, ...) {
+  .elbo_query(model, "elbo", x, indices, batch_size, device, return_mean, list(...))
 }
 
 #' @rdname get_elbo
 #' @export
 get_reconstruction_error.SPLICEVI <- function(model, x = NULL, indices = NULL,
-                                              batch_size = 128L, device = "auto", ...) {
-  .check_splicevi(model)
-  .no_dots(list(...), "get_reconstruction_error", "SPLICEVI")
-  mean(.elbo_terms(model, x, indices, batch_size, device)$reconstruction_loss)
+                                              batch_size = 128L, device = "auto",
+                                              return_mean = TRUE, ...) {
+  .elbo_query(model, "reconstruction", x, indices, batch_size, device, return_mean,
+              list(...))
 }
 
 #' @rdname differential_expression

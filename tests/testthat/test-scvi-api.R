@@ -375,3 +375,17 @@ test_that("gradient_clip_val clips the gradients, as scvi-tools' trainer option"
   expect_false(isTRUE(all.equal(fit(gradient_clip_val = 1e-3)$elbo_train, free$elbo_train)))
   expect_error(fit(gradient_clip_val = -1), "gradient_clip_val")
 })
+
+test_that("get_elbo() and friends give one value per cell with return_mean = FALSE", {
+  d <- small_data()
+  m <- quick_train(scvi(d, batch_key = "batch", n_latent = 4L))
+  set.seed(1)
+  per_cell <- get_reconstruction_error(m, indices = 1:20, return_mean = FALSE)
+  expect_identical(names(per_cell), colnames(d$counts)[1:20])
+  expect_length(get_elbo(m, indices = 1:20, return_mean = FALSE), 20L)
+  ll <- get_marginal_ll(m, indices = 1:20, n_mc_samples = 5L, return_mean = FALSE)
+  expect_length(ll, 20L)
+  expect_true(all(is.finite(ll)))
+  expect_error(get_elbo(m, return_mean = NA), "return_mean")
+  expect_error(get_elbo(m, n_samples = 2), "unknown arguments")
+})
