@@ -361,6 +361,9 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 #'   and minibatch order.
 #' @param device `"auto"` (CUDA when available, else CPU), `"cpu"` or `"cuda"`.
 #' @param progress draw a progress line (epoch, elapsed time, ETA, ELBO).
+#' @param plan_kwargs SCVI: the training-plan options as one named list, as scvi-tools takes
+#'   them (`plan_kwargs = list(lr = 1e-3, reduce_lr_on_plateau = TRUE)`); each entry acts as
+#'   the argument of that name, which must then not be given separately.
 #' @param ... for `SCVI` models, advanced options: `min_kl_weight` (0), `max_kl_weight` (1),
 #'   `check_val_every_n_epoch` (1: the validation ELBO is recorded every epoch; 0 = never),
 #'   `gradient_clip_val` (Lightning's trainer option as scvi-tools passes it on: clip the
@@ -377,6 +380,12 @@ train <- function(model, ...) UseMethod("train")
 # train() options that are not formal arguments of train.SCVI (rarely changed).
 .train_extra_args <- c("min_kl_weight", "max_kl_weight", "check_val_every_n_epoch",
                        "gradient_clip_val")
+
+# What scvi-tools' TrainingPlan takes through `plan_kwargs`.
+.plan_arg_names <- c("lr", "weight_decay", "eps", "optimizer", "n_epochs_kl_warmup",
+                     "n_steps_kl_warmup", "reduce_lr_on_plateau", "lr_factor", "lr_patience",
+                     "lr_threshold", "lr_min", "lr_scheduler_metric", "min_kl_weight",
+                     "max_kl_weight")
 
 .train_arg_names <- function() {
   c(setdiff(names(formals(train.SCVI)), c("model", "...")), .train_extra_args)
@@ -426,9 +435,27 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
                        eps = 0.01, optimizer = c("Adam", "AdamW"), n_epochs_kl_warmup = 400L,
                        n_steps_kl_warmup = NULL, reduce_lr_on_plateau = FALSE, lr_factor = 0.6,
                        lr_patience = 30L, lr_threshold = 0, lr_min = 0,
-                       lr_scheduler_metric = "elbo_validation", seed = NULL,
-                       device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
+                       lr_scheduler_metric = "elbo_validation", plan_kwargs = NULL,
+                       seed = NULL, device = c("auto", "cpu", "cuda"),
+                       progress = interactive(), ...) {
   .check_model(model)
+  if (!is.null(plan_kwargs)) {
+    named <- is.list(plan_kwargs) && !is.null(names(plan_kwargs)) &&
+      all(nzchar(names(plan_kwargs)))
+    if (!named) {
+      .stop("`plan_kwargs` must be a named list of training-plan options, e.g. list(lr = 1e-3)")
+    }
+    unknown <- setdiff(names(plan_kwargs), .plan_arg_names)
+    if (length(unknown)) {
+      .stop("`plan_kwargs` has entries that are not training-plan options: %s; allowed: %s",
+            .enum(unknown), .enum(.plan_arg_names, 20L))
+    }
+    both <- intersect(names(match.call())[-1], names(plan_kwargs))
+    if (length(both)) .stop("%s given both as arguments and in `plan_kwargs`", .enum(both))
+    args <- c(mget(setdiff(names(formals()), c("...", "plan_kwargs"))), list(...))
+    args[names(plan_kwargs)] <- plan_kwargs
+    return(do.call(train.SCVI, args))
+  }
   extra <- list(...)
   nms <- names(extra) %||% rep("", length(extra))
   known <- nzchar(nms) & nms %in% .train_extra_args

@@ -389,3 +389,14 @@ test_that("get_elbo() and friends give one value per cell with return_mean = FAL
   expect_error(get_elbo(m, return_mean = NA), "return_mean")
   expect_error(get_elbo(m, n_samples = 2), "unknown arguments")
 })
+
+test_that("plan_kwargs passes training-plan options as scvi-tools takes them", {
+  d <- small_data()
+  fit <- function(...) untimed(train(scvi(d, batch_key = "batch", n_latent = 4L),
+                                     max_epochs = 2L, seed = 0L, progress = FALSE, ...))
+  expect_identical(fit(plan_kwargs = list(lr = 5e-3, optimizer = "AdamW")),
+                   fit(lr = 5e-3, optimizer = "AdamW"))
+  expect_error(fit(lr = 1e-3, plan_kwargs = list(lr = 5e-3)), "lr.*both")
+  expect_error(fit(plan_kwargs = list(max_epochs = 3)), "not training-plan options")
+  expect_error(fit(plan_kwargs = list(1e-3)), "named list")
+})
