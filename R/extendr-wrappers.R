@@ -29,6 +29,9 @@ rs_model_state <- function(model) .Call(wrap__rs_model_state, model)
 
 rs_model_save <- function(model, dir, overwrite) .Call(wrap__rs_model_save, model, dir, overwrite)
 
+# An independent copy of the model (train() trains a copy: R's copy semantics).
+rs_model_copy <- function(model) .Call(wrap__rs_model_copy, model)
+
 # Loads the model saved in `dir`, of whatever kind it is.
 rs_model_load <- function(dir) .Call(wrap__rs_model_load, dir)
 

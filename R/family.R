@@ -105,6 +105,9 @@
                  "load it with load_model(dir, %s) to train it further"), hint)
   }
   json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
+  # R's copy semantics: train a copy, so `m2 <- train(m)` leaves `m` as it was (the copy
+  # costs one set of weights).
+  model$model <- .rs(rs_model_copy(model$model))
   res <- .rs(rs_model_train(model$model, datasets, json, device, progress))
   if (isTRUE(res$interrupted)) {
     .message_interrupted(res)

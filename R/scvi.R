@@ -186,9 +186,9 @@
 #' mapping, so new data given to a query must carry the same genes (same order) and only
 #' known categories.
 #'
-#' The returned object is a list holding handles to the Rust model and data; it is changed
-#' in place by [train()] (copies of the object share the same model), and it cannot be kept
-#' with `saveRDS()`: use [save_model()] and [load_model()].
+#' The returned object is a list holding handles to the Rust model and data; [train()]
+#' returns a trained copy and leaves it as it was. It cannot be kept with `saveRDS()`: use
+#' [save_model()] and [load_model()].
 #'
 #' @param x the counts: a `SingleCellExperiment` (assay `layer`, default `"counts"`), a
 #'   `Seurat` object (assay `layer`, default `"RNA"`, its `counts`), a genes x cells
@@ -322,11 +322,11 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 #' defaults: Adam with learning rate 1e-3, `eps` 0.01 and weight decay 1e-6, minibatches of
 #' 128 cells, a KL warm-up over 400 epochs, and a 90% / 10% train / validation split.
 #'
-#' Training happens in place: the model object passed in is updated (copies of it share the
-#' same Rust model), and is also returned so that `model <- train(model)` reads naturally.
-#' Calling `train()` again continues from the current parameters (the history continues).
-#' Pressing Ctrl-C (Esc in RStudio) stops after the current minibatch; the model stays usable
-#' with the parameters of the last completed epoch. A non-finite loss is an error and the
+#' `train()` trains a copy of the model and returns it, as R functions do: after
+#' `m2 <- train(m)`, `m` is unchanged. Calling `train()` on a trained model continues from
+#' its parameters (the history continues). Pressing Ctrl-C (Esc in RStudio) stops after the
+#' current minibatch; the returned model is usable with the parameters of the last completed
+#' epoch. A non-finite loss is an error and the
 #' model keeps the parameters of the last finite epoch.
 #'
 #' With a `seed`, the train / validation split is the one scvi-tools draws with
@@ -368,7 +368,9 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 #'   `check_val_every_n_epoch` (1: the validation ELBO is recorded every epoch; 0 = never),
 #'   `gradient_clip_val` (Lightning's trainer option as scvi-tools passes it on: clip the
 #'   norm of all gradients together to this value before each step; 0 or `NULL` = none).
-#' @return The trained model (the same object, updated).
+#' @return The trained model, a new object: the model passed in is left as it was (as
+#'   everywhere in R, `m2 <- train(m)` does not change `m`; the copy costs one set of
+#'   weights, the size of a saved `model.mpk`).
 #' @seealso [history()], [plot.SCVI()] for the training curves.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)

@@ -96,11 +96,12 @@ test_that("train() records a history with the documented columns", {
 test_that("train() returns the model visibly and continues the history", {
   d <- small_data()
   m <- scvi(d, batch_key = "batch")
-  expect_visible(train(m, max_epochs = 2L, seed = 3L, progress = FALSE, device = "cpu"))
-  m2 <- m
+  res <- withVisible(train(m, max_epochs = 2L, seed = 3L, progress = FALSE, device = "cpu"))
+  expect_true(res$visible)
+  m2 <- res$value
   expect_identical(nrow(history(m2)), 2L)
-  # in place: the object passed in shares the Rust model
-  expect_identical(nrow(history(m)), 2L)
+  # a copy: the object passed in is unchanged
+  expect_identical(nrow(history(m)), 0L)
   m2 <- train(m2, max_epochs = 1L, seed = 4L, progress = FALSE, device = "cpu")
   expect_identical(history(m2)$epoch, 1:3)
 })
@@ -202,8 +203,8 @@ test_that("early stopping and the logistic-normal latent space work through the 
   d <- small_data()
   m <- scvi(d, batch_key = "batch")
   expect_message(
-    train(m, max_epochs = 50L, early_stopping = TRUE, early_stopping_patience = 1L,
-          early_stopping_min_delta = 1e6, seed = 0L, progress = FALSE),
+    m <- train(m, max_epochs = 50L, early_stopping = TRUE, early_stopping_patience = 1L,
+               early_stopping_min_delta = 1e6, seed = 0L, progress = FALSE),
     "Early stopping.*stopped after 2 of 50 epochs")
   expect_identical(nrow(history(m)), 2L)
   ln <- quick_train(scvi(d, latent_distribution = "ln", n_latent = 4L), epochs = 1L)
@@ -399,4 +400,16 @@ test_that("plan_kwargs passes training-plan options as scvi-tools takes them", {
   expect_error(fit(lr = 1e-3, plan_kwargs = list(lr = 5e-3)), "lr.*both")
   expect_error(fit(plan_kwargs = list(max_epochs = 3)), "not training-plan options")
   expect_error(fit(plan_kwargs = list(1e-3)), "named list")
+})
+
+test_that("train() leaves the model it was given as it was (R's copy semantics)", {
+  d <- small_data()
+  m <- scvi(d, batch_key = "batch", n_latent = 4L)
+  m2 <- quick_train(m)
+  expect_false(is_trained(m))
+  expect_identical(nrow(history(m)), 0L)
+  m3 <- quick_train(m2, epochs = 2L)
+  expect_identical(nrow(history(m2)), 3L)
+  expect_identical(nrow(history(m3)), 5L)
+  expect_false(identical(get_latent_representation(m2), get_latent_representation(m3)))
 })

@@ -96,6 +96,8 @@ pub(crate) fn build_model<K: ModelKind>(
 
 /// What the shared entry points need of a model, whatever its kind.
 trait AnyModel {
+    /// A new handle to an independent copy.
+    fn duplicate(&self) -> Robj;
     fn state(&self) -> &TrainState;
     fn config_json(&self) -> String;
     fn registry(&self) -> &serde_json::Value;
@@ -110,6 +112,9 @@ trait AnyModel {
 }
 
 impl<K: TrainableEverywhere> AnyModel for Model<K> {
+    fn duplicate(&self) -> Robj {
+        new_handle(self.clone())
+    }
     fn state(&self) -> &TrainState {
         &self.state
     }
@@ -243,6 +248,12 @@ fn rs_model_save(mut model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     Ok(().into())
 }
 
+/// An independent copy of the model (train() trains a copy: R's copy semantics).
+#[extendr]
+fn rs_model_copy(mut model: Robj) -> Result<Robj> {
+    Ok(any_model(&mut model)?.duplicate())
+}
+
 /// Loads the model saved in `dir`, of whatever kind it is.
 #[extendr]
 fn rs_model_load(dir: &str) -> Result<Robj> {
@@ -266,5 +277,6 @@ extendr_module! {
     fn rs_model_history;
     fn rs_model_state;
     fn rs_model_save;
+    fn rs_model_copy;
     fn rs_model_load;
 }

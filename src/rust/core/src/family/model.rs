@@ -24,6 +24,18 @@ pub struct Model<K: ModelKind> {
     pub extra: K::Extra,
 }
 
+impl<K: ModelKind> Clone for Model<K> {
+    /// An independent copy (parameters not yet drawn stay lazy in the copy too).
+    fn clone(&self) -> Self {
+        Self {
+            module: self.module.clone(),
+            state: self.state.clone(),
+            registry: self.registry.clone(),
+            extra: self.extra.clone(),
+        }
+    }
+}
+
 /// A model kind whose module trains on backend `B` (its autodiff module wraps the inner one).
 pub trait TrainsOn<B: AutodiffBackend>: ModelKind {
     #[allow(clippy::too_many_arguments)]
