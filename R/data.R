@@ -112,9 +112,15 @@
 
 # Cell (or gene) selection -> 0-based integer indices for the Rust side.
 # NULL = all; a logical of length n; or 1-based whole numbers in 1..n.
-.resolve_indices <- function(indices, n, arg = "indices") {
+.resolve_indices <- function(indices, n, arg = "indices", names = NULL) {
   if (is.null(indices)) return(seq_len(n) - 1L)
-  if (is.logical(indices)) {
+  if (is.character(indices) && !is.null(names)) {
+    idx <- match(indices, names)
+    if (anyNA(idx)) {
+      .stop("`%s` names %d cells the data do not have: %s", arg, sum(is.na(idx)),
+            .enum(indices[is.na(idx)], 5L))
+    }
+  } else if (is.logical(indices)) {
     if (length(indices) != n || anyNA(indices)) {
       .stop("`%s`: a logical selection must have one TRUE/FALSE per cell (%d) and no NA, got %s",
             arg, n, .describe(indices))
@@ -129,8 +135,9 @@
     }
     idx <- as.integer(indices)
   } else {
-    .stop("`%s` must be NULL, a logical vector of length %d, or 1-based integer positions, got %s",
-          arg, n, .describe(indices))
+    .stop(paste0("`%s` must be NULL, a logical vector of length %d, 1-based integer positions",
+                 "%s, got %s"), arg, n, if (is.null(names)) "" else " or cell names",
+          .describe(indices))
   }
   # Downstream queries on zero cells have nothing to return; catch it here, not in Rust.
   if (length(idx) == 0L) .stop("`%s` selects no cells", arg)

@@ -19,7 +19,7 @@
 
 # Cell selection on the query data: 0-based indices for the bridge and the cells' names.
 .query_cells <- function(q, indices) {
-  idx <- .resolve_indices(indices, length(q$cell_names), "indices")
+  idx <- .resolve_indices(indices, length(q$cell_names), "indices", q$cell_names)
   list(idx = idx, names = q$cell_names[idx + 1L])
 }
 
@@ -35,7 +35,8 @@
 #' @param give_mean `TRUE` for the posterior mean (for `latent_distribution = "ln"`, a
 #'   Monte Carlo mean of the softmax over `mc_samples` draws); `FALSE` for one sample.
 #' @param return_dist return the posterior mean and variance of \eqn{z} instead.
-#' @param indices cells to use (1-based positions or a logical vector); `NULL` = all.
+#' @param indices cells to use (1-based positions, cell names or a logical vector); `NULL` =
+#'   all.
 #' @param mc_samples Monte Carlo samples for `give_mean` with `latent_distribution = "ln"`.
 #' @param batch_size cells per minibatch.
 #' @param device `"auto"`, `"cpu"` or `"cuda"`.

@@ -536,7 +536,8 @@ get_normalized_expression.MULTIVI <- function(model, x = NULL, indices = NULL,
 #'
 #' @param model a `MULTIVI` model.
 #' @param x new data instead of the model's own (see [get_latent_representation()]).
-#' @param indices cells to use (1-based positions or a logical vector); `NULL` = all.
+#' @param indices cells to use (1-based positions, cell names or a logical vector); `NULL` =
+#'   all.
 #' @param transform_batch `NULL` (each cell's own batch) or one batch category: decode every
 #'   cell as if it came from that batch.
 #' @param region_list `NULL` (all regions) or names of the model's regions to return (in the

@@ -717,7 +717,8 @@ get_normalized_expression.SPLICEVI <- function(model, x = NULL, indices = NULL,
 #'
 #' @param model a `SPLICEVI` model.
 #' @param x new data instead of the model's own (see [get_latent_representation()]).
-#' @param indices cells to use (1-based positions or a logical vector); `NULL` = all.
+#' @param indices cells to use (1-based positions, cell names or a logical vector); `NULL` =
+#'   all.
 #' @param transform_batch `NULL` (each cell's own batch) or batch categories: decode every
 #'   cell as if it came from each of them and average.
 #' @param junction_list `NULL` (all junctions) or names of the model's junctions to return

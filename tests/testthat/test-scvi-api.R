@@ -413,3 +413,14 @@ test_that("train() leaves the model it was given as it was (R's copy semantics)"
   expect_identical(nrow(history(m3)), 5L)
   expect_false(identical(get_latent_representation(m2), get_latent_representation(m3)))
 })
+
+test_that("indices accept cell names", {
+  d <- small_data()
+  m <- quick_train(scvi(d, batch_key = "batch", n_latent = 4L))
+  cells <- colnames(d$counts)[c(5, 2, 9)]
+  expect_identical(get_latent_representation(m, indices = cells),
+                   get_latent_representation(m, indices = c(5L, 2L, 9L)))
+  expect_identical(rownames(get_latent_representation(m, indices = cells)), cells)
+  expect_error(get_latent_representation(m, indices = c(cells[1], "nope")),
+               "names 1 cells the data do not have: 'nope'")
+})
