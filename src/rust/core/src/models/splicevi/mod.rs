@@ -28,6 +28,9 @@ use crate::dist;
 use crate::dist::splicing::{self as lik, AtseGroups};
 use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Result};
+// SpliceVI sizes its layers by MultiVI's rule (§3.1): min(128, floor(sqrt(J))), or the genes
+// without junctions; n_latent = floor(sqrt(n_hidden)).
+pub use crate::models::multivi::{default_n_hidden, default_n_latent};
 use crate::models::multivi::{jeffreys, mix, mixing_weights};
 use crate::models::options::{
     check_dropout_rates, check_modality_columns, check_sizes, Dispersion, GeneLikelihood,
@@ -321,21 +324,6 @@ impl SpliceviConfig {
 
 fn enabled() -> bool {
     true
-}
-
-/// `min(128, floor(sqrt(J)))`, or `floor(sqrt(G))` without junctions (§3.1).
-pub fn default_n_hidden(n_genes: usize, n_junctions: usize) -> usize {
-    let n = if n_junctions > 0 {
-        n_junctions
-    } else {
-        n_genes
-    };
-    ((n as f64).sqrt().floor() as usize).clamp(1, 128)
-}
-
-/// `floor(sqrt(n_hidden))`.
-pub fn default_n_latent(n_hidden: usize) -> usize {
-    ((n_hidden as f64).sqrt().floor() as usize).max(1)
 }
 
 /// The expression decoder (§4.8): `linear` is LinearDecoderSCVI (two bias-free linear maps,
