@@ -19,12 +19,16 @@ const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 pub fn lgamma<B: Backend, const D: usize>(z: Tensor<B, D>) -> Tensor<B, D> {
     let shift = z.clone() * (z.clone() + 1.0) * (z.clone() + 2.0);
     let w = z + 3.0;
-    let r = w.clone().recip();
-    let r2 = r.clone() * r.clone();
-    let series = r
-        * (((r2.clone() * (1.0 / 1680.0) - 1.0 / 1260.0) * r2.clone() + 1.0 / 360.0) * r2.neg()
-            + 1.0 / 12.0);
+    let series = stirling_series(w.clone());
     (w.clone() - 0.5) * w.clone().log() - w + series + HALF_LN_2PI - shift.log()
+}
+
+/// The Stirling series of [`lgamma`] (its w⁻¹..w⁻⁷ terms), for w ≥ 3.
+pub(crate) fn stirling_series<B: Backend, const D: usize>(w: Tensor<B, D>) -> Tensor<B, D> {
+    let r = w.recip();
+    let r2 = r.clone() * r.clone();
+    r * (((r2.clone() * (1.0 / 1680.0) - 1.0 / 1260.0) * r2.clone() + 1.0 / 360.0) * r2.neg()
+        + 1.0 / 12.0)
 }
 
 /// Numerically stable softplus log(1 + e^t) = max(t, 0) + log(1 + e^{-|t|}). `log(1 + u)`

@@ -20,6 +20,7 @@
 //! entries). The upper bound is therefore the largest value below 1 of the tensor's float type
 //! when 1 − 1e-8 is not representable (1 − 2⁻²⁴ in f32); it is exactly 1 − 1e-8 in f64.
 
+use crate::dist::stirling_series;
 use burn::tensor::{backend::Backend, DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 /// Lower clamp of p̄ (§5).
@@ -106,14 +107,6 @@ fn p_upper(dtype: DType) -> f64 {
 fn clamp_p<B: Backend>(p: Tensor<B, 2>) -> Tensor<B, 2> {
     let upper = p_upper(p.dtype());
     p.clamp(P_EPS, upper)
-}
-
-/// The Stirling series of `dist::lgamma` (its w⁻¹..w⁻⁷ terms), for w ≥ 3.
-fn stirling_series<B: Backend, const D: usize>(w: Tensor<B, D>) -> Tensor<B, D> {
-    let r = w.recip();
-    let r2 = r.clone() * r.clone();
-    r * (((r2.clone() * (1.0 / 1680.0) - 1.0 / 1260.0) * r2.clone() + 1.0 / 360.0) * r2.neg()
-        + 1.0 / 12.0)
 }
 
 /// lnΓ(x + n) − lnΓ(x) for x > 0, n ≥ 0 (log of the rising factorial), with `x` and `n`

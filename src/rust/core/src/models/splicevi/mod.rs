@@ -31,7 +31,7 @@ use crate::error::{invalid_arg, Result};
 // SpliceVI sizes its layers by MultiVI's rule (§3.1): min(128, floor(sqrt(J))), or the genes
 // without junctions; n_latent = floor(sqrt(n_hidden)).
 pub use crate::models::multivi::{default_n_hidden, default_n_latent};
-use crate::models::multivi::{jeffreys, mix, mixing_weights};
+use crate::models::multivi::{jeffreys, mix, mixing_weights, mmd_penalty};
 use crate::models::options::{
     check_dropout_rates, check_modality_columns, check_sizes, Dispersion, GeneLikelihood,
     LatentDistribution, NormPlacement,
@@ -1121,14 +1121,8 @@ impl<B: Backend> SpliceVae<B> {
             (ModalityPenalty::Jeffreys, _) => (jeffreys(me_mean, me_var, ms_mean, ms_var) * me)
                 .sum()
                 .reshape([1]),
-            (ModalityPenalty::Mmd, _) => ((me_mean - ms_mean)
-                .powf_scalar(2.0)
-                .sum_dim(1)
-                .sqrt()
-                .squeeze_dim::<1>(1)
-                * me)
-                .sum()
-                .reshape([1]),
+            // mmd_penalty gives the minibatch sum to every cell; SpliceVI adds it once.
+            (ModalityPenalty::Mmd, _) => mmd_penalty(me_mean, ms_mean, me).narrow(0, 0, 1),
         };
         let reconstruction = reconstruction_expression.clone() + reconstruction_splicing.clone();
         let mut loss = (reconstruction.clone() + kl_z.clone() * kl_weight).mean() + penalty.clone();
