@@ -75,15 +75,20 @@ rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__r
 # `decode_mode` < 0: the dataset's own mode.
 rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
 
-# `ds`: one dataset whose columns are the genes, then the regions.
+# `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 rs_multivi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_multivi_new, ds, config_json, registry_json)
 
-# Latent representation of one modality: "joint", "expression" or "accessibility".
+# Latent representation of one modality: "joint", "expression", "accessibility" or
+# "protein".
 rs_multivi_latent <- function(model, ds, idx, modality, give_mean, batch_size, device) .Call(wrap__rs_multivi_latent, model, ds, idx, modality, give_mean, batch_size, device)
 
 # Region accessibility probabilities; `transform_batch` < 0: each cell's own batch;
 # `regions` NULL: all, else 0-based region indices.
 rs_multivi_normalized_accessibility <- function(model, ds, idx, transform_batch, regions, use_z_mean, normalize_cells, normalize_regions, batch_size, device) .Call(wrap__rs_multivi_normalized_accessibility, model, ds, idx, transform_batch, regions, use_z_mean, normalize_cells, normalize_regions, batch_size, device)
+
+# Foreground probability of each protein; `transform_batch`: batch codes to average over
+# (-1: each cell's own); `proteins` NULL: all, else 0-based protein indices.
+rs_multivi_protein_foreground_probability <- function(model, ds, idx, transform_batch, proteins, use_z_mean, batch_size, device) .Call(wrap__rs_multivi_protein_foreground_probability, model, ds, idx, transform_batch, proteins, use_z_mean, batch_size, device)
 
 # Per cell: the expression log library and the accessibility factor.
 rs_multivi_library_size_factors <- function(model, ds, idx, batch_size, device) .Call(wrap__rs_multivi_library_size_factors, model, ds, idx, batch_size, device)

@@ -204,9 +204,10 @@
   out
 }
 
-# The user's `cells` data.frame for matrix input, aligned to all cells. `args` names the two
-# modalities' inputs; `second_only` describes the cells only the second one has.
+# The user's `cells` data.frame for matrix input, aligned to all cells. `args` names the
+# modalities' inputs; `second_only` describes the cells the first one lacks.
 .align_cells_arg <- function(cells, cell_names, args, second_only) {
+  inputs <- paste0("`", args, "`", collapse = " and ")
   if (methods::is(cells, "DataFrame")) cells <- as.data.frame(cells, optional = TRUE)
   if (!is.data.frame(cells)) {
     .stop("`cells` must be NULL or a data.frame with one row per cell, got %s",
@@ -216,34 +217,35 @@
     missing <- setdiff(cell_names, rownames(cells))
     if (!length(missing)) return(cells[cell_names, , drop = FALSE])
     .stop(paste0("`cells` has no row for %d of the %d cells (e.g. %s); give one row per cell ",
-                 "of `%s` and `%s`, named by cell"), length(missing), length(cell_names),
-          .enum(missing, 3L), args[[1]], args[[2]])
+                 "of %s, named by cell"), length(missing), length(cell_names),
+          .enum(missing, 3L), inputs)
   }
   if (nrow(cells) != length(cell_names)) {
-    .stop(paste0("`cells` has %d rows but `%s` and `%s` have %d cells in all; give one row ",
+    .stop(paste0("`cells` has %d rows but %s have %d cells in all; give one row ",
                  "per cell (row names = cell names, or in the order of the cells of `%s` ",
-                 "followed by the %s cells)"), nrow(cells), args[[1]], args[[2]],
+                 "followed by the %s cells)"), nrow(cells), inputs,
           length(cell_names), args[[1]], second_only)
   }
   rownames(cells) <- cell_names
   cells
 }
 
-# The two modalities combined over the union of their cells, matched by name: the first
-# modality's cells, then those only the second has. `mats` holds the modalities' checked
-# matrices (.modality_matrix(); NULL where not given), `args` their inputs' names, `parts`
-# their own cell data (or NULL). Unnamed matrices take the row names of `cells` when it has
-# one row per cell, or are matched by position when neither has cell names. `check(mats,
+# The modalities combined over the union of their cells, matched by name: the first
+# modality's cells, then those only the others have, in order. `mats` holds the modalities'
+# checked matrices (.modality_matrix(); NULL where not given), `args` their inputs' names,
+# `parts` their own cell data (or NULL). Unnamed matrices take the row names of `cells` when
+# it has one row per cell, or are matched by position when none has cell names. `check(mats,
 # cell_names)` applies the model's own rules before the matrices are spread over all cells;
 # a modality not given becomes `n_features` rows of zeros. A cell is measured in a modality
 # where it has counts in it (`by_counts`, MULTIVI: scvi-tools' rule) or where it is present
-# (SPLICEVI). `labels` names the modalities (a cell measured in both is "paired"); `needs`
-# says what a cell needs, and `cells_args` and `second_only` describe the inputs, in
-# messages. Returns list(mats (with cell names), full (features x all cells), cell_names,
-# cell_data, modality (per cell, named by cell)).
+# (SPLICEVI). `labels` names the modalities: a cell measured in all is "paired", in one
+# its label, in some their labels joined by "+"; `needs` says what a cell needs, and
+# `cells_args` and `second_only` describe the inputs, in messages. Returns list(mats (with
+# cell names), full (features x all cells), cell_names, cell_data, modality (per cell, named
+# by cell)).
 .combine_modalities <- function(mats, args, parts, cells, labels, needs, by_counts,
-                                check = NULL, n_features = c(0L, 0L), cells_args = args,
-                                second_only) {
+                                check = NULL, n_features = integer(length(mats)),
+                                cells_args = args, second_only) {
   given <- !vapply(mats, is.null, logical(1))
   named <- vapply(mats, function(m) !is.null(colnames(m)), logical(1))
   if (!any(named) && is.data.frame(cells) && .row_names_info(cells) > 0L &&
@@ -251,19 +253,20 @@
     for (k in which(given)) colnames(mats[[k]]) <- rownames(cells)
     named <- given
   }
-  if (all(given)) {
-    if (named[[1]] != named[[2]]) {
+  if (sum(given) > 1L) {
+    if (any(named[given]) && !all(named[given])) {
       .stop(paste0("`%s` has cell (column) names but `%s` has none; cells are matched across ",
-                   "modalities by name"), args[named][[1]], args[!named][[1]])
+                   "modalities by name"), args[given & named][[1]], args[given & !named][[1]])
     }
-    if (!named[[1]] && ncol(mats[[1]]) != ncol(mats[[2]])) {
-      .stop(paste0("`%s` (%d cells) and `%s` (%d cells) have no cell names to match cells by; ",
-                   "name the columns of both"), args[[1]], ncol(mats[[1]]), args[[2]],
-            ncol(mats[[2]]))
+    n_cols <- vapply(mats[given], ncol, 1L)
+    if (!any(named[given]) && any(n_cols != n_cols[[1]])) {
+      .stop(paste0("%s (%s cells) have no cell names to match cells by; name the columns of ",
+                   "all"), paste0("`", args[given], "`", collapse = ", "),
+            paste(n_cols, collapse = ", "))
     }
   }
   for (k in which(given & !named)) colnames(mats[[k]]) <- paste0("cell", seq_len(ncol(mats[[k]])))
-  cell_names <- unique(c(colnames(mats[[1]]), colnames(mats[[2]])))
+  cell_names <- unique(unlist(lapply(mats[given], colnames)))
   if (!is.null(check)) check(mats, cell_names)
   full <- lapply(seq_along(mats), function(k) {
     if (given[[k]]) return(.spread_columns(mats[[k]], cell_names))
@@ -272,7 +275,7 @@
                          dimnames = list(NULL, cell_names))
   })
   names(full) <- names(mats)
-  none <- Matrix::colSums(full[[1]]) == 0 & Matrix::colSums(full[[2]]) == 0
+  none <- Reduce(`&`, lapply(full, function(m) Matrix::colSums(m) == 0))
   if (any(none)) {
     .stop(paste0("%d cells have no counts in any modality (e.g. %s): a cell needs %s; remove ",
                  "them from %s"), sum(none), .enum(cell_names[none], 3L), needs,
@@ -283,8 +286,15 @@
   } else {
     lapply(mats, function(m) cell_names %in% colnames(m))
   }
-  modality <- ifelse(measured[[1]] & measured[[2]], "paired",
-                     ifelse(measured[[1]], labels[[1]], labels[[2]]))
+  # Each cell's combination of modalities as a bit code, named once per code.
+  bits <- 2^(seq_along(labels) - 1)
+  code <- as.vector(do.call(cbind, measured) %*% bits)
+  codes <- unique(code)
+  kind <- vapply(codes, function(k) {
+    m <- bitwAnd(k, bits) > 0
+    if (all(m)) "paired" else paste(labels[m], collapse = "+")
+  }, character(1))
+  modality <- kind[match(code, codes)]
   cell_data <- if (!is.null(cells)) {
     .align_cells_arg(cells, cell_names, cells_args, second_only)
   } else {
@@ -294,9 +304,11 @@
        modality = stats::setNames(modality, cell_names))
 }
 
-# How many cells are paired and measured in each one modality (`labels`).
+# How many cells are paired, measured in each one modality (`labels`), and in each other
+# combination of modalities that occurs.
 .modality_counts <- function(modality, labels) {
-  vapply(c("paired", labels), function(l) sum(modality == l), integer(1))
+  kinds <- union(c("paired", labels), sort(unique(modality)))
+  vapply(kinds, function(l) sum(modality == l), integer(1))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -342,11 +354,11 @@
 
 # The core's dataset of the combined modalities (.combine_modalities()), every feature a
 # "gene" there, registered fresh (`...`: the keys) or against `registry`, a model's registry
-# whose features are `features` (the first modality's, then the second's: they name the rows
-# of a modality the new data lack). No size factor: the core takes each cell's expression
+# whose features are `features` (each modality's in order: they name the rows of a modality
+# the new data lack). No size factor: the core takes each cell's expression
 # total. Returns list(data, fields).
 .modality_dataset <- function(comb, arg, registry = NULL, features = NULL, ...) {
-  counts <- methods::as(rbind(comb$full[[1]], comb$full[[2]]), "CsparseMatrix")
+  counts <- methods::as(do.call(rbind, unname(comb$full)), "CsparseMatrix")
   if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")
   if (!is.null(registry)) {
     rownames(counts) <- features
@@ -587,10 +599,19 @@
 .modality_data_text <- function(model, only, features) {
   inp <- model$input
   mc <- inp$modality_cells
-  mods <- if (length(mc) == 3L) {
-    sprintf(" (%s paired, %s %s only, %s %s only)", .fmt_int(mc[["paired"]]),
-            .fmt_int(mc[[names(only)[1]]]), only[[1]], .fmt_int(mc[[names(only)[2]]]),
-            only[[2]])
+  mods <- if (length(mc) >= 3L) {
+    # Paired and each of the first two modalities alone always; other combinations that
+    # occur, named as `only` names the modalities.
+    first <- intersect(c("paired", names(only)[1:2]), names(mc))
+    mc <- mc[c(first, sort(setdiff(names(mc), first)))]
+    shown <- names(mc) %in% first | mc > 0
+    text <- vapply(names(mc)[shown], function(k) {
+      if (k == "paired") return("paired")
+      parts <- strsplit(k, "+", fixed = TRUE)[[1]]
+      label <- paste(ifelse(parts %in% names(only), only[parts], parts), collapse = "+")
+      if (length(parts) == 1L) paste(label, "only") else label
+    }, character(1))
+    sprintf(" (%s)", paste(.fmt_int(mc[shown]), text, collapse = ", "))
   } else ""
   dims <- sprintf("%s cells%s x %s", .fmt_int(inp$n_cells), mods, features)
   if (is.null(model$data) || .null_ptr(model$data)) {

@@ -1,15 +1,21 @@
-# The MULTIVI model object (multivi.md): gene expression and chromatin accessibility of the
-# same or of different cells in one model. The R layer gathers the modalities from matrices,
-# SingleCellExperiment (ATAC in an altExp) or Seurat (an RNA and an ATAC assay), matches cells
-# by name across them, pads the modality a cell lacks with zeros (the reference's layout:
-# multivi.md §1.1), and sends the core one dataset whose features are the genes, then the
-# regions. As everywhere, the numbers come from the Rust core.
+# The MULTIVI model object (multivi.md): gene expression, chromatin accessibility and
+# optionally surface proteins of the same or of different cells in one model. The R layer
+# gathers the modalities from matrices, SingleCellExperiment (ATAC and proteins in altExps)
+# or Seurat (RNA, ATAC and protein assays), matches cells by name across them, pads the
+# modality a cell lacks with zeros (the reference's layout: multivi.md §1.1), and sends the
+# core one dataset whose features are the genes, then the regions, then the proteins. As
+# everywhere, the numbers come from the Rust core.
 
 .check_multivi <- function(model, arg = "model") .check_kind(model, "MULTIVI", arg)
 
 # The modalities (a cell measured in one only is "expression" or "accessibility"; in both,
-# "paired"), as in the `modality` of queries.
+# "paired"), as in the `modality` of queries; "protein" where the model has proteins.
 .multivi_modalities <- c("expression", "accessibility")
+
+# The modalities of `model` (with "protein" when it has proteins).
+.multivi_model_modalities <- function(model) {
+  c(.multivi_modalities, if (length(model$protein_names)) "protein")
+}
 
 # The ATAC altExp / assay names looked for when none is given.
 .atac_names <- c("ATAC", "Peaks", "peaks", "atac")
@@ -24,7 +30,8 @@
 # its ATAC altExp / assay and fail without one ("required"), use it if there is one
 # ("optional", for new data of a query), or not look ("none").
 .multivi_sources <- function(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
-                             args = c(rna = "rna", atac = "atac"),
+                             protein = NULL, protein_layer = NULL,
+                             args = c(rna = "rna", atac = "atac", protein = "protein"),
                              atac_mode = c("required", "optional", "none")) {
   atac_mode <- match.arg(atac_mode)
   a_rna <- args[["rna"]]
@@ -49,8 +56,8 @@
                  "does not apply here"), a_atac, a_rna)
   }
   setup <- list(layer = NULL, atac_layer = NULL, altexp = NULL, assay = NULL,
-                atac_assay = NULL)
-  out <- list(rna = NULL, atac = NULL)
+                atac_assay = NULL, protein = NULL, protein_layer = NULL)
+  out <- list(rna = NULL, atac = NULL, protein = NULL)
 
   # RNA, and ATAC held by the same object.
   if (.is_sce(rna)) {
@@ -121,15 +128,78 @@
   } else if (!is.null(atac)) {
     out$atac <- list(m = atac, cells = NULL, class = class(atac)[1], arg = a_atac)
   }
+  if (!is.null(protein)) {
+    p <- .multivi_protein_source(protein, protein_layer, rna, a_rna, args[["protein"]])
+    out$protein <- p$src
+    setup$protein <- p$name
+    setup$protein_layer <- p$layer
+  } else if (!is.null(protein_layer)) {
+    .stop("`protein_layer` names the assay of the protein counts, but `protein` is NULL")
+  }
   out$setup <- setup
   out
 }
 
+# The protein modality: `protein` is a proteins x cells count matrix, a
+# SingleCellExperiment (assay `protein_layer`), a Seurat object (its "ADT" assay, else its
+# default one), or the name of an altExp of the SingleCellExperiment `rna` / an assay of the
+# Seurat object `rna`. Returns list(src, name (the altExp / assay name, or NULL), layer).
+.multivi_protein_source <- function(protein, protein_layer, rna, a_rna, a_protein) {
+  protein_layer <- .check_scalar_string(protein_layer, "protein_layer", null_ok = TRUE)
+  if (is.character(protein)) {
+    name <- .check_scalar_string(protein, a_protein)
+    if (methods::is(rna, "SingleCellExperiment")) {
+      alts <- SingleCellExperiment::altExpNames(rna)
+      if (!name %in% alts) {
+        .stop("`%s` '%s' is not an alternative experiment of `%s`; available: %s", a_protein,
+              name, a_rna, if (length(alts)) .enum(alts, 10L) else "none")
+      }
+      alt_arg <- sprintf("altExp(%s, \"%s\")", a_rna, name)
+      alt <- SingleCellExperiment::altExp(rna, name, withDimnames = TRUE)
+      b <- .sce_assay(alt, protein_layer, alt_arg, "protein_layer")
+      return(list(src = list(m = b$m, cells = NULL, class = class(rna)[1], arg = alt_arg),
+                  name = name, layer = b$layer))
+    }
+    if (.is_seurat(rna)) {
+      if (!is.null(protein_layer)) {
+        .stop("`protein_layer` names an assay of a SingleCellExperiment; it does not apply here")
+      }
+      m <- .seurat_assay_counts(rna, name, a_rna, a_protein)
+      return(list(src = list(m = m, cells = NULL, class = class(rna)[1],
+                             arg = sprintf("%s[[\"%s\"]]", a_rna, name)),
+                  name = name, layer = NULL))
+    }
+    .stop(paste0("`%s` = \"%s\" names an altExp of a SingleCellExperiment `%s` or an assay of ",
+                 "a Seurat object `%s`; `%s` is %s"), a_protein, name, a_rna, a_rna, a_rna,
+          .describe(rna))
+  }
+  if (.is_sce(protein)) {
+    b <- .sce_assay(protein, protein_layer, a_protein, "protein_layer")
+    return(list(src = list(m = b$m, cells = .col_data(protein), class = class(protein)[1],
+                           arg = a_protein), name = NULL, layer = b$layer))
+  }
+  if (!is.null(protein_layer)) {
+    .stop("`protein_layer` names an assay of a SingleCellExperiment `%s`; `%s` is %s",
+          a_protein, a_protein, .describe(protein))
+  }
+  if (.is_seurat(protein)) {
+    .require_seurat(a_protein)
+    assay <- if ("ADT" %in% SeuratObject::Assays(protein)) "ADT" else
+      SeuratObject::DefaultAssay(protein)
+    return(list(src = list(m = .seurat_assay_counts(protein, assay, a_protein, a_protein),
+                           cells = protein[[]], class = class(protein)[1], arg = a_protein),
+                name = NULL, layer = NULL))
+  }
+  list(src = list(m = protein, cells = NULL, class = class(protein)[1], arg = a_protein),
+       name = NULL, layer = NULL)
+}
+
 # The modalities combined (.combine_modalities()) over the union of the cells (RNA's cells
-# first, then the ATAC-only ones), with their `genes` and `regions`. A cell is measured in a
-# modality where it has counts in it; a modality the data lack (new data of a query) is all
-# zeros, `n_features` rows of it.
-.multivi_combine <- function(src, cells = NULL, n_features = c(0L, 0L)) {
+# first, then the ATAC-only ones, then those with proteins only), with their `genes`,
+# `regions` and `proteins`. A cell is measured in a modality where it has counts in it; a
+# modality the data lack (new data of a query) is all zeros, `n_features` rows of it. The
+# proteins take part when given or when the model has them (`n_features[3] > 0`).
+.multivi_combine <- function(src, cells = NULL, n_features = c(0L, 0L, 0L)) {
   mats <- list(
     rna = if (!is.null(src$rna)) {
       .modality_matrix(src$rna, "genes", "MULTIVI",
@@ -139,52 +209,72 @@
       .modality_matrix(src$atac, "regions", "MULTIVI", paste0(
         "raw counts or binary (0/1) accessibility, not TF-IDF or other normalised values"))
     })
-  args <- c(src$rna$arg %||% "rna", src$atac$arg %||% "atac")
+  with_protein <- !is.null(src$protein) || isTRUE(n_features[3] > 0L)
+  if (with_protein) {
+    mats["protein"] <- list(if (!is.null(src$protein)) {
+      .modality_matrix(src$protein, "proteins", "MULTIVI",
+                       "raw antibody (ADT) counts, not CLR-normalised values")
+    })
+  }
+  args <- c(src$rna$arg %||% "rna", src$atac$arg %||% "atac", src$protein$arg %||% "protein")
+  what <- c("RNA", "ATAC", "protein")
   # A modality given without any counts is a mistake, not unmeasured cells.
   no_counts <- function(mats, cell_names) {
     for (k in which(!vapply(mats, is.null, logical(1)))) {
       if (all(Matrix::colSums(mats[[k]]) == 0)) {
         .stop("`%s` has no counts in any cell: remove it or give the %s counts", args[[k]],
-              c("RNA", "ATAC")[[k]])
+              what[[k]])
       }
     }
   }
-  comb <- .combine_modalities(mats, args, list(src$rna$cells, src$atac$cells), cells,
-                              .multivi_modalities, "RNA or ATAC counts", by_counts = TRUE,
-                              check = no_counts, n_features = n_features,
-                              cells_args = c("rna", "atac"), second_only = "ATAC-only")
+  k <- seq_along(mats)
+  comb <- .combine_modalities(mats, args[k], list(src$rna$cells, src$atac$cells,
+                                                  src$protein$cells)[k], cells,
+                              c(.multivi_modalities, "protein")[k],
+                              paste(paste(what[k], collapse = ", "), "counts"),
+                              by_counts = TRUE, check = no_counts, n_features = n_features[k],
+                              cells_args = c("rna", "atac", "protein")[k],
+                              second_only = "ATAC- or protein-only")
   c(comb, list(genes = rownames(comb$mats$rna) %||% character(0),
-               regions = rownames(comb$mats$atac) %||% character(0)))
+               regions = rownames(comb$mats$atac) %||% character(0),
+               proteins = rownames(comb$mats$protein) %||% character(0)))
 }
 
 # ---------------------------------------------------------------------------------------------
 # Registry <-> JSON: gene and region names kept apart, the assays the data came from.
 
-.multivi_setup_keys <- c("layer", "atac_layer", "altexp", "assay", "atac_assay")
+.multivi_setup_keys <- c("layer", "atac_layer", "altexp", "assay", "atac_assay", "protein",
+                         "protein_layer")
 
 .multivi_registry_to_json <- function(reg) {
   .modality_registry_to_json(reg, .multivi_setup_keys, list(
-    region_names = .json_array(reg$region_names), n_genes = length(reg$gene_names),
-    n_regions = length(reg$region_names)))
+    region_names = .json_array(reg$region_names),
+    protein_names = .json_array(reg$protein_names %||% character(0)),
+    n_genes = length(reg$gene_names), n_regions = length(reg$region_names),
+    n_proteins = length(reg$protein_names)))
 }
 
 .multivi_registry_from_json <- function(json) {
   .modality_registry_from_json(json, "MULTIVI", .multivi_setup_keys, function(r) {
-    list(region_names = .json_chr(r$region_names))
+    list(region_names = .json_chr(r$region_names),
+         protein_names = .json_chr(r$protein_names))
   })
 }
 
 .new_multivi <- function(ptr, data, registry, config, cell_names, cell_data, modality, input,
                          dir = NULL) {
   .new_modality_model("MULTIVI", ptr, data, registry, config,
-                      list(region_names = registry$region_names), cell_names, cell_data,
-                      modality, input, dir)
+                      list(region_names = registry$region_names,
+                           protein_names = registry$protein_names %||% character(0)),
+                      cell_names, cell_data, modality, input, dir)
 }
 
 .multivi_input_info <- function(src, comb) {
-  list(class = .input_classes(list(src$rna, src$atac)), n_cells = length(comb$cell_names),
-       n_genes = length(comb$genes), n_regions = length(comb$regions),
-       modality_cells = .modality_counts(comb$modality, .multivi_modalities))
+  labels <- c(.multivi_modalities, if (length(comb$proteins)) "protein")
+  list(class = .input_classes(list(src$rna, src$atac, src$protein)),
+       n_cells = length(comb$cell_names), n_genes = length(comb$genes),
+       n_regions = length(comb$regions), n_proteins = length(comb$proteins),
+       modality_cells = .modality_counts(comb$modality, labels))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +307,14 @@
 #'
 #' RNA must be raw counts; ATAC may be counts or binary (the likelihood binarises it).
 #' Either modality may be left out (`NULL`) for an expression-only or accessibility-only
-#' model. Protein (CITE-seq) data are not supported yet.
+#' model.
+#'
+#' Surface proteins (antibody-derived tags of CITE-seq, TEA-seq, DOGMA-seq) are a third
+#' modality when `protein` is given: raw ADT counts, as a proteins x cells matrix, a
+#' `SingleCellExperiment` or `Seurat` object, or the name of the altExp (assay) of `rna`
+#' holding them (e.g. `protein = "ADT"`). They get their own encoder, whose posterior joins
+#' the mixture, and the totalVI-style decoder of scvi-tools (a background and a foreground
+#' negative binomial per protein); cells without protein counts are unmeasured there.
 #'
 #' Defaults are those of scvi-tools' `MULTIVI`: `n_hidden` = min(128, floor(sqrt(regions)))
 #' (from the genes without ATAC), `n_latent` = floor(sqrt(n_hidden)), two hidden layers in
@@ -235,7 +332,10 @@
 #'   `SingleCellExperiment` (assay `atac_layer`) or a `Seurat` object (assay `atac_assay`), or
 #'   `NULL` (ATAC taken from `rna` when it is a SingleCellExperiment with an ATAC altExp or a
 #'   Seurat object; otherwise an expression-only model).
-#' @param protein must be `NULL`: protein counts are not supported yet.
+#' @param protein surface protein (ADT) counts: a proteins x cells count matrix, a
+#'   `SingleCellExperiment` (assay `protein_layer`), a `Seurat` object (its `"ADT"` assay,
+#'   else its default assay), the name of the altExp of the `SingleCellExperiment` `rna` or of
+#'   the assay of the `Seurat` object `rna` holding them, or `NULL` (no proteins).
 #' @param cells for matrix input: a data.frame of cell annotations with one row per cell of
 #'   `rna` and `atac` (row names = cell names, or rows in the order of the cells of `rna`
 #'   followed by the cells only in `atac`), holding the columns named by the `*_key`
@@ -244,6 +344,8 @@
 #'   RNA / ATAC counts (default `"counts"`).
 #' @param altexp name of the alternative experiment of `rna` holding the ATAC counts.
 #' @param assay,atac_assay Seurat assays with the RNA / ATAC counts.
+#' @param protein_layer assay of the `SingleCellExperiment` (or of the altExp) with the
+#'   protein counts (default `"counts"`).
 #' @param batch_key cell-data column with each cell's batch (for mosaic data often the
 #'   modality or technology of the cell), or `NULL` (one batch). With several batches,
 #'   training also runs an adversarial batch classifier (see [train()]).
@@ -269,13 +371,17 @@
 #' @param encode_covariates let the encoders see the batch and covariates.
 #' @param fully_paired declare every cell paired: refuses unpaired cells (and the per-modality
 #'   latent representations).
+#' @param protein_dispersion with proteins: one dispersion per protein (`"protein"`) or per
+#'   protein and batch (`"protein-batch"`).
 #' @param train train the model right away with `train(model, ...)`.
 #' @param ... with `train = TRUE`: arguments of [train()].
 #' @return An object of class `MULTIVI`. Its element `modality` names, for each cell, what
-#'   was measured: `"paired"`, `"expression"` (RNA only) or `"accessibility"` (ATAC only);
-#'   `gene_names` and `region_names` hold the features.
+#'   was measured: `"paired"` (every modality of the model), `"expression"` (RNA only),
+#'   `"accessibility"` (ATAC only), or with proteins also e.g. `"expression+protein"`;
+#'   `gene_names`, `region_names` and `protein_names` hold the features.
 #' @seealso [train()], [get_latent_representation()], [get_normalized_accessibility()],
-#'   [runMULTIVI()], [RunMULTIVI()], [rscvi_example_multiome()].
+#'   [get_protein_foreground_probability()], [runMULTIVI()], [RunMULTIVI()],
+#'   [rscvi_example_multiome()].
 #' @references Ashuach T, Gabitto MI, Koodli RV, Saldi G-A, Jordan MI, Yosef N (2023).
 #'   MultiVI: deep generative model for the integration of multimodal data. Nature Methods
 #'   20, 1222-1231. \doi{10.1038/s41592-023-01909-9}
@@ -292,7 +398,7 @@
 #' dim(get_latent_representation(mosaic))
 multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer = NULL,
                     atac_layer = NULL, altexp = NULL, assay = NULL, atac_assay = NULL,
-                    batch_key = NULL, size_factor_key = NULL,
+                    protein_layer = NULL, batch_key = NULL, size_factor_key = NULL,
                     categorical_covariate_keys = NULL, continuous_covariate_keys = NULL,
                     n_hidden = NULL, n_latent = NULL, n_layers_encoder = 2L,
                     n_layers_decoder = 2L, dropout_rate = 0.1, region_factors = TRUE,
@@ -303,12 +409,9 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
                     use_layer_norm = c("both", "none", "encoder", "decoder"),
                     latent_distribution = c("normal", "ln"),
                     deeply_inject_covariates = FALSE, encode_covariates = FALSE,
-                    fully_paired = FALSE, train = FALSE, ...) {
+                    fully_paired = FALSE, protein_dispersion = c("protein", "protein-batch"),
+                    train = FALSE, ...) {
   # Cheap argument checks first, so a typo fails before the data are converted.
-  if (!is.null(protein)) {
-    .stop(paste0("`protein`: protein (CITE-seq) counts are not supported yet by rscvi's ",
-                 "MULTIVI; leave `protein` NULL"))
-  }
   if (!is.null(size_factor_key)) {
     .stop(paste0("`size_factor_key`: size factors are not supported yet by rscvi's MULTIVI; ",
                  "leave it NULL (library sizes are then encoded from the counts)"))
@@ -321,19 +424,26 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
                                  encode_covariates, fully_paired),
           list(region_factors = .check_scalar_bool(region_factors, "region_factors"),
                modality_weights = .match_choice(modality_weights, c("equal", "universal", "cell"),
-                                                "modality_weights")))
+                                                "modality_weights"),
+               protein_dispersion = .match_choice(protein_dispersion,
+                                                  c("protein", "protein-batch"),
+                                                  "protein_dispersion")))
   do_train <- .check_scalar_bool(train, "train")
   dots <- list(...)
   .check_constructor_dots(dots, do_train, "multivi")
   if (do_train) .check_kind_train_dots(dots, "multivi", train.MULTIVI, "MULTIVI")
 
-  src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay)
+  src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
+                          protein, protein_layer)
   comb <- .multivi_combine(src, cells)
-  n_mod <- .modality_counts(comb$modality, .multivi_modalities)
-  if (hp$fully_paired && (n_mod[["expression"]] > 0 || n_mod[["accessibility"]] > 0)) {
-    .stop(paste0("`fully_paired` = TRUE but %d cells have RNA only and %d ATAC only (e.g. %s); ",
-                 "use fully_paired = FALSE for unpaired cells"), n_mod[["expression"]],
-          n_mod[["accessibility"]], .enum(comb$cell_names[comb$modality != "paired"], 3L))
+  info <- .multivi_input_info(src, comb)
+  n_mod <- info$modality_cells
+  if (hp$fully_paired && any(comb$modality != "paired")) {
+    unpaired <- n_mod[names(n_mod) != "paired" & n_mod > 0]
+    .stop(paste0("`fully_paired` = TRUE but %d cells lack a modality (%s; e.g. %s); use ",
+                 "fully_paired = FALSE for unpaired cells"), sum(unpaired),
+          paste(unpaired, names(unpaired), "only", collapse = ", "),
+          .enum(comb$cell_names[comb$modality != "paired"], 3L))
   }
   .warn_empty_genes(comb$full$rna, src$rna$arg)
   ds <- .modality_dataset(comb, if (!is.null(src$rna)) src$rna$arg else src$atac$arg,
@@ -342,16 +452,18 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
                           continuous_covariate_keys = continuous_covariate_keys)
   # n_hidden / n_latent NULL: scvi-tools' rule (n_hidden from the regions or genes, n_latent
   # from n_hidden).
-  config <- .joint_config(list(n_genes = length(comb$genes), n_regions = length(comb$regions)),
+  config <- .joint_config(list(n_genes = length(comb$genes), n_regions = length(comb$regions),
+                               n_proteins = length(comb$proteins)),
                           ds$fields, length(comb$cell_names), n_hidden, n_latent, hp)
   registry <- .modality_registry(ds$fields, "MULTIVI", src$setup,
-                                 list(gene_names = comb$genes, region_names = comb$regions),
+                                 list(gene_names = comb$genes, region_names = comb$regions,
+                                      protein_names = comb$proteins),
                                  n_mod)
   ptr <- .rs(rs_multivi_new(ds$data, .config_to_json(config),
                             .multivi_registry_to_json(registry)))
   config <- .config_from_json(.rs(rs_model_state(ptr))$config)
   model <- .new_multivi(ptr, ds$data, registry, config, comb$cell_names, comb$cell_data,
-                        comb$modality, .multivi_input_info(src, comb))
+                        comb$modality, info)
   if (do_train) model <- train.MULTIVI(model, ...)
   model
 }
@@ -392,28 +504,35 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
 # Query data.
 
 # New data for a query (or for load_model()), registered against the model. `x` is
-# list(rna = , atac = , cells = ) (either modality may be left out: its cells are then
-# unmeasured there), or a SingleCellExperiment / Seurat object holding the modalities as at
-# setup, or a count matrix for a model of one modality. Returns list(data, cell_names,
+# list(rna = , atac = , protein = , cells = ) (any modality may be left out: its cells are
+# then unmeasured there), or a SingleCellExperiment / Seurat object holding the modalities as
+# at setup, or a count matrix for a model of one modality. Returns list(data, cell_names,
 # cell_data, modality, class).
 .multivi_register_query <- function(model, x, arg = "x", allow_cell_weights = FALSE) {
   reg <- model$registry
   sa <- reg$setup_args
   G <- length(reg$gene_names)
   R <- length(reg$region_names)
+  P <- length(reg$protein_names)
   .check_new_data_allowed(model, arg, allow_cell_weights)
-  rna <- atac <- cells <- NULL
-  layer <- atac_layer <- altexp <- assay <- atac_assay <- NULL
-  args <- c(rna = arg, atac = arg)
+  rna <- atac <- protein <- cells <- NULL
+  layer <- atac_layer <- altexp <- assay <- atac_assay <- protein_layer <- NULL
+  args <- c(rna = arg, atac = arg, protein = arg)
   atac_mode <- "none"
   if (.is_plain_list(x)) {
-    args <- .check_query_list(x, arg, c("rna", "atac"), "cells")
+    args <- .check_query_list(x, arg, c("rna", "atac", if (P > 0L) "protein"), "cells")
     rna <- x$rna
     atac <- x$atac
+    protein <- x$protein
     cells <- x$cells
   } else if (.is_sce(x) || .is_seurat(x)) {
     if (G == 0L) atac <- x else rna <- x
     if (G > 0L && R > 0L) atac_mode <- "optional"
+    # Proteins from the altExp / assay named at setup, where `x` has it.
+    has <- if (.is_sce(x)) SingleCellExperiment::altExpNames else SeuratObject::Assays
+    if (G > 0L && P > 0L && isTRUE(sa$protein %in% has(x))) {
+      protein <- sa$protein
+    }
   } else if (G == 0L) {
     atac <- x
   } else if (R == 0L) {
@@ -447,14 +566,26 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
     if (atac_mode != "none") atac_assay <- .seurat_assay_like(rna, sa$atac_assay)
   }
   if (.is_seurat(atac)) atac_assay <- .seurat_assay_like(atac, sa$atac_assay)
+  if (is.character(protein) && .is_sce(rna)) {
+    protein_layer <- .layer_like_sce(SingleCellExperiment::altExp(rna, protein),
+                                     sa$protein_layer)
+  }
+  if (.is_sce(protein)) protein_layer <- .layer_like_sce(protein, sa$protein_layer)
   src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
-                          args, atac_mode = atac_mode)
+                          protein, protein_layer, args, atac_mode = atac_mode)
   # Modalities the new data lack are unmeasured: zero rows.
-  comb <- .multivi_combine(src, cells, n_features = c(G, R))
+  comb <- .multivi_combine(src, cells, n_features = c(G, R, P))
   if (!is.null(src$rna)) .check_gene_names(comb$genes, reg$gene_names, src$rna$arg)
   if (!is.null(src$atac)) .check_region_names(comb$regions, reg$region_names, src$atac$arg)
-  ds <- .modality_dataset(comb, arg, reg, c(reg$gene_names, reg$region_names))
-  .query_result(comb, ds, list(src$rna, src$atac))
+  if (!is.null(src$protein)) {
+    .check_feature_names(comb$proteins, reg$protein_names, src$protein$arg, unit = "proteins",
+                         model_unit = "proteins", reorder = "protein[model$protein_names, ]",
+                         hint = paste0("MULTIVI applies only to the proteins it was trained ",
+                                       "on: subset/reorder the rows to model$protein_names"))
+  }
+  ds <- .modality_dataset(comb, arg, reg, c(reg$gene_names, reg$region_names,
+                                            reg$protein_names))
+  .query_result(comb, ds, list(src$rna, src$atac, src$protein))
 }
 
 # New data must carry the model's regions, in the model's order.
@@ -473,13 +604,13 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
 }
 
 .require_modality <- function(model, what, arg, value) {
-  n <- if (what == "expression") length(model$gene_names) else length(model$region_names)
+  k <- match(what, c("expression", "accessibility", "protein"))
+  n <- length(list(model$gene_names, model$region_names, model$protein_names)[[k]])
   if (n == 0L) {
     .stop("%s needs %s data, but this model has no %s (it was built without `%s`)",
           if (is.null(value)) arg else sprintf("`%s` = \"%s\"", arg, value),
-          if (what == "expression") "gene expression" else "accessibility (ATAC)",
-          if (what == "expression") "genes" else "regions",
-          if (what == "expression") "rna" else "atac")
+          c("gene expression", "accessibility (ATAC)", "protein")[[k]],
+          c("genes", "regions", "proteins")[[k]], c("rna", "atac", "protein")[[k]])
   }
   invisible(n)
 }
@@ -488,23 +619,24 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
 # Queries.
 
 #' @rdname get_latent_representation
-#' @param modality MULTIVI: the latent space of `"joint"` (both modalities mixed, the
-#'   default), or of one modality's own encoder, `"expression"` or `"accessibility"`
-#'   (refused for `fully_paired` models). SPLICEVI: `"joint"`, `"expression"` or
+#' @param modality MULTIVI: the latent space of `"joint"` (the modalities mixed, the
+#'   default), or of one modality's own encoder, `"expression"`, `"accessibility"` or
+#'   `"protein"` (refused for `fully_paired` models). SPLICEVI: `"joint"`, `"expression"` or
 #'   `"splicing"` (whose posterior mean is non-negative by construction).
 #' @return MULTIVI: a cells x `n_latent` matrix (columns `MULTIVI_1`, ...), or with
 #'   `return_dist = TRUE` a list with `mean` and `var`. For `x`, a MULTIVI model takes
-#'   `list(rna = , atac = , cells = )` (either modality may be left out), or a
+#'   `list(rna = , atac = , protein = , cells = )` (any modality may be left out), or a
 #'   SingleCellExperiment / Seurat object laid out as for [multivi()].
 #' @export
 get_latent_representation.MULTIVI <- function(model, x = NULL, indices = NULL,
                                                modality = c("joint", "expression",
-                                                            "accessibility"),
+                                                            "accessibility", "protein"),
                                                give_mean = TRUE, return_dist = FALSE,
                                                batch_size = 128L, device = "auto", ...) {
   .check_multivi(model)
   .no_dots(list(...), "get_latent_representation", "MULTIVI")
-  .modality_latent(model, "MULTIVI", x, indices, modality, .multivi_modalities, give_mean,
+  .modality_latent(model, "MULTIVI", x, indices, modality,
+                   c(.multivi_modalities, "protein"), give_mean,
                    return_dist, batch_size, device, rs_multivi_latent,
                    require = function(m) .require_modality(model, m, "modality", m))
 }
@@ -610,6 +742,69 @@ get_normalized_accessibility.MULTIVI <- function(model, x = NULL, indices = NULL
 #' @rdname get_normalized_accessibility
 #' @export
 get_accessibility_estimates <- function(model, ...) get_normalized_accessibility(model, ...)
+
+#' Protein foreground probability from a MULTIVI model
+#'
+#' For a `MULTIVI` model with proteins: the probability that each protein's count in each
+#' cell comes from the foreground (specific binding) rather than the background component of
+#' the protein decoder, \eqn{1 - \sigma(\pi)}, decoded from the joint latent space (so also
+#' for cells measured without proteins), as scvi-tools'
+#' `MULTIVI.get_protein_foreground_probability()`.
+#'
+#' @param model a `MULTIVI` model with proteins.
+#' @param x,indices,batch_size,device as for [get_normalized_accessibility()].
+#' @param transform_batch `NULL` (each cell's own batch) or batch categories: decode every
+#'   cell as if from each of them and average the probabilities.
+#' @param protein_list `NULL` (all proteins) or names of the model's proteins to return (in
+#'   the model's order).
+#' @param use_z_mean decode the posterior mean of the latent (`TRUE`) or one sample.
+#' @param ... unused.
+#' @return A cells x proteins matrix of probabilities.
+#' @export
+#' @examples
+#' d <- rscvi_example_multiome()
+#' # Stand-in ADT counts (the package ships no CITE-seq data): a background for every
+#' # antibody, and a foreground in the cell type each one marks.
+#' set.seed(1)
+#' marked <- c(ADT_L23 = "L2/3", ADT_L6 = "L6", ADT_Oligo = "Oligo")
+#' adt <- t(sapply(marked, function(type) {
+#'   stats::rpois(ncol(d$rna), 5 + 60 * (d$cells$cell_type == type))
+#' }))
+#' colnames(adt) <- colnames(d$rna)
+#' model <- multivi(d$rna, d$atac, protein = adt, cells = d$cells)
+#' model <- train(model, max_epochs = 3, seed = 0)
+#' fg <- get_protein_foreground_probability(model, indices = 1:10)
+#' dim(fg)
+get_protein_foreground_probability <- function(model, ...) {
+  UseMethod("get_protein_foreground_probability")
+}
+
+#' @rdname get_protein_foreground_probability
+#' @export
+get_protein_foreground_probability.MULTIVI <- function(model, x = NULL, indices = NULL,
+                                                       transform_batch = NULL,
+                                                       protein_list = NULL, use_z_mean = TRUE,
+                                                       batch_size = 128L, device = "auto",
+                                                       ...) {
+  .check_multivi(model)
+  .no_dots(list(...), "get_protein_foreground_probability")
+  .require_modality(model, "protein", "get_protein_foreground_probability()", NULL)
+  use_z_mean <- .check_scalar_bool(use_z_mean, "use_z_mean")
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  tb <- if (is.null(transform_batch)) -1L else
+    .transform_batch_codes(transform_batch, model$registry$batch_categories)
+  proteins <- model$protein_names
+  protein_idx <- .feature_positions(protein_list, proteins, "protein_list", "protein")
+  q <- .multivi_query_data(model, x)
+  cells <- .query_cells(q, indices)
+  out <- .rs(rs_multivi_protein_foreground_probability(model$model, q$data, cells$idx,
+                                                       as.integer(tb), protein_idx,
+                                                       use_z_mean, batch_size, device))
+  dimnames(out) <- list(cells$names,
+                        if (is.null(protein_idx)) proteins else proteins[protein_idx + 1L])
+  out
+}
 
 #' Library size factors and region factors of a MULTIVI model
 #'
@@ -784,9 +979,13 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
 
 .multivi_data_text <- function(model) {
   inp <- model$input
+  n_proteins <- inp$n_proteins %||% 0L
   .modality_data_text(model, c(expression = "RNA", accessibility = "ATAC"),
-                      sprintf("%s genes + %s regions", .fmt_int(inp$n_genes),
-                              .fmt_int(inp$n_regions)))
+                      sprintf("%s genes + %s regions%s", .fmt_int(inp$n_genes),
+                              .fmt_int(inp$n_regions),
+                              if (n_proteins > 0L) {
+                                sprintf(" + %s proteins", .fmt_int(n_proteins))
+                              } else ""))
 }
 
 #' @rdname summary.SCVI
@@ -822,22 +1021,26 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 # Save / load.
 
 .load_multivi <- function(dir, x, ...) {
-  saved <- .load_modality_model(dir, list(...), "MULTIVI", "list(rna = , atac = , cells = )",
+  saved <- .load_modality_model(dir, list(...), "MULTIVI",
+                                "list(rna = , atac = , protein = , cells = )",
                                 .multivi_registry_from_json)
   registry <- saved$registry
   config <- saved$config
+  n_proteins <- config$n_proteins %||% 0L
   if (length(registry$gene_names) != config$n_genes ||
-      length(registry$region_names) != config$n_regions) {
-    .stop(paste0("`dir` '%s': the saved registry lists %d genes and %d regions but the model ",
-                 "has %d and %d"), dir, length(registry$gene_names),
-          length(registry$region_names), config$n_genes, config$n_regions)
+      length(registry$region_names) != config$n_regions ||
+      length(registry$protein_names) != n_proteins) {
+    .stop(paste0("`dir` '%s': the saved registry lists %d genes, %d regions and %d proteins ",
+                 "but the model has %d, %d and %d"), dir, length(registry$gene_names),
+          length(registry$region_names), length(registry$protein_names), config$n_genes,
+          config$n_regions, n_proteins)
   }
   input <- list(class = NA_character_, n_cells = registry$n_cells,
                 n_genes = config$n_genes, n_regions = config$n_regions,
-                modality_cells = registry$modality_cells)
+                n_proteins = n_proteins, modality_cells = registry$modality_cells)
   model <- .new_multivi(saved$ptr, NULL, registry, config, NULL, NULL, NULL, input,
                         dir = normalizePath(dir))
-  .attach_modality_data(model, x, .multivi_register_query, .multivi_modalities)
+  .attach_modality_data(model, x, .multivi_register_query, .multivi_model_modalities(model))
 }
 
 # ---------------------------------------------------------------------------------------------

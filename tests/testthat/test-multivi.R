@@ -401,7 +401,6 @@ test_that("multivi() names what is wrong with bad input", {
   s <- part(1:40)
   rna <- s$rna
   atac <- s$atac
-  expect_error(multivi(rna, atac, protein = rna), "`protein`.*not supported")
   expect_error(multivi(rna, atac, size_factor_key = "sf"), "`size_factor_key`.*not supported yet")
   expect_error(multivi(), "`rna` and `atac` are both NULL")
   # A cell with counts in no modality.
@@ -436,7 +435,7 @@ test_that("multivi() names what is wrong with bad input", {
   expect_identical(multivi(rna, (atac > 0) * 1)$config$n_regions, 2000L)   # binary is fine
   # Unpaired cells in a model declared fully paired.
   expect_error(multivi(rna[, 1:30], atac[, 11:40], fully_paired = TRUE),
-               "`fully_paired` = TRUE but 10 cells have RNA only and 10 ATAC only")
+               "`fully_paired` = TRUE but 20 cells lack a modality \\(10 expression only, 10 accessibility only")
   # Cells that cannot be matched by name.
   unnamed <- rna
   colnames(unnamed) <- NULL
@@ -483,4 +482,140 @@ test_that("MULTIVI queries refuse what the model cannot do", {
   expect_identical(dim(get_latent_representation(cw)), c(40L, cw$config$n_latent))
   expect_error(differential_expression(m, idx1 = 1:10, weights = "importance"),
                "importance weights are not available")
+})
+
+# Stand-in ADT counts for the example's cells (the package ships no CITE-seq data): a Poisson
+# background of 5 for every antibody, and a foreground of 60 more in the cell type it marks.
+adt_counts <- function(d = multiome()) {
+  marked <- c(ADT_L23 = "L2/3", ADT_L6 = "L6", ADT_Oligo = "Oligo")
+  set.seed(1)
+  adt <- t(vapply(marked, function(type) {
+    as.numeric(stats::rpois(ncol(d$rna), 5 + 60 * (d$cells$cell_type == type)))
+  }, numeric(ncol(d$rna))))
+  colnames(adt) <- colnames(d$rna)
+  adt
+}
+
+# The mosaic with proteins in cells 1-300: RNA + protein (1-100), all three (101-300), RNA +
+# ATAC (301-500), ATAC only (501-600); trained as mosaic_model(), for 60 epochs (the
+# proteins' association with the other modalities takes longer to learn).
+protein_model <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      p <- mosaic_parts()
+      m <- multivi(p$rna, p$atac, protein = adt_counts()[, 1:300], cells = p$cells,
+                   batch_key = "library", use_batch_norm = "both", use_layer_norm = "none")
+      cache <<- train(m, max_epochs = 60L, lr = 1e-2, n_epochs_kl_warmup = 10L,
+                      early_stopping = FALSE, seed = 0L, device = "cpu", progress = FALSE)
+    }
+    cache
+  }
+})
+
+test_that("multivi() takes surface proteins as a third modality", {
+  m <- protein_model()
+  d <- multiome()
+  expect_identical(m$config$n_proteins, 3L)
+  expect_identical(m$config$protein_dispersion, "protein")
+  expect_identical(m$protein_names, c("ADT_L23", "ADT_L6", "ADT_Oligo"))
+  expect_identical(as.vector(table(m$modality)[c("expression+protein", "paired",
+                                                 "expression+accessibility",
+                                                 "accessibility")]),
+                   c(100L, 200L, 200L, 100L))
+  expect_output(print(m), "3 proteins")
+  expect_output(print(m), "100 RNA\\+protein")
+
+  # Queries: the protein latent space and the foreground probability, for every cell.
+  expect_identical(dim(get_latent_representation(m, modality = "protein")), c(600L, 6L))
+  fg <- get_protein_foreground_probability(m)
+  expect_identical(dimnames(fg), list(m$cell_names, m$protein_names))
+  expect_true(all(fg >= 0 & fg <= 1))
+  two <- get_protein_foreground_probability(m, indices = 1:20, protein_list = "ADT_L6",
+                                            transform_batch = m$registry$batch_categories[1:2])
+  expect_identical(dim(two), c(20L, 1L))
+  b1 <- get_protein_foreground_probability(m, indices = 1:20, protein_list = "ADT_L6",
+                                           transform_batch = m$registry$batch_categories[1])
+  b2 <- get_protein_foreground_probability(m, indices = 1:20, protein_list = "ADT_L6",
+                                           transform_batch = m$registry$batch_categories[2])
+  expect_equal(two, (b1 + b2) / 2, tolerance = 1e-4)   # averaged over the batches
+
+  # The model has learnt which proteins go with which cells: each cell's own ADT counts
+  # reconstruct better than the same counts shuffled over the cells (by 11 nats a cell; the
+  # proteins' own share of the error is 8 nats a cell).
+  cells <- colnames(d$rna)[101:300]
+  adt <- adt_counts()[, cells]
+  set.seed(2)
+  shuffled <- adt[, sample(ncol(adt))]
+  colnames(shuffled) <- cells
+  x <- function(protein) list(rna = d$rna[, cells], atac = d$atac[, cells], protein = protein,
+                              cells = d$cells[cells, ])
+  own <- get_reconstruction_error(m, x = x(adt))
+  other <- get_reconstruction_error(m, x = x(shuffled))
+  expect_gt(other, own + 5)
+
+  # New data without proteins are cells unmeasured there; proteins in another order fail.
+  expect_identical(dim(get_latent_representation(m, x = list(rna = d$rna[, cells],
+                                                             cells = d$cells[cells, ]))),
+                   c(200L, 6L))
+  expect_error(get_latent_representation(m, x = x(adt[3:1, ])), "different order")
+  expect_error(get_protein_foreground_probability(m, protein_list = "CD4"),
+               "`protein_list` has 1 proteins that are not in the model")
+
+  # Save and load keep the proteins.
+  dir <- tempfile("multivi-protein-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  save_model(m, dir)
+  p <- mosaic_parts()
+  back <- load_model(dir, x = list(rna = p$rna, atac = p$atac, protein = adt_counts()[, 1:300],
+                                   cells = p$cells))
+  expect_identical(back$protein_names, m$protein_names)
+  expect_equal(get_latent_representation(back), get_latent_representation(m), tolerance = 1e-6)
+})
+
+test_that("multivi() reads proteins from SingleCellExperiment and Seurat objects", {
+  d <- part(1:60)
+  adt <- adt_counts()[, 1:60]
+  sce <- multiome_sce(d)
+  SingleCellExperiment::altExp(sce, "ADT") <-
+    SummarizedExperiment::SummarizedExperiment(assays = list(counts = adt))
+  m <- multivi(sce, protein = "ADT", protein_dispersion = "protein-batch",
+               batch_key = "library")
+  expect_identical(m$protein_names, rownames(adt))
+  expect_identical(m$registry$setup_args$protein, "ADT")
+  expect_identical(m$config$protein_dispersion, "protein-batch")
+  m <- train(m, max_epochs = 2L, seed = 0L, progress = FALSE)
+  expect_identical(dim(get_protein_foreground_probability(m, x = sce)), c(60L, 3L))
+  expect_error(multivi(sce, protein = "CITE"),
+               "`protein` 'CITE' is not an alternative experiment of `rna`; available: 'ATAC', 'ADT'")
+  prot_sce <- SingleCellExperiment::SingleCellExperiment(assays = list(raw = adt))
+  expect_identical(multivi(sce, protein = prot_sce, protein_layer = "raw")$config$n_proteins,
+                   3L)
+
+  so <- multiome_seurat(d)
+  so[["ADT"]] <- suppressWarnings(SeuratObject::CreateAssayObject(counts = adt))
+  ms <- multivi(so, protein = "ADT")
+  expect_identical(ms$protein_names, sub("_", "-", rownames(adt)))   # Seurat's feature names
+  expect_identical(ms$registry$setup_args$assay, "RNA")
+})
+
+test_that("multivi() names what is wrong with protein input", {
+  d <- part(1:60)
+  adt <- adt_counts()[, 1:60]
+  neg <- adt
+  neg[1, 1] <- -1
+  expect_error(multivi(d$rna, d$atac, protein = neg), "`protein`.*negative")
+  frac <- adt
+  frac[1, 1] <- 0.5
+  expect_error(multivi(d$rna, d$atac, protein = frac), "`protein`.*ADT")
+  expect_error(multivi(d$rna, d$atac, protein = adt * 0), "`protein` has no counts in any cell")
+  expect_error(multivi(d$rna, d$atac, protein_layer = "counts"), "`protein` is NULL")
+  expect_error(multivi(d$rna, d$atac, protein = "ADT"), "names an altExp")
+  expect_error(multivi(d$rna, d$atac, protein = adt, protein_dispersion = "protein-label"),
+               "protein_dispersion")
+  expect_error(multivi(d$rna, d$atac[, 1:50], protein = adt, fully_paired = TRUE),
+               "10 expression\\+protein only")
+  plain <- multivi(d$rna, d$atac)
+  expect_error(get_protein_foreground_probability(plain), "has no proteins")
+  expect_error(get_latent_representation(plain, modality = "protein"), "has no proteins")
 })

@@ -3,14 +3,14 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use rscvi_core::models::multivi::model::{self as multivi, AccessibilityQuery};
+use rscvi_core::models::multivi::model::{self as multivi, AccessibilityQuery, ProteinQuery};
 use rscvi_core::models::multivi::{Modality, MultiviKind, MultiviModel};
 
 use crate::models::{build_model, handle, Query};
 use crate::queries::{latent_list, r_matrix};
 use crate::{dataset, guarded, indices, on_device_guarded, other};
 
-/// `ds`: one dataset whose columns are the genes, then the regions.
+/// `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 #[extendr]
 fn rs_multivi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
     let data = dataset(&ds)?;
@@ -19,7 +19,8 @@ fn rs_multivi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Ro
     })
 }
 
-/// Latent representation of one modality: "joint", "expression" or "accessibility".
+/// Latent representation of one modality: "joint", "expression", "accessibility" or
+/// "protein".
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_multivi_latent(
@@ -35,6 +36,7 @@ fn rs_multivi_latent(
         "joint" => Modality::Joint,
         "expression" => Modality::Expression,
         "accessibility" => Modality::Accessibility,
+        "protein" => Modality::Protein,
         _ => return Err(other(format!("internal: unknown modality {modality}"))),
     };
     let q = Query::<MultiviKind>::of(&model, &ds, &idx, batch_size)?;
@@ -81,6 +83,41 @@ fn rs_multivi_normalized_accessibility(
     Ok(r_matrix(&out))
 }
 
+/// Foreground probability of each protein; `transform_batch`: batch codes to average over
+/// (-1: each cell's own); `proteins` NULL: all, else 0-based protein indices.
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_multivi_protein_foreground_probability(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    transform_batch: Vec<i32>,
+    proteins: Robj,
+    use_z_mean: bool,
+    batch_size: i32,
+    device: &str,
+) -> Result<Robj> {
+    let q = Query::<MultiviKind>::of(&model, &ds, &idx, batch_size)?;
+    let n_proteins = q.model.config().n_proteins;
+    let proteins = (!proteins.is_null())
+        .then(|| indices(&proteins, n_proteins))
+        .transpose()?;
+    let request = ProteinQuery {
+        cells: &q.cells,
+        transform_batch: transform_batch
+            .iter()
+            .map(|&b| (b >= 0).then_some(b as u32))
+            .collect(),
+        proteins: proteins.as_deref(),
+        use_z_mean,
+        batch_size: q.batch_size,
+    };
+    let out = on_device_guarded!(q.model, device, |module, dev| {
+        multivi::protein_foreground_probability(module, q.data, &request, dev)
+    })?;
+    Ok(r_matrix(&out))
+}
+
 /// Per cell: the expression log library and the accessibility factor.
 #[extendr]
 fn rs_multivi_library_size_factors(
@@ -110,6 +147,7 @@ extendr_module! {
     fn rs_multivi_new;
     fn rs_multivi_latent;
     fn rs_multivi_normalized_accessibility;
+    fn rs_multivi_protein_foreground_probability;
     fn rs_multivi_library_size_factors;
     fn rs_multivi_region_factors;
 }

@@ -51,17 +51,26 @@ impl<B: Backend> ModuleMapper<B> for Retrainable {
     }
 }
 
-/// A trainable N(0, 1)-initialised parameter. Like Burn's Linear weights it is drawn lazily, at
-/// first use: `train()` seeds the backend first, so the seed also fixes the initialisation.
+/// A trainable N(0, 1)-initialised parameter (see [`lazy_random`]).
 pub fn lazy_normal<B: Backend, const D: usize>(
     shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    lazy_random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
+/// A trainable parameter drawn from `distribution`. Like Burn's Linear weights it is drawn
+/// lazily, at first use: `train()` seeds the backend first, so the seed also fixes the
+/// initialisation.
+pub fn lazy_random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    distribution: Distribution,
     device: &B::Device,
 ) -> Param<Tensor<B, D>> {
     Param::uninitialized(
         ParamId::new(),
         move |dev, require_grad| {
-            Tensor::random(shape, Distribution::Normal(0.0, 1.0), dev)
-                .set_require_grad(require_grad)
+            Tensor::random(shape, distribution, dev).set_require_grad(require_grad)
         },
         device.clone(),
         true,

@@ -1,7 +1,8 @@
-//! MULTIVI (multivi.md): one VAE over gene expression and chromatin accessibility of the
-//! same cells, where any cell may lack one of the modalities (paired, RNA-only and
-//! ATAC-only cells in one model). Each modality has its own encoder; the posteriors of the
-//! modalities a cell has are mixed into one joint latent (§4), which both decoders read.
+//! MULTIVI (multivi.md): one VAE over gene expression, chromatin accessibility and
+//! optionally surface proteins of the same cells, where any cell may lack some of the
+//! modalities (paired, RNA-only and ATAC-only cells in one model). Each modality has its own
+//! encoder; the posteriors of the modalities a cell has are mixed into one joint latent (§4),
+//! which every decoder reads.
 
 pub mod model;
 
@@ -9,7 +10,7 @@ pub use model::{Modality, MultiviKind, MultiviModel};
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{activation, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation, backend::Backend, Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{covariate_width, DataSet};
@@ -51,12 +52,27 @@ pub enum ModalityPenalty {
     None,
 }
 
+/// How the protein dispersion θ^p is shared (§2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProteinDispersion {
+    /// One θ per protein.
+    #[default]
+    Protein,
+    /// One θ per protein and batch.
+    ProteinBatch,
+}
+
 /// Hyperparameters and the data dimensions the module is built from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MultiviConfig {
-    /// Genes (G) and regions (R): the expression columns come first in the data.
+    /// Genes (G), regions (R) and proteins (P): the data's columns in this order.
     pub n_genes: usize,
     pub n_regions: usize,
+    #[serde(default)]
+    pub n_proteins: usize,
+    #[serde(default)]
+    pub protein_dispersion: ProteinDispersion,
     pub n_batch: usize,
     pub n_cats_per_cov: Vec<usize>,
     pub n_continuous_cov: usize,
@@ -87,6 +103,8 @@ impl MultiviConfig {
         Self {
             n_genes,
             n_regions,
+            n_proteins: 0,
+            protein_dispersion: ProteinDispersion::Protein,
             n_batch,
             n_cats_per_cov: vec![],
             n_continuous_cov: 0,
@@ -136,9 +154,15 @@ impl MultiviConfig {
         covariate_width(self.n_batch, &self.n_cats_per_cov)
     }
 
-    /// Columns of the data: expression, then accessibility.
+    /// Columns of the data: expression, accessibility, then proteins.
     pub fn n_features(&self) -> usize {
-        self.n_genes + self.n_regions
+        self.n_genes + self.n_regions + self.n_proteins
+    }
+
+    /// Modalities mixed into the joint posterior: expression and accessibility (each
+    /// encoder exists even when its data do not, §1.1), and proteins when there are any.
+    pub fn n_modalities(&self) -> usize {
+        2 + usize::from(self.n_proteins > 0)
     }
 }
 
@@ -175,6 +199,78 @@ pub struct AccessibilityDecoder<B: Backend> {
     pub output: Linear<B>,
 }
 
+/// The totalVI-style protein decoder (§3.3): a background and a foreground rate per protein
+/// and the logits of their mixture. Every stack injects the covariates at every layer; each
+/// head reads its stack's output, the decoder input and the covariates.
+#[derive(Module, Debug)]
+pub struct ProteinDecoder<B: Backend> {
+    pub py_back_decoder: FcLayers<B>,
+    pub py_back_mean_log_alpha: Linear<B>,
+    pub py_back_mean_log_beta: Linear<B>,
+    pub py_fore_decoder: FcLayers<B>,
+    pub py_fore_scale_decoder: Linear<B>,
+    pub sigmoid_decoder: FcLayers<B>,
+    pub py_background_decoder: Linear<B>,
+}
+
+/// The protein decoder's output for a minibatch, (n, P) each.
+pub struct ProteinGenerative<B: Backend> {
+    pub rate_back: Tensor<B, 2>,
+    pub rate_fore: Tensor<B, 2>,
+    /// Logits of the background's share π^p.
+    pub mixing_logits: Tensor<B, 2>,
+}
+
+/// Dropout of the protein decoder's stacks, fixed by the reference (§2).
+const PROTEIN_DECODER_DROPOUT: f64 = 0.1;
+
+impl<B: Backend> ProteinDecoder<B> {
+    fn new(stack: &FcOptions, n_proteins: usize, device: &B::Device) -> Self {
+        let head_in = stack.n_hidden + stack.n_in + stack.n_cov;
+        let head = || LinearConfig::new(head_in, n_proteins).init(device);
+        Self {
+            py_back_decoder: FcLayers::new(stack, device),
+            py_back_mean_log_alpha: head(),
+            py_back_mean_log_beta: head(),
+            py_fore_decoder: FcLayers::new(stack, device),
+            py_fore_scale_decoder: head(),
+            sigmoid_decoder: FcLayers::new(stack, device),
+            py_background_decoder: head(),
+        }
+    }
+
+    /// The background is a fresh draw of its log-normal rate, also outside training (Q9).
+    fn forward(
+        &self,
+        u: &Tensor<B, 2>,
+        cov: Option<&Tensor<B, 2>>,
+        training: bool,
+    ) -> ProteinGenerative<B> {
+        let head = |linear: &Linear<B>, h: Tensor<B, 2>| {
+            let mut input = vec![h, u.clone()];
+            input.extend(cov.cloned());
+            linear.forward(Tensor::cat(input, 1))
+        };
+        let h = self.py_back_decoder.forward(u.clone(), cov, training);
+        let alpha = head(&self.py_back_mean_log_alpha, h.clone());
+        let beta = head(&self.py_back_mean_log_beta, h).exp();
+        let noise = Tensor::random(
+            alpha.shape(),
+            Distribution::Normal(0.0, 1.0),
+            &alpha.device(),
+        );
+        let rate_back = (alpha + beta * noise).exp();
+        let h = self.py_fore_decoder.forward(u.clone(), cov, training);
+        let fore_scale = activation::relu(head(&self.py_fore_scale_decoder, h)) + (1.0 + 1e-8);
+        let h = self.sigmoid_decoder.forward(u.clone(), cov, training);
+        ProteinGenerative {
+            rate_fore: rate_back.clone() * fore_scale,
+            rate_back,
+            mixing_logits: head(&self.py_background_decoder, h),
+        }
+    }
+}
+
 /// The MULTIVAE module. Parameter names follow scvi-tools' state dict (multivi.md §3.2).
 #[derive(Module, Debug)]
 pub struct Multivae<B: Backend> {
@@ -186,11 +282,17 @@ pub struct Multivae<B: Backend> {
     pub z_decoder_expression: Option<ExpressionDecoder<B>>,
     /// None without regions.
     pub z_decoder_accessibility: Option<AccessibilityDecoder<B>>,
+    /// The protein encoder and decoder, None without proteins.
+    pub z_encoder_protein: Option<Encoder<B>>,
+    pub z_decoder_pro: Option<ProteinDecoder<B>>,
+    /// Log protein dispersion, (P, 1) or per batch (P, K); None without proteins.
+    pub py_r: Option<Param<Tensor<B, 2>>>,
     /// Log inverse dispersion per gene.
     pub px_r: Param<Tensor<B, 1>>,
     /// Region factors (logits), when enabled and there are regions.
     pub region_factors: Option<Param<Tensor<B, 1>>>,
-    /// Modality logits: (1, 2) universal or (cells, 2) per cell; None for equal weights.
+    /// Modality logits: (1, M) universal or (cells, M) per cell, M modalities; None for
+    /// equal weights.
     pub mod_weights: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     pub config: MultiviConfig,
@@ -201,10 +303,17 @@ pub struct MultiviBatch<B: Backend> {
     /// Raw counts (the encoders see no log1p, Q10); a zero column when absent.
     pub x_rna: Tensor<B, 2>,
     pub x_atac: Tensor<B, 2>,
-    /// Σ_g lgamma(x + 1) over the cell's genes.
+    /// Protein counts, when the model has proteins.
+    pub y: Option<Tensor<B, 2>>,
+    /// Σ lgamma(x + 1) over the cell's genes, and over its proteins.
     pub log_factorial: Tensor<B, 1>,
-    /// Whether each cell has expression / accessibility (nonzero total), (n, 2).
+    pub protein_log_factorial: Tensor<B, 1>,
+    /// Whether each cell has expression / accessibility [/ proteins] (nonzero total),
+    /// (n, modalities).
     pub masks: Tensor<B, 2>,
+    /// Whether any cell of the minibatch has proteins (else the protein decoder sits out
+    /// the step, as in the reference).
+    pub any_protein: bool,
     /// Covariate one-hots (batch and categorical covariates with > 1 category).
     pub covariates: Option<Tensor<B, 2>>,
     pub continuous: Option<Tensor<B, 2>>,
@@ -219,8 +328,8 @@ pub struct MultiviBatch<B: Backend> {
 }
 
 impl<B: Backend> MultiviBatch<B> {
-    /// Assembles `cells` of `data` (expression columns first, then regions), decoding as
-    /// batch `transform_batch` when given.
+    /// Assembles `cells` of `data` (expression columns first, then regions, then proteins),
+    /// decoding as batch `transform_batch` when given.
     pub fn new(
         config: &MultiviConfig,
         data: &DataSet,
@@ -228,39 +337,54 @@ impl<B: Backend> MultiviBatch<B> {
         transform_batch: Option<u32>,
         device: &B::Device,
     ) -> Self {
-        let (n, g, r) = (cells.len(), config.n_genes, config.n_regions);
-        let (gw, rw) = (g.max(1), r.max(1));
+        let (n, g, r, p) = (
+            cells.len(),
+            config.n_genes,
+            config.n_regions,
+            config.n_proteins,
+        );
+        let (gw, rw, m) = (g.max(1), r.max(1), config.n_modalities());
         let mut x_rna = vec![0f32; n * gw];
         let mut x_atac = vec![0f32; n * rw];
+        let mut y = vec![0f32; n * p];
         let mut log_factorial = vec![0f32; n];
-        let mut masks = vec![0f32; n * 2];
+        let mut protein_log_factorial = vec![0f32; n];
+        let mut masks = vec![0f32; n * m];
         let (mut rna_rows, mut atac_rows) = (SparseRows::default(), SparseRows::default());
         rna_rows.indptr.push(0);
         atac_rows.indptr.push(0);
         for (row, &c) in cells.iter().enumerate() {
             let (idx, val) = data.counts.row(c);
-            let (mut rna_total, mut atac_total, mut lf) = (0f64, 0f64, 0f64);
+            let mut totals = [0f64; 3];
+            let (mut lf, mut protein_lf) = (0f64, 0f64);
             for (&j, &v) in idx.iter().zip(val) {
                 let j = j as usize;
                 if j < g {
                     x_rna[row * gw + j] = v;
-                    rna_total += v as f64;
+                    totals[0] += v as f64;
                     lf += crate::data::ln_factorial(v as f64);
                     rna_rows.indices.push(j as u32);
                     rna_rows.values.push(v);
-                } else {
+                } else if j < g + r {
                     x_atac[row * rw + j - g] = v;
-                    atac_total += v as f64;
+                    totals[1] += v as f64;
                     atac_rows.indices.push((j - g) as u32);
                     atac_rows.values.push(v);
+                } else {
+                    y[row * p + j - g - r] = v;
+                    totals[2] += v as f64;
+                    protein_lf += crate::data::ln_factorial(v as f64);
                 }
             }
             rna_rows.indptr.push(rna_rows.values.len());
             atac_rows.indptr.push(atac_rows.values.len());
             log_factorial[row] = lf as f32;
-            masks[row * 2] = (rna_total > 0.0) as u8 as f32;
-            masks[row * 2 + 1] = (atac_total > 0.0) as u8 as f32;
+            protein_log_factorial[row] = protein_lf as f32;
+            for (k, total) in totals.iter().take(m).enumerate() {
+                masks[row * m + k] = (*total > 0.0) as u8 as f32;
+            }
         }
+        let any_protein = p > 0 && (0..n).any(|row| masks[row * m + 2] > 0.0);
         let cov = data.covariate_rows(cells, transform_batch);
         let mat = |v: Vec<f32>, cols: usize| {
             Tensor::<B, 2>::from_data(TensorData::new(v, [n, cols]), device)
@@ -270,11 +394,15 @@ impl<B: Backend> MultiviBatch<B> {
             .iter()
             .map(|&c| transform_batch.unwrap_or(data.batch.codes[c]) as usize)
             .collect();
+        let vector = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), device);
         Self {
             x_rna: mat(x_rna, gw),
             x_atac: mat(x_atac, rw),
-            log_factorial: Tensor::from_data(TensorData::new(log_factorial, [n]), device),
-            masks: mat(masks, 2),
+            y: (p > 0).then(|| mat(y, p)),
+            log_factorial: vector(log_factorial),
+            protein_log_factorial: vector(protein_log_factorial),
+            masks: mat(masks, m),
+            any_protein,
             covariates: (cov.width > 0).then(|| mat(cov.covariates, cov.width)),
             continuous: (u > 0).then(|| mat(cov.continuous, u)),
             cells: Tensor::from_data(
@@ -298,11 +426,12 @@ impl<B: Backend> MultiviBatch<B> {
 
 /// The encoder side of a minibatch (§4).
 pub struct MultiviInference<B: Backend> {
-    /// Per modality (expression, accessibility): posterior mean, variance and own draw.
-    pub qz_m: [Tensor<B, 2>; 2],
-    pub qz_v: [Tensor<B, 2>; 2],
-    pub z_m: [Tensor<B, 2>; 2],
-    /// Mixing weights of the modalities, (n, 2).
+    /// Per modality (expression, accessibility [, proteins]): posterior mean, variance and
+    /// own draw.
+    pub qz_m: Vec<Tensor<B, 2>>,
+    pub qz_v: Vec<Tensor<B, 2>>,
+    pub z_m: Vec<Tensor<B, 2>>,
+    /// Mixing weights of the modalities, (n, modalities).
     pub weights: Tensor<B, 2>,
     /// The joint posterior and its draw (after the latent transform).
     pub qz_mean: Tensor<B, 2>,
@@ -315,13 +444,15 @@ pub struct MultiviInference<B: Backend> {
     pub sparse_inputs: Vec<SparseInput<B>>,
 }
 
-/// The decoder side: expression logits, zero-inflation logits, region probabilities.
+/// The decoder side: expression logits, zero-inflation logits, region probabilities,
+/// protein rates.
 pub struct MultiviGenerative<B: Backend> {
     pub expression_logits: Option<Tensor<B, 2>>,
     pub dropout_logits: Option<Tensor<B, 2>>,
     /// Logits of p, the decoder's region probabilities before the library and region
     /// factors.
     pub accessibility_logits: Option<Tensor<B, 2>>,
+    pub protein: Option<ProteinGenerative<B>>,
 }
 
 /// Loss terms of a minibatch (§5.5).
@@ -332,6 +463,7 @@ pub struct MultiviLoss<B: Backend> {
     pub reconstruction: Tensor<B, 1>,
     pub reconstruction_expression: Tensor<B, 1>,
     pub reconstruction_accessibility: Tensor<B, 1>,
+    pub reconstruction_protein: Tensor<B, 1>,
     pub kl_z: Tensor<B, 1>,
     pub penalty: Tensor<B, 1>,
     /// The joint draw (input of the adversarial classifier).
@@ -446,12 +578,23 @@ impl<B: Backend> Multivae<B> {
             px_decoder: FcLayers::new(&enc(n_in, 0.0, deep), device),
             output: LinearConfig::new(h, 1).init(device),
         };
+        let m = c.n_modalities();
         let mod_weights = match c.modality_weights {
             ModalityWeights::Equal => None,
-            ModalityWeights::Universal => Some(crate::nn::trainable(Tensor::ones([1, 2], device))),
+            ModalityWeights::Universal => Some(crate::nn::trainable(Tensor::ones([1, m], device))),
             ModalityWeights::Cell => {
-                Some(crate::nn::trainable(Tensor::ones([c.n_cells, 2], device)))
+                Some(crate::nn::trainable(Tensor::ones([c.n_cells, m], device)))
             }
+        };
+        let p = c.n_proteins;
+        let protein_stack = FcOptions {
+            dropout: PROTEIN_DECODER_DROPOUT,
+            inject_covariates: true,
+            ..dec(false)
+        };
+        let dispersion_columns = match c.protein_dispersion {
+            ProteinDispersion::Protein => 1,
+            ProteinDispersion::ProteinBatch => c.n_batch,
         };
         Ok(Self {
             z_encoder_expression: Encoder::new(
@@ -477,6 +620,17 @@ impl<B: Backend> Multivae<B> {
             z_decoder_accessibility: (r > 0).then(|| AccessibilityDecoder {
                 px_decoder: FcLayers::new(&dec(true), device),
                 output: LinearConfig::new(h, r).init(device),
+            }),
+            // Like the accessibility z-encoder, it injects covariates into every layer (Q6).
+            z_encoder_protein: (p > 0)
+                .then(|| Encoder::new(&enc(p, c.dropout_rate, true), d, 0.0, device)),
+            z_decoder_pro: (p > 0).then(|| ProteinDecoder::new(&protein_stack, p, device)),
+            py_r: (p > 0).then(|| {
+                crate::nn::lazy_random(
+                    [p, dispersion_columns],
+                    Distribution::Uniform(0.0, 2.0),
+                    device,
+                )
             }),
             px_r: crate::nn::lazy_normal([g.max(1)], device),
             region_factors: (c.region_factors && r > 0)
@@ -509,11 +663,11 @@ impl<B: Backend> Multivae<B> {
         }
     }
 
-    /// The modality logits of the minibatch's cells, (n, 2).
+    /// The modality logits of the minibatch's cells, (n, modalities).
     fn modality_logits(&self, b: &MultiviBatch<B>) -> Tensor<B, 2> {
         let device = b.masks.device();
         match &self.mod_weights {
-            None => Tensor::ones([b.n_cells, 2], &device),
+            None => Tensor::ones([b.n_cells, self.config.n_modalities()], &device),
             Some(w) => match self.config.modality_weights {
                 ModalityWeights::Cell => w.val().select(0, b.cells.clone()),
                 _ => w.val().repeat_dim(0, b.n_cells),
@@ -557,20 +711,24 @@ impl<B: Backend> Multivae<B> {
             activation::leaky_relu(library(&self.l_encoder_expression, xe, &b.rna_rows), 0.01);
         let library_accessibility =
             activation::sigmoid(library(&self.l_encoder_accessibility, xa, &b.atac_rows));
+        let qp = self
+            .z_encoder_protein
+            .as_ref()
+            .zip(b.y.as_ref())
+            .map(|(enc, y)| enc.forward(self.encoder_input(y, b), cov, training));
+        let posteriors: Vec<_> = [qe, qa].into_iter().chain(qp).collect();
+        let qz_m: Vec<_> = posteriors.iter().map(|q| q.mean.clone()).collect();
+        let qz_v: Vec<_> = posteriors.iter().map(|q| q.var.clone()).collect();
         let weights = mixing_weights(self.modality_logits(b), b.masks.clone());
-        let (qz_mean, qz_var) = mix(
-            &weights,
-            &[qe.mean.clone(), qa.mean.clone()],
-            &[qe.var.clone(), qa.var.clone()],
-        );
+        let (qz_mean, qz_var) = mix(&weights, &qz_m, &qz_v);
         let z = self.transform_latent(crate::nn::resample(&qz_mean, &qz_var));
         MultiviInference {
-            z_m: [
-                self.transform_latent(qe.sample),
-                self.transform_latent(qa.sample),
-            ],
-            qz_m: [qe.mean, qa.mean],
-            qz_v: [qe.var, qa.var],
+            z_m: posteriors
+                .into_iter()
+                .map(|q| self.transform_latent(q.sample))
+                .collect(),
+            qz_m,
+            qz_v,
             weights,
             qz_mean,
             qz_var,
@@ -604,14 +762,50 @@ impl<B: Backend> Multivae<B> {
             None => (None, None),
         };
         let accessibility_logits = self.z_decoder_accessibility.as_ref().map(|dec| {
-            let h = dec.px_decoder.forward(u, cov, training);
+            let h = dec.px_decoder.forward(u.clone(), cov, training);
             dec.output.forward(h)
         });
+        let protein = self
+            .z_decoder_pro
+            .as_ref()
+            .map(|dec| dec.forward(&u, cov, training));
         MultiviGenerative {
             expression_logits,
             dropout_logits,
             accessibility_logits,
+            protein,
         }
+    }
+
+    /// θ^p of the minibatch's cells: (1, P), or (n, P) per batch.
+    fn protein_theta(&self, b: &MultiviBatch<B>, py_r: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.config.protein_dispersion {
+            ProteinDispersion::Protein => py_r.transpose().exp(),
+            ProteinDispersion::ProteinBatch => {
+                let onehot = crate::nn::adversarial::one_hot::<B>(
+                    &b.batch_codes,
+                    self.config.n_batch,
+                    &b.masks.device(),
+                );
+                onehot.matmul(py_r.transpose()).exp()
+            }
+        }
+    }
+
+    /// −log p(y) per cell under the background / foreground NB mixture (§5.2).
+    fn protein_nll(&self, b: &MultiviBatch<B>, gen: &MultiviGenerative<B>) -> Option<Tensor<B, 1>> {
+        let (Some(pg), Some(y), Some(py_r)) = (&gen.protein, &b.y, &self.py_r) else {
+            return None;
+        };
+        let theta = self.protein_theta(b, py_r.val());
+        let lp = dist::mixture_nb_log_prob_unnormalized(
+            y.clone(),
+            pg.rate_back.clone(),
+            pg.rate_fore.clone(),
+            theta,
+            pg.mixing_logits.clone(),
+        );
+        Some(b.protein_log_factorial.clone() - lp.sum_dim(1).squeeze_dim::<1>(1))
     }
 
     /// σ(region factors), or None when disabled.
@@ -646,7 +840,8 @@ impl<B: Backend> Multivae<B> {
             }
             (None, _) => zeros(),
         };
-        let (me, ma) = (b.mask(0), b.mask(1));
+        let masks: Vec<_> = (0..self.config.n_modalities()).map(|m| b.mask(m)).collect();
+        let (me, ma) = (masks[0].clone(), masks[1].clone());
         let (reconstruction_accessibility, region_gradient) = match &gen.accessibility_logits {
             Some(logits) => fused_bernoulli_cross_entropy(
                 b.x_atac.clone(),
@@ -658,24 +853,38 @@ impl<B: Backend> Multivae<B> {
             ),
             None => (zeros(), None),
         };
-        let reconstruction = reconstruction_expression.clone() * me.clone()
-            + reconstruction_accessibility.clone() * ma.clone();
+        // The protein decoder joins only steps with a protein-measured cell (§5.2).
+        let reconstruction_protein = b
+            .any_protein
+            .then(|| self.protein_nll(b, &gen))
+            .flatten()
+            .unwrap_or_else(zeros);
+        let mut reconstruction =
+            reconstruction_expression.clone() * me + reconstruction_accessibility.clone() * ma;
+        if let Some(mp) = masks.get(2) {
+            reconstruction = reconstruction + reconstruction_protein.clone() * mp.clone();
+        }
         let kl_z = dist::kl_standard_normal(inf.qz_mean.clone(), inf.qz_var.clone())
             .sum_dim(1)
             .squeeze_dim::<1>(1);
-        let paired = me * ma;
-        let penalty = match self.config.modality_penalty {
-            ModalityPenalty::Jeffreys => {
-                let [qe, qa] = inf.qz_m.clone();
-                let [ve, va] = inf.qz_v.clone();
-                jeffreys(qe, ve, qa, va) * paired
+        // Summed over every pair of modalities both measured in a cell (§5.4).
+        let n_mod = masks.len();
+        let pairs = (0..n_mod).flat_map(|i| (i + 1..n_mod).map(move |j| (i, j)));
+        let pair_penalty = |(i, j): (usize, usize)| {
+            let paired = masks[i].clone() * masks[j].clone();
+            let (mi, mj) = (inf.qz_m[i].clone(), inf.qz_m[j].clone());
+            match self.config.modality_penalty {
+                ModalityPenalty::Jeffreys => {
+                    jeffreys(mi, inf.qz_v[i].clone(), mj, inf.qz_v[j].clone()) * paired
+                }
+                ModalityPenalty::Mmd => mmd_penalty(mi, mj, paired),
+                ModalityPenalty::None => zeros(),
             }
-            ModalityPenalty::Mmd => {
-                let [qe, qa] = inf.qz_m.clone();
-                mmd_penalty(qe, qa, paired)
-            }
-            ModalityPenalty::None => zeros(),
         };
+        let penalty = pairs
+            .map(pair_penalty)
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(zeros);
         let mut loss = (reconstruction.clone() + kl_z.clone() * kl_weight + penalty.clone()).mean();
         if let Some(g) = region_gradient {
             loss = loss + g;
@@ -685,6 +894,7 @@ impl<B: Backend> Multivae<B> {
             reconstruction,
             reconstruction_expression,
             reconstruction_accessibility,
+            reconstruction_protein,
             kl_z,
             penalty,
             z: inf.z,
@@ -698,7 +908,11 @@ pub fn check_data(config: &MultiviConfig, data: &DataSet) -> Result<()> {
     let weighted = (config.modality_weights == ModalityWeights::Cell).then_some(config.n_cells);
     check_modality_columns(
         data,
-        &[(config.n_genes, "genes"), (config.n_regions, "regions")],
+        &[
+            (config.n_genes, "genes"),
+            (config.n_regions, "regions"),
+            (config.n_proteins, "proteins"),
+        ],
         config.n_batch,
         weighted,
     )
@@ -880,6 +1094,35 @@ mod tests {
             .all(|l| l.batch_norm.is_none() && l.layer_norm));
         assert!(enc.encoder.leaky_relu && da.px_decoder.leaky_relu);
         assert!(!de.px_decoder.leaky_relu);
+    }
+
+    #[test]
+    fn protein_networks_have_the_reference_shapes() {
+        // §10.1 with P = 5 proteins: H = 8, D = 2, K = 2; the protein stacks inject the
+        // covariates at every layer, the heads read [h, u, one-hots].
+        let mut c = MultiviConfig::new(50, 80, 2);
+        c.n_proteins = 5;
+        c.modality_weights = ModalityWeights::Universal;
+        let m = Multivae::<B>::new(c.clone(), &Default::default()).unwrap();
+        let w = |l: &Linear<B>| l.weight.dims();
+        let ep = m.z_encoder_protein.as_ref().unwrap();
+        assert_eq!(w(&ep.encoder.layers[0].linear), [5, 8]);
+        let dp = m.z_decoder_pro.as_ref().unwrap();
+        assert_eq!(w(&dp.py_back_decoder.layers[0].linear), [4, 8]);
+        assert_eq!(w(&dp.py_back_decoder.layers[1].linear), [10, 8]);
+        assert_eq!(w(&dp.py_fore_scale_decoder), [12, 5]);
+        assert_eq!(w(&dp.py_background_decoder), [12, 5]);
+        assert_eq!(dp.sigmoid_decoder.dropout, 0.1);
+        assert_eq!(m.py_r.as_ref().unwrap().dims(), [5, 1]);
+        assert_eq!(m.mod_weights.as_ref().unwrap().dims(), [1, 3]);
+        c.protein_dispersion = ProteinDispersion::ProteinBatch;
+        let m = Multivae::<B>::new(c, &Default::default()).unwrap();
+        assert_eq!(m.py_r.as_ref().unwrap().dims(), [5, 2]);
+        let r: Vec<f32> = values(m.py_r.as_ref().unwrap().val());
+        assert!(r.iter().all(|&v| (0.0..2.0).contains(&v)), "{r:?}");
+        // Without proteins nothing of them exists.
+        let m = Multivae::<B>::new(MultiviConfig::new(50, 80, 2), &Default::default()).unwrap();
+        assert!(m.z_encoder_protein.is_none() && m.z_decoder_pro.is_none() && m.py_r.is_none());
     }
 
     #[test]

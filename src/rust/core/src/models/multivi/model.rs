@@ -232,6 +232,7 @@ pub enum Modality {
     Joint,
     Expression,
     Accessibility,
+    Protein,
 }
 
 /// Latent representation of `cells` for `modality`: the joint posterior, or one modality's
@@ -252,6 +253,13 @@ pub fn modality_latent<B: Backend>(
         }
         Modality::Expression => 0,
         Modality::Accessibility => 1,
+        Modality::Protein if module.config.n_proteins == 0 => {
+            return Err(invalid_arg(
+                "modality",
+                "\"protein\": the model has no proteins",
+            ))
+        }
+        Modality::Protein => 2,
     };
     if module.config.fully_paired {
         return Err(invalid_arg(
@@ -351,6 +359,74 @@ pub fn normalized_accessibility<B: Backend>(
     })
 }
 
+/// Options of [`protein_foreground_probability`].
+pub struct ProteinQuery<'a> {
+    pub cells: &'a [usize],
+    /// Batches to decode as (None: each cell's own); the probabilities are averaged.
+    pub transform_batch: Vec<Option<u32>>,
+    pub proteins: Option<&'a [usize]>,
+    pub use_z_mean: bool,
+    pub batch_size: usize,
+}
+
+/// Probability that each protein's count comes from the foreground, 1 − σ(π^p), averaged
+/// over the transform batches (§7); cells x proteins.
+pub fn protein_foreground_probability<B: Backend>(
+    module: &Multivae<B>,
+    data: &DataSet,
+    q: &ProteinQuery,
+    device: &B::Device,
+) -> Result<Matrix> {
+    check_query(module, 0, data, q.cells, q.batch_size)?;
+    let p = module.config.n_proteins;
+    if p == 0 {
+        return Err(invalid_arg("model", "has no protein data"));
+    }
+    if q.transform_batch.is_empty() {
+        return Err(invalid_arg("transform_batch", "names no batch"));
+    }
+    if let Some(b) = q
+        .transform_batch
+        .iter()
+        .flatten()
+        .find(|&&b| b as usize >= module.config.n_batch)
+    {
+        return Err(invalid_arg(
+            "transform_batch",
+            format!("batch code {b} is unknown to the model"),
+        ));
+    }
+    let proteins: Vec<usize> = q.proteins.map_or_else(|| (0..p).collect(), |s| s.to_vec());
+    let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(
+            proteins.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [proteins.len()],
+        ),
+        device,
+    );
+    let mut values = Vec::with_capacity(q.cells.len() * proteins.len());
+    for chunk in q.cells.chunks(q.batch_size) {
+        let mut background_sum = Tensor::<B, 2>::zeros([chunk.len(), p], device);
+        for &tb in &q.transform_batch {
+            let b = MultiviBatch::<B>::new(&module.config, data, chunk, tb, device);
+            let inf = module.inference(&b, false);
+            let z = if q.use_z_mean { inf.qz_mean } else { inf.z };
+            let Some(pg) = module.generative(&b, z, false).protein else {
+                return Err(invalid_arg("model", "has no protein data"));
+            };
+            background_sum = background_sum + burn::tensor::activation::sigmoid(pg.mixing_logits);
+        }
+        let n_transforms = q.transform_batch.len() as f64;
+        let foreground = (background_sum / n_transforms).neg() + 1.0;
+        values.extend(host(&foreground.select(1, index.clone())));
+    }
+    Ok(Matrix {
+        n_rows: q.cells.len(),
+        n_cols: proteins.len(),
+        values,
+    })
+}
+
 /// The expression log library ℓ_e (log scale, as the reference returns it) and the
 /// accessibility factor d of each cell.
 pub fn library_size_factors<B: Backend>(
@@ -388,11 +464,18 @@ mod tests {
     use crate::backend::DeviceKind;
     use crate::data::{Categorical, CsrMatrix};
     use crate::train::Silent;
+    use serde_json::json;
 
     /// A mosaic of 120 cells of two types over 10 genes and 16 regions, two batches: cells
     /// 0..40 paired, 40..80 RNA-only, 80..120 ATAC-only. Type t is high on genes and regions
     /// of its parity.
     fn mosaic() -> DataSet {
+        mosaic_with_proteins(0)
+    }
+
+    /// [`mosaic`] with `p` proteins measured in the cells with RNA (CITE-seq), type t high on
+    /// the proteins of its parity over a background of every protein.
+    fn mosaic_with_proteins(p: usize) -> DataSet {
         let (g, r, n) = (10, 16, 120);
         let mut indptr = vec![0];
         let (mut idx, mut val) = (vec![], vec![]);
@@ -420,9 +503,16 @@ mod tests {
                     }
                 }
             }
+            if rna {
+                for j in 0..p {
+                    let foreground = if j % 2 == t { 30 + (c + j) % 7 } else { 0 };
+                    idx.push((g + r + j) as u32);
+                    val.push((foreground + 2 + (c * 3 + j) % 3) as f32);
+                }
+            }
             indptr.push(val.len());
         }
-        let counts = CsrMatrix::new(n, g + r, indptr, idx, val).unwrap();
+        let counts = CsrMatrix::new(n, g + r + p, indptr, idx, val).unwrap();
         let batch = Categorical {
             codes: (0..n).map(|c| (c / 3 % 2) as u32).collect(),
             n_categories: 2,
@@ -561,6 +651,117 @@ mod tests {
         assert_eq!(z.values, z2.values);
         assert_eq!(back.state.history.len(), 60);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn proteins_join_the_joint_latent_and_their_foreground_is_found() {
+        let _guard = crate::TEST_RNG_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let data = mosaic_with_proteins(4);
+        let mut config = MultiviConfig::new(10, 16, 2);
+        config.n_proteins = 4;
+        config.n_hidden = 16;
+        config.n_latent = 2;
+        let mut m = MultiviModel::new(config, &data, serde_json::json!({"k": 1})).unwrap();
+        let dev = Default::default();
+        // Cells with RNA (and proteins) carry a protein term, ATAC-only cells none; paired
+        // cells pay the penalty of all three pairs of their modalities.
+        let cells: Vec<usize> = (0..120).collect();
+        let b = MultiviBatch::<Cpu>::new(&m.module.config, &data, &[0, 50, 90], None, &dev);
+        assert!(b.any_protein);
+        assert_eq!(b.masks.dims(), [3, 3]);
+        let l = m.module.loss(&b, 1.0, false);
+        let rp: Vec<f32> = l.reconstruction_protein.into_data().to_vec().unwrap();
+        assert!(rp[0] > 0.0 && rp[1] > 0.0, "{rp:?}");
+        let pen: Vec<f32> = l.penalty.into_data().to_vec().unwrap();
+        assert!(pen[0] > pen[1] && pen[1] > 0.0 && pen[2] == 0.0, "{pen:?}");
+        let atac_only = MultiviBatch::<Cpu>::new(&m.module.config, &data, &[90, 91], None, &dev);
+        assert!(!atac_only.any_protein);
+
+        let tc = TrainConfig {
+            max_epochs: Some(60),
+            seed: Some(0),
+            batch_size: 32,
+            optimizer: crate::train::OptimizerKind::AdamW,
+            lr: 1e-2,
+            weight_decay: 1e-3,
+            eps: 1e-8,
+            n_epochs_kl_warmup: Some(50),
+            ..Default::default()
+        };
+        m.train(&[&data], &tc, DeviceKind::Cpu, &mut Silent)
+            .unwrap();
+        let (z, _, _) =
+            crate::infer::latent(&m.module, 0, &data, &cells, true, 1, 64, &dev).unwrap();
+        let labels: Vec<u32> = cells.iter().map(|c| (c % 2) as u32).collect();
+        let purity = crate::metrics::knn_purity(&z.values, 2, &labels, 5).unwrap();
+        assert!(purity > 0.9, "kNN purity {purity}");
+        let (zp, _, _) = modality_latent(
+            &m.module,
+            &data,
+            &cells[..80],
+            Modality::Protein,
+            true,
+            64,
+            &dev,
+        )
+        .unwrap();
+        let purity = crate::metrics::knn_purity(&zp.values, 2, &labels[..80], 5).unwrap();
+        assert!(purity > 0.9, "protein-latent kNN purity {purity}");
+
+        // A type's own proteins are foreground, the others background.
+        let q = ProteinQuery {
+            cells: &cells[..80],
+            transform_batch: vec![None, Some(0), Some(1)],
+            proteins: None,
+            use_z_mean: true,
+            batch_size: 64,
+        };
+        let fg = protein_foreground_probability(&m.module, &data, &q, &dev).unwrap();
+        assert_eq!((fg.n_rows, fg.n_cols), (80, 4));
+        let mean = |own: bool| -> f32 {
+            let v: Vec<f32> = (0..80)
+                .flat_map(|c| (0..4).map(move |j| (c, j)))
+                .filter(|&(c, j)| (j % 2 == c % 2) == own)
+                .map(|(c, j)| fg.values[c * 4 + j])
+                .collect();
+            v.iter().sum::<f32>() / v.len() as f32
+        };
+        assert!(
+            mean(true) > mean(false) + 0.2,
+            "{} vs {}",
+            mean(true),
+            mean(false)
+        );
+        let one = ProteinQuery {
+            proteins: Some(&[2]),
+            transform_batch: vec![None],
+            ..q
+        };
+        let fg2 = protein_foreground_probability(&m.module, &data, &one, &dev).unwrap();
+        assert_eq!(fg2.n_cols, 1);
+        assert!(fg2.values.iter().all(|v| (0.0..=1.0).contains(v)));
+
+        let dir = std::env::temp_dir().join(format!("rscvi-multivi-p-{}", std::process::id()));
+        m.save(&dir, true).unwrap();
+        let back = MultiviModel::load(&dir).unwrap();
+        let (z2, _, _) =
+            crate::infer::latent(&back.module, 0, &data, &cells, true, 1, 64, &dev).unwrap();
+        assert_eq!(z.values, z2.values);
+        std::fs::remove_dir_all(&dir).ok();
+        // Without proteins the query and the latent are refused.
+        let plain = MultiviModel::new(MultiviConfig::new(10, 16, 2), &mosaic(), json!({})).unwrap();
+        let err = modality_latent(
+            &plain.module,
+            &mosaic(),
+            &[0],
+            Modality::Protein,
+            true,
+            8,
+            &dev,
+        );
+        assert!(matches!(err, Err(e) if e.to_string().contains("no proteins")));
     }
 
     /// The sparse first layers give the dense path's loss and first-layer weight gradients

@@ -599,25 +599,6 @@ pub fn mix_per_dimension<B: Backend>(
     (mean, sd.powf_scalar(2.0).clamp_min(VAR_FLOOR))
 }
 
-/// A module parameter drawn from N(mean, sd²) at first use (seeded by `train()`).
-fn lazy_normal_scaled<B: Backend>(
-    len: usize,
-    mean: f64,
-    sd: f64,
-    device: &B::Device,
-) -> Param<Tensor<B, 1>> {
-    Param::uninitialized(
-        burn::module::ParamId::new(),
-        move |dev, require_grad| {
-            Tensor::random([len], Distribution::Normal(mean, sd), dev)
-                .set_require_grad(require_grad)
-        },
-        device.clone(),
-        true,
-        [len].into(),
-    )
-}
-
 impl<B: Backend> SpliceVae<B> {
     pub fn new(config: SpliceviConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -729,7 +710,11 @@ impl<B: Backend> SpliceVae<B> {
                     device,
                 ))
             } else {
-                lazy_normal_scaled(len, THETA_INIT_MEAN, THETA_INIT_SD, device)
+                crate::nn::lazy_random(
+                    [len],
+                    Distribution::Normal(THETA_INIT_MEAN, THETA_INIT_SD),
+                    device,
+                )
             }
         });
         let (partial, vanilla) = match c.splicing_encoder_architecture {
