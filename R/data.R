@@ -438,6 +438,16 @@
   v
 }
 
+# `size_factor_key` naming `n` columns (MULTIVI: the RNA and the ATAC size factor).
+.check_size_factor_keys <- function(keys, n) {
+  if (is.null(keys)) return(NULL)
+  if (!is.character(keys) || length(keys) != n || anyNA(keys) || !all(nzchar(keys))) {
+    .stop(paste0("`size_factor_key` must be NULL or %d column names (the RNA and the ATAC ",
+                 "size factor), got %s"), n, .describe(keys))
+  }
+  keys
+}
+
 # With a registry, key arguments may be left NULL (then the registry's keys are used) or
 # must repeat the registered ones.
 .registry_key <- function(given, stored, arg) {
@@ -459,18 +469,24 @@
 #'   to new data (key arguments may then be NULL = use the registered keys).
 #' @param extend_categories with a registry: append unseen categories (sorted) instead of
 #'   failing.
+#' @param n_size_factors columns `size_factor_key` names (MULTIVI: 2, RNA and ATAC).
 #' @return list(counts = list(p, i, x, n_genes, n_cells) (CSC genes x cells = CSR cells x
 #'   genes), batch, labels (0-based integer codes), cat_covs (integer n_cells x K),
-#'   cat_sizes (integer K), cont_covs (double n_cells x U), size_factor (double or NULL),
+#'   cat_sizes (integer K), cont_covs (double n_cells x U), size_factor (double n_cells x
+#'   n_size_factors, or NULL),
 #'   registry, cell_data, cell_names)
 #' @noRd
 .register_fields <- function(input, batch_key = NULL, labels_key = NULL,
                              size_factor_key = NULL, categorical_covariate_keys = NULL,
                              continuous_covariate_keys = NULL, registry = NULL,
-                             extend_categories = FALSE) {
+                             extend_categories = FALSE, n_size_factors = 1L) {
   batch_key <- .check_scalar_string(batch_key, "batch_key", null_ok = TRUE)
   labels_key <- .check_scalar_string(labels_key, "labels_key", null_ok = TRUE)
-  size_factor_key <- .check_scalar_string(size_factor_key, "size_factor_key", null_ok = TRUE)
+  size_factor_key <- if (n_size_factors == 1L) {
+    .check_scalar_string(size_factor_key, "size_factor_key", null_ok = TRUE)
+  } else {
+    .check_size_factor_keys(size_factor_key, n_size_factors)
+  }
   categorical_covariate_keys <- .check_keys(categorical_covariate_keys,
                                             "categorical_covariate_keys")
   continuous_covariate_keys <- .check_keys(continuous_covariate_keys,
@@ -521,8 +537,12 @@
   }, double(n_cells)), nrow = n_cells, ncol = length(cont_names),
   dimnames = list(NULL, cont_names))
 
-  size_factor <- if (is.null(size_factor_key)) NULL
-                 else .numeric_column(cd, size_factor_key, "`size_factor_key`", positive = TRUE)
+  size_factor <- if (is.null(size_factor_key)) NULL else {
+    cols <- lapply(size_factor_key, function(k) {
+      .numeric_column(cd, k, "`size_factor_key`", positive = TRUE)
+    })
+    if (length(cols) == 1L) cols[[1]] else do.call(cbind, cols)
+  }
 
   m <- input$counts
   new_registry <- list(

@@ -355,8 +355,7 @@
 # The core's dataset of the combined modalities (.combine_modalities()), every feature a
 # "gene" there, registered fresh (`...`: the keys) or against `registry`, a model's registry
 # whose features are `features` (each modality's in order: they name the rows of a modality
-# the new data lack). No size factor: the core takes each cell's expression
-# total. Returns list(data, fields).
+# the new data lack). Returns list(data, fields).
 .modality_dataset <- function(comb, arg, registry = NULL, features = NULL, ...) {
   counts <- methods::as(do.call(rbind, unname(comb$full)), "CsparseMatrix")
   if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")

@@ -349,7 +349,11 @@
 #' @param batch_key cell-data column with each cell's batch (for mosaic data often the
 #'   modality or technology of the cell), or `NULL` (one batch). With several batches,
 #'   training also runs an adversarial batch classifier (see [train()]).
-#' @param size_factor_key not supported yet (must be `NULL`).
+#' @param size_factor_key `NULL` (library sizes are encoded from the counts), or two
+#'   cell-data columns holding each cell's RNA size factor (> 0, linear scale) and ATAC size
+#'   factor (in (0, 1]), as scvi-tools registers them: they then replace the library
+#'   encoders, and the expression decoder's \eqn{\rho} is a softplus (no longer summing to 1
+#'   over the genes).
 #' @param categorical_covariate_keys,continuous_covariate_keys cell-data columns of extra
 #'   covariates.
 #' @param n_hidden nodes per hidden layer; `NULL`: min(128, floor(sqrt(n_regions))), from the
@@ -412,10 +416,7 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
                     fully_paired = FALSE, protein_dispersion = c("protein", "protein-batch"),
                     train = FALSE, ...) {
   # Cheap argument checks first, so a typo fails before the data are converted.
-  if (!is.null(size_factor_key)) {
-    .stop(paste0("`size_factor_key`: size factors are not supported yet by rscvi's MULTIVI; ",
-                 "leave it NULL (library sizes are then encoded from the counts)"))
-  }
+  size_factor_key <- .check_size_factor_keys(size_factor_key, 2L)
   n_hidden <- .check_scalar_int(n_hidden, "n_hidden", min = 1, null_ok = TRUE)
   n_latent <- .check_scalar_int(n_latent, "n_latent", min = 1, null_ok = TRUE)
   hp <- c(.joint_hyperparameters(n_layers_encoder, n_layers_decoder, dropout_rate,
@@ -447,14 +448,16 @@ multivi <- function(rna = NULL, atac = NULL, protein = NULL, cells = NULL, layer
   }
   .warn_empty_genes(comb$full$rna, src$rna$arg)
   ds <- .modality_dataset(comb, if (!is.null(src$rna)) src$rna$arg else src$atac$arg,
-                          batch_key = batch_key,
+                          batch_key = batch_key, size_factor_key = size_factor_key,
+                          n_size_factors = 2L,
                           categorical_covariate_keys = categorical_covariate_keys,
                           continuous_covariate_keys = continuous_covariate_keys)
   # n_hidden / n_latent NULL: scvi-tools' rule (n_hidden from the regions or genes, n_latent
   # from n_hidden).
   config <- .joint_config(list(n_genes = length(comb$genes), n_regions = length(comb$regions),
                                n_proteins = length(comb$proteins)),
-                          ds$fields, length(comb$cell_names), n_hidden, n_latent, hp)
+                          ds$fields, length(comb$cell_names), n_hidden, n_latent,
+                          c(hp, list(use_size_factor = !is.null(size_factor_key))))
   registry <- .modality_registry(ds$fields, "MULTIVI", src$setup,
                                  list(gene_names = comb$genes, region_names = comb$regions,
                                       protein_names = comb$proteins),

@@ -6,7 +6,9 @@ subsampled: --cells N keeps every (total // N)-th cell, the first N of them, --r
 keeps the K peaks open in the most cells of the full data (ties: feature order). Two settings:
   paired  every cell with both modalities;
   mosaic  mosaic_groups.tsv: "rna_only" cells lose their ATAC row, "atac_only" cells their
-          RNA row (all zeros, as scvi-tools needs); cells left with no count are dropped.
+          RNA row (all zeros, as scvi-tools needs); cells left with no count are dropped;
+  protein every cell with RNA and ATAC, and the stand-in ADT counts of --adt (cells x
+          proteins, written by bench_multivi.R) in the cells that are not "atac_only".
 Model: MULTIVI defaults (batch_key = library), scvi.settings.seed = seed right before the
 model is built, train(max_epochs = --epochs) with every other train() default (early stopping
 on reconstruction_loss_validation, validation every epoch), torch threads = --threads.
@@ -17,7 +19,9 @@ Outputs per setting under --out/<setting>/:
                 normalized accessibility against its binarised hidden ATAC row, cells with
                 no or all regions open skipped) and hidden-RNA Spearman (median over genes of
                 the Spearman correlation, over atac_only cells, between normalized expression
-                and the hidden counts / the cell's hidden RNA total; constant columns skipped)
+                and the hidden counts / the cell's hidden RNA total; constant columns skipped);
+                protein only: the protein share of the all-cell reconstruction error and the
+  foreground.csv protein foreground probabilities, cells x proteins (protein only)
   latent.csv    joint latent (posterior means), cells x n_latent, with the cell names
 rscvi's side computes the same numbers with the same definitions.
 """
@@ -99,16 +103,24 @@ def run(args, setting: str):
     a_rna.var_names = gene_names
     a_atac = ad.AnnData(atac, obs=obs.copy())
     a_atac.var_names = region_names
-    mdata = md.MuData({"rna": a_rna, "atac": a_atac})
-    scvi.model.MULTIVI.setup_mudata(
-        mdata, batch_key="library",
-        modalities={"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"})
+    mods = {"rna": a_rna, "atac": a_atac}
+    layers = {"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"}
+    if setting == "protein":
+        adt = pd.read_csv(args.adt, index_col=0).loc[names]
+        adt.loc[group == "atac_only"] = 0
+        a_prot = ad.AnnData(sp.csr_matrix(adt.values.astype(np.float32)), obs=obs.copy())
+        a_prot.var_names = list(adt.columns)
+        mods["protein"] = a_prot
+        layers["protein_layer"] = "protein"
+    mdata = md.MuData(mods)
+    scvi.model.MULTIVI.setup_mudata(mdata, batch_key="library", modalities=layers)
     scvi.settings.seed = args.seed
     model = scvi.model.MULTIVI(mdata, n_genes=rna.shape[1], n_regions=atac.shape[1])
     t0 = time.time()
     model.train(max_epochs=args.epochs, enable_progress_bar=False)
     seconds = time.time() - t0
     epochs = len(model.history["elbo_train"])
+    reconstruction = model.get_reconstruction_error()
     hist = {k: float(v.iloc[-1, 0]) for k, v in model.history.items()
             if k in ("elbo_train", "elbo_validation", "reconstruction_loss_train",
                      "reconstruction_loss_validation", "kl_local_train")}
@@ -119,13 +131,18 @@ def run(args, setting: str):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "history_last": hist,
         "elbo_all": float(model.get_elbo()),
-        "reconstruction_all": float(np.sum(list(model.get_reconstruction_error().values()))),
+        "reconstruction_all": float(np.sum(list(reconstruction.values()))),
         "versions": {"scvi-tools": scvi.__version__, "torch": torch.__version__},
     }
     z = model.get_latent_representation()
     out = os.path.join(args.out, setting)
     os.makedirs(out, exist_ok=True)
     pd.DataFrame(z, index=names).to_csv(os.path.join(out, "latent.csv"))
+    if setting == "protein":
+        summary["reconstruction_error"] = {k: float(v) for k, v in reconstruction.items()}
+        fg = model.get_protein_foreground_probability(return_numpy=True)
+        pd.DataFrame(fg, index=names, columns=list(adt.columns)).to_csv(
+            os.path.join(out, "foreground.csv"))
     if setting == "mosaic":
         rna_only = np.where(group == "rna_only")[0]
         acc = np.asarray(model.get_normalized_accessibility(indices=rna_only))
@@ -153,6 +170,7 @@ def main():
     p.add_argument("--cells", type=int, default=None)
     p.add_argument("--regions", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adt", default=None)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     for setting in args.settings:

@@ -401,7 +401,8 @@ test_that("multivi() names what is wrong with bad input", {
   s <- part(1:40)
   rna <- s$rna
   atac <- s$atac
-  expect_error(multivi(rna, atac, size_factor_key = "sf"), "`size_factor_key`.*not supported yet")
+  expect_error(multivi(rna, atac, size_factor_key = "sf"),
+               "`size_factor_key` must be NULL or 2 column names")
   expect_error(multivi(), "`rna` and `atac` are both NULL")
   # A cell with counts in no modality.
   empty <- rna
@@ -618,4 +619,42 @@ test_that("multivi() names what is wrong with protein input", {
   plain <- multivi(d$rna, d$atac)
   expect_error(get_protein_foreground_probability(plain), "has no proteins")
   expect_error(get_latent_representation(plain, modality = "protein"), "has no proteins")
+})
+
+test_that("multivi() takes registered RNA and ATAC size factors", {
+  p <- part(1:60)
+  cells <- p$cells
+  cells$rna_sf <- Matrix::colSums(p$rna) / mean(Matrix::colSums(p$rna))
+  cells$atac_sf <- Matrix::colSums(p$atac > 0) / nrow(p$atac)
+  m <- multivi(p$rna, p$atac, cells = cells, size_factor_key = c("rna_sf", "atac_sf"))
+  expect_true(m$config$use_size_factor)
+  expect_identical(m$registry$setup_args$size_factor_key, c("rna_sf", "atac_sf"))
+  m <- train(m, max_epochs = 3L, seed = 0L, progress = FALSE)
+  lib <- get_library_size_factors(m)
+  expect_equal(unname(lib$expression), log(cells$rna_sf + 1e-6), tolerance = 1e-6)
+  expect_equal(unname(lib$accessibility), cells$atac_sf, tolerance = 1e-6)
+  # Softplus scale: rho no longer sums to 1 over the genes.
+  rho <- get_normalized_expression(m, indices = 1:5)
+  expect_true(all(rho > 0) && all(abs(rowSums(rho) - 1) > 1e-3))
+  # New data are registered with the model's keys.
+  q <- get_library_size_factors(m, x = list(rna = p$rna[, 1:10], atac = p$atac[, 1:10],
+                                            cells = cells[1:10, ]))
+  expect_equal(q$accessibility, lib$accessibility[1:10], tolerance = 1e-6)
+  dir <- tempfile("multivi-sf-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  save_model(m, dir)
+  back <- load_model(dir, x = list(rna = p$rna, atac = p$atac, cells = cells))
+  expect_true(back$config$use_size_factor)
+  expect_equal(get_library_size_factors(back), lib, tolerance = 1e-6)
+
+  expect_error(multivi(p$rna, p$atac, cells = cells, size_factor_key = "rna_sf"),
+               "`size_factor_key` must be NULL or 2 column names")
+  bad <- cells
+  bad$atac_sf <- bad$atac_sf + 1
+  expect_error(multivi(p$rna, p$atac, cells = bad, size_factor_key = c("rna_sf", "atac_sf")),
+               "ATAC size factors .* must lie in \\(0, 1\\]")
+  bad <- cells
+  bad$rna_sf[3] <- 0
+  expect_error(multivi(p$rna, p$atac, cells = bad, size_factor_key = c("rna_sf", "atac_sf")),
+               "'rna_sf' must be > 0")
 })

@@ -205,7 +205,7 @@ fn load_data(a: &Args) -> AnyResult<DataSet> {
         Some(k) => categorical(&sub(k)?),
         None => (Categorical::constant(n), vec![]),
     };
-    Ok(DataSet::new(counts, batch, labels, vec![], vec![], None)?)
+    Ok(DataSet::new(counts, batch, labels, vec![], vec![], vec![])?)
 }
 
 fn train_cmd(a: &Args) -> AnyResult<()> {

@@ -164,15 +164,14 @@ fn rs_dataset_new(
             .map(|c| c.iter().map(|&v| v as f32).collect())
             .collect()
     };
-    let sf = if size_factor.is_null() {
-        None
+    // Columns of n_cells values each (NULL: none).
+    let sf: Vec<Vec<f32>> = if size_factor.is_null() || n_cells == 0 {
+        vec![]
     } else {
-        Some(
-            reals(&size_factor, "size_factor")?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-        )
+        reals(&size_factor, "size_factor")?
+            .chunks(n_cells)
+            .map(|c| c.iter().map(|&v| v as f32).collect())
+            .collect()
     };
     let batch = codes(&batch, n_batch, "batch")?;
     let labels = codes(&labels, n_labels, "labels")?;

@@ -116,7 +116,9 @@ pub struct DataSet {
     pub categorical_covariates: Vec<Categorical>,
     /// One vector per continuous covariate, each of length n_cells.
     pub continuous_covariates: Vec<Vec<f32>>,
-    pub size_factor: Option<Vec<f32>>,
+    /// Registered size factors, one vector per column (scvi-tools registers them as one joint
+    /// field: SCVI reads one column, MULTIVI one for RNA and one for ATAC); empty when none.
+    pub size_factors: Vec<Vec<f32>>,
     /// log of each cell's total count.
     pub log_library: Vec<f32>,
     /// sum over genes of lgamma(x + 1): the constant part of every count likelihood.
@@ -132,7 +134,7 @@ impl DataSet {
         labels: Categorical,
         categorical_covariates: Vec<Categorical>,
         continuous_covariates: Vec<Vec<f32>>,
-        size_factor: Option<Vec<f32>>,
+        size_factors: Vec<Vec<f32>>,
     ) -> Result<Self> {
         let n = counts.n_rows;
         if n == 0 {
@@ -163,7 +165,7 @@ impl DataSet {
                 ));
             }
         }
-        if let Some(sf) = &size_factor {
+        for sf in &size_factors {
             if sf.len() != n || sf.iter().any(|v| !v.is_finite() || *v <= 0.0) {
                 return Err(invalid_arg(
                     "size_factor",
@@ -197,7 +199,7 @@ impl DataSet {
             labels,
             categorical_covariates,
             continuous_covariates,
-            size_factor,
+            size_factors,
             log_library,
             log_factorial,
         })
@@ -212,8 +214,13 @@ impl DataSet {
             Categorical::constant(n),
             vec![],
             vec![],
-            None,
+            vec![],
         )
+    }
+
+    /// The first registered size factor column, the one SCVI and SPLICEVI read.
+    pub fn size_factor(&self) -> Option<&[f32]> {
+        self.size_factors.first().map(Vec::as_slice)
     }
 
     pub fn n_cells(&self) -> usize {
@@ -435,8 +442,7 @@ impl DataSet {
             covariate_width: cov.width,
             continuous: cov.continuous,
             size_factor: self
-                .size_factor
-                .as_ref()
+                .size_factor()
                 .map(|sf| cells.iter().map(|&c| sf[c]).collect()),
         }
     }
@@ -578,7 +584,7 @@ mod tests {
             Categorical::constant(1),
             vec![],
             vec![],
-            None,
+            vec![],
         );
         assert!(matches!(r, Err(Error::InvalidData(_))));
         let c = CsrMatrix::new(2, 2, vec![0, 1, 1], vec![0], vec![1.0]).unwrap();
@@ -588,7 +594,7 @@ mod tests {
             Categorical::constant(2),
             vec![],
             vec![],
-            None,
+            vec![],
         );
         assert!(r.unwrap_err().to_string().contains("cell 2 has no counts"));
     }

@@ -38,6 +38,52 @@ pub(crate) fn with_surrogate<B: Backend>(
     s.clone() - s.detach() + value
 }
 
+/// Per-cell log p(x | μ, θ, π) without the lgamma(x+1) constant, from the fused host kernel
+/// (fused.rs) with its exact gradients to μ, θ and π. `dropout_logits` only for ZINB.
+pub fn fused_log_likelihood<B: Backend>(
+    likelihood: GeneLikelihood,
+    x: Tensor<B, 2>,
+    mu: Tensor<B, 2>,
+    theta: Tensor<B, 2>,
+    dropout_logits: Option<Tensor<B, 2>>,
+    grad: bool,
+) -> Tensor<B, 1> {
+    let [n, g] = x.dims();
+    let lik = fused_kind(likelihood);
+    let (xv, mu_v, th) = (host(&x), host(&mu), host(&theta));
+    let pi = dropout_logits.as_ref().map(host);
+    let per_gene = theta.dims()[0] == 1 && n != 1;
+    let out = fused::log_likelihood(
+        lik,
+        &xv,
+        &mu_v,
+        Theta {
+            values: &th,
+            per_gene,
+        },
+        pi.as_deref(),
+        g,
+        grad,
+    );
+    let mut terms = vec![(out.d_mu, mu)];
+    if lik != Likelihood::Poisson {
+        terms.push((out.d_theta, theta));
+    }
+    if let Some(p) = dropout_logits {
+        terms.push((out.d_pi, p));
+    }
+    with_surrogate(out.per_cell, terms, None, grad, n, g, &x.device())
+}
+
+/// The fused kernel's name of a gene likelihood.
+pub(crate) fn fused_kind(likelihood: GeneLikelihood) -> Likelihood {
+    match likelihood {
+        GeneLikelihood::Zinb => Likelihood::Zinb,
+        GeneLikelihood::Nb => Likelihood::Nb,
+        GeneLikelihood::Poisson => Likelihood::Poisson,
+    }
+}
+
 /// Per-cell log p(x | μ, θ, π) without the lgamma(x+1) constant, with μ = exp(ℓ)·softmax(raw)
 /// and `library` = ℓ: the fused host kernel (fused.rs) folds the softmax and the library
 /// scaling into one pass and returns the values with ∂/∂raw, ∂/∂θ, ∂/∂π and ∂/∂ℓ; the graph
@@ -53,11 +99,7 @@ pub fn fused_log_likelihood_from_logits<B: Backend>(
     grad: bool,
 ) -> Tensor<B, 1> {
     let [n, g] = x.dims();
-    let lik = match likelihood {
-        GeneLikelihood::Zinb => Likelihood::Zinb,
-        GeneLikelihood::Nb => Likelihood::Nb,
-        GeneLikelihood::Poisson => Likelihood::Poisson,
-    };
+    let lik = fused_kind(likelihood);
     let (xv, raw, th) = (host(&x), host(&raw_scale), host(&theta));
     let lib = host(&library);
     let pi = dropout_logits.as_ref().map(host);

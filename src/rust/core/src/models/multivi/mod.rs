@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{covariate_width, DataSet};
 use crate::dist;
-use crate::dist::surrogate::{fused_bernoulli_cross_entropy, fused_log_likelihood_from_logits};
+use crate::dist::surrogate::{
+    fused_bernoulli_cross_entropy, fused_log_likelihood, fused_log_likelihood_from_logits,
+};
 use crate::error::{invalid_arg, Result};
 use crate::models::options::{
     check_dropout_rates, check_modality_columns, check_sizes, GeneLikelihood, LatentDistribution,
@@ -25,6 +27,8 @@ use std::sync::Arc;
 
 use crate::nn::{Encoder, FcLayers, FcOptions, SparseInput, SparseRows};
 
+/// Added to a registered RNA size factor before its log (§4 step 3).
+const SIZE_FACTOR_EPS: f64 = 1e-6;
 /// The masked softmax's stand-in for an absent modality (Q8) and its denominator guard.
 const MASKED_WEIGHT: f64 = 1e-30;
 /// PyTorch's binary cross-entropy clamps each log at -100.
@@ -93,6 +97,9 @@ pub struct MultiviConfig {
     pub deeply_inject_covariates: bool,
     pub encode_covariates: bool,
     pub fully_paired: bool,
+    /// Registered size factors (RNA, ATAC) replace the library encoders (§4 step 3).
+    #[serde(default)]
+    pub use_size_factor: bool,
 }
 
 impl MultiviConfig {
@@ -124,6 +131,7 @@ impl MultiviConfig {
             deeply_inject_covariates: false,
             encode_covariates: false,
             fully_paired: false,
+            use_size_factor: false,
         }
     }
 
@@ -314,6 +322,8 @@ pub struct MultiviBatch<B: Backend> {
     /// Whether any cell of the minibatch has proteins (else the protein decoder sits out
     /// the step, as in the reference).
     pub any_protein: bool,
+    /// Registered size factors (RNA, ATAC), (n, 2), in size-factor mode.
+    pub size_factors: Option<Tensor<B, 2>>,
     /// Covariate one-hots (batch and categorical covariates with > 1 category).
     pub covariates: Option<Tensor<B, 2>>,
     pub continuous: Option<Tensor<B, 2>>,
@@ -395,6 +405,14 @@ impl<B: Backend> MultiviBatch<B> {
             .map(|&c| transform_batch.unwrap_or(data.batch.codes[c]) as usize)
             .collect();
         let vector = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), device);
+        let size_factors = config.use_size_factor.then(|| {
+            let columns = &data.size_factors[..2];
+            let v = cells
+                .iter()
+                .flat_map(|&c| columns.iter().map(move |col| col[c]))
+                .collect();
+            mat(v, 2)
+        });
         Self {
             x_rna: mat(x_rna, gw),
             x_atac: mat(x_atac, rw),
@@ -403,6 +421,7 @@ impl<B: Backend> MultiviBatch<B> {
             protein_log_factorial: vector(protein_log_factorial),
             masks: mat(masks, m),
             any_protein,
+            size_factors,
             covariates: (cov.width > 0).then(|| mat(cov.covariates, cov.width)),
             continuous: (u > 0).then(|| mat(cov.continuous, u)),
             cells: Tensor::from_data(
@@ -707,10 +726,17 @@ impl<B: Backend> Multivae<B> {
             };
             enc.output.forward(h)
         };
-        let library_expression =
-            activation::leaky_relu(library(&self.l_encoder_expression, xe, &b.rna_rows), 0.01);
-        let library_accessibility =
-            activation::sigmoid(library(&self.l_encoder_accessibility, xa, &b.atac_rows));
+        let (library_expression, library_accessibility) = match &b.size_factors {
+            // Size-factor mode: ℓ_e = log(s_e + 1e-6), d = s_a; no library encoder runs.
+            Some(sf) => (
+                (sf.clone().slice([0..b.n_cells, 0..1]) + SIZE_FACTOR_EPS).log(),
+                sf.clone().slice([0..b.n_cells, 1..2]),
+            ),
+            None => (
+                activation::leaky_relu(library(&self.l_encoder_expression, xe, &b.rna_rows), 0.01),
+                activation::sigmoid(library(&self.l_encoder_accessibility, xa, &b.atac_rows)),
+            ),
+        };
         let qp = self
             .z_encoder_protein
             .as_ref()
@@ -808,6 +834,15 @@ impl<B: Backend> Multivae<B> {
         Some(b.protein_log_factorial.clone() - lp.sum_dim(1).squeeze_dim::<1>(1))
     }
 
+    /// ρ from the expression decoder's logits: softmax, or softplus in size-factor mode (§5.1).
+    pub fn expression_scale(&self, logits: Tensor<B, 2>) -> Tensor<B, 2> {
+        if self.config.use_size_factor {
+            dist::softplus(logits)
+        } else {
+            activation::softmax(logits, 1)
+        }
+    }
+
     /// σ(region factors), or None when disabled.
     pub fn region_factor_values(&self) -> Option<Tensor<B, 1>> {
         self.region_factors
@@ -827,15 +862,22 @@ impl<B: Backend> Multivae<B> {
                 let lik = self.config.gene_likelihood;
                 let theta = self.px_r.val().exp().unsqueeze_dim::<2>(0);
                 let pi = (lik == GeneLikelihood::Zinb).then(|| pi.clone()).flatten();
-                let lp = fused_log_likelihood_from_logits(
-                    lik,
-                    b.x_rna.clone(),
-                    logits.clone(),
-                    theta,
-                    pi,
-                    inf.library_expression.clone(),
-                    training,
-                );
+                let x = b.x_rna.clone();
+                let library = inf.library_expression.clone();
+                let lp = if self.config.use_size_factor {
+                    let mu = library.exp() * self.expression_scale(logits.clone());
+                    fused_log_likelihood(lik, x, mu, theta, pi, training)
+                } else {
+                    fused_log_likelihood_from_logits(
+                        lik,
+                        x,
+                        logits.clone(),
+                        theta,
+                        pi,
+                        library,
+                        training,
+                    )
+                };
                 b.log_factorial.clone() - lp
             }
             (None, _) => zeros(),
@@ -903,8 +945,26 @@ impl<B: Backend> Multivae<B> {
     }
 }
 
-/// Checks that `data` holds the model's features and categories.
+/// Checks that `data` holds the model's features and categories, and in size-factor mode
+/// its two size factors (RNA > 0, ATAC in (0, 1]).
 pub fn check_data(config: &MultiviConfig, data: &DataSet) -> Result<()> {
+    if config.use_size_factor {
+        if data.size_factors.len() != 2 {
+            return Err(invalid_arg(
+                "size_factor_key",
+                format!(
+                    "must name 2 columns (RNA and ATAC size factors), got {}",
+                    data.size_factors.len()
+                ),
+            ));
+        }
+        if data.size_factors[1].iter().any(|&v| !(v > 0.0 && v <= 1.0)) {
+            return Err(invalid_arg(
+                "size_factor_key",
+                "ATAC size factors (its second column) must lie in (0, 1]",
+            ));
+        }
+    }
     let weighted = (config.modality_weights == ModalityWeights::Cell).then_some(config.n_cells);
     check_modality_columns(
         data,

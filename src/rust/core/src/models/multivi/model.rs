@@ -152,7 +152,7 @@ impl<B: Backend> ExpressionModule<B> for Multivae<B> {
             Head::Expression | Head::Splicing | Head::SplicingPosterior => {
                 let scale = gen
                     .expression_logits
-                    .map_or_else(empty, |l| burn::tensor::activation::softmax(l, 1));
+                    .map_or_else(empty, |l| self.expression_scale(l));
                 let rate = scale.clone() * pass.library_expression.clone().exp();
                 Expression { scale, rate }
             }
@@ -762,6 +762,79 @@ mod tests {
             &dev,
         );
         assert!(matches!(err, Err(e) if e.to_string().contains("no proteins")));
+    }
+
+    #[test]
+    fn registered_size_factors_replace_the_library_encoders() {
+        let _guard = crate::TEST_RNG_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let plain = mosaic();
+        let n = plain.n_cells();
+        let rna_sf: Vec<f32> = (0..n).map(|c| 0.5 + (c % 4) as f32).collect();
+        let atac_sf: Vec<f32> = (0..n).map(|c| 0.2 + 0.1 * (c % 5) as f32).collect();
+        let with = |size_factors: Vec<Vec<f32>>| {
+            DataSet::new(
+                plain.counts.clone(),
+                plain.batch.clone(),
+                plain.labels.clone(),
+                vec![],
+                vec![],
+                size_factors,
+            )
+            .unwrap()
+        };
+        let data = with(vec![rna_sf.clone(), atac_sf.clone()]);
+        let mut config = MultiviConfig::new(10, 16, 2);
+        config.use_size_factor = true;
+        let mut m = MultiviModel::new(config.clone(), &data, json!({})).unwrap();
+        let dev = Default::default();
+        let (le, d) = library_size_factors(&m.module, &data, &[0, 1, 2, 3], 64, &dev).unwrap();
+        for c in 0..4 {
+            assert!((le[c] - (rna_sf[c] as f64 + 1e-6).ln() as f32).abs() < 1e-6);
+            assert_eq!(d[c], atac_sf[c]);
+        }
+        // ρ is a softplus, not a distribution over the genes (§5.1).
+        let b = MultiviBatch::<Cpu>::new(&m.module.config, &data, &[0, 1], None, &dev);
+        let inf = m.module.inference(&b, false);
+        let logits = m
+            .module
+            .generative(&b, inf.qz_mean, false)
+            .expression_logits
+            .unwrap();
+        let rho: Vec<f32> = m
+            .module
+            .expression_scale(logits)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(rho.iter().all(|&v| v > 0.0));
+        assert!((rho[..10].iter().sum::<f32>() - 1.0).abs() > 1e-3);
+        let tc = TrainConfig {
+            max_epochs: Some(5),
+            seed: Some(0),
+            batch_size: 32,
+            ..Default::default()
+        };
+        let s = m
+            .train(&[&data], &tc, DeviceKind::Cpu, &mut Silent)
+            .unwrap();
+        assert_eq!(s.epochs_run, 5);
+        assert!(m.state.history[4].elbo_train.is_finite());
+
+        // Two columns are needed, and the ATAC factor is a probability scale.
+        let err = |d: &DataSet| {
+            MultiviModel::new(config.clone(), d, json!({}))
+                .err()
+                .unwrap()
+        };
+        assert!(err(&with(vec![rna_sf.clone()]))
+            .to_string()
+            .contains("2 columns"));
+        let over: Vec<f32> = atac_sf.iter().map(|v| v + 1.0).collect();
+        assert!(err(&with(vec![rna_sf, over]))
+            .to_string()
+            .contains("(0, 1]"));
     }
 
     /// The sparse first layers give the dense path's loss and first-layer weight gradients

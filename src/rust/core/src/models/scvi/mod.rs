@@ -13,11 +13,11 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::data::batch::{host, Batch};
+use crate::data::batch::Batch;
 use crate::data::covariate_width;
 use crate::dist;
-use crate::dist::fused::{self, Likelihood, Theta};
-use crate::dist::surrogate::{fused_log_likelihood_from_logits, with_surrogate};
+use crate::dist::fused::Likelihood;
+use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Result};
 use crate::models::options::{
     check_dropout_rates, check_sizes, Dispersion, GeneLikelihood, LatentDistribution, NormPlacement,
@@ -381,47 +381,23 @@ impl<B: Backend> Scvi<B> {
     }
 
     pub(crate) fn fused_kind(&self) -> Likelihood {
-        match self.config.gene_likelihood {
-            GeneLikelihood::Zinb => Likelihood::Zinb,
-            GeneLikelihood::Nb => Likelihood::Nb,
-            GeneLikelihood::Poisson => Likelihood::Poisson,
-        }
+        crate::dist::surrogate::fused_kind(self.config.gene_likelihood)
     }
 
-    /// The fused host kernel (fused.rs) gives the values and ∂/∂μ, ∂/∂θ, ∂/∂π; the graph gets
-    /// them through a surrogate Σ(∂μ·μ + ∂θ·θ + ∂π·π) whose value is cancelled out, so the
-    /// result equals the log-likelihood and back-propagates its exact gradient.
     fn fused_log_likelihood(
         &self,
         x: Tensor<B, 2>,
         gen: &Generative<B>,
         grad: bool,
     ) -> Tensor<B, 1> {
-        let [n, g] = x.dims();
-        let lik = self.fused_kind();
-        let (xv, mu, theta) = (host(&x), host(&gen.rate), host(&gen.theta));
-        let pi = gen.dropout_logits.as_ref().map(host);
-        let per_gene = gen.theta.dims()[0] == 1 && n != 1;
-        let out = fused::log_likelihood(
-            lik,
-            &xv,
-            &mu,
-            Theta {
-                values: &theta,
-                per_gene,
-            },
-            pi.as_deref(),
-            g,
+        crate::dist::surrogate::fused_log_likelihood(
+            self.config.gene_likelihood,
+            x,
+            gen.rate.clone(),
+            gen.theta.clone(),
+            gen.dropout_logits.clone(),
             grad,
-        );
-        let mut terms = vec![(out.d_mu, gen.rate.clone())];
-        if lik != Likelihood::Poisson {
-            terms.push((out.d_theta, gen.theta.clone()));
-        }
-        if let Some(p) = &gen.dropout_logits {
-            terms.push((out.d_pi, p.clone()));
-        }
-        with_surrogate(out.per_cell, terms, None, grad, n, g, &x.device())
+        )
     }
 
     /// As `fused_log_likelihood`, from the decoder's scale logits (see

@@ -463,7 +463,7 @@ impl<B: Backend> SpliceviBatch<B> {
             rna_rows.indptr.push(rna_rows.values.len());
             log_factorial[row] = lf as f32;
             has_expression[row] = (total > 0.0) as u8 as f32;
-            let s = data.size_factor.as_ref().map_or(total, |sf| sf[c] as f64);
+            let s = data.size_factor().map_or(total, |sf| sf[c] as f64);
             library[row] = (s + LIBRARY_EPS).ln() as f32;
             touched.sort_unstable();
             let mut observed: Vec<(u32, f32)> = Vec::new();
