@@ -78,6 +78,9 @@ rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, d
 # `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 rs_multivi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_multivi_new, ds, config_json, registry_json)
 
+# A scArches query model from `reference` for the query data `ds`.
+rs_multivi_query_new <- function(reference, ds, config_json, registry_json, freeze_json) .Call(wrap__rs_multivi_query_new, reference, ds, config_json, registry_json, freeze_json)
+
 # Latent representation of one modality: "joint", "expression", "accessibility" or
 # "protein".
 rs_multivi_latent <- function(model, ds, idx, modality, give_mean, batch_size, device) .Call(wrap__rs_multivi_latent, model, ds, idx, modality, give_mean, batch_size, device)

@@ -355,8 +355,9 @@
 # The core's dataset of the combined modalities (.combine_modalities()), every feature a
 # "gene" there, registered fresh (`...`: the keys) or against `registry`, a model's registry
 # whose features are `features` (each modality's in order: they name the rows of a modality
-# the new data lack). Returns list(data, fields).
-.modality_dataset <- function(comb, arg, registry = NULL, features = NULL, ...) {
+# the new data lack; `extend_categories`: new categories are appended, for scArches). Returns list(data, fields).
+.modality_dataset <- function(comb, arg, registry = NULL, features = NULL,
+                              extend_categories = FALSE, ...) {
   counts <- methods::as(do.call(rbind, unname(comb$full)), "CsparseMatrix")
   if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")
   if (!is.null(registry)) {
@@ -368,7 +369,8 @@
   f <- if (is.null(registry)) {
     .register_fields(input, ...)
   } else {
-    withCallingHandlers(.register_fields(input, registry = registry),
+    withCallingHandlers(.register_fields(input, registry = registry,
+                                         extend_categories = extend_categories),
                         warning = .muffle("fewer than 3 cells"))
   }
   list(data = .new_dataset(f, arg), fields = f)
@@ -485,8 +487,8 @@
 
 # New data registered against the model (.modality_dataset()), as a query takes them.
 .query_result <- function(comb, ds, sources) {
-  list(data = ds$data, cell_names = comb$cell_names, cell_data = comb$cell_data,
-       modality = comb$modality, class = .input_classes(sources))
+  list(data = ds$data, fields = ds$fields, cell_names = comb$cell_names,
+       cell_data = comb$cell_data, modality = comb$modality, class = .input_classes(sources))
 }
 
 # The data a query runs on: the model's own, or `x` registered against the model by

@@ -511,7 +511,8 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
 # then unmeasured there), or a SingleCellExperiment / Seurat object holding the modalities as
 # at setup, or a count matrix for a model of one modality. Returns list(data, cell_names,
 # cell_data, modality, class).
-.multivi_register_query <- function(model, x, arg = "x", allow_cell_weights = FALSE) {
+.multivi_register_query <- function(model, x, arg = "x", allow_cell_weights = FALSE,
+                                    extend_categories = FALSE) {
   reg <- model$registry
   sa <- reg$setup_args
   G <- length(reg$gene_names)
@@ -587,8 +588,39 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
                                        "on: subset/reorder the rows to model$protein_names"))
   }
   ds <- .modality_dataset(comb, arg, reg, c(reg$gene_names, reg$region_names,
-                                            reg$protein_names))
+                                            reg$protein_names),
+                          extend_categories = extend_categories)
   .query_result(comb, ds, list(src$rna, src$atac, src$protein))
+}
+
+# A scArches query model of the MULTIVI `reference` for `x_query` (laid out as the new data
+# of a query), with the freezing options `freeze`: the query's new batches and covariate
+# categories are appended after the reference's (load_query_data()).
+.multivi_load_query <- function(x_query, reference, freeze) {
+  if (identical(reference$config$modality_weights, "cell")) {
+    .stop(paste0("`reference` was built with modality_weights = \"cell\" (one weight per ",
+                 "training cell); it cannot map query cells"))
+  }
+  q <- .multivi_register_query(reference, x_query, arg = "x_query", extend_categories = TRUE)
+  reg <- reference$registry
+  config <- reference$config
+  config$n_batch <- q$fields$registry$n_batch
+  config$n_cats_per_cov <- as.integer(unname(q$fields$cat_sizes))
+  config$n_cells <- length(q$cell_names)
+  labels <- .multivi_model_modalities(reference)
+  n_mod <- .modality_counts(q$modality, labels)
+  registry <- .modality_registry(q$fields, "MULTIVI", reg$setup_args[.multivi_setup_keys],
+                                 list(gene_names = reg$gene_names,
+                                      region_names = reg$region_names,
+                                      protein_names = reg$protein_names), n_mod)
+  ptr <- .rs(rs_multivi_query_new(reference$model, q$data, .config_to_json(config),
+                                  .multivi_registry_to_json(registry),
+                                  as.character(jsonlite::toJSON(freeze, auto_unbox = TRUE))))
+  input <- list(class = q$class, n_cells = length(q$cell_names),
+                n_genes = length(reg$gene_names), n_regions = length(reg$region_names),
+                n_proteins = length(reg$protein_names), modality_cells = n_mod)
+  .new_multivi(ptr, q$data, registry, .config_from_json(.rs(rs_model_state(ptr))$config),
+               q$cell_names, q$cell_data, q$modality, input)
 }
 
 # New data must carry the model's regions, in the model's order.

@@ -65,10 +65,18 @@ prepare_query_data <- function(x_query, reference, layer = NULL) {
 #' scvi-tools' `load_query_data()`. Train the result with [train()]; the latent space of the
 #' query cells is then comparable with the reference's.
 #'
-#' @param x_query the query data (as for [scvi()]), with the reference's genes in its order
-#'   (see [prepare_query_data()]) and the reference's setup columns.
-#' @param reference a trained `SCVI` model, or the directory of one saved with [save_model()].
-#' @param cells,layer as in [scvi()].
+#' For a `MULTIVI` reference the query data are given as for its queries
+#' (`list(rna = , atac = , protein = , cells = )`, any modality may be left out, or a
+#' SingleCellExperiment / Seurat object laid out as the reference's data), with the
+#' reference's features; the same rules decide what trains, by scvi-tools' module names (a
+#' reference built with `modality_weights = "cell"` cannot map new cells).
+#'
+#' @param x_query the query data (as for [scvi()], or for a MULTIVI reference as above), with
+#'   the reference's genes in its order (see [prepare_query_data()]) and the reference's
+#'   setup columns.
+#' @param reference a trained `SCVI` or `MULTIVI` model, or the directory of one saved with
+#'   [save_model()].
+#' @param cells,layer as in [scvi()] (SCVI references only).
 #' @param unfrozen train every weight.
 #' @param freeze_dropout switch dropout off outside the library encoder.
 #' @param freeze_expression keep the encoder's first layer frozen except its covariate
@@ -76,7 +84,7 @@ prepare_query_data <- function(x_query, reference, layer = NULL) {
 #' @param freeze_decoder_first_layer the same for the decoder's first layer.
 #' @param freeze_batchnorm_encoder,freeze_batchnorm_decoder freeze the batch-norm scale and
 #'   shift (and running statistics) of the encoder / decoder.
-#' @return An untrained `SCVI` model over the query cells.
+#' @return An untrained model of the reference's kind over the query cells.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' sce <- rscvi_example_sce()
@@ -88,13 +96,16 @@ load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, unfr
                             freeze_dropout = FALSE, freeze_expression = TRUE,
                             freeze_decoder_first_layer = TRUE, freeze_batchnorm_encoder = TRUE,
                             freeze_batchnorm_decoder = FALSE) {
-  if (!inherits(reference, "SCVI")) {
+  if (!inherits(reference, c("SCVI", "MULTIVI"))) {
     if (!(is.character(reference) && length(reference) == 1 && dir.exists(reference))) {
-      .stop("`reference` must be an SCVI model or the directory of a saved model")
+      .stop("`reference` must be an SCVI or MULTIVI model or the directory of a saved model")
     }
     reference <- load_model(reference)
   }
-  .check_model(reference, "reference")
+  if (!inherits(reference, c("SCVI", "MULTIVI"))) {
+    .stop("`reference`: scArches mapping is available for SCVI and MULTIVI models, got a %s model",
+          class(reference)[1])
+  }
   freeze <- list(
     unfrozen = .check_scalar_bool(unfrozen, "unfrozen"),
     freeze_dropout = .check_scalar_bool(freeze_dropout, "freeze_dropout"),
@@ -102,6 +113,15 @@ load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, unfr
     freeze_decoder_first_layer = .check_scalar_bool(freeze_decoder_first_layer, "freeze_decoder_first_layer"),
     freeze_batchnorm_encoder = .check_scalar_bool(freeze_batchnorm_encoder, "freeze_batchnorm_encoder"),
     freeze_batchnorm_decoder = .check_scalar_bool(freeze_batchnorm_decoder, "freeze_batchnorm_decoder"))
+  if (inherits(reference, "MULTIVI")) {
+    if (!is.null(cells) || !is.null(layer)) {
+      .stop(paste0("`cells` and `layer` apply to SCVI references; for a MULTIVI reference pass ",
+                   "`x_query` as list(rna = , atac = , cells = ) or a SingleCellExperiment / ",
+                   "Seurat object"))
+    }
+    return(.multivi_load_query(x_query, reference, freeze))
+  }
+  .check_model(reference, "reference")
   if (is.null(layer)) layer <- .layer_like(x_query, reference$registry$setup_args$layer)
   input <- .input_from(x_query, cells = cells, layer = layer, arg = "x_query")
   # new categories are appended after the reference's (scvi.md §1, extend_categories)

@@ -8,17 +8,19 @@
 # Settings: "paired" (every cell has RNA and ATAC), "mosaic" (mosaic_groups.tsv: a third
 # of the cells lose their ATAC, a third their RNA) and "protein" (paired, plus stand-in ADT
 # counts in the two thirds of the cells that are not "atac_only": the shared data have no
-# CITE-seq, so 6 antibodies each mark one annotated cell type, Poisson counts of a per-antibody
-# background plus 50 in the marked type, times a log-normal per-cell ADT depth). Per tool: s/epoch, peak memory, the last
-# history row, all-cell ELBO and reconstruction error, kNN label purity and within-cell-type
-# batch mixing of the joint latent (k = 15, "Mis" cells left out); protein: the AUROC of each
-# antibody's foreground probability for its marked cell type (mean over antibodies, all
-# cells); mosaic: hidden-ATAC AUROC and hidden-RNA Spearman, with a 15-NN baseline (the nearest paired cells in the observed
-# modality's log-normalised PCA space; their mean hidden profile). Needs the installed rscvi,
-# ../shared/data (or RSCVI_SHARED_DATA) and the venv of bench/setup-venv.sh. 2 threads each;
-# the tools run one after the other. RSCVI_BENCH_REUSE=1 reads scvi-tools results already in
+# CITE-seq, so 6 antibodies each mark one annotated cell type, Poisson counts of a
+# per-antibody background plus 50 in the marked type, times a log-normal per-cell ADT depth;
+# bench/multivi_data.R). Per tool: s/epoch, peak memory, the last history row, all-cell ELBO
+# and reconstruction error, kNN label purity and within-cell-type batch mixing of the joint
+# latent (k = 15, "Mis" cells left out); protein: the AUROC of each antibody's foreground
+# probability for its marked cell type (mean over antibodies, all cells); mosaic: hidden-ATAC
+# AUROC and hidden-RNA Spearman, with a 15-NN baseline (the nearest paired cells in the
+# observed modality's log-normalised PCA space; their mean hidden profile). Needs the
+# installed rscvi, ../shared/data (or RSCVI_SHARED_DATA) and the venv of
+# bench/setup-venv.sh. 2 threads each; the tools run one after the other.
+# RSCVI_BENCH_REUSE=1 reads scvi-tools results already in
 # bench/results/multivi-scvi-tools-<epochs>/ instead of rerunning them. Writes
-# bench/results/multivi-<epochs>.md.
+# bench/results/multivi-<epochs>-<settings>.md.
 
 args <- commandArgs(trailingOnly = TRUE)
 epochs <- if (length(args) >= 1) as.integer(args[[1]]) else 20L
@@ -34,48 +36,8 @@ venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rsc
 if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
 out_dir <- file.path(here, "results", sprintf("multivi-scvi-tools-%d", epochs))
 
-# The data as scvi_tools_multivi.py loads it (same subsample rules).
-m <- methods::as(Matrix::readMM(file.path(data_dir, "matrix.mtx.gz")), "CsparseMatrix")
-features <- utils::read.delim(gzfile(file.path(data_dir, "features.tsv.gz")))
-obs <- utils::read.delim(gzfile(file.path(data_dir, "obs.tsv.gz")), stringsAsFactors = FALSE)
-barcodes <- local({
-  con <- gzfile(file.path(data_dir, "barcodes.tsv.gz"))
-  on.exit(close(con))
-  readLines(con)
-})
-groups <- utils::read.delim(file.path(data_dir, "mosaic_groups.tsv"), stringsAsFactors = FALSE)
-genes <- which(features$feature_type == "Gene Expression")
-peaks <- which(features$feature_type == "Peaks")
-if (!is.na(n_regions)) {
-  open_cells <- Matrix::rowSums(m[peaks, ] > 0)
-  peaks <- sort(peaks[order(-open_cells, seq_along(open_cells))[seq_len(n_regions)]])
-}
-cells <- seq_len(ncol(m))
-if (!is.na(n_cells)) cells <- seq(1L, ncol(m), by = max(ncol(m) %/% n_cells, 1L))[seq_len(n_cells)]
-rna <- m[genes, cells]
-atac <- m[peaks, cells]
-rownames(rna) <- features$name[genes]
-rownames(atac) <- features$id[peaks]
-colnames(rna) <- colnames(atac) <- barcodes[cells]
-obs <- obs[cells, ]
-rownames(obs) <- barcodes[cells]
-group <- groups$group[match(barcodes[cells], groups$barcode)]
-cell_names <- barcodes[cells]
-
-# Stand-in ADT counts (proteins x cells), written where the reference reads them.
-marked <- c(ADT_L23 = "L2/3", ADT_L45 = "L4/5", ADT_L6 = "L6", ADT_Oligo = "Oligo",
-            ADT_Astro = "Astro", ADT_Pvalb = "Pvalb")
-adt <- local({
-  set.seed(0)
-  depth <- stats::rlnorm(length(cells), 0, 0.3)
-  background <- c(3, 5, 8, 4, 6, 10)
-  out <- t(vapply(seq_along(marked), function(k) {
-    as.numeric(stats::rpois(length(cells), depth * (background[k] +
-                                                     50 * (obs$cell_type == marked[[k]]))))
-  }, numeric(length(cells))))
-  dimnames(out) <- list(names(marked), cell_names)
-  out
-})
+source(file.path(here, "multivi_data.R"))
+# The ADT counts, where the reference reads them.
 adt_file <- file.path(out_dir, "adt.csv")
 if ("protein" %in% settings) {
   dir.create(out_dir, showWarnings = FALSE, recursive = TRUE)

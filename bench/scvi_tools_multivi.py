@@ -23,6 +23,8 @@ Outputs per setting under --out/<setting>/:
                 protein only: the protein share of the all-cell reconstruction error and the
   foreground.csv protein foreground probabilities, cells x proteins (protein only)
   latent.csv    joint latent (posterior means), cells x n_latent, with the cell names
+  de.csv, da.csv with --de A,B (paired only): differential expression and accessibility of
+                cell type A vs B (default arguments), rows = genes / regions
 rscvi's side computes the same numbers with the same definitions.
 """
 
@@ -143,6 +145,13 @@ def run(args, setting: str):
         fg = model.get_protein_foreground_probability(return_numpy=True)
         pd.DataFrame(fg, index=names, columns=list(adt.columns)).to_csv(
             os.path.join(out, "foreground.csv"))
+    if args.de and setting == "paired":
+        a, b = args.de.split(",")
+        idx1 = np.where(obs["cell_type"].values == a)[0]
+        idx2 = np.where(obs["cell_type"].values == b)[0]
+        model.differential_expression(idx1=idx1, idx2=idx2).to_csv(os.path.join(out, "de.csv"))
+        model.differential_accessibility(idx1=idx1, idx2=idx2).to_csv(
+            os.path.join(out, "da.csv"))
     if setting == "mosaic":
         rna_only = np.where(group == "rna_only")[0]
         acc = np.asarray(model.get_normalized_accessibility(indices=rna_only))
@@ -171,6 +180,7 @@ def main():
     p.add_argument("--regions", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adt", default=None)
+    p.add_argument("--de", default=None)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     for setting in args.settings:

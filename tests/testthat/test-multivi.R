@@ -658,3 +658,32 @@ test_that("multivi() takes registered RNA and ATAC size factors", {
   expect_error(multivi(p$rna, p$atac, cells = bad, size_factor_key = c("rna_sf", "atac_sf")),
                "'rna_sf' must be > 0")
 })
+
+test_that("load_query_data() maps new MULTIVI cells onto a reference (scArches)", {
+  ref <- mosaic_model()
+  z_ref <- get_latent_representation(ref)
+  d <- multiome()
+  cells <- colnames(d$rna)[201:300]
+  cd <- d$cells[cells, ]
+  cd$library <- ifelse(seq_along(cells) %% 2 == 0, "new-library", cd$library)
+  x <- list(rna = d$rna[, cells], atac = d$atac[, cells], cells = cd)
+  query <- load_query_data(x, ref)
+  expect_s3_class(query, "MULTIVI")
+  expect_identical(query$registry$batch_categories,
+                   c(ref$registry$batch_categories, "new-library"))
+  expect_identical(query$config$n_batch, 4L)
+  expect_identical(query$config$n_latent, ref$config$n_latent)
+  query <- train(query, max_epochs = 5L, lr = 1e-2, seed = 0L, progress = FALSE)
+  zq <- get_latent_representation(query)
+  expect_identical(dim(zq), c(100L, ref$config$n_latent))
+  expect_true(all(is.finite(zq)))
+  # The reference is untouched, and the frozen query keeps the reference's encoders: cells of
+  # the reference's batches land near where the reference put them.
+  expect_identical(get_latent_representation(ref), z_ref)
+  old <- cells[seq_along(cells) %% 2 == 1]
+  expect_lt(mean(abs(zq[old, ] - z_ref[old, ])), 0.5 * mean(abs(z_ref[old, ])))
+  expect_error(load_query_data(x, ref, layer = "counts"), "`cells` and `layer` apply to SCVI")
+  cellw <- suppressWarnings(multivi(d$rna[, 1:50], d$atac[, 1:50], modality_weights = "cell"))
+  expect_error(load_query_data(list(rna = d$rna[, 1:50], atac = d$atac[, 1:50]), cellw),
+               "modality_weights = \"cell\"")
+})

@@ -3,12 +3,13 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
+use rscvi_core::family::arches::FreezeSpec;
 use rscvi_core::models::multivi::model::{self as multivi, AccessibilityQuery, ProteinQuery};
 use rscvi_core::models::multivi::{Modality, MultiviKind, MultiviModel};
 
 use crate::models::{build_model, handle, Query};
 use crate::queries::{latent_list, r_matrix};
-use crate::{dataset, guarded, indices, on_device_guarded, other};
+use crate::{dataset, from_json, guarded, indices, on_device_guarded, other};
 
 /// `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 #[extendr]
@@ -16,6 +17,22 @@ fn rs_multivi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Ro
     let data = dataset(&ds)?;
     build_model(config_json, registry_json, |c, r| {
         MultiviModel::new(c, data, r)
+    })
+}
+
+/// A scArches query model from `reference` for the query data `ds`.
+#[extendr]
+fn rs_multivi_query_new(
+    reference: Robj,
+    ds: Robj,
+    config_json: &str,
+    registry_json: &str,
+    freeze_json: &str,
+) -> Result<Robj> {
+    let (r, data) = (handle::<MultiviKind>(&reference)?, dataset(&ds)?);
+    let freeze: FreezeSpec = from_json(freeze_json, "freeze options")?;
+    build_model(config_json, registry_json, |c, reg| {
+        MultiviModel::for_query(r, c, data, reg, freeze)
     })
 }
 
@@ -145,6 +162,7 @@ fn rs_multivi_region_factors(model: Robj) -> Result<Robj> {
 extendr_module! {
     mod multivi;
     fn rs_multivi_new;
+    fn rs_multivi_query_new;
     fn rs_multivi_latent;
     fn rs_multivi_normalized_accessibility;
     fn rs_multivi_protein_foreground_probability;

@@ -3,7 +3,7 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use rscvi_core::models::scvi::scarches::FreezeSpec;
+use rscvi_core::family::arches::FreezeSpec;
 use rscvi_core::models::scvi::{queries, ScviKind, ScviModel};
 
 use crate::models::{build_model, handle, Query};

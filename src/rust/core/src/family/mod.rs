@@ -3,6 +3,7 @@
 //! config, saved extras and defaults). With those two, the one training loop (`train`),
 //! persistence (`io`), device transfer and the model handle [`Model`] serve it unchanged.
 
+pub mod arches;
 mod model;
 
 pub use model::{Model, TrainableEverywhere, TrainsOn};

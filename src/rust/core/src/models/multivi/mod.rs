@@ -4,6 +4,7 @@
 //! encoder; the posteriors of the modalities a cell has are mixed into one joint latent (§4),
 //! which every decoder reads.
 
+pub mod arches;
 pub mod model;
 
 pub use model::{Modality, MultiviKind, MultiviModel};

@@ -9,22 +9,33 @@ use crate::backend::Cpu;
 use crate::data::batch::host;
 use crate::data::DataSet;
 use crate::error::{invalid_arg, Result};
+use crate::family::arches::FreezeSpec;
 use crate::family::{
     Adversary, ClassifierOptimizer, Expression, ExpressionModule, FamilyModule, Head,
-    LatentPosterior, Model, ModelKind, NoExtra, StepLoss, Terms, TrainPlan,
+    LatentPosterior, Model, ModelKind, StepLoss, Terms, TrainPlan,
 };
 use crate::infer::{check_query, posterior_latent, LatentRequest, Matrix};
+use crate::models::multivi::arches;
 use crate::models::multivi::{
     check_data, default_n_hidden, default_n_latent, Multivae, MultiviBatch, MultiviConfig,
     MultiviInference,
 };
+use crate::train::grad::GradRule;
 use crate::train::TrainConfig;
+use serde::{Deserialize, Serialize};
 
 /// Default number of epochs of `MULTIVI.train`.
 pub const DEFAULT_MAX_EPOCHS: usize = 500;
 
 /// The MULTIVI model kind.
 pub struct MultiviKind;
+
+/// What a MULTIVI model keeps beside its module: for a scArches query model, what trains.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MultiviExtra {
+    pub freeze: Option<FreezeSpec>,
+}
 
 pub type MultiviModel = Model<MultiviKind>;
 
@@ -173,7 +184,7 @@ impl ModelKind for MultiviKind {
     const NAME: &'static str = "MULTIVI";
     type Config = MultiviConfig;
     type Module<B: Backend> = Multivae<B>;
-    type Extra = NoExtra;
+    type Extra = MultiviExtra;
 
     fn blank<B: Backend>(c: &MultiviConfig, device: &B::Device) -> Result<Multivae<B>> {
         Multivae::new(c.clone(), device)
@@ -184,6 +195,24 @@ impl ModelKind for MultiviKind {
             [d] => check_data(config, d),
             _ => Err(invalid_arg("x", "MULTIVI trains on one dataset")),
         }
+    }
+
+    fn restore(module: Multivae<Cpu>, extra: &MultiviExtra) -> Multivae<Cpu> {
+        match &extra.freeze {
+            Some(f) => arches::apply_module_freeze(module, f),
+            None => module,
+        }
+    }
+
+    fn grad_rules<B: burn::tensor::backend::AutodiffBackend>(
+        module: &Multivae<B>,
+        extra: &MultiviExtra,
+    ) -> Vec<GradRule<B::InnerBackend>> {
+        extra
+            .freeze
+            .as_ref()
+            .map(|f| arches::grad_rules(module, f))
+            .unwrap_or_default()
     }
 
     /// §6.1–6.2: the batch classifier (absent with one batch), κ = 1, its own Adam.
@@ -222,7 +251,26 @@ impl Model<MultiviKind> {
         }
         check_data(&config, data)?;
         let module = Multivae::<Cpu>::new(config, &Default::default())?;
-        Ok(Self::from_module(module, registry, NoExtra {}))
+        Ok(Self::from_module(module, registry, MultiviExtra::default()))
+    }
+
+    /// A scArches query model for `data`: `config` has the query's (extended) category
+    /// counts; weights come from `reference`, grown where categories were added; `freeze`
+    /// says what trains.
+    pub fn for_query(
+        reference: &MultiviModel,
+        config: MultiviConfig,
+        data: &DataSet,
+        registry: serde_json::Value,
+        freeze: FreezeSpec,
+    ) -> Result<Self> {
+        let fresh = Self::new(config, data, registry)?;
+        let module = arches::transfer_weights(&reference.module, fresh.module)?;
+        let module = arches::apply_module_freeze(module, &freeze);
+        let extra = MultiviExtra {
+            freeze: Some(freeze),
+        };
+        Ok(Self::from_module(module, fresh.registry, extra))
     }
 }
 
@@ -835,6 +883,129 @@ mod tests {
         assert!(err(&with(vec![rna_sf, over]))
             .to_string()
             .contains("(0, 1]"));
+    }
+
+    #[test]
+    fn a_query_model_grows_new_batches_and_trains_only_their_weights() {
+        let _guard = crate::TEST_RNG_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let data = mosaic_with_proteins(4);
+        let mut config = MultiviConfig::new(10, 16, 2);
+        config.n_proteins = 4;
+        config.n_hidden = 16;
+        config.n_latent = 2;
+        let tc = TrainConfig {
+            max_epochs: Some(3),
+            seed: Some(0),
+            batch_size: 32,
+            optimizer: crate::train::OptimizerKind::AdamW,
+            lr: 1e-2,
+            weight_decay: 1e-3,
+            eps: 1e-8,
+            ..Default::default()
+        };
+        let mut reference = MultiviModel::new(config.clone(), &data, json!({})).unwrap();
+        reference
+            .train(&[&data], &tc, DeviceKind::Cpu, &mut Silent)
+            .unwrap();
+        // The query: the same cells, a third (new) batch for a third of them.
+        let batch = Categorical {
+            codes: (0..120).map(|c| (c % 3) as u32).collect(),
+            n_categories: 3,
+        };
+        let query_data = DataSet::with_batches(data.counts.clone(), batch).unwrap();
+        let mut qconfig = reference.module.config.clone();
+        qconfig.n_batch = 3;
+        let mut query = MultiviModel::for_query(
+            &reference,
+            qconfig,
+            &query_data,
+            json!({}),
+            FreezeSpec::default(),
+        )
+        .unwrap();
+        let vals = |t: Tensor<Cpu, 2>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+        let first = |m: &MultiviModel| {
+            vals(
+                m.module
+                    .z_decoder_accessibility
+                    .as_ref()
+                    .unwrap()
+                    .px_decoder
+                    .layers[0]
+                    .linear
+                    .weight
+                    .val(),
+            )
+        };
+        // Decoder input: latent (2) + batch one-hots (2 -> 3), 16 hidden units.
+        let (r, before) = (first(&reference), first(&query));
+        assert_eq!((r.len(), before.len()), (4 * 16, 5 * 16));
+        assert_eq!(&before[..r.len()], &r[..]);
+        let head = |m: &MultiviModel| {
+            vals(
+                m.module
+                    .z_decoder_pro
+                    .as_ref()
+                    .unwrap()
+                    .py_background_decoder
+                    .weight
+                    .val(),
+            )
+        };
+        let head_before = head(&query);
+        let out = |m: &MultiviModel| {
+            vals(
+                m.module
+                    .z_decoder_accessibility
+                    .as_ref()
+                    .unwrap()
+                    .output
+                    .weight
+                    .val(),
+            )
+        };
+        let out_before = out(&query);
+        let px_r =
+            |m: &MultiviModel| -> Vec<f32> { m.module.px_r.val().into_data().to_vec().unwrap() };
+        let px_r_before = px_r(&query);
+
+        query
+            .train(&[&query_data], &tc, DeviceKind::Cpu, &mut Silent)
+            .unwrap();
+        let after = first(&query);
+        let moved = |a: &[f32], b: &[f32], rows: std::ops::Range<usize>, width: usize| {
+            rows.flat_map(|r| (0..width).map(move |h| r * width + h))
+                .map(|i| (a[i] - b[i]).abs())
+                .fold(0f32, f32::max)
+        };
+        // Latent rows only feel weight decay; the batch one-hot rows learn.
+        assert!(moved(&after, &before, 0..2, 16) < 1e-4);
+        assert!(moved(&after, &before, 2..5, 16) > 1e-3);
+        // Protein head input: [h (16), u (2), one-hots (3)]: only the one-hot rows learn.
+        let head_after = head(&query);
+        assert!(moved(&head_after, &head_before, 0..18, 4) < 1e-4);
+        assert!(moved(&head_after, &head_before, 18..21, 4) > 1e-3);
+        assert_eq!(out(&query), out_before, "the decoder head stays frozen");
+        assert_eq!(px_r(&query), px_r_before, "px_r stays frozen");
+
+        // The freezing survives a save and load.
+        let dir = std::env::temp_dir().join(format!("rscvi-multivi-q-{}", std::process::id()));
+        query.save(&dir, true).unwrap();
+        let back = MultiviModel::load(&dir).unwrap();
+        assert!(back.extra.freeze.is_some());
+        std::fs::remove_dir_all(&dir).ok();
+
+        // Per-cell modality weights cannot map other cells.
+        let mut cell_config = config;
+        cell_config.modality_weights = crate::models::multivi::ModalityWeights::Cell;
+        let cell_ref = MultiviModel::new(cell_config, &data, json!({})).unwrap();
+        let mut qc = cell_ref.module.config.clone();
+        qc.n_batch = 3;
+        let err =
+            MultiviModel::for_query(&cell_ref, qc, &query_data, json!({}), FreezeSpec::default());
+        assert!(matches!(err, Err(e) if e.to_string().contains("modality_weights")));
     }
 
     /// The sparse first layers give the dense path's loss and first-layer weight gradients

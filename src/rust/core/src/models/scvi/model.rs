@@ -10,13 +10,14 @@ use crate::data::batch::Batch;
 use crate::data::resident::ResidentData;
 use crate::data::{library_prior, DataSet};
 use crate::error::{invalid_arg, Error, Result};
+use crate::family::arches::FreezeSpec;
 use crate::family::{
     DeviceMinibatches, Expression, ExpressionModule, FamilyModule, Head, LatentPosterior, Model,
     ModelKind, StepLoss, Terms, TrainPlan,
 };
 use crate::infer::expression::ImportanceOptions;
 use crate::models::options::LatentDistribution;
-use crate::models::scvi::scarches::{self, FreezeSpec};
+use crate::models::scvi::scarches;
 use crate::models::scvi::{importance, Inference, Scvi, ScviConfig};
 use crate::train::grad::GradRule;
 use crate::train::{max_epochs_heuristic, TrainConfig};

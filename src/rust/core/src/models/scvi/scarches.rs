@@ -1,119 +1,19 @@
-//! scArches reference mapping (scvi.md §10): a query model that starts from the reference's
-//! weights, grown with fresh values where the query adds categories, and trains only the
-//! covariate-related weights through gradient masks.
+//! scArches reference mapping of SCVI (scvi.md §10) on the family's shared pieces
+//! (family::arches): a query model that starts from the reference's weights, grown with fresh
+//! values where the query adds categories, and trains only the covariate-related weights
+//! through gradient masks.
 
-use burn::module::{Param, RunningState};
-use burn::nn::Linear;
+use burn::module::RunningState;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::family::arches::FreezeSpec;
+use crate::family::arches::{
+    drop_linear, fc_rules, freeze_batchnorm_statistics, grow, grow_encoder, grow_fc, grow_linear,
+    grow_param,
+};
 use crate::models::scvi::{DecoderScvi, Scvi};
-use crate::nn::{Encoder, FcLayer, FcLayers, TorchBatchNorm};
 use crate::train::grad::GradRule;
-
-/// The reference's freezing options, with its defaults.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FreezeSpec {
-    pub unfrozen: bool,
-    pub freeze_dropout: bool,
-    pub freeze_expression: bool,
-    pub freeze_decoder_first_layer: bool,
-    pub freeze_batchnorm_encoder: bool,
-    pub freeze_batchnorm_decoder: bool,
-}
-
-impl Default for FreezeSpec {
-    fn default() -> Self {
-        Self {
-            unfrozen: false,
-            freeze_dropout: false,
-            freeze_expression: true,
-            freeze_decoder_first_layer: true,
-            freeze_batchnorm_encoder: true,
-            freeze_batchnorm_decoder: false,
-        }
-    }
-}
-
-/// `fresh` with the reference's values in its leading block along every dimension.
-fn grow<B: Backend, const D: usize>(
-    reference: Tensor<B, D>,
-    fresh: Tensor<B, D>,
-) -> Result<Tensor<B, D>> {
-    let (r, f) = (reference.dims(), fresh.dims());
-    if r == f {
-        return Ok(reference);
-    }
-    if r.iter().zip(f.iter()).any(|(a, b)| a > b) {
-        return Err(Error::InvalidData(format!(
-            "the query model does not match the reference: a tensor of shape {r:?} cannot grow into {f:?}"
-        )));
-    }
-    let ranges: [std::ops::Range<usize>; D] = std::array::from_fn(|d| 0..r[d]);
-    Ok(fresh.slice_assign(ranges, reference))
-}
-
-fn grow_param<B: Backend, const D: usize>(
-    r: &Param<Tensor<B, D>>,
-    f: &Param<Tensor<B, D>>,
-) -> Result<Param<Tensor<B, D>>> {
-    Ok(crate::nn::trainable(grow(r.val(), f.val())?))
-}
-
-fn grow_linear<B: Backend>(r: &Linear<B>, f: &Linear<B>) -> Result<Linear<B>> {
-    let bias = match (&r.bias, &f.bias) {
-        (Some(rb), Some(fb)) => Some(grow_param(rb, fb)?),
-        _ => None,
-    };
-    Ok(Linear {
-        weight: grow_param(&r.weight, &f.weight)?,
-        bias,
-    })
-}
-
-fn grow_fc<B: Backend>(r: &FcLayers<B>, f: &FcLayers<B>) -> Result<FcLayers<B>> {
-    let layers = r
-        .layers
-        .iter()
-        .zip(&f.layers)
-        .map(|(rl, fl)| {
-            let batch_norm = match (&rl.batch_norm, &fl.batch_norm) {
-                (Some(rb), Some(fb)) => Some(TorchBatchNorm {
-                    gamma: grow_param(&rb.gamma, &fb.gamma)?,
-                    beta: grow_param(&rb.beta, &fb.beta)?,
-                    running_mean: RunningState::new(rb.running_mean.value_sync()),
-                    running_var: RunningState::new(rb.running_var.value_sync()),
-                    momentum: fb.momentum,
-                }),
-                _ => None,
-            };
-            Ok(FcLayer {
-                linear: grow_linear(&rl.linear, &fl.linear)?,
-                batch_norm,
-                layer_norm: fl.layer_norm,
-                activation: fl.activation,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(FcLayers {
-        layers,
-        inject_covariates: f.inject_covariates,
-        dropout: f.dropout,
-        leaky_relu: f.leaky_relu,
-    })
-}
-
-fn grow_encoder<B: Backend>(r: &Encoder<B>, f: &Encoder<B>) -> Result<Encoder<B>> {
-    Ok(Encoder {
-        encoder: grow_fc(&r.encoder, &f.encoder)?,
-        mean_encoder: grow_linear(&r.mean_encoder, &f.mean_encoder)?,
-        var_encoder: grow_linear(&r.var_encoder, &f.var_encoder)?,
-        var_eps: f.var_eps,
-    })
-}
 
 /// `fresh` (built for the query's dimensions) with the reference's weights transferred:
 /// equal shapes are copied, grown ones keep the reference's values first and fresh values
@@ -157,51 +57,16 @@ pub fn apply_module_freeze<B: Backend>(mut m: Scvi<B>, spec: &FreezeSpec) -> Scv
     if spec.unfrozen {
         return m;
     }
-    let freeze_bn = |layers: &mut FcLayers<B>, on: bool| {
-        for l in layers.layers.iter_mut() {
-            if let (Some(bn), true) = (l.batch_norm.as_mut(), on) {
-                bn.momentum = 0.0;
-            }
-        }
-    };
-    freeze_bn(&mut m.z_encoder.encoder, spec.freeze_batchnorm_encoder);
-    freeze_bn(&mut m.decoder.px_decoder, spec.freeze_batchnorm_decoder);
+    if spec.freeze_batchnorm_encoder {
+        freeze_batchnorm_statistics(&mut m.z_encoder.encoder);
+    }
+    if spec.freeze_batchnorm_decoder {
+        freeze_batchnorm_statistics(&mut m.decoder.px_decoder);
+    }
     if spec.freeze_dropout {
         m.z_encoder.encoder.dropout = 0.0;
     }
     m
-}
-
-fn fc_rules<B: AutodiffBackend>(
-    layers: &FcLayers<B>,
-    n_cov: usize,
-    first_layer_free: bool,
-    bn_frozen: bool,
-    rules: &mut Vec<GradRule<B::InnerBackend>>,
-) {
-    for (i, l) in layers.layers.iter().enumerate() {
-        if !(i == 0 && first_layer_free) {
-            let w = l.linear.weight.val();
-            let [d_in, d_out] = w.dims();
-            let injected = n_cov > 0 && (i == 0 || layers.inject_covariates);
-            // Burn's weight is [in, out]: the covariate one-hots are the last n_cov input rows
-            let keep_rows = if injected { n_cov } else { 0 };
-            let mut mask = vec![0f32; d_in * d_out];
-            mask[(d_in - keep_rows) * d_out..].fill(1.0);
-            let device = w.device();
-            rules.push(GradRule::Mask2(
-                l.linear.weight.id,
-                Tensor::from_data(TensorData::new(mask, [d_in, d_out]), &device),
-            ));
-            if let Some(b) = &l.linear.bias {
-                rules.push(GradRule::Zero1(b.id));
-            }
-        }
-        if let (Some(bn), true) = (&l.batch_norm, bn_frozen) {
-            rules.push(GradRule::Drop1(bn.gamma.id));
-            rules.push(GradRule::Drop1(bn.beta.id));
-        }
-    }
 }
 
 /// The gradient rules of scvi.md §10.6 for a query model (the library encoder trains freely).
@@ -237,10 +102,7 @@ pub fn grad_rules<B: AutodiffBackend>(
         &m.decoder.px_r_decoder,
         &m.decoder.px_dropout_decoder,
     ] {
-        rules.push(GradRule::Drop2(lin.weight.id));
-        if let Some(b) = &lin.bias {
-            rules.push(GradRule::Drop1(b.id));
-        }
+        drop_linear(lin, &mut rules);
     }
     rules.push(GradRule::Drop2(m.px_r.id));
     rules
@@ -253,6 +115,7 @@ mod tests {
     use crate::data::{library_prior, toy_dataset};
     use crate::models::scvi::{ScviConfig, ScviExtra, ScviKind};
     use crate::train::{train, Silent, TrainConfig, TrainState};
+    use burn::tensor::Tensor;
 
     fn vals<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
         t.into_data().to_vec().unwrap()

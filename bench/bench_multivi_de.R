@@ -1,0 +1,87 @@
+#!/usr/bin/env Rscript
+# MULTIVI differential expression and accessibility: does rscvi agree with scvi-tools 1.5.1
+# as well as scvi-tools agrees with itself across seeds? On mop_snareseq2 (paired, subsample
+# as in bench_multivi.R), each tool trains with MULTIVI's defaults (max_epochs as given,
+# early stopping on) for each seed, then compares cell type A vs B: DE of the genes and DA of
+# the regions, default arguments. Top-50 sets: the 50 features with the highest posterior
+# probability of a change (proba_de / prob_da), ties broken by the absolute posterior mean
+# LFC (DE) or effect size (DA). Agreement of two runs = |top-50 A ∩ top-50 B| / 50.
+#
+#   Rscript bench/bench_multivi_de.R [epochs] [cells] [seeds] [A,B]
+#                                    (default: 100, 3000, 0,1, L2/3,L6)
+#
+# Writes bench/results/multivi-de-<epochs>.md; scvi-tools' tables under
+# bench/results/multivi-de-scvi-tools-<epochs>/seed<k>/paired/.
+
+args <- commandArgs(trailingOnly = TRUE)
+epochs <- if (length(args) >= 1) as.integer(args[[1]]) else 100L
+n_cells <- if (length(args) >= 2 && args[[2]] != "all") as.integer(args[[2]]) else 3000L
+seeds <- if (length(args) >= 3) as.integer(strsplit(args[[3]], ",")[[1]]) else 0:1
+contrast <- if (length(args) >= 4) strsplit(args[[4]], ",")[[1]] else c("L2/3", "L6")
+n_regions <- NA
+Sys.setenv(RAYON_NUM_THREADS = "2")
+suppressPackageStartupMessages(library(rscvi))
+here <- if (file.exists("bench/bench_multivi_de.R")) "bench" else stop("run from the repository root")
+data_root <- normalizePath(Sys.getenv("RSCVI_SHARED_DATA", file.path("..", "shared", "data")))
+data_dir <- file.path(data_root, "mop_snareseq2")
+venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rscvi/bench-venv"))
+if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
+out_dir <- file.path(here, "results", sprintf("multivi-de-scvi-tools-%d", epochs))
+source(file.path(here, "multivi_data.R"))
+
+top50 <- function(prob, effect, names) {
+  names[order(-prob, -abs(effect))][1:50]
+}
+
+run_rscvi <- function(seed) {
+  model <- multivi(rna = rna, atac = atac, cells = obs, batch_key = "library")
+  model <- train(model, max_epochs = epochs, seed = seed, device = "cpu", progress = FALSE)
+  idx1 <- which(obs$cell_type == contrast[[1]])
+  idx2 <- which(obs$cell_type == contrast[[2]])
+  de <- differential_expression(model, idx1 = idx1, idx2 = idx2)
+  da <- differential_accessibility(model, idx1 = idx1, idx2 = idx2)
+  list(epochs = nrow(history(model)),
+       de = top50(de$proba_de, de$lfc_mean, rownames(de)),
+       da = top50(da$prob_da, da$effect_size, rownames(da)))
+}
+
+run_reference <- function(seed) {
+  out <- file.path(out_dir, sprintf("seed%d", seed))
+  reuse <- Sys.getenv("RSCVI_BENCH_REUSE") == "1" &&
+    file.exists(file.path(out, "paired", "da.csv"))
+  status <- if (reuse) 0L else system2(file.path(venv, "bin", "python"), c(
+    file.path(here, "scvi_tools_multivi.py"), "--data", data_dir, "--out", out,
+    "--settings", "paired", "--epochs", epochs, "--threads", "2", "--cells", n_cells,
+    "--seed", seed, "--de", shQuote(paste(contrast, collapse = ","))))
+  if (status != 0) stop("scvi-tools reference run failed")
+  de <- utils::read.csv(file.path(out, "paired", "de.csv"), row.names = 1, check.names = FALSE)
+  da <- utils::read.csv(file.path(out, "paired", "da.csv"), row.names = 1, check.names = FALSE)
+  s <- jsonlite::fromJSON(file.path(out, "paired", "summary.json"))
+  list(epochs = s$epochs,
+       de = top50(de$proba_de, de$lfc_mean, rownames(de)),
+       da = top50(da$prob_da, da$effect_size, rownames(da)))
+}
+
+runs <- list()
+for (seed in seeds) {
+  cat(sprintf("== seed %d\n", seed))
+  runs[[sprintf("rscvi_s%d", seed)]] <- run_rscvi(seed)
+  runs[[sprintf("scvi_tools_s%d", seed)]] <- run_reference(seed)
+}
+pairs <- utils::combn(names(runs), 2, simplify = FALSE)
+agree <- do.call(rbind, lapply(pairs, function(p) {
+  data.frame(run1 = p[[1]], run2 = p[[2]],
+             de_top50 = length(intersect(runs[[p[[1]]]]$de, runs[[p[[2]]]]$de)) / 50,
+             da_top50 = length(intersect(runs[[p[[1]]]]$da, runs[[p[[2]]]]$da)) / 50)
+}))
+print(agree, row.names = FALSE)
+lines <- c(sprintf("# MULTIVI DE / DA agreement: rscvi vs scvi-tools 1.5.1 (bench/bench_multivi_de.R)"),
+           "", sprintf(paste0("mop_snareseq2, paired: %d cells, %d genes, %d regions; %s vs %s; ",
+                              "MULTIVI defaults, max_epochs %d (epochs run: %s); 2 threads; ",
+                              "load %s."),
+                       length(cells), nrow(rna), nrow(atac), contrast[[1]], contrast[[2]], epochs,
+                       paste(sprintf("%s %d", names(runs), vapply(runs, `[[`, 1L, "epochs")),
+                             collapse = ", "), readLines("/proc/loadavg")), "",
+           "| run 1 | run 2 | DE top-50 | DA top-50 |", "|---|---|---|---|",
+           apply(agree, 1, function(r) paste0("| ", paste(r, collapse = " | "), " |")), "")
+writeLines(lines, file.path(here, "results", sprintf("multivi-de-%d.md", epochs)))
