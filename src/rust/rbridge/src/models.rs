@@ -8,6 +8,7 @@ use extendr_api::prelude::*;
 use extendr_api::Result;
 use rscvi_core::backend::{resolve_device, DeviceKind};
 use rscvi_core::data::DataSet;
+use rscvi_core::family::arches::FreezeSpec;
 use rscvi_core::family::{Model, ModelKind, TrainableEverywhere};
 use rscvi_core::models::gimvi::GimviKind;
 use rscvi_core::models::multivi::MultiviKind;
@@ -92,6 +93,29 @@ pub(crate) fn build_model<K: ModelKind>(
     let config: K::Config = from_json(config_json, "model config")?;
     let registry = from_json(registry_json, "registry")?;
     Ok(new_handle(guarded(|| build(config, registry))?))
+}
+
+/// A scArches query model of kind `K` from the model `reference` for the query data `ds`:
+/// `for_query(reference, config, data, registry, freeze)` builds it.
+pub(crate) fn build_query_model<K: ModelKind>(
+    reference: &Robj,
+    ds: &Robj,
+    config_json: &str,
+    registry_json: &str,
+    freeze_json: &str,
+    for_query: impl FnOnce(
+        &Model<K>,
+        K::Config,
+        &DataSet,
+        serde_json::Value,
+        FreezeSpec,
+    ) -> rscvi_core::Result<Model<K>>,
+) -> Result<Robj> {
+    let (r, data) = (handle::<K>(reference)?, dataset(ds)?);
+    let freeze: FreezeSpec = from_json(freeze_json, "freeze options")?;
+    build_model(config_json, registry_json, |c, reg| {
+        for_query(r, c, data, reg, freeze)
+    })
 }
 
 /// What the shared entry points need of a model, whatever its kind.

@@ -3,13 +3,12 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use rscvi_core::family::arches::FreezeSpec;
 use rscvi_core::models::multivi::model::{self as multivi, AccessibilityQuery, ProteinQuery};
 use rscvi_core::models::multivi::{Modality, MultiviKind, MultiviModel};
 
-use crate::models::{build_model, handle, Query};
+use crate::models::{build_model, build_query_model, handle, Query};
 use crate::queries::{latent_list, r_matrix};
-use crate::{dataset, from_json, guarded, indices, on_device_guarded, other};
+use crate::{dataset, guarded, indices, on_device_guarded, other};
 
 /// `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 #[extendr]
@@ -29,11 +28,14 @@ fn rs_multivi_query_new(
     registry_json: &str,
     freeze_json: &str,
 ) -> Result<Robj> {
-    let (r, data) = (handle::<MultiviKind>(&reference)?, dataset(&ds)?);
-    let freeze: FreezeSpec = from_json(freeze_json, "freeze options")?;
-    build_model(config_json, registry_json, |c, reg| {
-        MultiviModel::for_query(r, c, data, reg, freeze)
-    })
+    build_query_model::<MultiviKind>(
+        &reference,
+        &ds,
+        config_json,
+        registry_json,
+        freeze_json,
+        MultiviModel::for_query,
+    )
 }
 
 /// Latent representation of one modality: "joint", "expression", "accessibility" or

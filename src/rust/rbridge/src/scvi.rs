@@ -3,12 +3,11 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use rscvi_core::family::arches::FreezeSpec;
 use rscvi_core::models::scvi::{queries, ScviKind, ScviModel};
 
-use crate::models::{build_model, handle, Query};
+use crate::models::{build_model, build_query_model, Query};
 use crate::queries::r_matrix;
-use crate::{dataset, from_json, indices, on_device_guarded, transform_batches};
+use crate::{dataset, indices, on_device_guarded, transform_batches};
 
 #[extendr]
 fn rs_scvi_new(ds: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
@@ -147,11 +146,14 @@ fn rs_scvi_query_new(
     registry_json: &str,
     freeze_json: &str,
 ) -> Result<Robj> {
-    let (r, data) = (handle::<ScviKind>(&reference)?, dataset(&ds)?);
-    let freeze: FreezeSpec = from_json(freeze_json, "freeze options")?;
-    build_model(config_json, registry_json, |c, reg| {
-        ScviModel::for_query(r, c, data, reg, freeze)
-    })
+    build_query_model::<ScviKind>(
+        &reference,
+        &ds,
+        config_json,
+        registry_json,
+        freeze_json,
+        ScviModel::for_query,
+    )
 }
 
 extendr_module! {

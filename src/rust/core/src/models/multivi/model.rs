@@ -356,24 +356,9 @@ pub fn normalized_accessibility<B: Backend>(
     if r == 0 {
         return Err(invalid_arg("model", "has no accessibility data"));
     }
-    if let Some(b) = q
-        .transform_batch
-        .filter(|&b| b as usize >= module.config.n_batch)
-    {
-        return Err(invalid_arg(
-            "transform_batch",
-            format!("batch code {b} is unknown to the model"),
-        ));
-    }
-    let regions: Vec<usize> = q.regions.map_or_else(|| (0..r).collect(), |s| s.to_vec());
-    let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
-        burn::tensor::TensorData::new(
-            regions.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-            [regions.len()],
-        ),
-        device,
-    );
-    let mut values = Vec::with_capacity(q.cells.len() * regions.len());
+    check_transform_batches(module, q.transform_batch)?;
+    let (n_cols, index) = selected_columns::<B>(q.regions, r, device);
+    let mut values = Vec::with_capacity(q.cells.len() * n_cols);
     for chunk in q.cells.chunks(q.batch_size) {
         // Only the decoders see the transform batch (the encoders keep the cell's own).
         let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
@@ -402,9 +387,41 @@ pub fn normalized_accessibility<B: Backend>(
     }
     Ok(Matrix {
         n_rows: q.cells.len(),
-        n_cols: regions.len(),
+        n_cols,
         values,
     })
+}
+
+/// Refuses batch codes the model does not know.
+fn check_transform_batches<B: Backend>(
+    module: &Multivae<B>,
+    codes: impl IntoIterator<Item = u32>,
+) -> Result<()> {
+    match codes
+        .into_iter()
+        .find(|&b| b as usize >= module.config.n_batch)
+    {
+        Some(b) => Err(invalid_arg(
+            "transform_batch",
+            format!("batch code {b} is unknown to the model"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The columns `selection` keeps of `n` (all when None): their count and index tensor.
+fn selected_columns<B: Backend>(
+    selection: Option<&[usize]>,
+    n: usize,
+    device: &B::Device,
+) -> (usize, Tensor<B, 1, burn::tensor::Int>) {
+    let columns: Vec<i64> = selection.map_or_else(
+        || (0..n as i64).collect(),
+        |s| s.iter().map(|&i| i as i64).collect(),
+    );
+    let len = columns.len();
+    let index = Tensor::from_data(burn::tensor::TensorData::new(columns, [len]), device);
+    (len, index)
 }
 
 /// Options of [`protein_foreground_probability`].
@@ -433,26 +450,9 @@ pub fn protein_foreground_probability<B: Backend>(
     if q.transform_batch.is_empty() {
         return Err(invalid_arg("transform_batch", "names no batch"));
     }
-    if let Some(b) = q
-        .transform_batch
-        .iter()
-        .flatten()
-        .find(|&&b| b as usize >= module.config.n_batch)
-    {
-        return Err(invalid_arg(
-            "transform_batch",
-            format!("batch code {b} is unknown to the model"),
-        ));
-    }
-    let proteins: Vec<usize> = q.proteins.map_or_else(|| (0..p).collect(), |s| s.to_vec());
-    let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
-        burn::tensor::TensorData::new(
-            proteins.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-            [proteins.len()],
-        ),
-        device,
-    );
-    let mut values = Vec::with_capacity(q.cells.len() * proteins.len());
+    check_transform_batches(module, q.transform_batch.iter().flatten().copied())?;
+    let (n_cols, index) = selected_columns::<B>(q.proteins, p, device);
+    let mut values = Vec::with_capacity(q.cells.len() * n_cols);
     for chunk in q.cells.chunks(q.batch_size) {
         let mut background_sum = Tensor::<B, 2>::zeros([chunk.len(), p], device);
         for &tb in &q.transform_batch {
@@ -470,7 +470,7 @@ pub fn protein_foreground_probability<B: Backend>(
     }
     Ok(Matrix {
         n_rows: q.cells.len(),
-        n_cols: proteins.len(),
+        n_cols,
         values,
     })
 }
