@@ -1,7 +1,8 @@
 # The data of the MULTIVI benchmarks (bench_multivi.R, bench_multivi_de.R), loaded as
 # scvi_tools_multivi.py loads them (same subsample rules): `data_dir`, `n_cells` and
 # `n_regions` must be set. Defines rna, atac (features x cells), obs, group (mosaic group),
-# cell_names and the stand-in ADT counts `adt` (proteins x cells) with the types they mark.
+# cell_names, the stand-in ADT counts `adt` (proteins x cells) with the types they mark, and
+# the latent-space metrics both benchmarks report.
 
 m <- methods::as(Matrix::readMM(file.path(data_dir, "matrix.mtx.gz")), "CsparseMatrix")
 features <- utils::read.delim(gzfile(file.path(data_dir, "features.tsv.gz")))
@@ -44,3 +45,9 @@ adt <- local({
   dimnames(out) <- list(names(marked), cell_names)
   out
 })
+
+# kNN label purity and within-cell-type batch mixing of a latent space (k = 15) over the
+# cells `keep`.
+knn_metrics <- function(z, keep) c(
+  knn_purity = knn_purity(z[keep, ], obs$cell_type[keep], 15L),
+  batch_mixing = batch_mixing(z[keep, ], obs$cell_type[keep], obs$library[keep], 15L))
