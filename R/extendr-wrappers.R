@@ -39,7 +39,8 @@ rs_model_load <- function(dir) .Call(wrap__rs_model_load, dir)
 # or a draw), the posterior mean and variance.
 rs_model_latent <- function(model, dataset, ds, idx, give_mean, mc_samples, batch_size, device) .Call(wrap__rs_model_latent, model, dataset, ds, idx, give_mean, mc_samples, batch_size, device)
 
-# Per-cell reconstruction loss and local KL of cells of dataset `dataset` (0-based).
+# Per-cell reconstruction loss (and its parts by modality) and local KL of cells of dataset
+# `dataset` (0-based).
 rs_model_elbo_terms <- function(model, dataset, ds, idx, batch_size, device) .Call(wrap__rs_model_elbo_terms, model, dataset, ds, idx, batch_size, device)
 
 # Posterior normalised expression; `library_size` NaN = the latent library (μ).

@@ -224,14 +224,19 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
 }
 
 # get_elbo() (`what` = "elbo") or get_reconstruction_error() ("reconstruction") of any model
-# with ELBO terms: the mean over cells, or per cell (named) with return_mean = FALSE.
-.elbo_query <- function(model, what, x, indices, batch_size, device, return_mean, dots) {
+# with ELBO terms: the mean over cells, or per cell (named) with return_mean = FALSE; with
+# `by_modality` (models of several modalities) the reconstruction error as a list by
+# modality.
+.elbo_query <- function(model, what, x, indices, batch_size, device, return_mean, dots,
+                        by_modality = FALSE) {
   fun <- c(elbo = "get_elbo", reconstruction = "get_reconstruction_error")[[what]]
   .no_dots(dots, fun, class(model)[1])
   return_mean <- .check_scalar_bool(return_mean, "return_mean")
+  by_modality <- .check_scalar_bool(by_modality, "by_modality")
   t <- .elbo_terms(model, x, indices, batch_size, device)
-  v <- if (what == "elbo") -(t$reconstruction_loss + t$kl_local) else t$reconstruction_loss
-  if (return_mean) mean(v) else stats::setNames(v, t$names)
+  summarise <- function(v) if (return_mean) mean(v) else stats::setNames(v, t$names)
+  if (by_modality) return(lapply(t$by_modality, summarise))
+  summarise(if (what == "elbo") -(t$reconstruction_loss + t$kl_local) else t$reconstruction_loss)
 }
 
 #' ELBO, reconstruction error and marginal log-likelihood
@@ -255,6 +260,11 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
 #' @param n_mc_samples importance samples per cell.
 #' @param return_mean `TRUE`: the mean over cells (scvi-tools' default); `FALSE`: one value
 #'   per cell, named by cell.
+#' @param by_modality MULTIVI, SPLICEVI: the reconstruction error of each modality (only
+#'   over the cells measured in it; their sum is the total), as scvi-tools' MULTIVI reports
+#'   it: a named list (`expression`, `accessibility` and with proteins `protein`; SPLICEVI:
+#'   `expression` and `splicing`) of numbers, or of per-cell vectors with
+#'   `return_mean = FALSE`.
 #' @return A single number, or a named vector with `return_mean = FALSE`.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)

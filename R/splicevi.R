@@ -810,9 +810,9 @@ get_elbo.SPLICEVI <- function(model, x = NULL, indices = NULL, batch_size = 128L
 #' @export
 get_reconstruction_error.SPLICEVI <- function(model, x = NULL, indices = NULL,
                                               batch_size = 128L, device = "auto",
-                                              return_mean = TRUE, ...) {
+                                              return_mean = TRUE, by_modality = FALSE, ...) {
   .elbo_query(model, "reconstruction", x, indices, batch_size, device, return_mean,
-              list(...))
+              list(...), by_modality)
 }
 
 #' @rdname differential_expression

@@ -262,6 +262,19 @@ test_that("a trained MULTIVI model answers every query with the right shapes", {
   rec <- get_reconstruction_error(m, indices = 1:100)
   expect_true(is.finite(elbo) && elbo < 0)
   expect_true(is.finite(rec) && rec > 0)
+  # By modality, each over the cells measured in it (RNA only: 1-100, ATAC only: 501-600).
+  cells <- c(1:3, 501:503, 201:203)
+  parts <- get_reconstruction_error(m, indices = cells, by_modality = TRUE, return_mean = FALSE)
+  expect_named(parts, c("expression", "accessibility"))
+  expect_identical(names(parts$expression), m$cell_names[cells])
+  expect_equal(unname(parts$accessibility[1:3]), rep(0, 3))
+  expect_equal(unname(parts$expression[4:6]), rep(0, 3))
+  expect_true(all(parts$expression[c(1:3, 7:9)] > 0 & parts$accessibility[4:9] > 0))
+  # One posterior draw per call: the parts of one call and the total of another agree to a
+  # few percent.
+  means <- get_reconstruction_error(m, indices = 1:300, by_modality = TRUE)
+  expect_equal(means$expression + means$accessibility,
+               get_reconstruction_error(m, indices = 1:300), tolerance = 0.05)
 
   de <- differential_expression(m, groupby = "cell_type", group1 = "L2/3", group2 = "L6",
                                 n_samples_overall = 200L)
@@ -529,6 +542,10 @@ test_that("multivi() takes surface proteins as a third modality", {
 
   # Queries: the protein latent space and the foreground probability, for every cell.
   expect_identical(dim(get_latent_representation(m, modality = "protein")), c(600L, 6L))
+  parts <- get_reconstruction_error(m, indices = c(1, 150, 550), by_modality = TRUE,
+                                    return_mean = FALSE)
+  expect_named(parts, c("expression", "accessibility", "protein"))
+  expect_true(parts$protein[[1]] > 0 && parts$protein[[2]] > 0 && parts$protein[[3]] == 0)
   fg <- get_protein_foreground_probability(m)
   expect_identical(dimnames(fg), list(m$cell_names, m$protein_names))
   expect_true(all(fg >= 0 & fg <= 1))

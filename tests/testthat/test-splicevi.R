@@ -384,6 +384,10 @@ test_that("a trained SPLICEVI model answers every query with the right shapes", 
   expect_equal(unname(rowSums(rho)), rep(1, n), tolerance = 1e-4)
   expect_true(is.finite(get_elbo(m)) && get_elbo(m) < 0)
   expect_true(get_reconstruction_error(m, indices = 1:50) > 0)
+  parts <- get_reconstruction_error(m, indices = 1:50, by_modality = TRUE)
+  expect_named(parts, c("expression", "splicing"))
+  expect_equal(parts$expression + parts$splicing, get_reconstruction_error(m, indices = 1:50),
+               tolerance = 0.05)   # one posterior draw per call
 
   de <- differential_expression(m, idx1 = 1:100, idx2 = 101:200, n_samples_overall = 200L)
   expect_setequal(rownames(de), rownames(p$expression))

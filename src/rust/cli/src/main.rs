@@ -241,8 +241,10 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
     let all: Vec<usize> = (0..n).collect();
     let val = model.state.splits[0].validation.clone();
     let (rec, kl, mll, latent) = on_device!(model, device, |m, d| {
-        let (rec, kl) = infer::elbo_terms(m, 0, &data, &val, 128, d)?;
-        let (rec_all, kl_all) = infer::elbo_terms(m, 0, &data, &all, 128, d)?;
+        let val_terms = infer::elbo_terms(m, 0, &data, &val, 128, d)?;
+        let (rec, kl) = (val_terms.reconstruction, val_terms.kl_local);
+        let all_terms = infer::elbo_terms(m, 0, &data, &all, 128, d)?;
+        let (rec_all, kl_all) = (all_terms.reconstruction, all_terms.kl_local);
         let t = Instant::now();
         let mll = queries::marginal_ll(m, &data, &val, a.num("mc-samples", 1000usize)?, 128, d)?;
         eprintln!("marginal LL: {:.2}s", t.elapsed().as_secs_f64());
@@ -467,9 +469,10 @@ fn gpu_check_cmd(a: &Args) -> AnyResult<()> {
             model.train(&[&data], &cfg, kind, &mut Printer)?;
             let secs = t.elapsed().as_secs_f64();
             let val = model.state.splits[0].validation.clone();
-            let (rec, kl) = on_device!(model, kind, |m, d| infer::elbo_terms(
+            let t = on_device!(model, kind, |m, d| infer::elbo_terms(
                 m, 0, &data, &val, 128, d
             )?);
+            let (rec, kl) = (t.reconstruction, t.kl_local);
             let v = (rec.iter().sum::<f64>() + kl.iter().sum::<f64>()) / val.len() as f64;
             elbo.push((kind.name(), v, secs));
         }

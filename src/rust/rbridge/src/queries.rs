@@ -68,7 +68,8 @@ fn rs_model_latent(
     Ok(latent_list(latent))
 }
 
-/// Per-cell reconstruction loss and local KL of cells of dataset `dataset` (0-based).
+/// Per-cell reconstruction loss (and its parts by modality) and local KL of cells of dataset
+/// `dataset` (0-based).
 #[extendr]
 fn rs_model_elbo_terms(
     model: Robj,
@@ -79,7 +80,7 @@ fn rs_model_elbo_terms(
     device: &str,
 ) -> Result<Robj> {
     let i = dataset.max(0) as usize;
-    let (rec, kl) = with_kind!(
+    let terms = with_kind!(
         &model,
         [ScviKind, GimviKind, MultiviKind, SpliceviKind],
         |m| {
@@ -89,7 +90,15 @@ fn rs_model_elbo_terms(
             })
         }
     )?;
-    Ok(list!(reconstruction_loss = rec, kl_local = kl).into())
+    let by_modality = List::from_pairs(
+        (terms.reconstruction_by_modality.into_iter()).map(|(name, v)| (name, Robj::from(v))),
+    );
+    Ok(list!(
+        reconstruction_loss = terms.reconstruction,
+        kl_local = terms.kl_local,
+        by_modality = by_modality
+    )
+    .into())
 }
 
 /// Posterior normalised expression; `library_size` NaN = the latent library (μ).

@@ -26,6 +26,9 @@ pub struct Terms<B: Backend> {
     /// Mean over the minibatch's cells of the weighted loss, shape [1].
     pub loss_mean: Tensor<B, 1>,
     pub reconstruction: Tensor<B, 1>,
+    /// The parts of `reconstruction` of each modality, for models of several (empty
+    /// otherwise).
+    pub reconstruction_by_modality: Vec<(&'static str, Tensor<B, 1>)>,
     /// Unweighted local KL divergences, summed over the latent variables.
     pub kl_local: Tensor<B, 1>,
     pub n_cells: usize,

@@ -140,8 +140,16 @@ pub fn posterior_latent<B: Backend, M: FamilyModule<B>>(
     Ok((mk(out), mk(mean), mk(var)))
 }
 
-/// Per-cell ELBO terms with unit KL weight: (reconstruction, kl_local) for each of `cells`
-/// of dataset `dataset`. Written once for every model of the family.
+/// Per-cell ELBO terms with unit KL weight of `cells` of one dataset.
+pub struct ElboTerms {
+    pub reconstruction: Vec<f64>,
+    pub kl_local: Vec<f64>,
+    /// The reconstruction's parts by modality (models of several modalities; else empty).
+    pub reconstruction_by_modality: Vec<(&'static str, Vec<f64>)>,
+}
+
+/// The [`ElboTerms`] of `cells` of dataset `dataset`. Written once for every model of the
+/// family.
 pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
     module: &M,
     dataset: usize,
@@ -149,9 +157,13 @@ pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
     cells: &[usize],
     batch_size: usize,
     device: &B::Device,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+) -> Result<ElboTerms> {
     check_query::<B, M>(module, dataset, data, cells, batch_size)?;
-    let (mut rec, mut kl) = (Vec::new(), Vec::new());
+    let mut out = ElboTerms {
+        reconstruction: Vec::new(),
+        kl_local: Vec::new(),
+        reconstruction_by_modality: Vec::new(),
+    };
     let to_host = |t: Tensor<B, 1>| -> Vec<f64> {
         let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
         v.into_iter().map(f64::from).collect()
@@ -159,9 +171,15 @@ pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
     for chunk in cells.chunks(batch_size) {
         let b = M::minibatch(module.config(), dataset, data, chunk, device);
         for t in module.step_loss(&[b], 1.0, false).terms {
-            rec.extend(to_host(t.reconstruction));
-            kl.extend(to_host(t.kl_local));
+            out.reconstruction.extend(to_host(t.reconstruction));
+            out.kl_local.extend(to_host(t.kl_local));
+            for (k, (name, part)) in t.reconstruction_by_modality.into_iter().enumerate() {
+                if out.reconstruction_by_modality.len() == k {
+                    out.reconstruction_by_modality.push((name, Vec::new()));
+                }
+                out.reconstruction_by_modality[k].1.extend(to_host(part));
+            }
         }
     }
-    Ok((rec, kl))
+    Ok(out)
 }

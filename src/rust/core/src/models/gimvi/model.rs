@@ -79,6 +79,7 @@ impl<B: Backend> FamilyModule<B> for Jvae<B> {
             .map(|(t, b)| Terms {
                 loss_mean: t.loss_sum / b.n_cells() as f64,
                 reconstruction: t.reconstruction,
+                reconstruction_by_modality: Vec::new(),
                 kl_local: t.kl_local,
                 n_cells: b.n_cells(),
             })

@@ -481,9 +481,8 @@ pub struct MultiviLoss<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// Masked reconstruction R_n.
     pub reconstruction: Tensor<B, 1>,
-    pub reconstruction_expression: Tensor<B, 1>,
-    pub reconstruction_accessibility: Tensor<B, 1>,
-    pub reconstruction_protein: Tensor<B, 1>,
+    /// Its masked parts M_m R_m: expression, accessibility [, protein].
+    pub reconstruction_by_modality: Vec<(&'static str, Tensor<B, 1>)>,
     pub kl_z: Tensor<B, 1>,
     pub penalty: Tensor<B, 1>,
     /// The joint draw (input of the adversarial classifier).
@@ -902,11 +901,19 @@ impl<B: Backend> Multivae<B> {
             .then(|| self.protein_nll(b, &gen))
             .flatten()
             .unwrap_or_else(zeros);
-        let mut reconstruction =
-            reconstruction_expression.clone() * me + reconstruction_accessibility.clone() * ma;
+        // R_n = Σ_m M_m R_m (§5.2), kept by modality for the reconstruction queries.
+        let mut reconstruction_by_modality = vec![
+            ("expression", reconstruction_expression * me),
+            ("accessibility", reconstruction_accessibility * ma),
+        ];
         if let Some(mp) = masks.get(2) {
-            reconstruction = reconstruction + reconstruction_protein.clone() * mp.clone();
+            reconstruction_by_modality.push(("protein", reconstruction_protein * mp.clone()));
         }
+        let reconstruction = reconstruction_by_modality
+            .iter()
+            .map(|(_, r)| r.clone())
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(zeros);
         let kl_z = dist::kl_standard_normal(inf.qz_mean.clone(), inf.qz_var.clone())
             .sum_dim(1)
             .squeeze_dim::<1>(1);
@@ -935,9 +942,7 @@ impl<B: Backend> Multivae<B> {
         MultiviLoss {
             loss,
             reconstruction,
-            reconstruction_expression,
-            reconstruction_accessibility,
-            reconstruction_protein,
+            reconstruction_by_modality,
             kl_z,
             penalty,
             z: inf.z,

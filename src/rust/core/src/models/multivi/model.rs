@@ -94,6 +94,7 @@ impl<B: Backend> FamilyModule<B> for Multivae<B> {
         let terms = Terms {
             loss_mean: t.loss,
             reconstruction: t.reconstruction,
+            reconstruction_by_modality: t.reconstruction_by_modality,
             kl_local: t.kl_z + t.penalty,
             n_cells: b.n_cells,
         };
@@ -720,7 +721,9 @@ mod tests {
         assert!(b.any_protein);
         assert_eq!(b.masks.dims(), [3, 3]);
         let l = m.module.loss(&b, 1.0, false);
-        let rp: Vec<f32> = l.reconstruction_protein.into_data().to_vec().unwrap();
+        let (name, protein) = l.reconstruction_by_modality[2].clone();
+        assert_eq!(name, "protein");
+        let rp: Vec<f32> = protein.into_data().to_vec().unwrap();
         assert!(rp[0] > 0.0 && rp[1] > 0.0, "{rp:?}");
         let pen: Vec<f32> = l.penalty.into_data().to_vec().unwrap();
         assert!(pen[0] > pen[1] && pen[1] > 0.0 && pen[2] == 0.0, "{pen:?}");

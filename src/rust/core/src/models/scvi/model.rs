@@ -109,6 +109,7 @@ impl<B: Backend> FamilyModule<B> for Scvi<B> {
         let terms = Terms {
             loss_mean: t.loss,
             reconstruction: t.reconstruction,
+            reconstruction_by_modality: Vec::new(),
             kl_local: t.kl_z + t.kl_l,
             n_cells: b.x.dims()[0],
         };

@@ -86,6 +86,10 @@ impl<B: Backend> FamilyModule<B> for SpliceVae<B> {
         let terms = Terms {
             loss_mean: t.loss,
             reconstruction: t.reconstruction,
+            reconstruction_by_modality: vec![
+                ("expression", t.reconstruction_expression),
+                ("splicing", t.reconstruction_splicing),
+            ],
             kl_local: t.kl_z + t.penalty / b.n_cells as f64,
             n_cells: b.n_cells,
         };
