@@ -2,8 +2,8 @@
 # MULTIVI benchmark: rscvi vs scvi-tools 1.5.1 on mop_snareseq2 (SNARE-seq2 mouse MOp), same
 # data, same settings, same metrics, in one run (protocol in bench/scvi_tools_multivi.py).
 #
-#   Rscript bench/bench_multivi.R [epochs] [cells] [regions] [settings]
-#                                 (default: 20, all, all, paired,mosaic)
+#   Rscript bench/bench_multivi.R [epochs] [cells] [regions] [settings] [seed]
+#                                 (default: 20, all, all, paired,mosaic, 0)
 #
 # Settings: "paired" (every cell has RNA and ATAC), "mosaic" (mosaic_groups.tsv: a third
 # of the cells lose their ATAC, a third their RNA) and "protein" (paired, plus stand-in ADT
@@ -21,14 +21,15 @@
 # installed rscvi, ../shared/data (or RSCVI_SHARED_DATA) and the venv of
 # bench/setup-venv.sh. 2 threads each; the tools run one after the other.
 # RSCVI_BENCH_REUSE=1 reads scvi-tools results already in
-# bench/results/multivi-scvi-tools-<epochs>/ instead of rerunning them. Writes
-# bench/results/multivi-<epochs>-<settings>.md.
+# bench/results/multivi-scvi-tools-<run>/ instead of rerunning them (<run>: the epochs, the
+# cells when subsampled, the seed when not 0). Writes bench/results/multivi-<run>-<settings>.md.
 
 args <- commandArgs(trailingOnly = TRUE)
 epochs <- if (length(args) >= 1) as.integer(args[[1]]) else 20L
 n_cells <- if (length(args) >= 2 && args[[2]] != "all") as.integer(args[[2]]) else NA
 n_regions <- if (length(args) >= 3 && args[[3]] != "all") as.integer(args[[3]]) else NA
 settings <- if (length(args) >= 4) strsplit(args[[4]], ",")[[1]] else c("paired", "mosaic")
+seed <- if (length(args) >= 5) as.integer(args[[5]]) else 0L
 Sys.setenv(RAYON_NUM_THREADS = "2")
 suppressPackageStartupMessages(library(rscvi))
 here <- if (file.exists("bench/bench_multivi.R")) "bench" else stop("run from the repository root")
@@ -36,7 +37,10 @@ data_root <- normalizePath(Sys.getenv("RSCVI_SHARED_DATA", file.path("..", "shar
 data_dir <- file.path(data_root, "mop_snareseq2")
 venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rscvi/bench-venv"))
 if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
-out_dir <- file.path(here, "results", sprintf("multivi-scvi-tools-%d", epochs))
+# Seed 0 keeps the directory names of the first runs.
+run_name <- paste0(epochs, if (!is.na(n_cells)) sprintf("-%dcells", n_cells),
+                   if (seed != 0L) sprintf("-seed%d", seed))
+out_dir <- file.path(here, "results", sprintf("multivi-scvi-tools-%s", run_name))
 
 source(file.path(here, "multivi_data.R"))
 # The ADT counts, where the reference reads them.
@@ -159,7 +163,7 @@ run_rscvi <- function(setting) {
   protein <- if (setting == "protein") adt[, group != "atac_only"]
   model <- multivi(rna = r, atac = a, protein = protein, cells = obs, batch_key = "library")
   t0 <- proc.time()[["elapsed"]]
-  model <- train(model, max_epochs = epochs, seed = 0L, device = "cpu", progress = FALSE)
+  model <- train(model, max_epochs = epochs, seed = seed, device = "cpu", progress = FALSE)
   secs <- proc.time()[["elapsed"]] - t0
   h <- history(model)
   z <- get_latent_representation(model)
@@ -193,6 +197,7 @@ run_reference <- function(setting) {
   status <- if (reuse) 0L else system2(file.path(venv, "bin", "python"), c(
     file.path(here, "scvi_tools_multivi.py"), "--data", data_dir, "--out", out_dir,
     "--settings", setting, "--epochs", epochs, "--threads", "2", "--adt", adt_file,
+    "--seed", seed,
     if (!is.na(n_regions)) c("--regions", n_regions),
     if (!is.na(n_cells)) c("--cells", n_cells)))
   if (status != 0) stop("scvi-tools reference run failed")
@@ -219,7 +224,8 @@ run_reference <- function(setting) {
   res
 }
 
-lines <- c(sprintf("# MULTIVI: rscvi vs scvi-tools 1.5.1 (bench/bench_multivi.R, %d epochs)", epochs),
+lines <- c(sprintf("# MULTIVI: rscvi vs scvi-tools 1.5.1 (bench/bench_multivi.R, %d epochs, seed %d)",
+                   epochs, seed),
            "", sprintf("mop_snareseq2: %d cells, %d genes, %d regions; 2 threads each; load %s.",
                        length(cells), nrow(rna), nrow(atac), readLines("/proc/loadavg")), "")
 for (setting in settings) {
@@ -240,4 +246,4 @@ for (setting in settings) {
              apply(tab, 1, function(r) paste0("| ", paste(r, collapse = " | "), " |")), "")
 }
 writeLines(lines, file.path(here, "results",
-                            sprintf("multivi-%d-%s.md", epochs, paste(settings, collapse = "-"))))
+                            sprintf("multivi-%s-%s.md", run_name, paste(settings, collapse = "-"))))
