@@ -53,7 +53,7 @@
           caller, maker)
   }
   setup_args <- setdiff(names(formals(build))[-1], c("train", "..."))
-  train_args <- setdiff(names(formals(train_fun)), c("model", "..."))
+  train_args <- c(setdiff(names(formals(train_fun)), c("model", "...")), .progress_alias)
   unknown <- setdiff(nms, c(setup_args, train_args))
   if (length(unknown)) {
     .stop("%s(): unknown arguments: %s; `...` takes arguments of %s and train()",
@@ -182,7 +182,7 @@ RunSCVI <- function(object, ..., reduction.name = "scvi", reduction.key = "SCVI_
           caller)
   }
   setup_args <- setdiff(names(formals(gimvi)), c("x_seq", "x_spatial", "train", "..."))
-  train_args <- setdiff(names(formals(train.GIMVI)), c("model", "..."))
+  train_args <- c(setdiff(names(formals(train.GIMVI)), c("model", "...")), .progress_alias)
   unknown <- setdiff(nms, c(setup_args, train_args, "normalized"))
   if (length(unknown)) {
     .stop("%s(): unknown arguments: %s; `...` takes arguments of gimvi() and train()", caller,

@@ -91,7 +91,40 @@
   )
 }
 
-# Runs the shared training entry point with the checked train() options `cfg`.
+# train()'s default `progress`: the option rscvi.progress, else on except while knitting.
+.progress_default <- function() {
+  getOption("rscvi.progress", !isTRUE(getOption("knitr.in.progress")))
+}
+
+# train()'s other name for `progress` (in `...`), read by .progress_mode().
+.progress_alias <- "verbose"
+
+# train()'s `...` without the progress alias.
+.train_dots <- function(dots) {
+  dots[(names(dots) %||% rep("", length(dots))) != .progress_alias]
+}
+
+# How training reports progress: train()'s `progress` (.progress_default()), or `verbose` in
+# `...` (the name other packages give it). Interactively a
+# bar redrawn in place; under Rscript and in batch jobs a line every 5% of the epochs, which
+# logs keep; or nothing.
+.progress_mode <- function(progress, dots) {
+  arg <- "progress"
+  if (.progress_alias %in% names(dots)) {
+    progress <- dots[[.progress_alias]]
+    arg <- .progress_alias
+  }
+  if (!.check_scalar_bool(progress, arg)) return("none")
+  if (.interactive_session()) "bar" else "lines"
+}
+
+# interactive(), which the option rscvi.interactive overrides (for tests of both behaviours
+# in child processes).
+.interactive_session <- function() getOption("rscvi.interactive", interactive())
+
+# Runs the shared training entry point with the checked train() options `cfg`, reporting
+# progress as `progress` says (.progress_mode()). A Ctrl-C keeps the model reached
+# interactively; in a script it stops the script, as R users expect.
 .train_model <- function(model, cfg, device, progress) {
   datasets <- .model_datasets(model)
   if (is.null(model$data) || any(vapply(datasets, .null_ptr, logical(1)))) {
@@ -110,6 +143,10 @@
   model$model <- .rs(rs_model_copy(model$model))
   res <- .rs(rs_model_train(model$model, datasets, json, device, progress))
   if (isTRUE(res$interrupted)) {
+    if (!.interactive_session()) {
+      .stop("training interrupted (Ctrl-C) after %d of %d epochs", res$epochs_run,
+            res$max_epochs)
+    }
     .message_interrupted(res)
   } else if (isTRUE(res$early_stopped)) {
     message(sprintf(paste0("Early stopping: %s did not improve for %d epochs; stopped ",
@@ -211,7 +248,7 @@
 .check_kind_train_dots <- function(dots, caller, train_fun, kind) {
   nms <- names(dots) %||% rep("", length(dots))
   if (any(!nzchar(nms))) .stop("%s(): arguments passed on to train() must be named", caller)
-  known <- setdiff(names(formals(train_fun)), c("model", "..."))
+  known <- c(setdiff(names(formals(train_fun)), c("model", "...")), .progress_alias)
   unknown <- setdiff(nms, known)
   if (length(unknown)) {
     .stop("%s(): unknown training arguments: %s; train() of a %s model takes %s", caller,

@@ -210,9 +210,10 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
                         validation_size = NULL, shuffle_set_split = TRUE, batch_size = 128L,
                         lr = 1e-3, weight_decay = 1e-6, eps = 0.01, n_epochs_kl_warmup = 400L,
                         n_steps_kl_warmup = NULL, check_val_every_n_epoch = NULL, seed = NULL,
-                        device = c("auto", "cpu", "cuda"), progress = interactive(), ...) {
+                        device = c("auto", "cpu", "cuda"),
+                        progress = .progress_default(), ...) {
   .check_gimvi(model)
-  dots <- list(...)
+  dots <- .train_dots(list(...))
   if (length(dots)) {
     .stop("train() got unknown arguments for a GIMVI model: %s; see ?train",
           .dots_names(dots))
@@ -225,7 +226,7 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
     list(early_stopping = FALSE)
   )
   cfg$kappa <- .check_scalar_num(kappa, "kappa", min = 0)
-  .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
 }
 
 # The data a GIMVI query runs on: for each requested part, the model's own data or new data

@@ -360,7 +360,12 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
 #' @param seed `NULL` (random) or a whole number in 0..4294967295 for a reproducible split
 #'   and minibatch order.
 #' @param device `"auto"` (CUDA when available, else CPU), `"cpu"` or `"cuda"`.
-#' @param progress draw a progress line (epoch, elapsed time, ETA, ELBO).
+#' @param progress report progress (epoch, elapsed time, ETA, ELBO): interactively a line
+#'   redrawn in place, under `Rscript` and in batch jobs a new line every 5% of the epochs.
+#'   Default: the option `rscvi.progress` if set (e.g. `options(rscvi.progress = FALSE)`),
+#'   else on, except while knitting. `verbose = FALSE` is accepted as well. Ctrl-C stops
+#'   training at the end of a step: interactively the model keeps the parameters reached; in
+#'   a script the interrupt also stops the script.
 #' @param plan_kwargs SCVI: the training-plan options as one named list, as scvi-tools takes
 #'   them (`plan_kwargs = list(lr = 1e-3, reduce_lr_on_plateau = TRUE)`); each entry acts as
 #'   the argument of that name, which must then not be given separately.
@@ -390,7 +395,7 @@ train <- function(model, ...) UseMethod("train")
                      "max_kl_weight")
 
 .train_arg_names <- function() {
-  c(setdiff(names(formals(train.SCVI)), c("model", "...")), .train_extra_args)
+  c(setdiff(names(formals(train.SCVI)), c("model", "...")), .train_extra_args, .progress_alias)
 }
 
 # Arguments meant for train(), checked by name before any work is done.
@@ -439,7 +444,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
                        lr_patience = 30L, lr_threshold = 0, lr_min = 0,
                        lr_scheduler_metric = "elbo_validation", plan_kwargs = NULL,
                        seed = NULL, device = c("auto", "cpu", "cuda"),
-                       progress = interactive(), ...) {
+                       progress = .progress_default(), ...) {
   .check_model(model)
   if (!is.null(plan_kwargs)) {
     named <- is.list(plan_kwargs) && !is.null(names(plan_kwargs)) &&
@@ -458,7 +463,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
     args[names(plan_kwargs)] <- plan_kwargs
     return(do.call(train.SCVI, args))
   }
-  extra <- list(...)
+  extra <- .train_dots(list(...))
   nms <- names(extra) %||% rep("", length(extra))
   known <- nzchar(nms) & nms %in% .train_extra_args
   if (!all(known)) {
@@ -484,7 +489,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
   cfg$lr_scheduler <- .lr_schedule_config(cfg, "plateau", reduce_lr_on_plateau, lr_factor,
                                           lr_patience, lr_threshold, lr_min,
                                           lr_scheduler_metric, NULL)
-  .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
 }
 
 # ---------------------------------------------------------------------------------------------

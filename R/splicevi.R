@@ -580,11 +580,12 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
                            lr_threshold = 0, lr_min = 0,
                            lr_scheduler_metric = "elbo_validation", step_size = 10L,
                            seed = NULL, device = c("auto", "cpu", "cuda"),
-                           progress = interactive(), ...) {
+                           progress = .progress_default(), ...) {
   .check_splicevi(model)
-  cfg <- .adamw_train_config(model, "SPLICEVI", list(...), max_epochs, lr, train_size,
-                             validation_size, shuffle_set_split, batch_size, weight_decay, eps,
-                             early_stopping, early_stopping_patience, early_stopping_monitor,
+  cfg <- .adamw_train_config(model, "SPLICEVI", .train_dots(list(...)), max_epochs, lr,
+                             train_size, validation_size, shuffle_set_split, batch_size,
+                             weight_decay, eps, early_stopping, early_stopping_patience,
+                             early_stopping_monitor,
                              early_stopping_min_delta, check_val_every_n_epoch,
                              n_epochs_kl_warmup, n_steps_kl_warmup, adversarial_mixing,
                              !missing(adversarial_mixing), seed)
@@ -597,7 +598,7 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
                                           lr_scheduler_metric, step_size)
   # Early stopping ignores the validation checks of the KL warm-up epochs.
   cfg$early_stopping_warmup_epochs <- as.integer(cfg$n_epochs_kl_warmup %||% 0L)
-  .train_model(model, cfg, .check_device(device), .check_scalar_bool(progress, "progress"))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use rscvi_core::models::scvi::ScviKind;
 use rscvi_core::models::splicevi::SpliceviKind;
 use rscvi_core::train::{EpochRecord, Observer, TrainConfig, TrainState, TrainSummary};
 
-use crate::progress::RProgress;
+use crate::progress::{ProgressMode, RProgress};
 use crate::{dataset, from_json, guarded, indices, other};
 
 const STALE_HANDLE: &str = "the model handle is no longer valid (models restored with readRDS() \
@@ -190,13 +190,15 @@ fn rs_model_train(
     data: List,
     train_json: &str,
     device: &str,
-    progress: bool,
+    progress: &str,
 ) -> Result<Robj> {
     let handles: Vec<Robj> = data.values().collect();
     let data = handles.iter().map(dataset).collect::<Result<Vec<_>>>()?;
     let cfg: TrainConfig = from_json(train_json, "train config")?;
+    let mode = ProgressMode::parse(progress)
+        .ok_or_else(|| other(format!("internal: unknown progress mode {progress}")))?;
     let m = any_model(&mut model)?;
-    let mut observer = RProgress::new(progress);
+    let mut observer = RProgress::new(mode);
     let summary = guarded(|| {
         let kind = resolve_device(device)?;
         m.train(&data, &cfg, kind, &mut observer)

@@ -21,24 +21,56 @@ pub(crate) fn interrupt_pending() -> bool {
     unsafe { R_ToplevelExec(Some(check_interrupt), std::ptr::null_mut()) == 0 }
 }
 
+/// How training reports its progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProgressMode {
+    /// Silent.
+    None,
+    /// One line redrawn in place (interactive sessions).
+    Bar,
+    /// A new line every 5% of the epochs (scripts and batch jobs, whose logs keep every
+    /// line).
+    Lines,
+}
+
+impl ProgressMode {
+    pub(crate) fn parse(mode: &str) -> Option<Self> {
+        match mode {
+            "none" => Some(Self::None),
+            "bar" => Some(Self::Bar),
+            "lines" => Some(Self::Lines),
+            _ => None,
+        }
+    }
+}
+
+/// Lines over a whole run in [`ProgressMode::Lines`] (one every 5% of the epochs).
+const LINES: usize = 20;
+
 pub(crate) struct RProgress {
-    show: bool,
+    mode: ProgressMode,
     last_draw: Option<Instant>,
+    /// Lines mode: the last 5% step printed.
+    last_step: usize,
     interrupted: bool,
 }
 
 impl RProgress {
-    pub(crate) fn new(show: bool) -> Self {
+    pub(crate) fn new(mode: ProgressMode) -> Self {
         Self {
-            show,
+            mode,
             last_draw: None,
+            last_step: 0,
             interrupted: false,
         }
     }
 
     /// Ends the progress line when training stopped early (Ctrl-C or an error).
     pub(crate) fn finish(&self, failed: bool) {
-        if self.show && self.last_draw.is_some() && (self.interrupted || failed) {
+        if self.mode == ProgressMode::Bar
+            && self.last_draw.is_some()
+            && (self.interrupted || failed)
+        {
             reprint!("\n");
         }
     }
@@ -60,34 +92,50 @@ fn fmt_secs(s: f64) -> String {
 
 impl Observer for RProgress {
     fn on_epoch(&mut self, r: &EpochRecord, done: usize, total: usize, elapsed: f64) {
-        if !self.show {
-            return;
-        }
         let finished = done == total;
-        if !finished
-            && self
-                .last_draw
-                .is_some_and(|t| t.elapsed().as_secs_f64() < 0.2)
-        {
-            return;
-        }
-        self.last_draw = Some(Instant::now());
-        let width = 20;
-        let filled = done * width / total.max(1);
         let eta = elapsed / done as f64 * (total - done) as f64;
         let val = r
             .elbo_validation
             .map_or(String::new(), |v| format!(" elbo_validation {v:.1}"));
-        reprint!(
-            "\rEpoch {done}/{total} [{}{}] {} elapsed, ETA {} | elbo_train {:.1}{val}   ",
-            "=".repeat(filled),
-            " ".repeat(width - filled),
-            fmt_secs(elapsed),
-            fmt_secs(eta),
-            r.elbo_train
-        );
-        if finished {
-            reprint!("\n");
+        match self.mode {
+            ProgressMode::None => {}
+            ProgressMode::Bar => {
+                if !finished
+                    && self
+                        .last_draw
+                        .is_some_and(|t| t.elapsed().as_secs_f64() < 0.2)
+                {
+                    return;
+                }
+                self.last_draw = Some(Instant::now());
+                let width = 20;
+                let filled = done * width / total.max(1);
+                reprint!(
+                    "\rEpoch {done}/{total} [{}{}] {} elapsed, ETA {} | elbo_train {:.1}{val}   ",
+                    "=".repeat(filled),
+                    " ".repeat(width - filled),
+                    fmt_secs(elapsed),
+                    fmt_secs(eta),
+                    r.elbo_train
+                );
+                if finished {
+                    reprint!("\n");
+                }
+            }
+            ProgressMode::Lines => {
+                let step = done * LINES / total.max(1);
+                if step == self.last_step && !finished && done != 1 {
+                    return;
+                }
+                self.last_step = step;
+                reprintln!(
+                    "Epoch {done}/{total} ({:.0}%) {} elapsed, ETA {} | elbo_train {:.1}{val}",
+                    100.0 * done as f64 / total.max(1) as f64,
+                    fmt_secs(elapsed),
+                    fmt_secs(eta),
+                    r.elbo_train
+                );
+            }
         }
     }
 
