@@ -17,6 +17,13 @@ rs_saved_model_kind <- function(dir) .Call(wrap__rs_saved_model_kind, dir)
 
 rs_device_info <- function() .Call(wrap__rs_device_info)
 
+# Starts the core's CPU thread pool with `n` threads. Only possible before it has started
+# (the first computation of the session starts it, with RAYON_NUM_THREADS or all cores).
+rs_set_num_threads <- function(n) .Call(wrap__rs_set_num_threads, n)
+
+# Threads of the core's CPU thread pool (starting it if it has not started).
+rs_num_threads <- function() .Call(wrap__rs_num_threads)
+
 # Trains the model on its datasets (a list of data handles, in the model's dataset order).
 rs_model_train <- function(model, data, train_json, device, progress) .Call(wrap__rs_model_train, model, data, train_json, device, progress)
 

@@ -89,3 +89,36 @@ batch_mixing <- function(embedding, labels, batches, k = 15L) {
 #' @examples
 #' rscvi_devices()
 rscvi_devices <- function() rs_device_info()
+
+#' Number of CPU threads
+#'
+#' rscvi computes on the CPU with a pool of threads, by default one per core (as
+#' scvi-tools' `settings.num_threads`). `set_num_threads()` sets its size; the pool starts
+#' with the first training or query of the R session and keeps its size after that, so call
+#' it first (or set the environment variable `RAYON_NUM_THREADS` before starting R, e.g. in
+#' a batch job's script or `.Renviron`). The option `rscvi.num_threads`, when set before
+#' the package loads, does the same.
+#'
+#' @param n number of threads, at least 1.
+#' @return `set_num_threads()`: the number of threads, invisibly. `get_num_threads()`: the
+#'   number of threads of the pool (starting it if it has not started).
+#' @export
+#' @examples
+#' get_num_threads()
+set_num_threads <- function(n) {
+  n <- .check_scalar_int(n, "n", min = 1)
+  invisible(.rs(rs_set_num_threads(n)))
+}
+
+#' @rdname set_num_threads
+#' @export
+get_num_threads <- function() rs_num_threads()
+
+.onLoad <- function(libname, pkgname) {
+  n <- getOption("rscvi.num_threads")
+  if (!is.null(n)) {
+    tryCatch(set_num_threads(n), error = function(e) {
+      packageStartupMessage("rscvi: option rscvi.num_threads not applied: ", conditionMessage(e))
+    })
+  }
+}

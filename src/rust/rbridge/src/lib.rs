@@ -245,6 +245,30 @@ fn rs_device_info() -> Robj {
     .into()
 }
 
+/// Starts the core's CPU thread pool with `n` threads. Only possible before it has started
+/// (the first computation of the session starts it, with RAYON_NUM_THREADS or all cores).
+#[extendr]
+fn rs_set_num_threads(n: i32) -> Result<i32> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n.max(1) as usize)
+        .build_global()
+        .map_err(|_| {
+            other(format!(
+                "the CPU thread pool already runs with {} threads (it starts with the first \
+                 computation of the session); set the number of threads before that, or set \
+                 RAYON_NUM_THREADS before starting R",
+                rayon::current_num_threads()
+            ))
+        })?;
+    Ok(rayon::current_num_threads() as i32)
+}
+
+/// Threads of the core's CPU thread pool (starting it if it has not started).
+#[extendr]
+fn rs_num_threads() -> i32 {
+    rayon::current_num_threads() as i32
+}
+
 extendr_module! {
     mod rscvi;
     use models;
@@ -258,4 +282,6 @@ extendr_module! {
     fn rs_batch_mixing;
     fn rs_saved_model_kind;
     fn rs_device_info;
+    fn rs_set_num_threads;
+    fn rs_num_threads;
 }
