@@ -62,7 +62,7 @@
   model <- do.call(build, c(list(x), dots[nms %in% setup_args]))
   model <- do.call(train_fun, c(list(model), dots[nms %in% train_args]))
   z <- get_latent_representation(model, device = dots$device %||% "auto")
-  list(model = model, latent = z)
+  list(model = .keep_model(model), latent = z)
 }
 
 # run<KIND>() of a model built by `build` and trained by `train_fun` (.fit_embedding()):
@@ -72,7 +72,7 @@
   name <- .check_scalar_string(name, "name")
   fit <- .fit_embedding(x, dots, paste0("run", kind), kind, build, train_fun)
   SingleCellExperiment::reducedDim(x, name) <- fit$latent
-  x
+  .store_model(x, name, fit$model)
 }
 
 # Run<KIND>() likewise: `object` with the latent representation as the reduction
@@ -105,15 +105,17 @@
   model <- do.call(train.SCVI, c(list(model), dots[nms %in% train_args]))
   # The embedding is computed where training ran.
   z <- get_latent_representation.SCVI(model, device = dots$device %||% "auto")
-  list(model = model, latent = z)
+  list(model = .keep_model(model), latent = z)
 }
 
 #' SCVI embedding for SingleCellExperiment objects
 #'
 #' Builds an SCVI model on `x` ([scvi()]), trains it ([train()]) and returns its latent
 #' representation: `calculateSCVI()` as a cells x `n_latent` matrix, `runSCVI()` stored as
-#' `reducedDim(x, name)` (conventions of the scater package). Use [scvi()] and [train()]
-#' directly to keep the model for other queries.
+#' `reducedDim(x, name)` (conventions of the scater package), with the model in
+#' `metadata(x)$rscvi[[name]]` for other queries (pass `x` to them as new data). The model
+#' stored by a wrapper keeps a copy of its weights, so that it works again after
+#' `saveRDS()` / `readRDS()` of the object.
 #'
 #' @param x a `SingleCellExperiment` (`calculateSCVI()` also takes anything [scvi()] takes).
 #' @param ... arguments of [scvi()] (e.g. `batch_key`, `n_latent`, `layer`) and of
@@ -136,6 +138,14 @@ runSCVI <- function(x, ..., name = "SCVI") {
   name <- .check_scalar_string(name, "name")
   fit <- .fit_scvi(x, list(...), "runSCVI")
   SingleCellExperiment::reducedDim(x, name) <- fit$latent
+  .store_model(x, name, fit$model)
+}
+
+# `x` (a SingleCellExperiment) with `model` in metadata(x)$rscvi[[name]].
+.store_model <- function(x, name, model) {
+  md <- S4Vectors::metadata(x)
+  md$rscvi[[name]] <- model
+  S4Vectors::metadata(x) <- md
   x
 }
 
@@ -150,7 +160,9 @@ calculateSCVI <- function(x, ...) {
 #' Builds and trains an SCVI model on the raw counts of a Seurat assay and adds its latent
 #' representation as a dimensional reduction, for `FindNeighbors()`, `RunUMAP()` and
 #' friends. The model itself is kept in the reduction's `misc` slot
-#' (`Misc(object[[reduction.name]], "model")`), usable until the session ends.
+#' (`Misc(object[[reduction.name]], "model")`), with a copy of its weights, so that it works
+#' again after `saveRDS()` / `readRDS()` of the object (pass the object to its queries as
+#' new data).
 #'
 #' @param object a `Seurat` object.
 #' @param ... arguments of [scvi()] (e.g. `batch_key` naming a column of the object's
@@ -191,7 +203,7 @@ RunSCVI <- function(object, ..., reduction.name = "scvi", reduction.key = "SCVI_
   normalized <- .check_scalar_bool(dots$normalized %||% TRUE, "normalized")
   model <- do.call(gimvi, c(list(reference, x), dots[nms %in% setup_args]))
   model <- do.call(train.GIMVI, c(list(model), dots[nms %in% train_args]))
-  list(model = model, latent = get_latent_representation.GIMVI(model)$spatial,
+  list(model = .keep_model(model), latent = get_latent_representation.GIMVI(model)$spatial,
        imputed = get_imputed_values.GIMVI(model, normalized = normalized)$spatial)
 }
 

@@ -24,6 +24,11 @@ rs_set_num_threads <- function(n) .Call(wrap__rs_set_num_threads, n)
 # Threads of the core's CPU thread pool (starting it if it has not started).
 rs_num_threads <- function() .Call(wrap__rs_num_threads)
 
+# Revives `handle`, an external pointer left empty by readRDS(), in place with the model
+# saved in `dir`: every R copy of the object holding it works again. A live handle is
+# left as it is.
+rs_model_restore <- function(handle, dir) .Call(wrap__rs_model_restore, handle, dir)
+
 # Trains the model on its datasets (a list of data handles, in the model's dataset order).
 rs_model_train <- function(model, data, train_json, device, progress) .Call(wrap__rs_model_train, model, data, train_json, device, progress)
 

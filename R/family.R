@@ -14,8 +14,35 @@
     .stop("`%s` must be %s %s model (from %s or load_model()), got %s", arg, article, kind,
           .model_makers[[kind]], .describe(model))
   }
-  if (.null_ptr(model$model)) .lost_handle(arg)
+  .revive(model, arg)
   invisible(model)
+}
+
+# A model that carries its saved bytes (`saved`: the files of save_model(), by name), so
+# that it survives saveRDS() / readRDS() inside the objects the wrappers put it in: its
+# handle is revived from them on first use (.revive()). Costs one copy of the weights in R.
+.keep_model <- function(model) {
+  dir <- tempfile("rscvi-model-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  .rs(rs_model_save(model$model, dir, FALSE))
+  files <- list.files(dir)
+  model$saved <- stats::setNames(lapply(file.path(dir, files), function(f) {
+    readBin(f, "raw", file.size(f))
+  }), files)
+  model
+}
+
+# The model's Rust handle, revived in place from its saved bytes when readRDS() (or a
+# restored workspace) left it empty; without saved bytes, an error naming `arg`.
+.revive <- function(model, arg) {
+  if (!.null_ptr(model$model)) return(invisible(TRUE))
+  if (is.null(model$saved)) .lost_handle(arg)
+  dir <- tempfile("rscvi-model-")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  for (f in names(model$saved)) writeBin(model$saved[[f]], file.path(dir, f))
+  .rs(rs_model_restore(model$model, dir))
+  invisible(TRUE)
 }
 
 # The model's data handles in its dataset order (NULL entries when detached).
@@ -43,7 +70,7 @@
           paste(names(.model_makers), "from", .model_makers, collapse = ", "),
           .describe(model))
   }
-  if (.null_ptr(model$model)) .lost_handle(arg)
+  .revive(model, arg)
   invisible(model)
 }
 
@@ -257,10 +284,12 @@
   invisible(TRUE)
 }
 
-# print()'s first line; FALSE (after saying so) when the Rust handle is gone.
+# print()'s first line; FALSE (after saying so) when the Rust handle is gone for good.
 .print_title <- function(x, kind) {
   cat(sprintf("%s model (rscvi)\n", kind))
   if (!.null_ptr(x$model)) return(TRUE)
+  revived <- !is.null(x$saved) && isTRUE(tryCatch(.revive(x, "x"), error = function(e) FALSE))
+  if (revived) return(TRUE)
   cat("  <Rust model handle lost (restored with readRDS()?): use save_model()/load_model()>\n")
   FALSE
 }

@@ -297,8 +297,65 @@ fn rs_model_load(dir: &str) -> Result<Robj> {
     }
 }
 
+// R's external-pointer API (SEXP passed as an opaque pointer).
+extern "C" {
+    fn R_ExternalPtrAddr(s: *mut std::ffi::c_void) -> *mut std::ffi::c_void;
+    fn R_SetExternalPtrAddr(s: *mut std::ffi::c_void, p: *mut std::ffi::c_void);
+}
+
+/// Frees the model behind a handle revived by [`rs_model_restore`] (laid out as extendr's
+/// ExternalPtr, `Box<Box<dyn Any>>`, so that handle() downcasts it as any other).
+extern "C" fn free_restored(x: extendr_api::SEXP) {
+    unsafe {
+        let ptr = R_ExternalPtrAddr(x.cast()).cast::<Box<dyn std::any::Any>>();
+        if !ptr.is_null() {
+            R_SetExternalPtrAddr(x.cast(), std::ptr::null_mut());
+            drop(Box::from_raw(ptr));
+        }
+    }
+}
+
+/// Revives `handle`, an external pointer left empty by readRDS(), in place with the model
+/// saved in `dir`: every R copy of the object holding it works again. A live handle is
+/// left as it is.
+#[extendr]
+fn rs_model_restore(handle: Robj, dir: &str) -> Result<()> {
+    if !handle.is_external_pointer() {
+        return Err(other(
+            "internal: a model handle must be an external pointer",
+        ));
+    }
+    if unsafe { !R_ExternalPtrAddr(handle.get().cast()).is_null() } {
+        return Ok(());
+    }
+    let dir = Path::new(dir);
+    let kind = guarded(|| rscvi_core::io::saved_model_kind(dir))?;
+    fn boxed<K: ModelKind>(dir: &Path) -> Result<Box<dyn std::any::Any>> {
+        Ok(Box::new(guarded(|| Model::<K>::load(dir))?))
+    }
+    let model = match kind.as_str() {
+        ScviKind::NAME => boxed::<ScviKind>(dir)?,
+        GimviKind::NAME => boxed::<GimviKind>(dir)?,
+        MultiviKind::NAME => boxed::<MultiviKind>(dir)?,
+        SpliceviKind::NAME => boxed::<SpliceviKind>(dir)?,
+        other_kind => {
+            return Err(other(format!(
+                "the saved model is a {other_kind} model, which this version of rscvi does not know"
+            )))
+        }
+    };
+    // SAFETY: `handle` is an external pointer with no address (checked above): it takes
+    // ownership of the boxed model, which its finalizer frees.
+    unsafe {
+        R_SetExternalPtrAddr(handle.get().cast(), Box::into_raw(Box::new(model)).cast());
+        handle.register_c_finalizer(Some(free_restored));
+    }
+    Ok(())
+}
+
 extendr_module! {
     mod models;
+    fn rs_model_restore;
     fn rs_model_train;
     fn rs_model_history;
     fn rs_model_state;
