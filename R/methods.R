@@ -633,14 +633,28 @@ plot.SCVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #' How a model was set up
 #'
 #' scvi-tools' `view_setup_args()`: the registration arguments, categories, hyperparameters
-#' and training state of a model (the same as `summary(model)`).
+#' and training state of a model (the same as `summary(model)`), or of a model saved with
+#' [save_model()], given by its directory (as scvi-tools takes it).
 #'
-#' @param model an `SCVI` model.
-#' @return The `summary.SCVI` object, printed.
+#' @param model an rscvi model, or the directory of a saved one.
+#' @return The model's summary object, printed.
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
-#' view_setup_args(scvi(rscvi_example_sce(), batch_key = "batch"))
+#' model <- scvi(rscvi_example_sce(), batch_key = "batch")
+#' view_setup_args(model)
+#' dir <- tempfile()
+#' save_model(model, dir)
+#' view_setup_args(dir)
 view_setup_args <- function(model) {
+  if (is.character(model)) {
+    dir <- .check_scalar_string(model, "model")
+    if (!dir.exists(dir)) {
+      .stop("`model` '%s' is not a directory; give a model or the directory of a saved one",
+            dir)
+    }
+    model <- load_model(dir)
+  }
+  .check_any_model(model)
   s <- summary(model)
   print(s)
   invisible(s)

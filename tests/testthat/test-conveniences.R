@@ -35,3 +35,18 @@ test_that("a Seurat reduction's model survives saveRDS() / readRDS()", {
   expect_equal(get_latent_representation(m, x = back),
                SeuratObject::Embeddings(so, "scvi"), ignore_attr = TRUE, tolerance = 1e-6)
 })
+
+test_that("view_setup_args() takes a model or a saved model's directory", {
+  d <- rscvi_example_multiome()
+  m <- suppressWarnings(multivi(d$rna[, 1:60], d$atac[, 1:60], cells = d$cells[1:60, ],
+                                batch_key = "library"))
+  expect_output(view_setup_args(m), "batch_key")
+  dir <- tempfile("setup-args-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  save_model(m, dir)
+  s <- NULL
+  expect_output(s <- view_setup_args(dir), "library")
+  expect_identical(s$setup_args$batch_key, "library")
+  expect_error(view_setup_args(file.path(dir, "nope")), "is not a directory")
+  expect_error(view_setup_args(42), "`model` must be an rscvi model")
+})
