@@ -174,3 +174,31 @@ test_that("a model restored with readRDS() gives a clear error", {
   expect_output(print(restored), "handle lost")
   expect_error(get_latent_representation(list(model = 1)), "SCVI|no applicable method")
 })
+
+# A network too large to allocate would abort R (allocation failures cannot be caught):
+# every model refuses such sizes before building anything, naming the argument. In a child
+# process, so that a regression cannot take the test run down.
+test_that("absurd network sizes are refused by every model, not allocated", {
+  skip_if_not_installed("callr")
+  msgs <- callr::r(function() {
+    library(rscvi)
+    err <- function(expr) tryCatch({expr; "built"}, error = conditionMessage)
+    x <- rscvi_example_data()
+    d <- rscvi_example_multiome()
+    s <- rscvi_example_splicing()
+    m <- rscvi_example_merfish()
+    seq <- m$seq$counts[, Matrix::colSums(m$seq$counts) > 0]
+    c(scvi_hidden = err(scvi(x, n_hidden = 1e9)),
+      scvi_latent = err(scvi(x, n_latent = 1e9)),
+      scvi_layers = err(scvi(x, n_layers = 1e7)),
+      multivi = err(multivi(d$rna, d$atac, n_hidden = 1e9)),
+      splicevi = err(splicevi(s$expression, s$junctions, atse = s$atse, n_latent = 1e9)),
+      gimvi = suppressWarnings(err(gimvi(seq, m$spatial$counts, n_latent = 1e9))))
+  })
+  expect_match(msgs[["scvi_hidden"]], "`n_hidden` = 1000000000 asks for about .* network weights")
+  expect_match(msgs[["scvi_latent"]], "`n_latent` = 1000000000")
+  expect_match(msgs[["scvi_layers"]], "`n_layers` = 10000000")
+  expect_match(msgs[["multivi"]], "`n_hidden`")
+  expect_match(msgs[["splicevi"]], "`n_latent`")
+  expect_match(msgs[["gimvi"]], "`n_latent`")
+})

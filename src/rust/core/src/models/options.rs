@@ -5,12 +5,56 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataSet;
 use crate::error::{invalid_arg, Result};
 
-/// Every named size must be at least 1 (layer counts, widths).
-pub(crate) fn check_sizes(sizes: &[(&str, usize)]) -> Result<()> {
-    match sizes.iter().find(|(_, v)| *v < 1) {
-        Some((name, v)) => Err(invalid_arg(name, format!("must be >= 1, got {v}"))),
-        None => Ok(()),
+/// Most network weights a model may ask for (4 GB in f32; training needs about four times
+/// that). scvi-tools' models have up to tens of millions.
+const MAX_NETWORK_WEIGHTS: f64 = 1e9;
+
+/// Every named size (layer counts: names with "layers"; widths: the others) must be at
+/// least 1, and together with the `n_features` inputs and outputs they must not ask for
+/// more network weights than [`MAX_NETWORK_WEIGHTS`]: the weights are allocated before
+/// training, and an allocation that fails aborts the process, so an absurd size is refused
+/// here, naming it.
+pub(crate) fn check_sizes(sizes: &[(&str, usize)], n_features: usize) -> Result<()> {
+    if let Some((name, v)) = sizes.iter().find(|(_, v)| *v < 1) {
+        return Err(invalid_arg(name, format!("must be >= 1, got {v}")));
     }
+    let is_depth = |name: &str| name.contains("layers");
+    let width = sizes
+        .iter()
+        .filter(|(n, _)| !is_depth(n))
+        .map(|&(_, v)| v as f64)
+        .fold(1.0, f64::max);
+    let depth: f64 = sizes
+        .iter()
+        .filter(|(n, _)| is_depth(n))
+        .map(|&(_, v)| v as f64)
+        .sum();
+    let widths: f64 = sizes
+        .iter()
+        .filter(|(n, _)| !is_depth(n))
+        .map(|&(_, v)| v as f64)
+        .sum();
+    // A model has at most eight networks, each from (or to) the features through its layers.
+    let estimate = 8.0 * (n_features as f64 + widths + depth * width) * width;
+    if estimate <= MAX_NETWORK_WEIGHTS {
+        return Ok(());
+    }
+    // Name the size furthest above what models usually use (1,024 units, 4 layers).
+    let culprit = sizes
+        .iter()
+        .max_by(|a, b| {
+            let r = |&(n, v): &(&str, usize)| v as f64 / if is_depth(n) { 4.0 } else { 1024.0 };
+            r(a).total_cmp(&r(b))
+        })
+        .expect("sizes are named");
+    Err(invalid_arg(
+        culprit.0,
+        format!(
+            "= {} asks for about {estimate:.1e} network weights with the other sizes, more than \
+             rscvi builds ({MAX_NETWORK_WEIGHTS:.0e}, 4 GB); choose a smaller value",
+            culprit.1
+        ),
+    ))
 }
 
 /// Every named dropout rate must lie in [0, 1).
@@ -99,5 +143,26 @@ impl NormPlacement {
     }
     pub(crate) fn decoder(self) -> bool {
         matches!(self, Self::Decoder | Self::Both)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_that_cannot_be_allocated_are_refused_by_name() {
+        let ok = [("n_hidden", 128), ("n_latent", 10), ("n_layers", 2)];
+        assert!(check_sizes(&ok, 100_000).is_ok());
+        for (sizes, culprit) in [
+            ([("n_hidden", 1_000_000_000), ("n_latent", 10), ("n_layers", 1)], "n_hidden"),
+            ([("n_hidden", 128), ("n_latent", 1_000_000_000), ("n_layers", 1)], "n_latent"),
+            ([("n_hidden", 128), ("n_latent", 10), ("n_layers", 10_000_000)], "n_layers"),
+        ] {
+            let e = check_sizes(&sizes, 2_000).unwrap_err().to_string();
+            assert!(e.contains(culprit) && e.contains("network weights"), "{e}");
+        }
+        let e = check_sizes(&[("n_hidden", 0)], 10).unwrap_err().to_string();
+        assert!(e.contains("must be >= 1"), "{e}");
     }
 }

@@ -102,20 +102,23 @@ impl GimviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        check_sizes(&[
-            ("n_latent", self.n_latent),
-            (
-                "n_layers_encoder_individual",
-                self.n_layers_encoder_individual,
-            ),
-            ("n_layers_encoder_shared", self.n_layers_encoder_shared),
-            ("dim_hidden_encoder", self.dim_hidden_encoder),
-            (
-                "dim_hidden_decoder_individual",
-                self.dim_hidden_decoder_individual,
-            ),
-            ("dim_hidden_decoder_shared", self.dim_hidden_decoder_shared),
-        ])?;
+        check_sizes(
+            &[
+                ("n_latent", self.n_latent),
+                (
+                    "n_layers_encoder_individual",
+                    self.n_layers_encoder_individual,
+                ),
+                ("n_layers_encoder_shared", self.n_layers_encoder_shared),
+                ("dim_hidden_encoder", self.dim_hidden_encoder),
+                (
+                    "dim_hidden_decoder_individual",
+                    self.dim_hidden_decoder_individual,
+                ),
+                ("dim_hidden_decoder_shared", self.dim_hidden_decoder_shared),
+            ],
+            self.n_genes,
+        )?;
         check_dropout_rates(&[
             ("dropout_rate_encoder", self.dropout_rate_encoder),
             ("dropout_rate_decoder", self.dropout_rate_decoder),

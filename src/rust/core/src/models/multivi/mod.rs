@@ -143,12 +143,15 @@ impl MultiviConfig {
                 "and `atac` are both empty; MULTIVI needs expression or accessibility",
             ));
         }
-        check_sizes(&[
-            ("n_hidden", self.n_hidden),
-            ("n_latent", self.n_latent),
-            ("n_layers_encoder", self.n_layers_encoder),
-            ("n_layers_decoder", self.n_layers_decoder),
-        ])?;
+        check_sizes(
+            &[
+                ("n_hidden", self.n_hidden),
+                ("n_latent", self.n_latent),
+                ("n_layers_encoder", self.n_layers_encoder),
+                ("n_layers_decoder", self.n_layers_decoder),
+            ],
+            self.n_features(),
+        )?;
         check_dropout_rates(&[("dropout_rate", self.dropout_rate)])?;
         if self.modality_weights == ModalityWeights::Cell && self.n_cells == 0 {
             return Err(invalid_arg(

@@ -77,11 +77,14 @@ impl ScviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        check_sizes(&[
-            ("n_hidden", self.n_hidden),
-            ("n_latent", self.n_latent),
-            ("n_layers", self.n_layers),
-        ])?;
+        check_sizes(
+            &[
+                ("n_hidden", self.n_hidden),
+                ("n_latent", self.n_latent),
+                ("n_layers", self.n_layers),
+            ],
+            self.n_input,
+        )?;
         check_dropout_rates(&[("dropout_rate", self.dropout_rate)])?;
         if self.n_input == 0 {
             return Err(invalid_arg("x", "has no genes"));

@@ -232,15 +232,18 @@ impl SpliceviConfig {
                 format!("event code {a} is beyond the {} events", self.n_atse),
             ));
         }
-        check_sizes(&[
-            ("n_hidden", self.n_hidden),
-            ("n_latent", self.n_latent),
-            ("n_layers_encoder", self.n_layers_encoder),
-            ("n_layers_decoder", self.n_layers_decoder),
-            ("encoder_hidden_dim", self.encoder_hidden_dim),
-            ("code_dim", self.code_dim),
-            ("h_hidden_dim", self.h_hidden_dim),
-        ])?;
+        check_sizes(
+            &[
+                ("n_hidden", self.n_hidden),
+                ("n_latent", self.n_latent),
+                ("n_layers_encoder", self.n_layers_encoder),
+                ("n_layers_decoder", self.n_layers_decoder),
+                ("encoder_hidden_dim", self.encoder_hidden_dim),
+                ("code_dim", self.code_dim),
+                ("h_hidden_dim", self.h_hidden_dim),
+            ],
+            self.n_genes + self.n_junctions,
+        )?;
         check_dropout_rates(&[("dropout_rate", self.dropout_rate)])?;
         if self.modality_weights == SpliceModalityWeights::Cell && self.n_cells == 0 {
             return Err(invalid_arg(
