@@ -66,3 +66,30 @@ test_that("training reports progress as lines in scripts, and verbose = FALSE si
   expect_length(quiet, 0L)
   expect_error(train(m, max_epochs = 2L, verbose = NA), "`verbose`")
 })
+
+test_that("an interrupt stops a long query with an error", {
+  skip_on_os("windows")
+  skip_if_not_installed("callr")
+  p <- callr::r_bg(function() {
+    library(rscvi)
+    m <- train(scvi(rscvi_example_data(), batch_key = "batch"), max_epochs = 1L,
+               progress = FALSE)
+    cat("ready\n")
+    tryCatch({
+      get_normalized_expression(m, n_samples = 1e7L)
+      "finished"
+    }, error = conditionMessage)
+  }, supervise = TRUE)
+  on.exit(p$kill(), add = TRUE)
+  # wait for the query to start (training done), then interrupt it
+  for (i in 1:60) {
+    if (any(grepl("ready", p$read_output_lines()))) break
+    Sys.sleep(0.5)
+  }
+  Sys.sleep(2)
+  expect_true(p$is_alive())
+  p$interrupt()
+  p$wait(30000)
+  expect_false(p$is_alive())
+  expect_match(p$get_result(), "interrupted \\(Ctrl-C\\)")
+})

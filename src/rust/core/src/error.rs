@@ -19,6 +19,9 @@ pub enum Error {
     /// The requested compute device cannot be used.
     #[error("device: {0}")]
     Device(String),
+    /// The user interrupted a query (Ctrl-C).
+    #[error("interrupted (Ctrl-C)")]
+    Interrupted,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

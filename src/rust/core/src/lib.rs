@@ -14,6 +14,7 @@ pub mod dist;
 pub mod error;
 pub mod family;
 pub mod infer;
+pub mod interrupt;
 pub mod io;
 pub mod metrics;
 pub mod models;

@@ -39,6 +39,8 @@ pub(crate) use on_device_guarded;
 /// Runs core code, converting its errors and any panic into an R error message.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
     rscvi_core::alloc::tune_allocator();
+    // Long queries poll for Ctrl-C on this, R's, thread.
+    rscvi_core::interrupt::set_poll(crate::progress::interrupt_pending);
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Other(e.to_string())),

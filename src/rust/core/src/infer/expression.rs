@@ -90,11 +90,13 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
         device,
     );
     for chunk in q.cells.chunks(q.batch_size) {
+        crate::interrupt::check()?;
         let mut acc: Option<Tensor<B, 2>> = None;
         for tb in &q.transform_batch {
             let b = M::expression_minibatch(model.config(), data, chunk, *tb, device);
             let pass = model.expression_pass(&b);
             for k in 0..s {
+                crate::interrupt::check()?;
                 let draw = model.expression_draw(&b, &pass, k, true, Head::Expression);
                 let e = match q.library_size {
                     Some(ls) => draw.scale * ls,
@@ -192,6 +194,7 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
     }
     let mut out = vec![0f32; m * g];
     for (chunk_idx, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::check()?;
         let offset = chunk_idx * batch_size;
         let needed: Vec<usize> = (0..s)
             .filter(|&smp| (0..chunk.len()).any(|p| wanted.contains_key(&(smp, offset + p))))
@@ -202,6 +205,7 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
         let b = M::expression_minibatch(model.config(), data, chunk, transform_batch, device);
         let pass = model.expression_pass(&b);
         for smp in needed {
+            crate::interrupt::check()?;
             let draw = model.expression_draw(&b, &pass, smp, false, head);
             let rho = host(&draw.scale);
             for p in 0..chunk.len() {

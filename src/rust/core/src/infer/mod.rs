@@ -115,6 +115,7 @@ pub fn posterior_latent<B: Backend, M: FamilyModule<B>>(
     check_query::<B, M>(module, q.dataset, data, q.cells, q.batch_size)?;
     let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in q.cells.chunks(q.batch_size) {
+        crate::interrupt::check()?;
         let b = M::minibatch(module.config(), q.dataset, data, chunk, device);
         let p = posterior(&b);
         let z = match (q.give_mean, module.latent_is_transformed()) {
@@ -169,6 +170,7 @@ pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
         v.into_iter().map(f64::from).collect()
     };
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let b = M::minibatch(module.config(), dataset, data, chunk, device);
         for t in module.step_loss(&[b], 1.0, false).terms {
             out.reconstruction.extend(to_host(t.reconstruction));

@@ -155,9 +155,30 @@ mod tests {
         let ok = [("n_hidden", 128), ("n_latent", 10), ("n_layers", 2)];
         assert!(check_sizes(&ok, 100_000).is_ok());
         for (sizes, culprit) in [
-            ([("n_hidden", 1_000_000_000), ("n_latent", 10), ("n_layers", 1)], "n_hidden"),
-            ([("n_hidden", 128), ("n_latent", 1_000_000_000), ("n_layers", 1)], "n_latent"),
-            ([("n_hidden", 128), ("n_latent", 10), ("n_layers", 10_000_000)], "n_layers"),
+            (
+                [
+                    ("n_hidden", 1_000_000_000),
+                    ("n_latent", 10),
+                    ("n_layers", 1),
+                ],
+                "n_hidden",
+            ),
+            (
+                [
+                    ("n_hidden", 128),
+                    ("n_latent", 1_000_000_000),
+                    ("n_layers", 1),
+                ],
+                "n_latent",
+            ),
+            (
+                [
+                    ("n_hidden", 128),
+                    ("n_latent", 10),
+                    ("n_layers", 10_000_000),
+                ],
+                "n_layers",
+            ),
         ] {
             let e = check_sizes(&sizes, 2_000).unwrap_err().to_string();
             assert!(e.contains(culprit) && e.contains("network weights"), "{e}");

@@ -677,6 +677,7 @@ pub fn imputed_values<B: Backend>(
     let mode = mode.unwrap_or(dataset);
     let mut out = Vec::with_capacity(cells.len() * module.config.n_genes);
     for chunk in cells.chunks(batch_size.max(1)) {
+        crate::interrupt::check()?;
         let b = GimviBatch::<B>::new(&module.config, dataset, data, chunk, device);
         let inf = module.inference(&b, false, deterministic);
         let gen = module.generative(inf.z, inf.library, &b.batch_onehot, mode, false);

@@ -361,6 +361,7 @@ pub fn normalized_accessibility<B: Backend>(
     let (n_cols, index) = selected_columns::<B>(q.regions, r, device);
     let mut values = Vec::with_capacity(q.cells.len() * n_cols);
     for chunk in q.cells.chunks(q.batch_size) {
+        crate::interrupt::check()?;
         // Only the decoders see the transform batch (the encoders keep the cell's own).
         let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
         let inf = module.inference(&b, false);
@@ -455,6 +456,7 @@ pub fn protein_foreground_probability<B: Backend>(
     let (n_cols, index) = selected_columns::<B>(q.proteins, p, device);
     let mut values = Vec::with_capacity(q.cells.len() * n_cols);
     for chunk in q.cells.chunks(q.batch_size) {
+        crate::interrupt::check()?;
         let mut background_sum = Tensor::<B, 2>::zeros([chunk.len(), p], device);
         for &tb in &q.transform_batch {
             let b = MultiviBatch::<B>::new(&module.config, data, chunk, tb, device);
@@ -488,6 +490,7 @@ pub fn library_size_factors<B: Backend>(
     check_query(module, 0, data, cells, batch_size)?;
     let (mut expression, mut accessibility) = (Vec::new(), Vec::new());
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
         let inf = module.inference(&b, false);
         expression.extend(host(&inf.library_expression));

@@ -29,6 +29,7 @@ pub fn marginal_ll<B: Backend>(
     const MAX_ROWS: usize = 8192;
     let mut out = Vec::with_capacity(cells.len());
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let n = chunk.len();
         let host = data.host_batch(chunk, None);
         let b = Batch::<B>::from_host(&host, data.n_genes(), device);
@@ -137,6 +138,7 @@ pub fn likelihood_parameters<B: Backend>(
     let (mut mean, mut disp, mut drop) = (Vec::new(), Vec::new(), Vec::new());
     let poisson = model.config.gene_likelihood == crate::models::options::GeneLikelihood::Poisson;
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
         let inf = model.inference(&b, false);
         let gen = model.generative(&b, inf.z, inf.library, false);
@@ -183,6 +185,7 @@ pub fn latent_library_size<B: Backend>(
     }
     let mut out = Vec::with_capacity(cells.len());
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
         let inf = model.inference(&b, false);
         let lib = match (give_mean, inf.ql) {
@@ -216,6 +219,7 @@ pub fn posterior_predictive_sample<B: Backend>(
     let lik = model.config.gene_likelihood;
     let mut out = Vec::with_capacity(cells.len() * keep.len());
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
         let inf = model.inference(&b, false);
         let gen = model.generative(&b, inf.z, inf.library, false);
@@ -340,6 +344,7 @@ pub fn feature_correlation<B: Backend>(
     for tb in transform_batch {
         let mut draws: Vec<f64> = Vec::with_capacity(n_samples * cells.len() * g);
         for chunk in cells.chunks(batch_size) {
+            crate::interrupt::check()?;
             let b = Batch::<B>::from_host(&data.host_batch(chunk, *tb), g, device);
             let inf = model.inference(&b, false);
             for k in 0..n_samples.max(1) {

@@ -127,6 +127,7 @@ pub fn normalized_splicing<B: Backend>(
     let mut values = vec![0f32; draws_out * n * w];
     let mut offset = 0;
     for chunk in q.cells.chunks(q.batch_size) {
+        crate::interrupt::check()?;
         let mut per_draw: Vec<Option<Tensor<B, 2>>> = vec![None; s];
         for tb in &batches {
             let b = SpliceviBatch::<B>::new(c, data, chunk, *tb, device);
@@ -181,6 +182,7 @@ pub fn library_size_factors<B: Backend>(
     check_query(module, 0, data, cells, batch_size)?;
     let mut out = Vec::with_capacity(cells.len());
     for chunk in cells.chunks(batch_size) {
+        crate::interrupt::check()?;
         let b = SpliceviBatch::<B>::new(&module.config, data, chunk, None, device);
         out.extend(host(&b.library));
     }
