@@ -202,3 +202,16 @@ test_that("absurd network sizes are refused by every model, not allocated", {
   expect_match(msgs[["splicevi"]], "`n_latent`")
   expect_match(msgs[["gimvi"]], "`n_latent`")
 })
+
+test_that("differential expression refuses more samples than memory holds", {
+  skip_if_not_installed("callr")
+  msg <- callr::r(function() {
+    library(rscvi)
+    m <- train(scvi(rscvi_example_data(), batch_key = "batch"), max_epochs = 1L,
+               progress = FALSE)
+    tryCatch(differential_expression(m, idx1 = 1:100, idx2 = 101:200,
+                                     n_samples_overall = 2e9),
+             error = conditionMessage)
+  })
+  expect_match(msg, "`n_samples_overall` needs about .* GB, more than the .* GB of memory")
+})

@@ -159,6 +159,12 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
         return Err(invalid_arg("idx1", "selects no cells"));
     }
     let (n, g) = (cells.len(), head_width(model, head)?);
+    // The draws (m x features, f32) and, for DE, the other group's and their pairing.
+    crate::train::check_memory(
+        (m as u64).saturating_mul(g as u64).saturating_mul(4 * 3),
+        "n_samples_overall",
+        "draw fewer samples",
+    )?;
     let s = m / n + 1;
     if let RowWeights::Importance(opts) = weights {
         if head != Head::Expression {
