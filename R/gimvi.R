@@ -388,8 +388,8 @@ plot.GIMVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
     model$data <- lapply(q, `[[`, "data")
     model$cell_names <- lapply(q, `[[`, "cell_names")
     model$input <- lapply(stats::setNames(.gimvi_parts, .gimvi_parts), function(p) {
-      modifyList(input[[p]], list(class = .input_class(x[[p]]),
-                                  n_cells = length(q[[p]]$cell_names)))
+      utils::modifyList(input[[p]], list(class = .input_class(x[[p]]),
+                                         n_cells = length(q[[p]]$cell_names)))
     })
   }
   model
