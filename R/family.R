@@ -50,6 +50,17 @@
   if (inherits(model$data, "externalptr")) list(model$data) else unname(as.list(model$data))
 }
 
+# Queries of a model that was never trained answer from its random initial weights: say so
+# (scvi-tools warns the same way).
+.warn_untrained <- function(model) {
+  if (inherits(model, "rscvi_model") && !.null_ptr(model$model) &&
+      !isTRUE(.rs(rs_model_state(model$model))$is_trained)) {
+    .warn(paste0("the model has not been trained: its outputs come from random initial ",
+                 "weights; call train(model) first"))
+  }
+  invisible(TRUE)
+}
+
 # Training state: is_trained, config and registry (JSON), and the split of every dataset
 # (1-based cells), named as the model's datasets are.
 .model_state <- function(model) {
@@ -297,6 +308,7 @@
 #' @rdname history
 #' @export
 history.rscvi_model <- function(model, ...) {
+  .no_dots(list(...), "history")
   .check_any_model(model)
   .history_frame(.rs(rs_model_history(model$model)))
 }
@@ -313,19 +325,29 @@ history.rscvi_model <- function(model, ...) {
 #' @rdname train_indices
 #' @return GIMVI: a list with `seq` and `spatial` index vectors.
 #' @export
-train_indices.rscvi_model <- function(model, ...) .split_indices(model, "train")
+train_indices.rscvi_model <- function(model, ...) {
+  .no_dots(list(...), "train_indices")
+  .split_indices(model, "train")
+}
 
 #' @rdname train_indices
 #' @export
-validation_indices.rscvi_model <- function(model, ...) .split_indices(model, "validation")
+validation_indices.rscvi_model <- function(model, ...) {
+  .no_dots(list(...), "validation_indices")
+  .split_indices(model, "validation")
+}
 
 #' @rdname train_indices
 #' @export
-test_indices.rscvi_model <- function(model, ...) .split_indices(model, "test")
+test_indices.rscvi_model <- function(model, ...) {
+  .no_dots(list(...), "test_indices")
+  .split_indices(model, "test")
+}
 
 #' @rdname train_indices
 #' @export
 is_trained.rscvi_model <- function(model, ...) {
+  .no_dots(list(...), "is_trained")
   .check_any_model(model)
   isTRUE(.model_state(model)$is_trained)
 }
@@ -333,6 +355,7 @@ is_trained.rscvi_model <- function(model, ...) {
 #' @rdname save_model
 #' @export
 save_model.rscvi_model <- function(model, dir, overwrite = FALSE, ...) {
+  .no_dots(list(...), "save_model")
   .check_any_model(model)
   dir <- .check_scalar_string(dir, "dir")
   overwrite <- .check_scalar_bool(overwrite, "overwrite")

@@ -232,6 +232,7 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
 # The data a GIMVI query runs on: for each requested part, the model's own data or new data
 # registered against that part's registry.
 .gimvi_query_data <- function(model, x_seq, x_spatial) {
+  .warn_untrained(model)
   new <- list(seq = x_seq, spatial = x_spatial)
   lapply(stats::setNames(.gimvi_parts, .gimvi_parts), function(p) {
     arg <- paste0("x_", p)

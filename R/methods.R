@@ -57,6 +57,7 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
                                            return_dist = FALSE, indices = NULL,
                                            mc_samples = 5000L, batch_size = 128L,
                                            device = "auto", ...) {
+  .no_dots(list(...), "get_latent_representation", "SCVI")
   give_mean <- .check_scalar_bool(give_mean, "give_mean")
   return_dist <- .check_scalar_bool(return_dist, "return_dist")
   mc_samples <- .check_scalar_int(mc_samples, "mc_samples", min = 1)
@@ -140,6 +141,7 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
                                            return_mean = TRUE,
                                            weights = c("uniform", "importance"),
                                            importance_weighting_kwargs = NULL, ...) {
+  .no_dots(list(...), "get_normalized_expression", "SCVI")
   .check_model(model)
   weights <- .match_choice(weights, c("uniform", "importance"), "weights")
   importance_json <- .importance_json(weights, importance_weighting_kwargs)

@@ -885,6 +885,7 @@ get_region_factors <- function(model, ...) UseMethod("get_region_factors")
 #' @rdname get_library_size_factors
 #' @export
 get_region_factors.MULTIVI <- function(model, ...) {
+  .no_dots(list(...), "get_region_factors", "MULTIVI")
   .check_multivi(model)
   .require_modality(model, "accessibility", "get_region_factors()", NULL)
   if (!isTRUE(model$config$region_factors)) {

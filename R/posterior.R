@@ -38,6 +38,7 @@ get_likelihood_parameters <- function(model, ...) UseMethod("get_likelihood_para
 get_likelihood_parameters.SCVI <- function(model, x = NULL, indices = NULL, n_samples = 1L,
                                            give_mean = FALSE, batch_size = 128L,
                                            device = "auto", ...) {
+  .no_dots(list(...), "get_likelihood_parameters", "SCVI")
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   give_mean <- .check_scalar_bool(give_mean, "give_mean")
   batch_size <- .check_batch_size(batch_size)
@@ -80,6 +81,7 @@ get_latent_library_size <- function(model, ...) UseMethod("get_latent_library_si
 #' @export
 get_latent_library_size.SCVI <- function(model, x = NULL, indices = NULL, give_mean = TRUE,
                                          batch_size = 128L, device = "auto", ...) {
+  .no_dots(list(...), "get_latent_library_size", "SCVI")
   give_mean <- .check_scalar_bool(give_mean, "give_mean")
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
@@ -111,6 +113,7 @@ posterior_predictive_sample <- function(model, ...) UseMethod("posterior_predict
 posterior_predictive_sample.SCVI <- function(model, x = NULL, indices = NULL, n_samples = 1L,
                                              gene_list = NULL, batch_size = 128L,
                                              device = "auto", ...) {
+  .no_dots(list(...), "posterior_predictive_sample", "SCVI")
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
@@ -156,6 +159,7 @@ get_feature_correlation_matrix.SCVI <- function(model, x = NULL, indices = NULL,
                                                 transform_batch = NULL,
                                                 correlation_type = c("spearman", "pearson"),
                                                 device = "auto", ...) {
+  .no_dots(list(...), "get_feature_correlation_matrix", "SCVI")
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
   rna_size_factor <- .check_scalar_num(rna_size_factor, "rna_size_factor", min = 0, min_open = TRUE)

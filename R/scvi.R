@@ -152,6 +152,7 @@
 # queries written for SCVI (ELBO terms, differential expression) also serve MULTIVI and
 # SPLICEVI, whose data are registered their own way.
 .query_data <- function(model, x, arg = "x") {
+  .warn_untrained(model)
   if (inherits(model, "MULTIVI")) return(.multivi_query_data(model, x, arg))
   if (inherits(model, "SPLICEVI")) return(.splicevi_query_data(model, x, arg))
   .check_model(model)

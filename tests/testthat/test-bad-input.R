@@ -215,3 +215,16 @@ test_that("differential expression refuses more samples than memory holds", {
   })
   expect_match(msg, "`n_samples_overall` needs about .* GB, more than the .* GB of memory")
 })
+
+test_that("queries refuse misspelled arguments and warn on an untrained model", {
+  m <- scvi(rscvi_example_data(), batch_key = "batch")
+  expect_warning(z <- get_latent_representation(m), "has not been trained")
+  expect_identical(dim(z), c(1021L, 10L))
+  m <- train(m, max_epochs = 1L, seed = 0L)
+  expect_error(get_normalized_expression(m, libary_size = 1e4),
+               "get_normalized_expression\\(\\) got unknown arguments for a SCVI model: libary_size")
+  expect_error(get_latent_representation(m, give_means = TRUE), "unknown arguments")
+  expect_error(posterior_predictive_sample(m, nsamples = 2L), "unknown arguments")
+  expect_error(history(m, foo = 1), "history\\(\\) got unknown arguments")
+  expect_error(train_indices(m, 1), "unknown arguments")
+})

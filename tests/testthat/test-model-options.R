@@ -66,7 +66,7 @@ test_that("a model keeps learning after a query, a second train() call and a rel
   m <- scvi(d$counts, cells = d$cells, batch_key = "batch", n_latent = 3L)
   # the untrained model is used first; the ELBO must then improve with each train() call
   # (running batch-norm statistics alone would change the latent space, not fit the data)
-  e0 <- get_elbo(m)
+  expect_warning(e0 <- get_elbo(m), "has not been trained")
   m <- train(m, max_epochs = 2L, seed = 1L, progress = FALSE)
   e1 <- get_elbo(m)
   expect_gt(e1, e0 + 5)

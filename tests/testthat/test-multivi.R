@@ -476,7 +476,8 @@ test_that("MULTIVI queries refuse what the model cannot do", {
   expect_error(get_normalized_accessibility(rna_only), "no regions")
   expect_error(get_region_factors(rna_only), "no regions")
   expect_error(differential_accessibility(rna_only, idx1 = 1:5), "no regions")
-  expect_error(get_latent_representation(rna_only, x = list(atac = d$atac[, 1:5])),
+  expect_error(suppressWarnings(get_latent_representation(rna_only,
+                                                          x = list(atac = d$atac[, 1:5]))),
                "has accessibility but this model has no regions")
   atac_only <- multivi(atac = s$atac)
   expect_error(get_normalized_expression(atac_only), "no genes")
@@ -491,9 +492,10 @@ test_that("MULTIVI queries refuse what the model cannot do", {
   expect_error(get_normalized_expression(m, gene_list = "nope"), "not in the model")
   expect_error(get_latent_representation(m, modality = "protein"), "`modality`")
   cw <- multivi(s$rna, s$atac, modality_weights = "cell")
-  expect_error(get_latent_representation(cw, x = list(rna = s$rna[, 1:5])),
+  expect_error(suppressWarnings(get_latent_representation(cw, x = list(rna = s$rna[, 1:5]))),
                "modality_weights = \"cell\".*new data")
-  expect_identical(dim(get_latent_representation(cw)), c(40L, cw$config$n_latent))
+  expect_warning(z_untrained <- get_latent_representation(cw), "has not been trained")
+  expect_identical(dim(z_untrained), c(40L, cw$config$n_latent))
   expect_error(differential_expression(m, idx1 = 1:10, weights = "importance"),
                "importance weights are not available")
 })

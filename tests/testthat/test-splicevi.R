@@ -457,7 +457,8 @@ test_that("SPLICEVI queries check and take new data", {
   paired <- splicevi(s$expression, s$junctions, atse = s$atse, fully_paired = TRUE)
   expect_error(get_latent_representation(paired, modality = "splicing"), "fully_paired")
   cw <- splicevi(s$expression, s$junctions, atse = s$atse, modality_weights = "cell")
-  expect_error(get_latent_representation(cw, x = s), "modality_weights = \"cell\".*new data")
+  expect_error(suppressWarnings(get_latent_representation(cw, x = s)),
+               "modality_weights = \"cell\".*new data")
 })
 
 test_that("SPLICEVI models save and load", {
