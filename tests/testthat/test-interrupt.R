@@ -1,10 +1,28 @@
 # Ctrl-C during train() stops after the current step: interactively the call returns
 # normally, the model stays usable and a message says how many epochs ran; in a script the
 # interrupt stops the script. SIGINT is sent to a child R process.
+
+# Runs `fun` in a child R process, sends it SIGINT once it printed "ready" (or after `wait`
+# seconds) and returns the process after it ended.
+interrupted_child <- function(fun, wait = 8) {
+  p <- callr::r_bg(fun, supervise = TRUE)
+  for (i in seq_len(wait * 2)) {
+    if (any(grepl("ready", p$read_output_lines()))) break
+    Sys.sleep(0.5)
+  }
+  Sys.sleep(2)
+  expect_true(p$is_alive())
+  p$interrupt()
+  p$wait(30000)
+  expect_false(p$is_alive())
+  if (p$is_alive()) p$kill()
+  p
+}
+
 test_that("an interrupt stops training cleanly and keeps the model usable", {
   skip_on_os("windows")
   skip_if_not_installed("callr")
-  p <- callr::r_bg(function() {
+  p <- interrupted_child(function() {
     library(rscvi)
     options(rscvi.interactive = TRUE)
     d <- rscvi_example_data()
@@ -17,14 +35,7 @@ test_that("an interrupt stops training cleanly and keeps the model usable", {
         invokeRestart("muffleMessage")
       })
     list(message = msg, epochs = nrow(history(m)), latent = dim(get_latent_representation(m)))
-  }, supervise = TRUE)
-  on.exit(p$kill(), add = TRUE)
-  # wait until training is under way (library load + first epochs), then interrupt
-  Sys.sleep(8)
-  expect_true(p$is_alive())
-  p$interrupt()
-  p$wait(30000)
-  expect_false(p$is_alive())
+  })
   res <- p$get_result()
   expect_match(res$message, "interrupted after [0-9]+ of 100000 epochs")
   expect_gt(res$epochs, 0)
@@ -34,18 +45,12 @@ test_that("an interrupt stops training cleanly and keeps the model usable", {
 test_that("in a script an interrupt stops the script", {
   skip_on_os("windows")
   skip_if_not_installed("callr")
-  p <- callr::r_bg(function() {
+  p <- interrupted_child(function() {
     library(rscvi)
     m <- scvi(rscvi_example_data(), batch_key = "batch")
     m <- train(m, max_epochs = 100000L, seed = 0L, progress = FALSE)
     "went on"
-  }, supervise = TRUE)
-  on.exit(p$kill(), add = TRUE)
-  Sys.sleep(8)
-  expect_true(p$is_alive())
-  p$interrupt()
-  p$wait(30000)
-  expect_false(p$is_alive())
+  })
   expect_error(p$get_result(), "training interrupted \\(Ctrl-C\\) after [0-9]+ of 100000 epochs")
 })
 
@@ -70,7 +75,7 @@ test_that("training reports progress as lines in scripts, and verbose = FALSE si
 test_that("an interrupt stops a long query with an error", {
   skip_on_os("windows")
   skip_if_not_installed("callr")
-  p <- callr::r_bg(function() {
+  p <- interrupted_child(function() {
     library(rscvi)
     m <- train(scvi(rscvi_example_data(), batch_key = "batch"), max_epochs = 1L,
                progress = FALSE)
@@ -79,17 +84,6 @@ test_that("an interrupt stops a long query with an error", {
       get_normalized_expression(m, n_samples = 1e7L)
       "finished"
     }, error = conditionMessage)
-  }, supervise = TRUE)
-  on.exit(p$kill(), add = TRUE)
-  # wait for the query to start (training done), then interrupt it
-  for (i in 1:60) {
-    if (any(grepl("ready", p$read_output_lines()))) break
-    Sys.sleep(0.5)
-  }
-  Sys.sleep(2)
-  expect_true(p$is_alive())
-  p$interrupt()
-  p$wait(30000)
-  expect_false(p$is_alive())
+  }, wait = 30)
   expect_match(p$get_result(), "interrupted \\(Ctrl-C\\)")
 })
