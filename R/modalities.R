@@ -355,7 +355,8 @@
 # The core's dataset of the combined modalities (.combine_modalities()), every feature a
 # "gene" there, registered fresh (`...`: the keys) or against `registry`, a model's registry
 # whose features are `features` (each modality's in order: they name the rows of a modality
-# the new data lack; `extend_categories`: new categories are appended, for scArches). Returns list(data, fields).
+# the new data lack; `extend_categories`: new categories are appended, for scArches).
+# Returns list(data, fields).
 .modality_dataset <- function(comb, arg, registry = NULL, features = NULL,
                               extend_categories = FALSE, ...) {
   counts <- methods::as(do.call(rbind, unname(comb$full)), "CsparseMatrix")

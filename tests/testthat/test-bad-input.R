@@ -222,7 +222,8 @@ test_that("queries refuse misspelled arguments and warn on an untrained model", 
   expect_identical(dim(z), c(1021L, 10L))
   m <- train(m, max_epochs = 1L, seed = 0L)
   expect_error(get_normalized_expression(m, libary_size = 1e4),
-               "get_normalized_expression\\(\\) got unknown arguments for a SCVI model: libary_size")
+               paste("get_normalized_expression\\(\\) got unknown arguments for a SCVI",
+                     "model: libary_size"))
   expect_error(get_latent_representation(m, give_means = TRUE), "unknown arguments")
   expect_error(posterior_predictive_sample(m, nsamples = 2L), "unknown arguments")
   expect_error(history(m, foo = 1), "history\\(\\) got unknown arguments")

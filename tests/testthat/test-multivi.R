@@ -449,7 +449,8 @@ test_that("multivi() names what is wrong with bad input", {
   expect_identical(multivi(rna, (atac > 0) * 1)$config$n_regions, 2000L)   # binary is fine
   # Unpaired cells in a model declared fully paired.
   expect_error(multivi(rna[, 1:30], atac[, 11:40], fully_paired = TRUE),
-               "`fully_paired` = TRUE but 20 cells lack a modality \\(10 expression only, 10 accessibility only")
+               paste("`fully_paired` = TRUE but 20 cells lack a modality",
+                     "\\(10 expression only, 10 accessibility only"))
   # Cells that cannot be matched by name.
   unnamed <- rna
   colnames(unnamed) <- NULL
@@ -607,7 +608,8 @@ test_that("multivi() reads proteins from SingleCellExperiment and Seurat objects
   m <- train(m, max_epochs = 2L, seed = 0L, progress = FALSE)
   expect_identical(dim(get_protein_foreground_probability(m, x = sce)), c(60L, 3L))
   expect_error(multivi(sce, protein = "CITE"),
-               "`protein` 'CITE' is not an alternative experiment of `rna`; available: 'ATAC', 'ADT'")
+               paste("`protein` 'CITE' is not an alternative experiment of `rna`;",
+                     "available: 'ATAC', 'ADT'"))
   prot_sce <- SingleCellExperiment::SingleCellExperiment(assays = list(raw = adt))
   expect_identical(multivi(sce, protein = prot_sce, protein_layer = "raw")$config$n_proteins,
                    3L)
