@@ -24,6 +24,9 @@ rs_set_num_threads <- function(n) .Call(wrap__rs_set_num_threads, n)
 # Threads of the core's CPU thread pool (starting it if it has not started).
 rs_num_threads <- function() .Call(wrap__rs_num_threads)
 
+# Whether the model was trained (cheaper than rs_model_state for a check before queries).
+rs_model_is_trained <- function(model) .Call(wrap__rs_model_is_trained, model)
+
 # Revives `handle`, an external pointer left empty by readRDS(), in place with the model
 # saved in `dir`: every R copy of the object holding it works again. A live handle is
 # left as it is.

@@ -54,7 +54,7 @@
 # (scvi-tools warns the same way).
 .warn_untrained <- function(model) {
   if (inherits(model, "rscvi_model") && !.null_ptr(model$model) &&
-      !isTRUE(.rs(rs_model_state(model$model))$is_trained)) {
+      !isTRUE(.rs(rs_model_is_trained(model$model)))) {
     .warn(paste0("the model has not been trained: its outputs come from random initial ",
                  "weights; call train(model) first"))
   }
@@ -349,7 +349,7 @@ test_indices.rscvi_model <- function(model, ...) {
 is_trained.rscvi_model <- function(model, ...) {
   .no_dots(list(...), "is_trained")
   .check_any_model(model)
-  isTRUE(.model_state(model)$is_trained)
+  .rs(rs_model_is_trained(model$model))
 }
 
 #' @rdname save_model

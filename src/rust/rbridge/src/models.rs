@@ -353,8 +353,15 @@ fn rs_model_restore(handle: Robj, dir: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the model was trained (cheaper than rs_model_state for a check before queries).
+#[extendr]
+fn rs_model_is_trained(mut model: Robj) -> Result<bool> {
+    Ok(any_model(&mut model)?.state().is_trained)
+}
+
 extendr_module! {
     mod models;
+    fn rs_model_is_trained;
     fn rs_model_restore;
     fn rs_model_train;
     fn rs_model_history;
