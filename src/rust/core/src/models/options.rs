@@ -40,19 +40,16 @@ pub(crate) fn check_sizes(sizes: &[(&str, usize)], n_features: usize) -> Result<
         return Ok(());
     }
     // Name the size furthest above what models usually use (1,024 units, 4 layers).
-    let culprit = sizes
-        .iter()
-        .max_by(|a, b| {
-            let r = |&(n, v): &(&str, usize)| v as f64 / if is_depth(n) { 4.0 } else { 1024.0 };
-            r(a).total_cmp(&r(b))
-        })
-        .expect("sizes are named");
+    let culprit = sizes.iter().max_by(|a, b| {
+        let r = |&(n, v): &(&str, usize)| v as f64 / if is_depth(n) { 4.0 } else { 1024.0 };
+        r(a).total_cmp(&r(b))
+    });
+    let (name, value) = culprit.map_or(("x", n_features), |&(n, v)| (n, v));
     Err(invalid_arg(
-        culprit.0,
+        name,
         format!(
-            "= {} asks for about {estimate:.1e} network weights with the other sizes, more than \
-             rscvi builds ({MAX_NETWORK_WEIGHTS:.0e}, 4 GB); choose a smaller value",
-            culprit.1
+            "= {value} asks for about {estimate:.1e} network weights with the other sizes, more \
+             than rscvi builds ({MAX_NETWORK_WEIGHTS:.0e}, 4 GB); choose a smaller value"
         ),
     ))
 }

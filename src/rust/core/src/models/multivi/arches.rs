@@ -164,28 +164,7 @@ pub fn apply_module_freeze<B: Backend>(mut m: Multivae<B>, spec: &FreezeSpec) ->
     if spec.unfrozen {
         return m;
     }
-    let names: Vec<&'static str> = stacks(&m).into_iter().map(|(name, _, _)| name).collect();
-    let mut stacks_mut: Vec<&mut FcLayers<B>> = vec![
-        &mut m.z_encoder_expression.encoder,
-        &mut m.l_encoder_expression.px_decoder,
-        &mut m.z_encoder_accessibility.encoder,
-        &mut m.l_encoder_accessibility.px_decoder,
-    ];
-    if let Some(e) = m.z_encoder_protein.as_mut() {
-        stacks_mut.push(&mut e.encoder);
-    }
-    if let Some(d) = m.z_decoder_expression.as_mut() {
-        stacks_mut.push(&mut d.px_decoder);
-    }
-    if let Some(d) = m.z_decoder_accessibility.as_mut() {
-        stacks_mut.push(&mut d.px_decoder);
-    }
-    if let Some(d) = m.z_decoder_pro.as_mut() {
-        stacks_mut.push(&mut d.py_back_decoder);
-        stacks_mut.push(&mut d.py_fore_decoder);
-        stacks_mut.push(&mut d.sigmoid_decoder);
-    }
-    for (name, stack) in names.into_iter().zip(stacks_mut) {
+    let freeze = |name: &str, stack: &mut FcLayers<B>| {
         if (name.contains("decoder") && spec.freeze_batchnorm_decoder)
             || (name.contains("encoder") && spec.freeze_batchnorm_encoder)
         {
@@ -194,6 +173,34 @@ pub fn apply_module_freeze<B: Backend>(mut m: Multivae<B>, spec: &FreezeSpec) ->
         if spec.freeze_dropout {
             stack.dropout = 0.0;
         }
+    };
+    // The stacks of stacks(), with the same names.
+    freeze("z_encoder_expression", &mut m.z_encoder_expression.encoder);
+    freeze(
+        "l_encoder_expression.px_decoder",
+        &mut m.l_encoder_expression.px_decoder,
+    );
+    freeze(
+        "z_encoder_accessibility",
+        &mut m.z_encoder_accessibility.encoder,
+    );
+    freeze(
+        "l_encoder_accessibility.px_decoder",
+        &mut m.l_encoder_accessibility.px_decoder,
+    );
+    if let Some(e) = m.z_encoder_protein.as_mut() {
+        freeze("z_encoder_protein", &mut e.encoder);
+    }
+    if let Some(d) = m.z_decoder_expression.as_mut() {
+        freeze("z_decoder_expression.px_decoder", &mut d.px_decoder);
+    }
+    if let Some(d) = m.z_decoder_accessibility.as_mut() {
+        freeze("z_decoder_accessibility.px_decoder", &mut d.px_decoder);
+    }
+    if let Some(d) = m.z_decoder_pro.as_mut() {
+        freeze("z_decoder_pro", &mut d.py_back_decoder);
+        freeze("z_decoder_pro", &mut d.py_fore_decoder);
+        freeze("z_decoder_pro", &mut d.sigmoid_decoder);
     }
     m
 }
