@@ -193,19 +193,26 @@
   Matrix::drop0(m)
 }
 
-.from_sce <- function(x, layer, arg) {
+# The names of the arguments saying which assay to read, for messages.
+.source_args <- c(layer = "layer", assay = "assay")
+
+.from_sce <- function(x, layer, assay, arg, names = .source_args) {
   if (!requireNamespace("SummarizedExperiment", quietly = TRUE)) {
     .stop("`%s` is a %s, which needs the SummarizedExperiment package: install it first",
           arg, class(x)[1])
   }
-  layer <- .check_scalar_string(layer %||% "counts", "layer")
+  if (!is.null(assay)) {
+    .stop(paste0("`%s` names the assay of a Seurat object; `%s` is a %s: name its assay of ",
+                 "counts with `%s`"), names[["assay"]], arg, class(x)[1], names[["layer"]])
+  }
+  layer <- .check_scalar_string(layer %||% "counts", names[["layer"]])
   available <- SummarizedExperiment::assayNames(x)
   if (!layer %in% available) {
-    .stop("`layer` '%s' is not an assay of `%s`; available assays: %s", layer, arg,
+    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", names[["layer"]], layer, arg,
           if (length(available)) .enum(available, 10L) else "none")
   }
   m <- SummarizedExperiment::assay(x, layer, withDimnames = TRUE)
-  list(m = m, cells = .col_data(x), layer = layer)
+  list(m = m, cells = .col_data(x), layer = layer, assay = NULL)
 }
 
 # The cell data (colData) of a SummarizedExperiment as a data.frame.
@@ -218,17 +225,22 @@
   }
 }
 
-.from_seurat <- function(x, layer, arg) {
+# The raw counts of assay `assay` (default: the default assay, as Seurat's own functions) of
+# the Seurat object `x`.
+.from_seurat <- function(x, layer, assay, arg, names = .source_args) {
   .require_seurat(arg)
   assays <- SeuratObject::Assays(x)
-  # Raw counts live in the RNA assay by convention; other assays (e.g. SCT) hold corrected
-  # values, so the default is RNA rather than the object's default assay.
-  layer <- .check_scalar_string(layer %||% "RNA", "layer")
-  if (!layer %in% assays) {
-    .stop("`layer` '%s' is not an assay of `%s`; available assays: %s", layer, arg,
+  if (!is.null(layer)) {
+    .stop(paste0("`%s` names an assay of a SingleCellExperiment; for the Seurat object `%s` ",
+                 "name the assay with `%s` (one of %s)"), names[["layer"]], arg,
+          names[["assay"]], .enum(assays, 10L))
+  }
+  assay <- .check_scalar_string(assay %||% SeuratObject::DefaultAssay(x), names[["assay"]])
+  if (!assay %in% assays) {
+    .stop("`%s` '%s' is not an assay of `%s`; available assays: %s", names[["assay"]], assay, arg,
           .enum(assays, 10L))
   }
-  list(m = .seurat_counts(x, layer, arg), cells = x[[]], layer = layer)
+  list(m = .seurat_counts(x, assay, arg), cells = x[[]], layer = NULL, assay = assay)
 }
 
 # The counts of assay `assay` of a Seurat object. SeuratObject 5 renamed `slot` to `layer`;
@@ -241,7 +253,10 @@
   } else {
     SeuratObject::GetAssayData(x, slot = "counts", assay = assay)
   }
-  if (length(m) == 0L) .stop("assay '%s' of `%s` has no counts", assay, arg)
+  if (length(m) == 0L) {
+    .stop("assay '%s' of `%s` has no counts; name an assay of raw counts with `assay` (e.g. \"RNA\")",
+          assay, arg)
+  }
   m
 }
 
@@ -250,28 +265,34 @@
 #' @param x SingleCellExperiment/SummarizedExperiment, Seurat, Matrix or base matrix
 #'   (genes x cells).
 #' @param cells NULL or a data.frame with one row per cell (matrix input only).
-#' @param layer assay name: SCE default "counts", Seurat default "RNA"; must be NULL for
-#'   matrices.
+#' @param layer SCE assay name (default "counts"); NULL for other input.
+#' @param assay Seurat assay name (default: the default assay); NULL for other input.
 #' @param arg name of `x` in the caller, used in messages.
+#' @param source_args the caller's names of `layer` and `assay`, used in messages.
 #' @return list(counts = dgCMatrix genes x cells (double, dimnames set),
 #'   cell_data = data.frame (row names = cell names), gene_names, cell_names,
-#'   layer = assay used or NULL)
+#'   layer / assay = the SCE / Seurat assay used, or NULL)
 #' @noRd
-.as_count_input <- function(x, cells = NULL, layer = NULL, arg = "x") {
+.as_count_input <- function(x, cells = NULL, layer = NULL, assay = NULL, arg = "x",
+                            source_args = .source_args) {
   if (is.null(x)) .stop("`%s` is NULL; pass a genes x cells count matrix or a single-cell object", arg)
   if (methods::is(x, "SummarizedExperiment") || methods::is(x, "Seurat")) {
     if (!is.null(cells)) {
       .stop(paste0("`cells` is only used with a matrix `%s`; for a %s the cell data come from ",
                    "the object itself (add columns to it instead)"), arg, class(x)[1])
     }
-    src <- if (methods::is(x, "Seurat")) .from_seurat(x, layer, arg) else .from_sce(x, layer, arg)
+    src <- if (methods::is(x, "Seurat")) .from_seurat(x, layer, assay, arg, source_args)
+           else .from_sce(x, layer, assay, arg, source_args)
     m <- src$m
     cells <- src$cells
     layer <- src$layer
+    assay <- src$assay
   } else {
-    if (!is.null(layer)) {
-      .stop("`layer` only applies to SingleCellExperiment and Seurat input; `%s` is a %s",
-            arg, class(x)[1])
+    if (!is.null(layer) || !is.null(assay)) {
+      .stop(paste0("`%s` only applies to a SingleCellExperiment (`%s`) or a Seurat object ",
+                   "(`%s`); `%s` is a %s"),
+            source_args[[if (is.null(layer)) "assay" else "layer"]], source_args[["layer"]],
+            source_args[["assay"]], arg, class(x)[1])
     }
     m <- x
     if (!is.null(cells) && !is.data.frame(cells)) {
@@ -336,17 +357,22 @@
     rownames(cells) <- cell_names
   }
 
-  # A cell without counts has log-library -Inf: the model cannot use it.
-  totals <- Matrix::colSums(m)
-  if (any(totals == 0)) {
-    empty <- cell_names[totals == 0]
-    .stop("`%s` has %d cells with no counts (all zero): %s; remove them before fitting",
-          arg, length(empty), .enum(empty))
-  }
+  .check_no_empty_cells(m, arg)
   .warn_empty_genes(m, arg)
 
   list(counts = m, cell_data = cells, gene_names = gene_names, cell_names = cell_names,
-       layer = layer)
+       layer = layer, assay = assay)
+}
+
+# A cell without counts has log-library -Inf: the model cannot use it. `what` says which
+# counts were summed.
+.check_no_empty_cells <- function(m, arg, what = "") {
+  totals <- Matrix::colSums(m)
+  if (any(totals == 0)) {
+    empty <- colnames(m)[totals == 0]
+    .stop("`%s` has %d cells with no counts%s (all zero): %s; remove them first",
+          arg, length(empty), what, .enum(empty))
+  }
 }
 
 # Warns of the genes (rows of `m`, from `arg`) without counts in any cell.
@@ -492,7 +518,6 @@
   continuous_covariate_keys <- .check_keys(continuous_covariate_keys,
                                            "continuous_covariate_keys")
   extend_categories <- .check_scalar_bool(extend_categories, "extend_categories")
-  layer <- input$layer
   transfer <- !is.null(registry)
 
   if (transfer) {
@@ -506,7 +531,13 @@
     continuous_covariate_keys <- .registry_key(continuous_covariate_keys,
                                                sa$continuous_covariate_keys,
                                                "continuous_covariate_keys")
+    n_genes <- nrow(input$counts)
+    input$counts <- .model_rows(input$counts, registry$gene_names)
+    input$gene_names <- rownames(input$counts)
     .check_gene_names(input$gene_names, registry$gene_names)
+    if (nrow(input$counts) < n_genes) {
+      .check_no_empty_cells(input$counts, "x", " in the model's genes")
+    }
   }
 
   cd <- input$cell_data
@@ -548,8 +579,8 @@
   new_registry <- list(
     model = "SCVI",
     gene_names = input$gene_names,
-    setup_args = list(layer = layer, batch_key = batch_key, labels_key = labels_key,
-                      size_factor_key = size_factor_key,
+    setup_args = list(layer = input$layer, assay = input$assay, batch_key = batch_key,
+                      labels_key = labels_key, size_factor_key = size_factor_key,
                       categorical_covariate_keys = categorical_covariate_keys,
                       continuous_covariate_keys = continuous_covariate_keys),
     batch_categories = batch$categories,
@@ -597,6 +628,19 @@
   .check_feature_names(genes, model_genes, arg, unit = "genes", model_unit = "genes",
                        reorder = "x[model_genes, ]",
                        hint = "subset/reorder the rows to the model's genes")
+}
+
+# The rows of `m` named `model_features`, in that order, when `m` holds them all among others
+# or in another order (a model fitted on a subset of the genes of an object applies to the
+# whole object); otherwise `m` itself, for .check_feature_names() to explain the mismatch.
+.model_rows <- function(m, model_features) {
+  features <- rownames(m)
+  if (is.null(features) || identical(as.character(features), as.character(model_features))) {
+    return(m)
+  }
+  pos <- match(model_features, features)
+  if (anyNA(pos) || anyDuplicated(features[features %in% model_features])) return(m)
+  m[pos, , drop = FALSE]
 }
 
 # New data must carry the model's features (`unit`: "genes", "regions"), in its order.
@@ -652,7 +696,8 @@
   list(
     model = registry$model,
     gene_names = arr(registry$gene_names),
-    setup_args = list(layer = sa$layer, batch_key = sa$batch_key, labels_key = sa$labels_key,
+    setup_args = list(layer = sa$layer, assay = sa$assay, batch_key = sa$batch_key,
+                      labels_key = sa$labels_key,
                       size_factor_key = sa$size_factor_key,
                       categorical_covariate_keys = key_arr(sa$categorical_covariate_keys),
                       continuous_covariate_keys = key_arr(sa$continuous_covariate_keys)),
@@ -680,7 +725,7 @@
   list(
     model = as.character(r$model),
     gene_names = chr(r$gene_names),
-    setup_args = list(layer = key(sa$layer), batch_key = key(sa$batch_key),
+    setup_args = list(layer = key(sa$layer), assay = key(sa$assay), batch_key = key(sa$batch_key),
                       labels_key = key(sa$labels_key),
                       size_factor_key = key(sa$size_factor_key),
                       categorical_covariate_keys = key(sa$categorical_covariate_keys),

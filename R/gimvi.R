@@ -7,8 +7,11 @@
 .check_gimvi <- function(model, arg = "model") .check_kind(model, "GIMVI", arg)
 
 # Registration of one of the two datasets; `labels_key` applies where the column exists.
-.gimvi_register <- function(x, cells, layer, batch_key, labels_key, arg) {
-  input <- .input_from(x, cells = cells, layer = layer, arg = arg)
+.gimvi_register <- function(x, cells, layer, assay, batch_key, labels_key, arg) {
+  part <- sub("^x_", "", arg)
+  input <- .input_from(x, cells = cells, layer = layer, assay = assay, arg = arg,
+                       source_args = c(layer = paste0("layer_", part),
+                                       assay = paste0("assay_", part)))
   if (!is.null(labels_key) && !labels_key %in% names(input$cell_data)) labels_key <- NULL
   f <- .register_fields(input, batch_key = batch_key, labels_key = labels_key)
   f$input <- input
@@ -62,8 +65,10 @@
 #'   a `Seurat` object, or a genes x cells count matrix. Every spatial gene must be among the
 #'   sequencing genes (matched by name; any order). Cells without counts must be removed.
 #' @param cells_seq,cells_spatial cell data (data.frames) for matrix input.
-#' @param layer_seq,layer_spatial assay holding the counts (default `"counts"` for a
-#'   SingleCellExperiment, `"RNA"` for Seurat).
+#' @param layer_seq,layer_spatial the assay of a `SingleCellExperiment` holding the counts
+#'   (default `"counts"`).
+#' @param assay_seq,assay_spatial the assay of a `Seurat` object whose counts to use
+#'   (default: its default assay).
 #' @param batch_key_seq,batch_key_spatial cell-data columns with each dataset's batches.
 #' @param labels_key a cell-data column with cell labels, registered in each dataset that has
 #'   it (kept with the model; the likelihoods do not use it).
@@ -94,7 +99,7 @@
 #' imputed <- get_imputed_values(model)
 #' dim(imputed$spatial)
 gimvi <- function(x_seq, x_spatial, cells_seq = NULL, cells_spatial = NULL, layer_seq = NULL,
-                  layer_spatial = NULL, batch_key_seq = NULL, batch_key_spatial = NULL,
+                  layer_spatial = NULL, assay_seq = NULL, assay_spatial = NULL, batch_key_seq = NULL, batch_key_spatial = NULL,
                   labels_key = NULL, generative_distributions = c("zinb", "nb"),
                   model_library_size = c(TRUE, FALSE), n_latent = 10L,
                   n_layers_encoder_individual = 1L, n_layers_encoder_shared = 1L,
@@ -152,9 +157,10 @@ gimvi <- function(x_seq, x_spatial, cells_seq = NULL, cells_spatial = NULL, laye
   if (missing(x_spatial)) .stop("`x_spatial` is missing: gimvi() needs a spatial dataset")
 
   f <- list(
-    seq = .gimvi_register(x_seq, cells_seq, layer_seq, batch_key_seq, labels_key, "x_seq"),
-    spatial = .gimvi_register(x_spatial, cells_spatial, layer_spatial, batch_key_spatial,
-                              labels_key, "x_spatial")
+    seq = .gimvi_register(x_seq, cells_seq, layer_seq, assay_seq, batch_key_seq, labels_key,
+                          "x_seq"),
+    spatial = .gimvi_register(x_spatial, cells_spatial, layer_spatial, assay_spatial,
+                              batch_key_spatial, labels_key, "x_spatial")
   )
   if (!is.null(labels_key) && is.null(f$seq$registry$setup_args$labels_key) &&
       is.null(f$spatial$registry$setup_args$labels_key)) {
@@ -377,7 +383,7 @@ plot.GIMVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
   config <- .gimvi_config_from_json(st$config)
   input <- lapply(registries, function(r) {
     list(class = NA_character_, n_cells = r$n_cells, n_genes = length(r$gene_names),
-         layer = r$setup_args$layer)
+         layer = r$setup_args$layer, assay = r$setup_args$assay)
   })
   model <- .new_gimvi(ptr, NULL, registries, config, NULL, NULL, input,
                       dir = normalizePath(dir))

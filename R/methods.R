@@ -416,7 +416,8 @@ is_trained <- function(model, ...) UseMethod("is_trained")
                    .fmt_int(inp$n_cells), .fmt_int(inp$n_genes)))
   }
   src <- if (is.na(inp$class %||% NA)) "" else sprintf(" from a %s", inp$class)
-  lay <- if (is.null(inp$layer)) "" else sprintf(", assay \"%s\"", inp$layer)
+  src_assay <- inp$layer %||% inp$assay
+  lay <- if (is.null(src_assay)) "" else sprintf(", assay \"%s\"", src_assay)
   sprintf("%s cells x %s genes%s%s", .fmt_int(inp$n_cells), .fmt_int(inp$n_genes), src, lay)
 }
 

@@ -40,6 +40,15 @@
   list(m = SummarizedExperiment::assay(x, layer, withDimnames = TRUE), layer = layer)
 }
 
+# The count sources `src` (each list(m, ...)) with their rows taken to the model's features
+# (`features`, by source name) where they hold them among others or in another order.
+.sources_model_rows <- function(src, features) {
+  for (k in intersect(names(features), names(src))) {
+    if (!is.null(src[[k]])) src[[k]]$m <- .model_rows(src[[k]]$m, features[[k]])
+  }
+  src
+}
+
 .is_sce <- function(x) methods::is(x, "SummarizedExperiment")
 .is_seurat <- function(x) methods::is(x, "Seurat")
 

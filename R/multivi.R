@@ -579,6 +579,8 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
   if (.is_sce(protein)) protein_layer <- .layer_like_sce(protein, sa$protein_layer)
   src <- .multivi_sources(rna, atac, cells, layer, atac_layer, altexp, assay, atac_assay,
                           protein, protein_layer, args, atac_mode = atac_mode)
+  src <- .sources_model_rows(src, list(rna = reg$gene_names, atac = reg$region_names,
+                                       protein = reg$protein_names))
   # Modalities the new data lack are unmeasured: zero rows.
   comb <- .multivi_combine(src, cells, n_features = c(G, R, P))
   if (!is.null(src$rna)) .check_gene_names(comb$genes, reg$gene_names, src$rna$arg)
@@ -1097,6 +1099,9 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #' @param object a `Seurat` object.
 #' @param ... arguments of [multivi()] (e.g. `batch_key`, `altexp`, `atac_assay`,
 #'   `n_latent`) and of [train()] (e.g. `max_epochs`, `seed`, `device`), by name.
+#' @param subset_row,features the genes to fit the model on (names, a logical per gene, or
+#'   positions; Bioconductor's `subset_row`, Seurat's `features`, e.g. highly variable
+#'   genes); `NULL` for all. The other modalities keep all their features.
 #' @param name name of the reduced dimension.
 #' @param reduction.name,reduction.key name and key (column prefix, ending in `"_"`) of the
 #'   Seurat reduction.
@@ -1110,8 +1115,8 @@ plot.MULTIVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #'   SummarizedExperiment::SummarizedExperiment(assays = list(counts = d$atac))
 #' sce <- runMULTIVI(sce, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SingleCellExperiment::reducedDim(sce, "MULTIVI"))
-runMULTIVI <- function(x, ..., name = "MULTIVI") {
-  .run_embedding(x, list(...), "MULTIVI", multivi, train.MULTIVI, name)
+runMULTIVI <- function(x, ..., subset_row = NULL, name = "MULTIVI") {
+  .run_embedding(x, list(...), "MULTIVI", multivi, train.MULTIVI, name, subset_row)
 }
 
 #' @rdname runMULTIVI
@@ -1122,9 +1127,10 @@ runMULTIVI <- function(x, ..., name = "MULTIVI") {
 #' so[["ATAC"]] <- SeuratObject::CreateAssayObject(counts = d$atac)
 #' so <- RunMULTIVI(so, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SeuratObject::Embeddings(so, "multivi"))
-RunMULTIVI <- function(object, ..., reduction.name = "multivi", reduction.key = "MULTIVI_") {
+RunMULTIVI <- function(object, ..., features = NULL, reduction.name = "multivi",
+                       reduction.key = "MULTIVI_") {
   .Run_embedding(object, list(...), "MULTIVI", multivi, train.MULTIVI, reduction.name,
-                 reduction.key)
+                 reduction.key, features)
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 #'
 #' @param x_query a SingleCellExperiment, a Seurat object or a genes x cells matrix.
 #' @param reference an `SCVI` model, or the directory of a model saved with [save_model()].
-#' @param layer the assay with the counts (default: `"counts"` / the RNA assay).
+#' @param layer,assay the assay with the counts of a SingleCellExperiment (`layer`, default
+#'   `"counts"`) or a Seurat object (`assay`, default its default assay).
 #' @return An object of the same kind as `x_query` holding only the aligned counts and the
 #'   cell metadata (a SingleCellExperiment, a Seurat object, or a `dgCMatrix`).
 #' @export
@@ -16,10 +17,11 @@
 #' model <- scvi(sce[1:1500, ], batch_key = "batch")
 #' q <- prepare_query_data(sce[c(10:1, 1600:1700), 1:20], model)
 #' dim(q)
-prepare_query_data <- function(x_query, reference, layer = NULL) {
+prepare_query_data <- function(x_query, reference, layer = NULL, assay = NULL) {
   ref_genes <- .reference_genes(reference)
   # genes without counts are expected in a query (e.g. the ones padded later): no warning
-  input <- withCallingHandlers(.as_count_input(x_query, layer = layer, arg = "x_query"),
+  input <- withCallingHandlers(.as_count_input(x_query, layer = layer, assay = assay,
+                                                               arg = "x_query"),
                                warning = .muffle("genes with no counts"))
   present <- ref_genes %in% input$gene_names
   if (mean(present) < 0.8) {
@@ -76,7 +78,7 @@ prepare_query_data <- function(x_query, reference, layer = NULL) {
 #'   setup columns.
 #' @param reference a trained `SCVI` or `MULTIVI` model, or the directory of one saved with
 #'   [save_model()].
-#' @param cells,layer as in [scvi()] (SCVI references only).
+#' @param cells,layer,assay as in [scvi()] (SCVI references only).
 #' @param unfrozen train every weight.
 #' @param freeze_dropout switch dropout off outside the library encoder.
 #' @param freeze_expression keep the encoder's first layer frozen except its covariate
@@ -92,7 +94,8 @@ prepare_query_data <- function(x_query, reference, layer = NULL) {
 #' ref <- train(scvi(sce[, ref_cells], batch_key = "batch"), max_epochs = 5, seed = 0)
 #' query <- train(load_query_data(sce[, !ref_cells], ref), max_epochs = 5, seed = 0)
 #' dim(get_latent_representation(query))
-load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, unfrozen = FALSE,
+load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, assay = NULL,
+                            unfrozen = FALSE,
                             freeze_dropout = FALSE, freeze_expression = TRUE,
                             freeze_decoder_first_layer = TRUE, freeze_batchnorm_encoder = TRUE,
                             freeze_batchnorm_decoder = FALSE) {
@@ -114,16 +117,20 @@ load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, unfr
     freeze_batchnorm_encoder = .check_scalar_bool(freeze_batchnorm_encoder, "freeze_batchnorm_encoder"),
     freeze_batchnorm_decoder = .check_scalar_bool(freeze_batchnorm_decoder, "freeze_batchnorm_decoder"))
   if (inherits(reference, "MULTIVI")) {
-    if (!is.null(cells) || !is.null(layer)) {
-      .stop(paste0("`cells` and `layer` apply to SCVI references; for a MULTIVI reference pass ",
+    if (!is.null(cells) || !is.null(layer) || !is.null(assay)) {
+      .stop(paste0("`cells`, `layer` and `assay` apply to SCVI references; for a MULTIVI reference pass ",
                    "`x_query` as list(rna = , atac = , cells = ) or a SingleCellExperiment / ",
                    "Seurat object"))
     }
     return(.multivi_load_query(x_query, reference, freeze))
   }
   .check_model(reference, "reference")
-  if (is.null(layer)) layer <- .layer_like(x_query, reference$registry$setup_args$layer)
-  input <- .input_from(x_query, cells = cells, layer = layer, arg = "x_query")
+  if (is.null(layer) && is.null(assay)) {
+    like <- .source_like(x_query, reference$registry$setup_args)
+    layer <- like$layer
+    assay <- like$assay
+  }
+  input <- .input_from(x_query, cells = cells, layer = layer, assay = assay, arg = "x_query")
   # new categories are appended after the reference's (scvi.md §1, extend_categories)
   f <- .register_fields(input, registry = reference$registry, extend_categories = TRUE)
   config <- reference$config

@@ -60,14 +60,17 @@
 
 # Accepted count inputs: what .as_count_input() takes, plus list(counts, cells) as returned
 # by rscvi_example_data().
-.input_from <- function(x, cells = NULL, layer = NULL, arg = "x") {
+.input_from <- function(x, cells = NULL, layer = NULL, assay = NULL, arg = "x",
+                        source_args = .source_args) {
   if (is.list(x) && !is.data.frame(x) && !is.object(x) && "counts" %in% names(x)) {
     if (!is.null(cells)) {
       .stop("`cells` must be NULL when `%s` is a list with `counts` and `cells`", arg)
     }
-    return(.as_count_input(x$counts, cells = x$cells, layer = layer, arg = arg))
+    return(.as_count_input(x$counts, cells = x$cells, layer = layer, assay = assay, arg = arg,
+                           source_args = source_args))
   }
-  .as_count_input(x, cells = cells, layer = layer, arg = arg)
+  .as_count_input(x, cells = cells, layer = layer, assay = assay, arg = arg,
+                  source_args = source_args)
 }
 
 # The core re-checks the data; its complaints are about `x`.
@@ -97,7 +100,8 @@
 }
 
 .input_summary <- function(input, n_genes) {
-  list(n_cells = length(input$cell_names), n_genes = n_genes, layer = input$layer)
+  list(n_cells = length(input$cell_names), n_genes = n_genes, layer = input$layer,
+       assay = input$assay)
 }
 
 .new_scvi <- function(ptr, data, registry, config, cell_names, cell_data, input, dir = NULL) {
@@ -115,37 +119,44 @@
 }
 
 # Register `x` against the model's registry (same genes in the same order, known
-# categories) for a query. Returns list(data, cell_names, cell_data, layer).
-.register_query <- function(model, x, cells = NULL, layer = NULL, arg = "x") {
-  .register_against(x, model$registry, cells = cells, layer = layer, arg = arg)
+# categories) for a query. Returns list(data, cell_names, cell_data, layer, assay).
+.register_query <- function(model, x, cells = NULL, layer = NULL, assay = NULL, arg = "x") {
+  .register_against(x, model$registry, cells = cells, layer = layer, assay = assay, arg = arg)
 }
 
 # Register new data against a fitted model's `registry`. Warnings about genes without counts
 # or rare categories matter for training, not for applying a fitted model to a few cells.
-.register_against <- function(x, registry, cells = NULL, layer = NULL, arg = "x") {
-  if (is.null(layer)) layer <- .layer_like(x, registry$setup_args$layer)
-  input <- withCallingHandlers(.input_from(x, cells = cells, layer = layer, arg = arg),
+.register_against <- function(x, registry, cells = NULL, layer = NULL, assay = NULL,
+                              arg = "x") {
+  if (is.null(layer) && is.null(assay)) {
+    like <- .source_like(x, registry$setup_args)
+    layer <- like$layer
+    assay <- like$assay
+  }
+  input <- withCallingHandlers(.input_from(x, cells = cells, layer = layer, assay = assay,
+                                           arg = arg),
                                warning = .muffle("genes with no counts"))
   f <- withCallingHandlers(.register_fields(input, registry = registry),
                            warning = .muffle("fewer than 3 cells"))
   list(data = .new_dataset(f, arg), cell_names = input$cell_names, cell_data = input$cell_data,
-       layer = input$layer)
+       layer = input$layer, assay = input$assay)
 }
 
-# The assay the model was set up with, if `x` has one of that name (an SCE model applied to a
-# Seurat object, or the reverse, falls back to the default assay).
-.layer_like <- function(x, layer) {
-  if (is.null(layer)) return(NULL)
-  has <- tryCatch({
-    if (methods::is(x, "SummarizedExperiment")) {
-      layer %in% SummarizedExperiment::assayNames(x)
-    } else if (methods::is(x, "Seurat")) {
-      layer %in% SeuratObject::Assays(x)
-    } else {
-      FALSE
-    }
-  }, error = function(e) FALSE)
-  if (isTRUE(has)) layer else NULL
+# Where to read new data `x` from: the SingleCellExperiment assay (`layer`) or Seurat assay
+# (`assay`) the model was set up with (`setup_args`), if `x` has one of that name; otherwise
+# the default. Models saved before `assay` existed named the Seurat assay `layer`.
+.source_like <- function(x, setup_args) {
+  has <- function(name, names) !is.null(name) && name %in% names
+  if (methods::is(x, "SummarizedExperiment")) {
+    layer <- setup_args$layer
+    return(list(layer = if (has(layer, SummarizedExperiment::assayNames(x))) layer,
+                assay = NULL))
+  }
+  if (methods::is(x, "Seurat")) {
+    assay <- setup_args$assay %||% setup_args$layer
+    return(list(layer = NULL, assay = if (has(assay, SeuratObject::Assays(x))) assay))
+  }
+  list(layer = NULL, assay = NULL)
 }
 
 # The data a query runs on: the model's own, or `x` registered against the model. Shared
@@ -192,12 +203,13 @@
 #' [save_model()] and [load_model()].
 #'
 #' @param x the counts: a `SingleCellExperiment` (assay `layer`, default `"counts"`), a
-#'   `Seurat` object (assay `layer`, default `"RNA"`, its `counts`), a genes x cells
+#'   `Seurat` object (the raw counts of assay `assay`, default `DefaultAssay(x)`), a genes x cells
 #'   `dgCMatrix`, other `Matrix` or base matrix of raw counts (cell annotations in `cells`),
 #'   or a list with elements `counts` and `cells` (as from [rscvi_example_data()]).
 #' @param cells for matrix input: a data.frame with one row per cell (column order of `x`)
 #'   holding the columns named by the `*_key` arguments.
-#' @param layer assay to take counts from (`SingleCellExperiment` or `Seurat` only).
+#' @param layer the assay of a `SingleCellExperiment` holding the counts.
+#' @param assay the assay of a `Seurat` object whose `counts` to use.
 #' @param batch_key column with the batch of each cell, or `NULL` (one batch).
 #' @param labels_key column with cell labels (used only by `dispersion = "gene-label"`), or
 #'   `NULL`.
@@ -234,7 +246,8 @@
 #' # or set up and train in one go (a real fit uses the default number of epochs)
 #' model <- scvi(sce, batch_key = "batch", train = TRUE, max_epochs = 3, seed = 1)
 #' dim(get_latent_representation(model))
-scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = NULL,
+scvi <- function(x, cells = NULL, layer = NULL, assay = NULL, batch_key = NULL,
+                 labels_key = NULL,
                  size_factor_key = NULL, categorical_covariate_keys = NULL,
                  continuous_covariate_keys = NULL,
                  n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
@@ -274,7 +287,7 @@ scvi <- function(x, cells = NULL, layer = NULL, batch_key = NULL, labels_key = N
   .check_constructor_dots(dots, do_train, "scvi")
   if (do_train) .check_train_dots(dots, "scvi")
 
-  input <- .input_from(x, cells = cells, layer = layer, arg = "x")
+  input <- .input_from(x, cells = cells, layer = layer, assay = assay, arg = "x")
   f <- .register_fields(input, batch_key = batch_key, labels_key = labels_key,
                         size_factor_key = size_factor_key,
                         categorical_covariate_keys = categorical_covariate_keys,
@@ -514,7 +527,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #'   cells = )` or an object laid out as for [splicevi()]): it must hold the model's genes
 #'   (and regions or junctions, with the same events) in the model's order and only known
 #'   batch / label / covariate categories.
-#' @param ... for `load_model()`: `cells` and `layer`, as for [scvi()], describing `x` (SCVI
+#' @param ... for `load_model()`: `cells`, `layer` and `assay`, as for [scvi()], describing `x` (SCVI
 #'   only).
 #' @return `save_model()`: `dir`, invisibly. `load_model()`: an `SCVI`, `GIMVI`, `MULTIVI`
 #'   or `SPLICEVI` model (whichever was saved).
@@ -540,13 +553,13 @@ load_model <- function(dir, x = NULL, ...) {
   if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))
   if (kind == "SPLICEVI") return(.load_splicevi(dir, x, ...))
   dots <- list(...)
-  known <- (names(dots) %||% rep("", length(dots))) %in% c("cells", "layer")
+  known <- (names(dots) %||% rep("", length(dots))) %in% c("cells", "layer", "assay")
   if (!all(known)) {
-    .stop("load_model() got unknown arguments: %s; it takes `cells` and `layer` for `x`",
+    .stop("load_model() got unknown arguments: %s; it takes `cells`, `layer` and `assay` for `x`",
           .dots_names(dots, !known))
   }
   if (kind == "GIMVI") {
-    if (length(dots)) .stop("load_model(): `cells` and `layer` do not apply to a GIMVI model")
+    if (length(dots)) .stop("load_model(): `cells`, `layer` and `assay` do not apply to a GIMVI model")
     return(.load_gimvi(dir, x))
   }
   ptr <- .rs(rs_model_load(path.expand(dir)))
@@ -560,16 +573,17 @@ load_model <- function(dir, x = NULL, ...) {
           length(registry$gene_names), config$n_input)
   }
   input_info <- list(class = NA_character_, n_cells = registry$n_cells,
-                     n_genes = config$n_input, layer = registry$setup_args$layer)
+                     n_genes = config$n_input, layer = registry$setup_args$layer,
+                     assay = registry$setup_args$assay)
   model <- .new_scvi(ptr, NULL, registry, config, NULL, NULL, input_info,
                      dir = normalizePath(dir))
   if (!is.null(x)) {
-    q <- .register_query(model, x, cells = dots$cells, layer = dots$layer)
+    q <- .register_query(model, x, cells = dots$cells, layer = dots$layer, assay = dots$assay)
     model$data <- q$data
     model$cell_names <- q$cell_names
     model$cell_data <- q$cell_data
     model$input <- list(class = .input_class(x), n_cells = length(q$cell_names),
-                        n_genes = config$n_input, layer = q$layer)
+                        n_genes = config$n_input, layer = q$layer, assay = q$assay)
   }
   model
 }

@@ -640,6 +640,8 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
   }
   src <- .splicevi_sources(expression, junctions, cells, layer, assay, altexp, junction_assay,
                            args, junction_mode = "optional")
+  # Junctions keep their order: their event ids (row data or `atse`) follow the rows.
+  src <- .sources_model_rows(src, list(expr = reg$gene_names))
   G <- length(reg$gene_names)
   J <- length(reg$junction_names)
   comb <- .splicevi_combine(src, cells, n_features = c(genes = G, junctions = J))
@@ -1006,6 +1008,9 @@ plot.SPLICEVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #' @param object a `Seurat` object.
 #' @param ... arguments of [splicevi()] (e.g. `batch_key`, `altexp`, `atse`, `n_latent`) and
 #'   of [train()] (e.g. `max_epochs`, `seed`, `device`), by name.
+#' @param subset_row,features the genes to fit the model on (names, a logical per gene, or
+#'   positions; Bioconductor's `subset_row`, Seurat's `features`, e.g. highly variable
+#'   genes); `NULL` for all. The other modalities keep all their features.
 #' @param name name of the reduced dimension.
 #' @param reduction.name,reduction.key name and key (column prefix, ending in `"_"`) of the
 #'   Seurat reduction.
@@ -1021,8 +1026,8 @@ plot.SPLICEVI <- function(x, which = c("elbo", "reconstruction", "kl"), ...) {
 #'     rowData = S4Vectors::DataFrame(event_id = d$atse))
 #' sce <- runSPLICEVI(sce, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SingleCellExperiment::reducedDim(sce, "SPLICEVI"))
-runSPLICEVI <- function(x, ..., name = "SPLICEVI") {
-  .run_embedding(x, list(...), "SPLICEVI", splicevi, train.SPLICEVI, name)
+runSPLICEVI <- function(x, ..., subset_row = NULL, name = "SPLICEVI") {
+  .run_embedding(x, list(...), "SPLICEVI", splicevi, train.SPLICEVI, name, subset_row)
 }
 
 #' @rdname runSPLICEVI
@@ -1033,10 +1038,10 @@ runSPLICEVI <- function(x, ..., name = "SPLICEVI") {
 #' so[["junctions"]] <- SeuratObject::CreateAssayObject(counts = d$junctions)
 #' so <- RunSPLICEVI(so, atse = d$atse, batch_key = "library", max_epochs = 3, seed = 0)
 #' dim(SeuratObject::Embeddings(so, "splicevi"))
-RunSPLICEVI <- function(object, ..., reduction.name = "splicevi",
+RunSPLICEVI <- function(object, ..., features = NULL, reduction.name = "splicevi",
                         reduction.key = "SPLICEVI_") {
   .Run_embedding(object, list(...), "SPLICEVI", splicevi, train.SPLICEVI, reduction.name,
-                 reduction.key)
+                 reduction.key, features)
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -175,8 +175,22 @@ test_that(".as_count_input reads a Seurat object", {
   r <- .as_count_input(so)
   expect_equal(as.matrix(r$counts), as.matrix(m))
   expect_identical(r$cell_data$batch, rep(c("a", "b"), 3))
-  expect_identical(r$layer, "RNA")
-  expect_error(.as_count_input(so, layer = "ADT"), "`layer` 'ADT' is not an assay")
+  expect_identical(r$assay, "RNA")
+  expect_null(r$layer)
+  expect_error(.as_count_input(so, assay = "ADT"), "`assay` 'ADT' is not an assay")
+  # Seurat's `assay` defaults to the default assay (as.Seurat(sce) makes "originalexp")
+  so[["originalexp"]] <- SeuratObject::CreateAssayObject(counts = m * 2)
+  SeuratObject::DefaultAssay(so) <- "originalexp"
+  r2 <- .as_count_input(so)
+  expect_identical(r2$assay, "originalexp")
+  expect_equal(as.matrix(r2$counts), as.matrix(m * 2))
+  # `layer` is the SingleCellExperiment's name for it; each is refused on the other object
+  expect_error(.as_count_input(so, layer = "RNA"),
+               "`layer` names an assay of a SingleCellExperiment.*name the assay with `assay`")
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = m))
+  expect_error(.as_count_input(sce, assay = "RNA"),
+               "`assay` names the assay of a Seurat object.*with `layer`")
+  expect_error(.as_count_input(m, assay = "RNA"), "`assay` only applies to")
 })
 
 # --- registration -----------------------------------------------------------------------
@@ -323,11 +337,20 @@ test_that("transfer reuses mappings, rejects or extends unknown categories", {
                "`batch_key` = c\\(\"cov\"\\) differs from the model's registered batch_key")
 })
 
-test_that("transfer requires the model's genes in the model's order", {
+test_that("transfer takes the model's genes by name and names the missing ones", {
   reg <- .register_fields(toy_input())$registry
   m <- toy_counts()
-  expect_error(.register_fields(.as_count_input(m[4:1, ]), registry = reg),
-               "`x` has the model's 4 genes but in a different order")
+  same <- .register_fields(.as_count_input(m), registry = reg)$counts
+  # other order, or extra genes: the model's genes are taken by name, in its order
+  expect_identical(.register_fields(.as_count_input(m[4:1, ]), registry = reg)$counts, same)
+  extra <- rbind(m, extra = 1)
+  expect_identical(.register_fields(.as_count_input(extra[c(5, 2, 1, 4, 3), ]),
+                                    registry = reg)$counts, same)
+  # cells whose counts are all in other genes cannot be used
+  only_extra <- rbind(m, extra = 1)
+  only_extra[1:4, 2] <- 0
+  expect_error(.register_fields(.as_count_input(only_extra), registry = reg),
+               "1 cells with no counts in the model's genes")
   m2 <- m; rownames(m2)[c(1, 3)] <- c("new1", "new2")
   expect_error(.register_fields(.as_count_input(m2), registry = reg),
                "`x` genes do not match the model's genes: 2 of the model's 4 genes are missing \\('g1', 'g3'\\); 2 genes are not in the model")
@@ -402,4 +425,18 @@ test_that("example data match the shared CellBench files", {
   val <- val[nzchar(val)]
   expect_length(val, 102L)
   expect_true(all(val %in% colnames(d$counts)))
+})
+
+test_that("new data are read from the assay the model was set up with, where they have it", {
+  skip_if_not_installed("SeuratObject")
+  m <- toy_counts(n_genes = 4, n_cells = 6)
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = m))
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = list(raw = m))
+  expect_identical(.source_like(so, list(assay = "RNA")), list(layer = NULL, assay = "RNA"))
+  # models saved before `assay` existed named the Seurat assay `layer`
+  expect_identical(.source_like(so, list(layer = "RNA")), list(layer = NULL, assay = "RNA"))
+  expect_identical(.source_like(so, list(assay = "ADT")), list(layer = NULL, assay = NULL))
+  expect_identical(.source_like(sce, list(layer = "raw")), list(layer = "raw", assay = NULL))
+  expect_identical(.source_like(sce, list(assay = "RNA")), list(layer = NULL, assay = NULL))
+  expect_identical(.source_like(m, list(layer = "raw")), list(layer = NULL, assay = NULL))
 })

@@ -318,9 +318,11 @@ test_that("MULTIVI queries take new data of one or both modalities", {
                                                   cells = d$cells[cells, ]))
   expect_identical(dim(acc), c(50L, 2000L))    # imputed accessibility of RNA-only cells
   expect_error(get_latent_representation(m, x = d$rna[, cells]), "must hold the modalities")
+  # regions in another order are taken in the model's order, by name
   other <- d$atac[c(2:2000, 1), cells]
-  expect_error(get_latent_representation(m, x = list(atac = other, cells = d$cells[cells, ])),
-               "different order")
+  expect_equal(get_latent_representation(m, x = list(atac = other, cells = d$cells[cells, ])),
+               get_latent_representation(m, x = list(atac = d$atac[, cells],
+                                                     cells = d$cells[cells, ])))
   renamed <- d$atac[, cells]
   rownames(renamed)[1:3] <- c("chrZ:1-2", "chrZ:3-4", "chrZ:5-6")
   expect_error(get_latent_representation(m, x = list(atac = renamed, cells = d$cells[cells, ])),
@@ -575,11 +577,13 @@ test_that("multivi() takes surface proteins as a third modality", {
   other <- get_reconstruction_error(m, x = x(shuffled))
   expect_gt(other, own + 5)
 
-  # New data without proteins are cells unmeasured there; proteins in another order fail.
+  # New data without proteins are cells unmeasured there; proteins in another order are
+  # taken in the model's order.
   expect_identical(dim(get_latent_representation(m, x = list(rna = d$rna[, cells],
                                                              cells = d$cells[cells, ]))),
                    c(200L, 6L))
-  expect_error(get_latent_representation(m, x = x(adt[3:1, ])), "different order")
+  expect_equal(get_latent_representation(m, x = x(adt[3:1, ])),
+               get_latent_representation(m, x = x(adt)))
   expect_error(get_protein_foreground_probability(m, protein_list = "CD4"),
                "`protein_list` has 1 proteins that are not in the model")
 
@@ -703,7 +707,7 @@ test_that("load_query_data() maps new MULTIVI cells onto a reference (scArches)"
   expect_identical(get_latent_representation(ref), z_ref)
   old <- cells[seq_along(cells) %% 2 == 1]
   expect_lt(mean(abs(zq[old, ] - z_ref[old, ])), 0.5 * mean(abs(z_ref[old, ])))
-  expect_error(load_query_data(x, ref, layer = "counts"), "`cells` and `layer` apply to SCVI")
+  expect_error(load_query_data(x, ref, layer = "counts"), "`cells`, `layer` and `assay` apply to SCVI")
   cellw <- suppressWarnings(multivi(d$rna[, 1:50], d$atac[, 1:50], modality_weights = "cell"))
   expect_error(load_query_data(list(rna = d$rna[, 1:50], atac = d$atac[, 1:50]), cellw),
                "modality_weights = \"cell\"")
