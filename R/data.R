@@ -169,7 +169,11 @@
   if (is.data.frame(m)) {
     .stop("`%s` is a data.frame; pass a genes x cells matrix (as.matrix() or a dgCMatrix)", arg)
   }
-  if (is.matrix(m) && !(is.numeric(m) || is.logical(m))) {
+  if (is.logical(m) || methods::is(m, "lMatrix") || methods::is(m, "nMatrix")) {
+    .stop(paste0("`%s` is a logical (TRUE/FALSE) matrix, not counts; if it marks presence ",
+                 "(e.g. binary accessibility), convert it with %s * 1"), arg, arg)
+  }
+  if (is.matrix(m) && !is.numeric(m)) {
     .stop("`%s` must hold numeric counts, got a %s matrix", arg, typeof(m))
   }
   if (!is.matrix(m) && !methods::is(m, "Matrix")) {
@@ -415,9 +419,29 @@
   unique(as.character(sort(u, method = "radix")))
 }
 
+# A numeric column as categories is usually the wrong column (a count, a score, a cell
+# index): refuse fractions, and more distinct numbers than half the cells (beyond 50),
+# unless the user says they are categories with as.factor().
+.check_categorical_numbers <- function(v, key_arg, key) {
+  if (!is.numeric(v)) return(invisible(TRUE))
+  n_distinct <- length(unique(v))
+  if (any(v != round(v))) {
+    .stop(paste0("%s column '%s' holds fractional numbers, not categories; name a column of ",
+                 "categories (or convert it with as.factor() if the numbers are labels)"),
+          key_arg, key)
+  }
+  if (n_distinct > 50L && n_distinct > length(v) / 2) {
+    .stop(paste0("%s column '%s' is numeric with %d distinct values for %d cells: each would ",
+                 "be its own category; name a column of categories (or convert it with ",
+                 "as.factor() if the numbers are labels)"), key_arg, key, n_distinct, length(v))
+  }
+  invisible(TRUE)
+}
+
 # Category codes (0-based) for one column, fresh or against a stored mapping.
 .encode_categorical <- function(v, key_arg, key, mapping = NULL, extend = FALSE) {
   if (is.null(mapping)) {
+    .check_categorical_numbers(v, key_arg, key)
     # A factor's declared levels are its categories, unused levels included.
     categories <- if (is.factor(v)) enc2utf8(levels(v)) else .sorted_categories(v)
   } else {
@@ -426,7 +450,7 @@
     if (length(unknown)) {
       if (!extend) {
         .stop(paste0("%s column '%s' has values the model was not set up with: %s ",
-                     "(known: %s); use extend_categories = TRUE to add them"), key_arg, key,
+                     "(known: %s); map cells of new categories with load_query_data()"), key_arg, key,
               .enum(.sorted_categories(as.character(unknown))), .enum(mapping))
       }
       new <- if (is.factor(unknown)) .sorted_categories(as.character(unknown))

@@ -175,6 +175,13 @@
     .stop(paste0("`model` has no training data attached (it was loaded without `x`); ",
                  "load it with load_model(dir, %s) to train it further"), hint)
   }
+  # One cell gives batch normalisation nothing to normalise and minibatches nothing to
+  # average (scvi-tools fails inside torch); refuse it here, naming the data.
+  n_cells <- if (is.list(model$cell_names)) lengths(model$cell_names) else length(model$cell_names)
+  if (any(n_cells < 2L)) {
+    .stop("training needs at least 2 cells in each dataset; the model's data have %s",
+          paste(n_cells, collapse = " and "))
+  }
   json <- as.character(jsonlite::toJSON(cfg, auto_unbox = TRUE, null = "null", digits = NA))
   # R's copy semantics: train a copy, so `m2 <- train(m)` leaves `m` as it was (the copy
   # costs one set of weights).

@@ -118,7 +118,8 @@ get_num_threads <- function() rs_num_threads()
   n <- getOption("rscvi.num_threads")
   if (!is.null(n)) {
     tryCatch(set_num_threads(n), error = function(e) {
-      packageStartupMessage("rscvi: option rscvi.num_threads not applied: ", conditionMessage(e))
+      warning("rscvi: option rscvi.num_threads not applied: ", conditionMessage(e),
+              call. = FALSE)
     })
   }
 }

@@ -553,16 +553,17 @@
 
 # The latent representation of a model of kind `kind`: of the joint latent space, or of one
 # modality's encoder (`modality`: "joint" or one of `modalities`), from the bridge's
-# `latent` (rs_<kind>_latent); `require(modality)` refuses a modality the model lacks.
+# `latent` (rs_<kind>_latent); `check_modality(modality)` refuses a modality the model lacks.
 .modality_latent <- function(model, kind, x, indices, modality, modalities, give_mean,
-                             return_dist, batch_size, device, latent, require = NULL) {
+                             return_dist, batch_size, device, latent,
+                             check_modality = NULL) {
   modality <- .match_choice(modality, c("joint", modalities), "modality")
   give_mean <- .check_scalar_bool(give_mean, "give_mean")
   return_dist <- .check_scalar_bool(return_dist, "return_dist")
   batch_size <- .check_batch_size(batch_size)
   device <- .check_device(device)
   if (modality != "joint") {
-    if (!is.null(require)) require(modality)
+    if (!is.null(check_modality)) check_modality(modality)
     if (isTRUE(model$config$fully_paired)) {
       .stop(paste0("`modality` = \"%s\": a model built with fully_paired = TRUE has only the ",
                    "joint latent representation; use modality = \"joint\""), modality)

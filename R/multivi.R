@@ -677,7 +677,7 @@ get_latent_representation.MULTIVI <- function(model, x = NULL, indices = NULL,
   .modality_latent(model, "MULTIVI", x, indices, modality,
                    c(.multivi_modalities, "protein"), give_mean,
                    return_dist, batch_size, device, rs_multivi_latent,
-                   require = function(m) .require_modality(model, m, "modality", m))
+                   check_modality = function(m) .require_modality(model, m, "modality", m))
 }
 
 #' @rdname get_normalized_expression

@@ -229,3 +229,31 @@ test_that("queries refuse misspelled arguments and warn on an untrained model", 
   expect_error(history(m, foo = 1), "history\\(\\) got unknown arguments")
   expect_error(train_indices(m, 1), "unknown arguments")
 })
+
+test_that("logical matrices, numeric category columns and one-cell training are refused", {
+  d <- small_data()
+  lgl <- as.matrix(d$counts) > 0
+  expect_error(scvi(lgl, cells = d$cells), "`x` is a logical \\(TRUE/FALSE\\) matrix.*x \\* 1")
+  expect_error(scvi(Matrix::Matrix(lgl, sparse = TRUE), cells = d$cells), "logical")
+  expect_error(multivi(d$counts, Matrix::Matrix(lgl, sparse = TRUE)),
+               "`atac` is a logical.*atac \\* 1")
+  cells <- d$cells
+  cells$index <- seq_len(nrow(cells))
+  cells$score <- stats::runif(nrow(cells))
+  cells$plate <- rep(1:3, length.out = nrow(cells))
+  expect_error(scvi(d$counts, cells = cells, batch_key = "index"),
+               "`batch_key` column 'index' is numeric with 300 distinct values")
+  expect_error(scvi(d$counts, cells = cells, categorical_covariate_keys = "score"),
+               "'score' holds fractional numbers")
+  # a few numbered plates are categories; as.factor() says so for many
+  expect_identical(scvi(d$counts, cells = cells, batch_key = "plate")$registry$n_batch, 3L)
+  cells$index <- as.factor(cells$index)
+  expect_identical(suppressWarnings(scvi(d$counts, cells = cells,
+                                         labels_key = "index"))$registry$n_labels, 300L)
+  one <- suppressWarnings(scvi(d$counts[, 1, drop = FALSE]))
+  expect_error(train(one, max_epochs = 1L), "at least 2 cells.*have 1")
+  m <- scvi(d, batch_key = "batch")
+  other <- d
+  other$cells$batch[1:3] <- "new_batch"
+  expect_error(get_latent_representation(m, x = other), "map cells of new categories with load_query_data\\(\\)")
+})
