@@ -79,6 +79,8 @@ rs_scvi_likelihood_parameters <- function(model, ds, idx, batch_size, device) .C
 
 rs_scvi_library_size <- function(model, ds, idx, give_mean, batch_size, device) .Call(wrap__rs_scvi_library_size, model, ds, idx, give_mean, batch_size, device)
 
+rs_scvi_batch_representation <- function(model, ds, idx, batch_size) .Call(wrap__rs_scvi_batch_representation, model, ds, idx, batch_size)
+
 rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed, device) .Call(wrap__rs_scvi_posterior_predictive, model, ds, idx, genes, batch_size, seed, device)
 
 rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)

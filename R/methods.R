@@ -426,11 +426,14 @@ is_trained <- function(model, ...) UseMethod("is_trained")
 #' @export
 print.SCVI <- function(x, ...) {
   cfg <- x$config
-  .print_model(x, "SCVI", .data_text(x), sprintf(paste0(
+  embedding <- if (identical(cfg$batch_representation, "embedding")) {
+    ",\n            batch_representation = \"embedding\""
+  }
+  .print_model(x, "SCVI", .data_text(x), paste0(sprintf(paste0(
     "n_latent = %d, n_hidden = %d, n_layers = %d, dropout_rate = %s,\n            ",
     "dispersion = \"%s\", gene_likelihood = \"%s\", latent_distribution = \"%s\""),
     cfg$n_latent, cfg$n_hidden, cfg$n_layers, format(cfg$dropout_rate), cfg$dispersion,
-    cfg$gene_likelihood, cfg$latent_distribution))
+    cfg$gene_likelihood, cfg$latent_distribution), embedding))
 }
 
 # print() of a model of one dataset (SCVI, MULTIVI, SPLICEVI) of kind `kind`: its data

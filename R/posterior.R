@@ -91,10 +91,40 @@ get_latent_library_size.SCVI <- function(model, x = NULL, indices = NULL, give_m
   stats::setNames(v, cells$names)
 }
 
+#' Batch representation of each cell
+#'
+#' The row of the learned batch embedding for each cell's batch (scvi-tools'
+#' `get_batch_representation()`), for a model built with
+#' `batch_representation = "embedding"`: cells with similar batch effects have nearby rows.
+#'
+#' @inheritParams get_latent_representation
+#' @return A cells x 5 matrix (the embedding's width), named by cell.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- scvi(rscvi_example_sce(), batch_key = "batch", batch_representation = "embedding")
+#' model <- train(model, max_epochs = 3, seed = 0)
+#' rep <- get_batch_representation(model)
+#' unique(round(rep, 3))
+get_batch_representation <- function(model, ...) UseMethod("get_batch_representation")
+
+#' @rdname get_batch_representation
+#' @export
+get_batch_representation.SCVI <- function(model, x = NULL, indices = NULL, batch_size = 128L,
+                                          ...) {
+  .no_dots(list(...), "get_batch_representation", "SCVI")
+  batch_size <- .check_batch_size(batch_size)
+  q <- .query_data(model, x)
+  cells <- .query_cells(q, indices)
+  m <- .rs(rs_scvi_batch_representation(model$model, q$data, cells$idx, batch_size))
+  dimnames(m) <- list(cells$names, paste0("batch_rep_", seq_len(ncol(m))))
+  m
+}
+
 #' Posterior predictive samples of counts
 #'
 #' Draws counts from \eqn{p(x \mid z, \ell)} with \eqn{z} from the posterior of each cell
-#' (gamma-Poisson draws for NB, plus structural zeros for ZINB).
+#' (gamma-Poisson draws for NB, plus structural zeros for ZINB; continuous values for the
+#' Normal likelihood).
 #'
 #' @inheritParams get_latent_representation
 #' @inheritParams get_normalized_expression

@@ -223,7 +223,13 @@
 #' @param n_layers hidden layers of the encoder and decoder.
 #' @param dropout_rate dropout rate of the encoders, in \[0, 1).
 #' @param dispersion `"gene"` (one per gene), `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
-#' @param gene_likelihood `"zinb"` (zero-inflated negative binomial), `"nb"` or `"poisson"`.
+#' @param gene_likelihood `"zinb"` (zero-inflated negative binomial), `"nb"`, `"poisson"`,
+#'   or `"normal"` (Normal with mean \eqn{\mu} and standard deviation the exponentiated
+#'   dispersion parameter; experimental, as in scvi-tools, and not a count model: its
+#'   posterior predictive samples are continuous).
+#' @param batch_representation how the networks see the batch: `"one-hot"` columns at every
+#'   layer, or a learned `"embedding"` of 5 numbers per batch appended to the decoder's input
+#'   (and the encoders' with `encode_covariates`); see [get_batch_representation()].
 #' @param latent_distribution `"normal"` or `"ln"` (logistic normal).
 #' @param use_observed_lib_size use each cell's observed total count as its library size
 #'   (`FALSE` learns a latent library size with a per-batch log-normal prior).
@@ -252,12 +258,13 @@ scvi <- function(x, cells = NULL, layer = NULL, assay = NULL, batch_key = NULL,
                  continuous_covariate_keys = NULL,
                  n_hidden = 128L, n_latent = 10L, n_layers = 1L, dropout_rate = 0.1,
                  dispersion = c("gene", "gene-batch", "gene-label", "gene-cell"),
-                 gene_likelihood = c("zinb", "nb", "poisson"),
+                 gene_likelihood = c("zinb", "nb", "poisson", "normal"),
                  latent_distribution = c("normal", "ln"),
                  use_observed_lib_size = TRUE, encode_covariates = FALSE,
                  deeply_inject_covariates = TRUE,
                  use_batch_norm = c("both", "encoder", "decoder", "none"),
                  use_layer_norm = c("none", "encoder", "decoder", "both"),
+                 batch_representation = c("one-hot", "embedding"),
                  train = FALSE, ...) {
   # Cheap argument checks first, so a typo fails before the data are converted.
   norms <- c("none", "encoder", "decoder", "both")
@@ -268,7 +275,7 @@ scvi <- function(x, cells = NULL, layer = NULL, assay = NULL, batch_key = NULL,
     dropout_rate = .check_dropout(dropout_rate),
     dispersion = .match_choice(dispersion, c("gene", "gene-batch", "gene-label", "gene-cell"),
                                "dispersion"),
-    gene_likelihood = .match_choice(gene_likelihood, c("zinb", "nb", "poisson"),
+    gene_likelihood = .match_choice(gene_likelihood, c("zinb", "nb", "poisson", "normal"),
                                     "gene_likelihood"),
     latent_distribution = .match_choice(latent_distribution, c("normal", "ln"),
                                         "latent_distribution"),
@@ -280,7 +287,9 @@ scvi <- function(x, cells = NULL, layer = NULL, assay = NULL, batch_key = NULL,
     use_batch_norm = .match_choice(use_batch_norm, c("both", "encoder", "decoder", "none"),
                                    "use_batch_norm"),
     use_layer_norm = .match_choice(use_layer_norm, norms, "use_layer_norm"),
-    var_eps = 1e-4
+    var_eps = 1e-4,
+    batch_representation = .match_choice(batch_representation, c("one-hot", "embedding"),
+                                         "batch_representation")
   )
   do_train <- .check_scalar_bool(train, "train")
   dots <- list(...)

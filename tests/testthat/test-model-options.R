@@ -81,3 +81,65 @@ test_that("a model keeps learning after a query, a second train() call and a rel
   m2 <- train(m2, max_epochs = 1L, seed = 3L, progress = FALSE)
   expect_false(isTRUE(all.equal(get_latent_representation(m2), z2)))
 })
+
+test_that("batch_representation = \"embedding\" learns one embedding row per batch", {
+  d <- small_data()
+  m <- scvi(d$counts, cells = d$cells, batch_key = "batch", n_latent = 4L,
+            batch_representation = "embedding")
+  expect_output(print(m), "batch_representation = \"embedding\"")
+  untrained <- suppressWarnings(get_batch_representation(m))
+  m <- fit_ok(m)
+  rep <- get_batch_representation(m)
+  expect_identical(dim(rep), c(300L, 5L))
+  expect_identical(rownames(rep), colnames(d$counts))
+  # one row per batch, shared by its cells, distinct between batches, learnt in training
+  rows <- unique(rep)
+  expect_identical(nrow(rows), length(unique(d$cells$batch)))
+  expect_identical(nrow(unique(rep[d$cells$batch == d$cells$batch[1], , drop = FALSE])), 1L)
+  expect_false(isTRUE(all.equal(rep, untrained)))
+  expect_identical(get_batch_representation(m, indices = 3:4), rep[3:4, ])
+  # the decoder follows the embedding of transform_batch
+  b <- m$registry$batch_categories
+  set.seed(1)
+  e1 <- get_normalized_expression(m, indices = 1:20, transform_batch = b[1], n_samples = 5L)
+  set.seed(1)
+  e2 <- get_normalized_expression(m, indices = 1:20, transform_batch = b[2], n_samples = 5L)
+  expect_gt(mean(abs(log(e1) - log(e2))), 1e-3)
+  # saved and loaded unchanged
+  dir <- tempfile("embedding-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  save_model(m, dir)
+  expect_identical(get_batch_representation(load_model(dir, x = d)), rep)
+  # scArches: the query's new batch gets a fresh row; the reference's rows stay where they were
+  ref_cells <- d$cells$batch != b[1]
+  ref <- train(scvi(d$counts[, ref_cells], cells = d$cells[ref_cells, ], batch_key = "batch",
+                    batch_representation = "embedding"), max_epochs = 2L, seed = 1L,
+               progress = FALSE)
+  q <- load_query_data(list(counts = d$counts[, !ref_cells], cells = d$cells[!ref_cells, ]), ref)
+  expect_identical(q$config$n_batch, ref$config$n_batch + 1L)
+  expect_identical(dim(get_batch_representation(train(q, max_epochs = 1L, progress = FALSE))),
+                   c(sum(!ref_cells), 5L))
+  # one-hot models have no batch representation
+  one_hot <- scvi(d$counts, cells = d$cells, batch_key = "batch")
+  expect_error(suppressWarnings(get_batch_representation(one_hot)),
+               "represents batches as one-hot columns")
+  expect_error(scvi(d, batch_representation = "embeding"), "batch_representation")
+})
+
+test_that("gene_likelihood = \"normal\" trains and samples continuous values", {
+  d <- small_data()
+  m <- fit_ok(scvi(d$counts, cells = d$cells, batch_key = "batch", n_latent = 3L,
+                   gene_likelihood = "normal"))
+  x <- posterior_predictive_sample(m, indices = 1:10)
+  expect_true(any(x@x != round(x@x)))
+  expect_true(all(is.finite(get_reconstruction_error(m, return_mean = FALSE))))
+  p <- get_likelihood_parameters(m, indices = 1:3)
+  expect_true(all(p$dispersions > 0))
+  expect_null(p$dropout)
+  expect_error(get_feature_correlation_matrix(m, indices = 1:5, n_samples = 2L),
+               "Poisson or Normal likelihood")
+  de <- differential_expression(m, groupby = "cell_line", group1 = d$cells$cell_line[1],
+                                weights = "importance")
+  expect_true(all(is.finite(de$lfc_mean)))
+  expect_error(multivi(d$counts, gene_likelihood = "normal"), "gene_likelihood")
+})

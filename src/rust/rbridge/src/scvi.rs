@@ -77,6 +77,14 @@ fn rs_scvi_library_size(
 }
 
 #[extendr]
+fn rs_scvi_batch_representation(model: Robj, ds: Robj, idx: Robj, batch_size: i32) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &idx, batch_size)?;
+    // a lookup in the embedding table: no network pass, no device
+    let out = crate::guarded(|| queries::batch_representation(&q.model.module, q.data, &q.cells))?;
+    Ok(r_matrix(&out))
+}
+
+#[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_scvi_posterior_predictive(
     model: Robj,
@@ -162,6 +170,7 @@ extendr_module! {
     fn rs_scvi_marginal_ll;
     fn rs_scvi_likelihood_parameters;
     fn rs_scvi_library_size;
+    fn rs_scvi_batch_representation;
     fn rs_scvi_posterior_predictive;
     fn rs_scvi_feature_correlation;
     fn rs_scvi_query_new;

@@ -107,6 +107,8 @@ pub enum Likelihood {
     Zinb,
     Nb,
     Poisson,
+    /// Normal(μ, σ = θ): scvi-tools' experimental "normal" gene likelihood (not a count law).
+    Normal,
 }
 
 /// Per-cell sums of log p(x) (without the lgamma(x+1) constant) and, if asked, the partial
@@ -271,6 +273,27 @@ fn poisson_row<const GRAD: bool, const ZEROS: bool>(r: &Row, o: &mut RowOut) {
     }
 }
 
+/// Normal(μ, σ = θ). Callers subtract Σ lgamma(x+1) from every kernel's result (the count
+/// laws leave it out); this one adds it, so that they get log p(x) here too.
+#[inline(always)]
+fn normal_row<const GRAD: bool, const ZEROS: bool>(r: &Row, o: &mut RowOut) {
+    for j in 0..r.mu.len() {
+        let (x, mu, sigma) = (if ZEROS { 0.0 } else { r.x[j] }, r.mu[j], r.k.theta[j]);
+        let inv_var = 1.0 / (sigma * sigma);
+        let dev = x - mu;
+        let value = -HALF_LN_2PI - ln(sigma) - 0.5 * dev * dev * inv_var;
+        o.value[j] = if ZEROS {
+            value
+        } else {
+            value + lgamma(x + 1.0)
+        };
+        if GRAD {
+            o.d_mu[j] = dev * inv_var;
+            o.d_theta[j] = (dev * dev * inv_var - 1.0) / sigma;
+        }
+    }
+}
+
 /// What a row pass computes: values and derivatives, values only, or the values every gene
 /// would have with a zero count.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,6 +316,9 @@ fn row_dispatch(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
         (Likelihood::Poisson, Gradient) => poisson_row::<true, false>(r, o),
         (Likelihood::Poisson, Value) => poisson_row::<false, false>(r, o),
         (Likelihood::Poisson, ZeroCounts) => poisson_row::<false, true>(r, o),
+        (Likelihood::Normal, Gradient) => normal_row::<true, false>(r, o),
+        (Likelihood::Normal, Value) => normal_row::<false, false>(r, o),
+        (Likelihood::Normal, ZeroCounts) => normal_row::<false, true>(r, o),
     }
 }
 
@@ -672,6 +698,10 @@ mod tests {
                 "zinb[{i}]: {got} vs {want}"
             );
         }
+        // Normal(2.5, σ 0.4) at 3: log p = -½ln2π - ln 0.4 - ½(0.5/0.4)².
+        let want = -0.918_938_533 - 0.4f64.ln() - 0.5 * (0.5f64 / 0.4).powi(2);
+        let got = one(Likelihood::Normal, 3.0, 2.5, 0.4, None);
+        assert!((got - want).abs() < 1e-4, "normal: {got} vs {want}");
         for (i, &(x, lambda, want)) in POISSON.iter().enumerate() {
             let got = one(Likelihood::Poisson, x, lambda, 1.0, None);
             assert!(
@@ -693,19 +723,20 @@ mod tests {
         let pi = [-1.0f32, 0.5, 2.0, -3.0, 0.3, 1.5];
         let t2 =
             |v: &[f32], r, c| Tensor::<AD, 2>::from_data(TensorData::new(v.to_vec(), [r, c]), &dev);
-        for (lik, name) in [(Likelihood::Zinb, "zinb"), (Likelihood::Nb, "nb")] {
+        use crate::models::options::GeneLikelihood;
+        for (lik, gene_lik, name) in [
+            (Likelihood::Zinb, GeneLikelihood::Zinb, "zinb"),
+            (Likelihood::Nb, GeneLikelihood::Nb, "nb"),
+            (Likelihood::Normal, GeneLikelihood::Normal, "normal"),
+        ] {
             let (xt, mt, tt, pt) = (
                 t2(&x, 2, 3),
                 t2(&mu, 2, 3).require_grad(),
                 t2(&th, 1, 3).require_grad(),
                 t2(&pi, 2, 3).require_grad(),
             );
-            let lp = match lik {
-                Likelihood::Zinb => {
-                    dist::zinb_log_prob_unnormalized(xt, mt.clone(), tt.clone(), pt.clone())
-                }
-                _ => dist::nb_log_prob_unnormalized(xt, mt.clone(), tt.clone()),
-            };
+            let pi_t = (lik == Likelihood::Zinb).then(|| pt.clone());
+            let lp = dist::gene_log_prob_unnormalized(gene_lik, xt, mt.clone(), tt.clone(), pi_t);
             let total: f32 = lp.clone().sum().into_scalar();
             let grads = lp.sum().backward();
             let gm: Vec<f32> = mt.grad(&grads).unwrap().into_data().to_vec().unwrap();
@@ -835,7 +866,12 @@ mod tests {
                 total: counts.iter().sum(),
             })
             .collect();
-        for lik in [Likelihood::Zinb, Likelihood::Nb, Likelihood::Poisson] {
+        for lik in [
+            Likelihood::Zinb,
+            Likelihood::Nb,
+            Likelihood::Poisson,
+            Likelihood::Normal,
+        ] {
             for per_gene in [true, false] {
                 let theta_values = if per_gene {
                     &theta_rows[..g]

@@ -100,6 +100,31 @@ pub fn poisson_log_prob_unnormalized<B: Backend>(
     x * rate.clone().clamp_min(f32::MIN_POSITIVE).log() - rate
 }
 
+/// Element-wise log p(x | μ, θ, π) of a gene likelihood on tensors (the path of backends
+/// without the fused host kernel), with the fused kernel's convention: without lgamma(x+1)
+/// for the count laws, and with it added for the Normal (σ = θ), so that subtracting
+/// Σ lgamma(x+1) gives log p(x) for all. `dropout_logits` only for ZINB.
+pub fn gene_log_prob_unnormalized<B: Backend>(
+    likelihood: crate::models::options::GeneLikelihood,
+    x: Tensor<B, 2>,
+    mu: Tensor<B, 2>,
+    theta: Tensor<B, 2>,
+    dropout_logits: Option<Tensor<B, 2>>,
+) -> Tensor<B, 2> {
+    use crate::models::options::GeneLikelihood;
+    match (likelihood, dropout_logits) {
+        (GeneLikelihood::Zinb, Some(pi)) => zinb_log_prob_unnormalized(x, mu, theta, pi),
+        (GeneLikelihood::Zinb, None) | (GeneLikelihood::Nb, _) => {
+            nb_log_prob_unnormalized(x, mu, theta)
+        }
+        (GeneLikelihood::Poisson, _) => poisson_log_prob_unnormalized(x, mu),
+        (GeneLikelihood::Normal, _) => {
+            let var = theta.powf_scalar(2.0);
+            normal_log_prob(x.clone(), mu, var) + log_factorial_tensor(x)
+        }
+    }
+}
+
 /// Full log-probabilities (with the `lgamma(x+1)` term), used by tests and pointwise queries.
 pub fn log_factorial_tensor<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     lgamma(x + 1.0)

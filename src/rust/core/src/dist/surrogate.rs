@@ -81,6 +81,7 @@ pub(crate) fn fused_kind(likelihood: GeneLikelihood) -> Likelihood {
         GeneLikelihood::Zinb => Likelihood::Zinb,
         GeneLikelihood::Nb => Likelihood::Nb,
         GeneLikelihood::Poisson => Likelihood::Poisson,
+        GeneLikelihood::Normal => Likelihood::Normal,
     }
 }
 

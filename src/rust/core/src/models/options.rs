@@ -54,6 +54,20 @@ pub(crate) fn check_sizes(sizes: &[(&str, usize)], n_features: usize) -> Result<
     ))
 }
 
+/// The count likelihoods every model has; the Normal is SCVI's alone (as in scvi-tools).
+pub(crate) fn check_count_likelihoods(likelihoods: &[(&str, GeneLikelihood)]) -> Result<()> {
+    match likelihoods
+        .iter()
+        .find(|(_, l)| *l == GeneLikelihood::Normal)
+    {
+        Some((name, _)) => Err(invalid_arg(
+            name,
+            "must be a count likelihood (zinb, nb or poisson); \"normal\" is SCVI's only",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Every named dropout rate must lie in [0, 1).
 pub(crate) fn check_dropout_rates(rates: &[(&str, f64)]) -> Result<()> {
     match rates.iter().find(|(_, p)| !(0.0..1.0).contains(p)) {
@@ -116,7 +130,24 @@ pub enum GeneLikelihood {
     Zinb,
     Nb,
     Poisson,
+    /// Normal(μ, σ) with σ the exponentiated dispersion parameter: SCVI only, experimental
+    /// in scvi-tools as here.
+    Normal,
 }
+
+/// How SCVI's networks see the batch: one-hot covariate columns at every layer, or a learned
+/// embedding ([`BATCH_EMBEDDING_DIM`] numbers per batch) appended to the input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchRepresentation {
+    #[default]
+    #[serde(rename = "one-hot")]
+    OneHot,
+    #[serde(rename = "embedding")]
+    Embedding,
+}
+
+/// Width of a batch embedding (scvi-tools' default `embedding_dim`).
+pub const BATCH_EMBEDDING_DIM: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -17,7 +17,9 @@ use crate::data::{library_prior, DataSet};
 use crate::dist;
 use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Error, Result};
-use crate::models::options::{check_dropout_rates, check_sizes, Dispersion, GeneLikelihood};
+use crate::models::options::{
+    check_count_likelihoods, check_dropout_rates, check_sizes, Dispersion, GeneLikelihood,
+};
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 /// Index of the sequencing dataset.
@@ -102,6 +104,10 @@ impl GimviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        check_count_likelihoods(&[
+            ("generative_distributions", self.generative_distributions[0]),
+            ("generative_distributions", self.generative_distributions[1]),
+        ])?;
         check_sizes(
             &[
                 ("n_latent", self.n_latent),

@@ -21,8 +21,8 @@ use crate::dist::surrogate::{
 };
 use crate::error::{invalid_arg, Result};
 use crate::models::options::{
-    check_dropout_rates, check_modality_columns, check_sizes, GeneLikelihood, LatentDistribution,
-    NormPlacement,
+    check_count_likelihoods, check_dropout_rates, check_modality_columns, check_sizes,
+    GeneLikelihood, LatentDistribution, NormPlacement,
 };
 use std::sync::Arc;
 
@@ -137,6 +137,7 @@ impl MultiviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        check_count_likelihoods(&[("gene_likelihood", self.gene_likelihood)])?;
         if self.n_genes == 0 && self.n_regions == 0 {
             return Err(invalid_arg(
                 "rna",

@@ -20,7 +20,8 @@ use crate::dist::fused::Likelihood;
 use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Result};
 use crate::models::options::{
-    check_dropout_rates, check_sizes, Dispersion, GeneLikelihood, LatentDistribution, NormPlacement,
+    check_dropout_rates, check_sizes, BatchRepresentation, Dispersion, GeneLikelihood,
+    LatentDistribution, NormPlacement, BATCH_EMBEDDING_DIM,
 };
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
@@ -47,6 +48,9 @@ pub struct ScviConfig {
     pub use_batch_norm: NormPlacement,
     pub use_layer_norm: NormPlacement,
     pub var_eps: f64,
+    /// Models saved before the option existed are one-hot.
+    #[serde(default)]
+    pub batch_representation: BatchRepresentation,
 }
 
 impl ScviConfig {
@@ -73,6 +77,7 @@ impl ScviConfig {
             use_batch_norm: NormPlacement::Both,
             use_layer_norm: NormPlacement::None,
             var_eps: 1e-4,
+            batch_representation: BatchRepresentation::OneHot,
         }
     }
 
@@ -97,8 +102,25 @@ impl ScviConfig {
         !self.use_observed_lib_size && !self.use_size_factor
     }
 
+    /// Width of the one-hot covariates the layers take: with a batch embedding the batch is
+    /// an input instead, so only the categorical covariates remain.
     pub fn covariate_width(&self) -> usize {
-        covariate_width(self.n_batch, &self.n_cats_per_cov)
+        let batch = if self.embeds_batch() { 1 } else { self.n_batch };
+        covariate_width(batch, &self.n_cats_per_cov)
+    }
+
+    pub fn embeds_batch(&self) -> bool {
+        self.batch_representation == BatchRepresentation::Embedding
+    }
+
+    /// Input columns the batch embedding adds (to the decoder; to the encoders with
+    /// `encode_covariates`).
+    fn batch_embedding_width(&self) -> usize {
+        if self.embeds_batch() {
+            BATCH_EMBEDDING_DIM
+        } else {
+            0
+        }
     }
 
     fn dispersion_columns(&self) -> usize {
@@ -129,6 +151,9 @@ pub struct Scvi<B: Backend> {
     pub px_r: Param<Tensor<B, 2>>,
     pub library_log_means: RunningState<Tensor<B, 1>>,
     pub library_log_vars: RunningState<Tensor<B, 1>>,
+    /// The batch embedding (batches, BATCH_EMBEDDING_DIM), `_embeddings_dict.batch.weight`
+    /// in scvi-tools; only with `batch_representation = "embedding"`.
+    pub batch_embedding: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     pub config: ScviConfig,
     /// Evaluate the likelihood with the fused host kernel (CPU backend) instead of tensor ops.
@@ -185,7 +210,7 @@ impl<B: Backend> Scvi<B> {
         let enc_cov = if c.encode_covariates { cov } else { 0 };
         let enc_in = c.n_input
             + if c.encode_covariates {
-                c.n_continuous_cov
+                c.n_continuous_cov + c.batch_embedding_width()
             } else {
                 0
             };
@@ -202,7 +227,7 @@ impl<B: Backend> Scvi<B> {
             leaky_relu: false,
         };
         let dec = FcOptions {
-            n_in: c.n_latent + c.n_continuous_cov,
+            n_in: c.n_latent + c.n_continuous_cov + c.batch_embedding_width(),
             n_out: c.n_hidden,
             n_cov: cov,
             n_layers: c.n_layers,
@@ -239,9 +264,32 @@ impl<B: Backend> Scvi<B> {
                 TensorData::new(vars, [c.n_batch]),
                 device,
             )),
+            batch_embedding: c
+                .embeds_batch()
+                .then(|| crate::nn::lazy_normal([c.n_batch, BATCH_EMBEDDING_DIM], device)),
             config,
             fused_likelihood: true,
         })
+    }
+
+    /// The one-hot covariates of the layers (see [`ScviConfig::covariate_width`]): the
+    /// minibatch's block, without its batch columns when the batch is embedded.
+    fn layer_covariates(&self, b: &Batch<B>) -> Option<Tensor<B, 2>> {
+        let cov = b.covariates.clone()?;
+        let nb = self.config.n_batch;
+        if !self.config.embeds_batch() || nb <= 1 {
+            return Some(cov);
+        }
+        let [n, width] = cov.dims();
+        (width > nb).then(|| cov.slice([0..n, nb..width]))
+    }
+
+    /// Each cell's row of the batch embedding (its decoder batch, so `transform_batch`
+    /// applies), or None in one-hot mode.
+    pub fn batch_representation(&self, b: &Batch<B>) -> Option<Tensor<B, 2>> {
+        self.batch_embedding
+            .as_ref()
+            .map(|e| b.batch_onehot.clone().matmul(e.val()))
     }
 
     fn encoder_input(&self, b: &Batch<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
@@ -255,9 +303,12 @@ impl<B: Backend> Scvi<B> {
             if let Some(u) = &b.continuous {
                 e = Tensor::cat(vec![e, u.clone()], 1);
             }
+            if let Some(emb) = self.batch_representation(b) {
+                e = Tensor::cat(vec![e, emb], 1);
+            }
         }
         let cov = if c.encode_covariates {
-            b.covariates.clone()
+            self.layer_covariates(b)
         } else {
             None
         };
@@ -311,14 +362,17 @@ impl<B: Backend> Scvi<B> {
         training: bool,
     ) -> DecoderOutputs<B> {
         let c = &self.config;
-        let d = match &b.continuous {
+        let mut d = match &b.continuous {
             Some(u) => Tensor::cat(vec![z, u.clone()], 1),
             None => z,
         };
+        if let Some(emb) = self.batch_representation(b) {
+            d = Tensor::cat(vec![d, emb], 1);
+        }
         let h = self
             .decoder
             .px_decoder
-            .forward(d, b.covariates.as_ref(), training);
+            .forward(d, self.layer_covariates(b).as_ref(), training);
         let raw_scale = self.decoder.px_scale_decoder.forward(h.clone());
         let theta = match c.dispersion {
             Dispersion::Gene => self.px_r.val().exp(),
@@ -368,19 +422,15 @@ impl<B: Backend> Scvi<B> {
         if self.fused_likelihood {
             return self.fused_log_likelihood(x, gen, grad);
         }
-        let lp = match self.config.gene_likelihood {
-            GeneLikelihood::Zinb => dist::zinb_log_prob_unnormalized(
-                x,
-                gen.rate.clone(),
-                gen.theta.clone(),
-                gen.dropout_logits.clone().expect("zinb has dropout logits"),
-            ),
-            GeneLikelihood::Nb => {
-                dist::nb_log_prob_unnormalized(x, gen.rate.clone(), gen.theta.clone())
-            }
-            GeneLikelihood::Poisson => dist::poisson_log_prob_unnormalized(x, gen.rate.clone()),
-        };
-        lp.sum_dim(1).squeeze_dim::<1>(1)
+        dist::gene_log_prob_unnormalized(
+            self.config.gene_likelihood,
+            x,
+            gen.rate.clone(),
+            gen.theta.clone(),
+            gen.dropout_logits.clone(),
+        )
+        .sum_dim(1)
+        .squeeze_dim::<1>(1)
     }
 
     pub(crate) fn fused_kind(&self) -> Likelihood {
@@ -601,6 +651,9 @@ mod tests {
             close(ll(&m), &[-9.593_176_061], 2e-4);
             m.config.gene_likelihood = GeneLikelihood::Poisson;
             close(ll(&m), &[-15.328_879_27], 2e-4);
+            // Σ log N(x; μ, σ = e^px_r), by hand
+            m.config.gene_likelihood = GeneLikelihood::Normal;
+            close(ll(&m), &[-136.636_553_76], 2e-3);
         }
 
         let inf = m.inference(&b, false);
@@ -618,5 +671,61 @@ mod tests {
             .sum_dim(1)
             .reshape([1]);
         close(kl, &[2.642_345_767], 1e-5);
+    }
+
+    /// With a batch embedding the batch is an input, not a one-hot covariate: the decoder's
+    /// first layer takes [z; e] (5 columns more, no batch columns) and a cell's output
+    /// follows the embedding row of its decoder batch.
+    #[test]
+    fn batch_embedding_replaces_the_batch_one_hot() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let dev = Default::default();
+        let data = crate::data::toy_dataset(3);
+        let mut cfg = ScviConfig::new(6, 3);
+        cfg.batch_representation = BatchRepresentation::Embedding;
+        let m = Scvi::<B>::new(cfg.clone(), crate::data::library_prior(&data), &dev).unwrap();
+        assert_eq!(m.config.covariate_width(), 0);
+        let w = m.decoder.px_decoder.layers[0].linear.weight.val();
+        assert_eq!(w.dims(), [10 + BATCH_EMBEDDING_DIM, 128]);
+        let emb = m.batch_embedding.as_ref().unwrap().val();
+        assert_eq!(emb.dims(), [3, BATCH_EMBEDDING_DIM]);
+        // the same cells decoded as batch 0 and as batch 2 differ; a one-hot model of the
+        // same data has 3 batch columns instead
+        let cells = [0, 1, 2, 3];
+        let b0 = Batch::<B>::from_host(&data.host_batch(&cells, Some(0)), 6, &dev);
+        let b2 = Batch::<B>::from_host(&data.host_batch(&cells, Some(2)), 6, &dev);
+        let z = Tensor::<B, 2>::zeros([4, 10], &dev);
+        let s0 = m
+            .generative(&b0, z.clone(), b0.log_library.clone(), false)
+            .scale;
+        let s2 = m.generative(&b2, z, b2.log_library.clone(), false).scale;
+        let diff: f32 = (s0 - s2).abs().sum().into_scalar();
+        assert!(
+            diff > 1e-4,
+            "the batch embedding does not reach the decoder"
+        );
+        let rep = m.batch_representation(&b2).unwrap();
+        let row2: Vec<f32> = emb
+            .slice([2..3, 0..BATCH_EMBEDDING_DIM])
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let got: Vec<f32> = rep
+            .slice([3..4, 0..BATCH_EMBEDDING_DIM])
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(got, row2);
+        cfg.batch_representation = BatchRepresentation::OneHot;
+        let one_hot = Scvi::<B>::new(cfg, crate::data::library_prior(&data), &dev).unwrap();
+        assert_eq!(one_hot.config.covariate_width(), 3);
+        assert!(one_hot.batch_embedding.is_none());
+        // with encode_covariates the encoders see the embedding too
+        let mut cfg = ScviConfig::new(6, 3);
+        cfg.batch_representation = BatchRepresentation::Embedding;
+        cfg.encode_covariates = true;
+        let enc = Scvi::<B>::new(cfg, crate::data::library_prior(&data), &dev).unwrap();
+        let w = enc.z_encoder.encoder.layers[0].linear.weight.val();
+        assert_eq!(w.dims(), [6 + BATCH_EMBEDDING_DIM, 128]);
     }
 }

@@ -10,6 +10,7 @@ use crate::data::DataSet;
 use crate::dist;
 use crate::error::{invalid_arg, Result};
 use crate::infer::{check_batch, check_cells, Matrix};
+use crate::models::options::{GeneLikelihood, BATCH_EMBEDDING_DIM};
 use crate::models::scvi::Scvi;
 
 /// Importance-sampled log p(x) per cell with `n_mc_samples` draws from the encoder
@@ -136,7 +137,7 @@ pub fn likelihood_parameters<B: Backend>(
     check_batch(batch_size, cells, data)?;
     let g = data.n_genes();
     let (mut mean, mut disp, mut drop) = (Vec::new(), Vec::new(), Vec::new());
-    let poisson = model.config.gene_likelihood == crate::models::options::GeneLikelihood::Poisson;
+    let poisson = model.config.gene_likelihood == GeneLikelihood::Poisson;
     for chunk in cells.chunks(batch_size) {
         crate::interrupt::check()?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
@@ -160,6 +161,37 @@ pub fn likelihood_parameters<B: Backend>(
         mean: mk(mean),
         dispersions: (!poisson).then(|| mk(disp)),
         dropout: (!drop.is_empty()).then(|| mk(drop)),
+    })
+}
+
+/// Each cell's row of the batch embedding, cells x BATCH_EMBEDDING_DIM (scvi-tools'
+/// `get_batch_representation`); an error for a model with one-hot batches.
+pub fn batch_representation<B: Backend>(
+    model: &Scvi<B>,
+    data: &DataSet,
+    cells: &[usize],
+) -> Result<Matrix> {
+    check_cells(model, 0, data, cells)?;
+    let Some(embedding) = &model.batch_embedding else {
+        return Err(invalid_arg(
+            "model",
+            "represents batches as one-hot columns (batch_representation = \"one-hot\"); only \
+             a model built with batch_representation = \"embedding\" has batch representations",
+        ));
+    };
+    let d = BATCH_EMBEDDING_DIM;
+    let table = host(&embedding.val());
+    let values = cells
+        .iter()
+        .flat_map(|&c| {
+            let b = data.batch.codes[c] as usize;
+            table[b * d..(b + 1) * d].iter().copied()
+        })
+        .collect();
+    Ok(Matrix {
+        n_rows: cells.len(),
+        n_cols: d,
+        values,
     })
 }
 
@@ -229,12 +261,15 @@ pub fn posterior_predictive_sample<B: Backend>(
         for r in 0..chunk.len() {
             for &j in &keep {
                 let m = mu[r * g + j] as f64;
+                let th = theta[if per_gene { j } else { r * g + j }] as f64;
                 let w = match lik {
-                    crate::models::options::GeneLikelihood::Poisson => m.min(1e8),
-                    _ => {
-                        let th = theta[if per_gene { j } else { r * g + j }] as f64;
-                        (crate::dist::sample::gamma(&mut rng, th) * m / th).min(1e8)
+                    GeneLikelihood::Normal => {
+                        // a continuous draw, as the reference's Normal gives
+                        out.push((m + th * crate::dist::sample::normal(&mut rng)) as f32);
+                        continue;
                     }
+                    GeneLikelihood::Poisson => m.min(1e8),
+                    _ => (crate::dist::sample::gamma(&mut rng, th) * m / th).min(1e8),
                 };
                 let mut x = crate::dist::sample::poisson(&mut rng, w);
                 if let Some(pi) = &pi {
@@ -331,11 +366,14 @@ pub fn feature_correlation<B: Backend>(
         "n_samples",
         "use fewer cells (indices) or fewer samples",
     )?;
-    if model.config.gene_likelihood == crate::models::options::GeneLikelihood::Poisson {
-        return Err(invalid_arg(
-            "model",
-            "has a Poisson likelihood: there is no dispersion to draw with",
-        ));
+    match model.config.gene_likelihood {
+        GeneLikelihood::Poisson | GeneLikelihood::Normal => {
+            return Err(invalid_arg(
+                "model",
+                "has a Poisson or Normal likelihood: there is no gamma dispersion to draw with",
+            ));
+        }
+        GeneLikelihood::Zinb | GeneLikelihood::Nb => {}
     }
     B::seed(device, seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -45,6 +45,11 @@ pub fn transfer_weights<B: Backend>(reference: &Scvi<B>, fresh: Scvi<B>) -> Resu
             r.library_log_vars.value_sync(),
             f.library_log_vars.value_sync(),
         )?),
+        // new batches' rows start fresh; the whole table trains (scvi-tools' rule)
+        batch_embedding: match (&r.batch_embedding, &f.batch_embedding) {
+            (Some(re), Some(fe)) => Some(grow_param(re, fe)?),
+            _ => None,
+        },
         config: f.config.clone(),
         fused_likelihood: f.fused_likelihood,
     })

@@ -33,8 +33,8 @@ use crate::error::{invalid_arg, Result};
 pub use crate::models::multivi::{default_n_hidden, default_n_latent};
 use crate::models::multivi::{jeffreys, mix, mixing_weights, mmd_penalty};
 use crate::models::options::{
-    check_dropout_rates, check_modality_columns, check_sizes, Dispersion, GeneLikelihood,
-    LatentDistribution, NormPlacement,
+    check_count_likelihoods, check_dropout_rates, check_modality_columns, check_sizes, Dispersion,
+    GeneLikelihood, LatentDistribution, NormPlacement,
 };
 use crate::nn::{Encoder, FcLayers, FcOptions, Posterior, SparseInput, SparseRows};
 
@@ -206,6 +206,7 @@ impl SpliceviConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        check_count_likelihoods(&[("gene_likelihood", self.gene_likelihood)])?;
         if self.n_genes == 0 {
             return Err(invalid_arg("expression", "has no genes"));
         }
@@ -1034,14 +1035,10 @@ impl<B: Backend> SpliceVae<B> {
         } else {
             let mu = gen.expression.clone() * b.library.clone().exp();
             let x = b.x_rna.clone();
-            let lp = match lik {
-                GeneLikelihood::Zinb => {
-                    dist::zinb_log_prob_unnormalized(x, mu, theta, gen.dropout_logits.clone())
-                }
-                GeneLikelihood::Nb => dist::nb_log_prob_unnormalized(x, mu, theta),
-                GeneLikelihood::Poisson => dist::poisson_log_prob_unnormalized(x, mu),
-            };
-            lp.sum_dim(1).squeeze_dim::<1>(1)
+            let pi = zinb.then(|| gen.dropout_logits.clone());
+            dist::gene_log_prob_unnormalized(lik, x, mu, theta, pi)
+                .sum_dim(1)
+                .squeeze_dim::<1>(1)
         };
         b.log_factorial.clone() - log_p
     }
