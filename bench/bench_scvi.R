@@ -4,6 +4,9 @@
 # 2 threads each, in one run. Prints a table and writes bench/results/scvi-<epochs>.md.
 #
 #   Rscript bench/bench_scvi.R [epochs ...]        (default: 50 400)
+#   RSCVI_BATCH_REPRESENTATION=embedding Rscript bench/bench_scvi.R 400
+#                                                  (batch_representation on both sides;
+#                                                  writes scvi-embedding-<epochs>.md)
 #
 # Needs the installed rscvi, ../shared/data/cellbench (or RSCVI_SHARED_DATA), and the
 # scvi-tools venv made by bench/setup-venv.sh (run here if missing; several GB from PyPI).
@@ -15,6 +18,9 @@ suppressPackageStartupMessages(library(rscvi))
 
 args <- commandArgs(trailingOnly = TRUE)
 epochs_list <- if (length(args)) as.integer(args) else c(50L, 400L)
+batch_rep <- Sys.getenv("RSCVI_BATCH_REPRESENTATION", "one-hot")
+stopifnot(batch_rep %in% c("one-hot", "embedding"))
+tag <- if (batch_rep == "one-hot") "" else paste0(batch_rep, "-")
 here <- if (file.exists("bench/bench_scvi.R")) "bench" else stop("run from the repository root")
 data_dir <- Sys.getenv("RSCVI_SHARED_DATA", file.path("..", "shared", "data"))
 cellbench <- file.path(data_dir, "cellbench")
@@ -40,7 +46,8 @@ pca <- stats::prcomp(t(lognorm), rank. = 10)$x
 pca_metrics <- metrics_for(pca)
 
 run_rscvi <- function(epochs) {
-  model <- scvi(sce, batch_key = "batch", labels_key = "cell_line")
+  model <- scvi(sce, batch_key = "batch", labels_key = "cell_line",
+                batch_representation = batch_rep)
   t0 <- proc.time()[["elapsed"]]
   model <- train(model, max_epochs = epochs, seed = 0, device = "cpu", progress = FALSE,
                  check_val_every_n_epoch = epochs)
@@ -60,10 +67,10 @@ run_rscvi <- function(epochs) {
 }
 
 run_reference <- function(epochs) {
-  out <- file.path(tempdir(), paste0("scvi-tools-", epochs))
+  out <- file.path(tempdir(), paste0("scvi-tools-", tag, epochs))
   status <- system2(file.path(venv, "bin", "python"), c(
     file.path(here, "scvi_tools_reference.py"), "--data", cellbench, "--epochs", epochs,
-    "--seed", 0, "--threads", threads, "--out", out))
+    "--seed", 0, "--threads", threads, "--batch-representation", batch_rep, "--out", out))
   if (status != 0) stop("the scvi-tools reference run failed")
   m <- jsonlite::fromJSON(file.path(out, "metrics.json"))
   lat <- utils::read.csv(file.path(out, "latent.csv"), row.names = 1, check.names = FALSE)
@@ -89,8 +96,8 @@ for (epochs in epochs_list) {
                     ratio = formatC(ours[rows] / ref[rows], format = "f", digits = 3),
                     pca = c(rep("", 5), fmt(pca_metrics)))
   lines <- c(
-    sprintf("### %d epochs (cellbench singlets, 1,021 cells x 2,000 genes, seed 0, %d threads)",
-            epochs, threads),
+    sprintf(paste0("### %d epochs (cellbench singlets, 1,021 cells x 2,000 genes, seed 0, ",
+                   "%d threads, batch_representation = \"%s\")"), epochs, threads, batch_rep),
     "", "| metric | rscvi | scvi-tools 1.5.1 | rscvi / scvi-tools | PCA (10 PCs) |",
     "|---|---|---|---|---|",
     sprintf("| %s | %s | %s | %s | %s |", tab$metric, tab$rscvi, tab$scvi_tools, tab$ratio, tab$pca),
@@ -100,5 +107,5 @@ for (epochs in epochs_list) {
             paste(utils::sessionInfo()$running), paste(readLines("/proc/loadavg"), collapse = " ")))
   writeLines(lines)
   dir.create(file.path(here, "results"), showWarnings = FALSE)
-  writeLines(lines, file.path(here, "results", sprintf("scvi-%d.md", epochs)))
+  writeLines(lines, file.path(here, "results", sprintf("scvi-%s%d.md", tag, epochs)))
 }

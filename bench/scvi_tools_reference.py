@@ -45,6 +45,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--marginal-ll-samples", type=int, default=1000)
     p.add_argument(
+        "--batch-representation",
+        choices=["one-hot", "embedding"],
+        default="one-hot",
+        help="SCVI(batch_representation=...)",
+    )
+    p.add_argument(
         "--torch-seed",
         type=int,
         default=None,
@@ -140,7 +146,7 @@ def main(argv=None) -> int:
           f"({adata.obs['batch'].nunique()} batches, {adata.obs['cell_line'].nunique()} cell lines)")
 
     scvi.model.SCVI.setup_anndata(adata, batch_key="batch", labels_key="cell_line")
-    model = scvi.model.SCVI(adata)
+    model = scvi.model.SCVI(adata, batch_representation=args.batch_representation)
 
     class EpochTimer(Callback):
         """Wall time of every training epoch (read-only, does not touch the model or RNG)."""

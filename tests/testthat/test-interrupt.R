@@ -87,3 +87,22 @@ test_that("an interrupt stops a long query with an error", {
   }, wait = 30)
   expect_match(p$get_result(), "interrupted \\(Ctrl-C\\)")
 })
+
+test_that("long queries report their progress in scripts", {
+  skip_on_os("windows")
+  skip_if_not_installed("callr")
+  err <- tempfile()
+  on.exit(unlink(err), add = TRUE)
+  callr::r(function() {
+    library(rscvi)
+    options(rscvi.progress = TRUE, rscvi.interactive = FALSE)
+    m <- train(scvi(rscvi_example_data(), batch_key = "batch"), max_epochs = 1L,
+               progress = FALSE)
+    # all 1,021 cells x 100 importance samples: several seconds, past the quiet start
+    invisible(get_marginal_ll(m, n_mc_samples = 100L))
+  }, stderr = err)
+  lines <- grep("^query [0-9]+% done, .* elapsed, ETA", readLines(err), value = TRUE)
+  expect_gte(length(lines), 2L)
+  pct <- as.integer(sub("^query ([0-9]+)%.*", "\\1", lines))
+  expect_true(all(diff(pct) > 0))
+})

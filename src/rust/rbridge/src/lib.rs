@@ -39,9 +39,13 @@ pub(crate) use on_device_guarded;
 /// Runs core code, converting its errors and any panic into an R error message.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> rscvi_core::Result<T>) -> Result<T> {
     rscvi_core::alloc::tune_allocator();
-    // Long queries poll for Ctrl-C on this, R's, thread.
+    // Long queries poll for Ctrl-C and report their progress on this, R's, thread.
     rscvi_core::interrupt::set_poll(crate::progress::interrupt_pending);
-    match catch_unwind(AssertUnwindSafe(f)) {
+    rscvi_core::interrupt::set_reporter(crate::progress::report_query);
+    crate::progress::start_query();
+    let result = catch_unwind(AssertUnwindSafe(f));
+    crate::progress::end_query();
+    match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Other(e.to_string())),
         Err(panic) => {

@@ -146,3 +146,81 @@ impl Observer for RProgress {
         self.interrupted
     }
 }
+
+/// Progress of the query running now (one per R call into the core): long queries (marginal
+/// LL, differential expression, correlations...) report a line every 10% of their work once
+/// they have run for [`QUERY_QUIET_SECS`], as R's option rscvi.progress allows.
+struct QueryProgress {
+    start: Instant,
+    /// Decided at the first report due: None until then.
+    mode: Option<ProgressMode>,
+    last_decile: usize,
+}
+
+/// Queries shorter than this stay silent.
+const QUERY_QUIET_SECS: f64 = 3.0;
+
+thread_local! {
+    static QUERY: std::cell::RefCell<QueryProgress> = std::cell::RefCell::new(QueryProgress {
+        start: Instant::now(),
+        mode: None,
+        last_decile: 0,
+    });
+}
+
+/// A new query starts now.
+pub(crate) fn start_query() {
+    QUERY.with(|q| {
+        *q.borrow_mut() = QueryProgress {
+            start: Instant::now(),
+            mode: None,
+            last_decile: 0,
+        }
+    });
+}
+
+/// The progress mode training would use (R's `.progress_mode()` with the default `progress`).
+fn query_progress_mode() -> ProgressMode {
+    R!("rscvi:::.progress_mode(rscvi:::.progress_default(), list())")
+        .ok()
+        .and_then(|m| m.as_str().and_then(ProgressMode::parse))
+        .unwrap_or(ProgressMode::None)
+}
+
+/// The core's report that `done` (a share in [0, 1]) of the current query's work is done.
+pub(crate) fn report_query(done: f64) {
+    QUERY.with(|q| {
+        let mut q = q.borrow_mut();
+        let elapsed = q.start.elapsed().as_secs_f64();
+        let decile = (done * 10.0).floor() as usize;
+        if elapsed < QUERY_QUIET_SECS || done <= 0.0 || decile <= q.last_decile {
+            return;
+        }
+        let mode = *q.mode.get_or_insert_with(query_progress_mode);
+        if mode == ProgressMode::None {
+            return;
+        }
+        q.last_decile = decile;
+        let eta = fmt_secs(elapsed * (1.0 - done) / done);
+        let line = format!(
+            "query {:.0}% done, {} elapsed, ETA {eta}",
+            100.0 * done,
+            fmt_secs(elapsed)
+        );
+        if mode == ProgressMode::Bar {
+            reprint!("\r{line}   ");
+        } else {
+            reprintln!("{line}");
+        }
+    });
+}
+
+/// Ends a progress line the query left open.
+pub(crate) fn end_query() {
+    QUERY.with(|q| {
+        let q = q.borrow();
+        if q.mode == Some(ProgressMode::Bar) && q.last_decile > 0 {
+            reprint!("\r{}\r", " ".repeat(60));
+        }
+    });
+}

@@ -89,8 +89,8 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
         ),
         device,
     );
-    for chunk in q.cells.chunks(q.batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
+        crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
         let mut acc: Option<Tensor<B, 2>> = None;
         for tb in &q.transform_batch {
             let b = M::expression_minibatch(model.config(), data, chunk, *tb, device);
@@ -200,7 +200,7 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
     }
     let mut out = vec![0f32; m * g];
     for (chunk_idx, chunk) in cells.chunks(batch_size).enumerate() {
-        crate::interrupt::check()?;
+        crate::interrupt::step(chunk_idx, cells.len().div_ceil(batch_size))?;
         let offset = chunk_idx * batch_size;
         let needed: Vec<usize> = (0..s)
             .filter(|&smp| (0..chunk.len()).any(|p| wanted.contains_key(&(smp, offset + p))))

@@ -114,8 +114,8 @@ pub fn posterior_latent<B: Backend, M: FamilyModule<B>>(
 ) -> Result<(Matrix, Matrix, Matrix)> {
     check_query::<B, M>(module, q.dataset, data, q.cells, q.batch_size)?;
     let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
-    for chunk in q.cells.chunks(q.batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
+        crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
         let b = M::minibatch(module.config(), q.dataset, data, chunk, device);
         let p = posterior(&b);
         let z = match (q.give_mean, module.latent_is_transformed()) {
@@ -169,8 +169,8 @@ pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
         let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
         v.into_iter().map(f64::from).collect()
     };
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let b = M::minibatch(module.config(), dataset, data, chunk, device);
         for t in module.step_loss(&[b], 1.0, false).terms {
             out.reconstruction.extend(to_host(t.reconstruction));

@@ -682,8 +682,8 @@ pub fn imputed_values<B: Backend>(
     check_query(module, dataset, data, cells, batch_size)?;
     let mode = mode.unwrap_or(dataset);
     let mut out = Vec::with_capacity(cells.len() * module.config.n_genes);
-    for chunk in cells.chunks(batch_size.max(1)) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size.max(1)).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size.max(1)))?;
         let b = GimviBatch::<B>::new(&module.config, dataset, data, chunk, device);
         let inf = module.inference(&b, false, deterministic);
         let gen = module.generative(inf.z, inf.library, &b.batch_onehot, mode, false);

@@ -360,8 +360,8 @@ pub fn normalized_accessibility<B: Backend>(
     check_transform_batches(module, q.transform_batch)?;
     let (n_cols, index) = selected_columns::<B>(q.regions, r, device);
     let mut values = Vec::with_capacity(q.cells.len() * n_cols);
-    for chunk in q.cells.chunks(q.batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
+        crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
         // Only the decoders see the transform batch (the encoders keep the cell's own).
         let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
         let inf = module.inference(&b, false);
@@ -455,8 +455,8 @@ pub fn protein_foreground_probability<B: Backend>(
     check_transform_batches(module, q.transform_batch.iter().flatten().copied())?;
     let (n_cols, index) = selected_columns::<B>(q.proteins, p, device);
     let mut values = Vec::with_capacity(q.cells.len() * n_cols);
-    for chunk in q.cells.chunks(q.batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
+        crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
         let mut background_sum = Tensor::<B, 2>::zeros([chunk.len(), p], device);
         for &tb in &q.transform_batch {
             let b = MultiviBatch::<B>::new(&module.config, data, chunk, tb, device);
@@ -489,8 +489,8 @@ pub fn library_size_factors<B: Backend>(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     check_query(module, 0, data, cells, batch_size)?;
     let (mut expression, mut accessibility) = (Vec::new(), Vec::new());
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let b = MultiviBatch::<B>::new(&module.config, data, chunk, None, device);
         let inf = module.inference(&b, false);
         expression.extend(host(&inf.library_expression));

@@ -29,8 +29,8 @@ pub fn marginal_ll<B: Backend>(
     }
     const MAX_ROWS: usize = 8192;
     let mut out = Vec::with_capacity(cells.len());
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let n = chunk.len();
         let host = data.host_batch(chunk, None);
         let b = Batch::<B>::from_host(&host, data.n_genes(), device);
@@ -138,8 +138,8 @@ pub fn likelihood_parameters<B: Backend>(
     let g = data.n_genes();
     let (mut mean, mut disp, mut drop) = (Vec::new(), Vec::new(), Vec::new());
     let poisson = model.config.gene_likelihood == GeneLikelihood::Poisson;
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
         let inf = model.inference(&b, false);
         let gen = model.generative(&b, inf.z, inf.library, false);
@@ -216,8 +216,8 @@ pub fn latent_library_size<B: Backend>(
         ));
     }
     let mut out = Vec::with_capacity(cells.len());
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
         let inf = model.inference(&b, false);
         let lib = match (give_mean, inf.ql) {
@@ -250,8 +250,8 @@ pub fn posterior_predictive_sample<B: Backend>(
     let keep: Vec<usize> = genes.map_or_else(|| (0..g).collect(), |s| s.to_vec());
     let lik = model.config.gene_likelihood;
     let mut out = Vec::with_capacity(cells.len() * keep.len());
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let b = Batch::<B>::from_host(&data.host_batch(chunk, None), g, device);
         let inf = model.inference(&b, false);
         let gen = model.generative(&b, inf.z, inf.library, false);
@@ -379,10 +379,11 @@ pub fn feature_correlation<B: Backend>(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let g = data.n_genes();
     let mut total = vec![0f64; g * g];
-    for tb in transform_batch {
+    let n_chunks = cells.len().div_ceil(batch_size);
+    for (t, tb) in transform_batch.iter().enumerate() {
         let mut draws: Vec<f64> = Vec::with_capacity(n_samples * cells.len() * g);
-        for chunk in cells.chunks(batch_size) {
-            crate::interrupt::check()?;
+        for (done, chunk) in cells.chunks(batch_size).enumerate() {
+            crate::interrupt::step(t * n_chunks + done, transform_batch.len() * n_chunks)?;
             let b = Batch::<B>::from_host(&data.host_batch(chunk, *tb), g, device);
             let inf = model.inference(&b, false);
             for k in 0..n_samples.max(1) {

@@ -126,8 +126,8 @@ pub fn normalized_splicing<B: Backend>(
     let draws_out = if q.return_mean { 1 } else { s };
     let mut values = vec![0f32; draws_out * n * w];
     let mut offset = 0;
-    for chunk in q.cells.chunks(q.batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
+        crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
         let mut per_draw: Vec<Option<Tensor<B, 2>>> = vec![None; s];
         for tb in &batches {
             let b = SpliceviBatch::<B>::new(c, data, chunk, *tb, device);
@@ -181,8 +181,8 @@ pub fn library_size_factors<B: Backend>(
 ) -> Result<Vec<f32>> {
     check_query(module, 0, data, cells, batch_size)?;
     let mut out = Vec::with_capacity(cells.len());
-    for chunk in cells.chunks(batch_size) {
-        crate::interrupt::check()?;
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
         let b = SpliceviBatch::<B>::new(&module.config, data, chunk, None, device);
         out.extend(host(&b.library));
     }
