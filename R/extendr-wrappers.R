@@ -81,6 +81,19 @@ rs_scvi_library_size <- function(model, ds, idx, give_mean, batch_size, device) 
 
 rs_scvi_batch_representation <- function(model, ds, idx, batch_size) .Call(wrap__rs_scvi_batch_representation, model, ds, idx, batch_size)
 
+# The model's data minified (each cell's latent posterior instead of its counts).
+rs_scvi_minify <- function(model, ds, batch_size, device) .Call(wrap__rs_scvi_minify, model, ds, batch_size, device)
+
+rs_dataset_is_minified <- function(ds) .Call(wrap__rs_dataset_is_minified, ds)
+
+rs_dataset_n_cells <- function(ds) .Call(wrap__rs_dataset_n_cells, ds)
+
+# Saves a minified dataset into the folder of its saved model.
+rs_minified_save <- function(ds, dir) .Call(wrap__rs_minified_save, ds, dir)
+
+# The minified dataset saved with the model in `dir`, or NULL.
+rs_minified_load <- function(dir) .Call(wrap__rs_minified_load, dir)
+
 rs_scvi_posterior_predictive <- function(model, ds, idx, genes, batch_size, seed, device) .Call(wrap__rs_scvi_posterior_predictive, model, ds, idx, genes, batch_size, seed, device)
 
 rs_scvi_feature_correlation <- function(model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device) .Call(wrap__rs_scvi_feature_correlation, model, ds, idx, transform_batch, n_samples, rna_size_factor, spearman, batch_size, seed, device)

@@ -175,6 +175,11 @@
     .stop(paste0("`model` has no training data attached (it was loaded without `x`); ",
                  "load it with load_model(dir, %s) to train it further"), hint)
   }
+  if (inherits(model, "SCVI") && .is_minified(model)) {
+    .stop(paste0("`model` is minified (its data are each cell's latent posterior, no counts): ",
+                 "train the model it was minified from, or one loaded with its counts ",
+                 "(load_model(dir, x = <counts>))"))
+  }
   # One cell gives batch normalisation nothing to normalise and minibatches nothing to
   # average (scvi-tools fails inside torch); refuse it here, naming the data.
   n_cells <- if (is.list(model$cell_names)) lengths(model$cell_names) else length(model$cell_names)
@@ -368,5 +373,6 @@ save_model.rscvi_model <- function(model, dir, overwrite = FALSE, ...) {
   overwrite <- .check_scalar_bool(overwrite, "overwrite")
   if (file.exists(dir) && !dir.exists(dir)) .stop("`dir` '%s' is a file, not a folder", dir)
   .rs(rs_model_save(model$model, path.expand(dir), overwrite))
+  .save_minified(model, dir)
   invisible(dir)
 }

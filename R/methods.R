@@ -418,6 +418,10 @@ is_trained <- function(model, ...) UseMethod("is_trained")
   src <- if (is.na(inp$class %||% NA)) "" else sprintf(" from a %s", inp$class)
   src_assay <- inp$layer %||% inp$assay
   lay <- if (is.null(src_assay)) "" else sprintf(", assay \"%s\"", src_assay)
+  if (inherits(model, "SCVI") && .is_minified(model)) {
+    return(sprintf("%s cells x %s genes, minified (latent posterior; no counts)",
+                   .fmt_int(length(model$cell_names)), .fmt_int(inp$n_genes)))
+  }
   sprintf("%s cells x %s genes%s%s", .fmt_int(inp$n_cells), .fmt_int(inp$n_genes), src, lay)
 }
 

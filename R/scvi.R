@@ -593,6 +593,88 @@ load_model <- function(dir, x = NULL, ...) {
     model$cell_data <- q$cell_data
     model$input <- list(class = .input_class(x), n_cells = length(q$cell_names),
                         n_genes = config$n_input, layer = q$layer, assay = q$assay)
+  } else {
+    model <- .load_minified(model, dir)
   }
+  model
+}
+
+# ---------------------------------------------------------------------------------------------
+# Minified models.
+
+#' Minify a model: keep each cell's latent posterior instead of its counts
+#'
+#' The R analogue of scvi-tools' `minify_adata()` (`"latent_posterior_parameters"`): returns a
+#' copy of `model` whose data are each cell's posterior \eqn{q(z \mid x)} (means and
+#' variances from the encoder), observed library size, batch and covariates, without the
+#' count matrix. Queries that need only \eqn{z} run as before, drawing \eqn{z} from the
+#' stored posterior: [get_latent_representation()], [get_normalized_expression()],
+#' [differential_expression()] (uniform weights), [posterior_predictive_sample()],
+#' [get_likelihood_parameters()], [get_feature_correlation_matrix()]. What needs the counts
+#' ([train()], [get_elbo()], [get_reconstruction_error()], [get_marginal_ll()], importance
+#' weights) says so; pass the counts as `x` there. [save_model()] keeps the posterior with
+#' the model, so [load_model()] gives a model ready for those queries without any data.
+#' As in scvi-tools, a model with a learned library size (`use_observed_lib_size = FALSE`)
+#' uses the observed library once minified.
+#'
+#' @inheritParams get_latent_representation
+#' @return A minified copy of `model` (`model` itself is unchanged).
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
+#' small <- minify_adata(model)
+#' small
+#' dim(get_normalized_expression(small, indices = 1:5))
+minify_adata <- function(model, ...) UseMethod("minify_adata")
+
+#' @rdname minify_adata
+#' @export
+minify_adata.SCVI <- function(model, batch_size = 128L, device = "auto", ...) {
+  .no_dots(list(...), "minify_adata", "SCVI")
+  batch_size <- .check_batch_size(batch_size)
+  device <- .check_device(device)
+  if (is.null(model$data) || .null_ptr(model$data)) {
+    .stop(paste0("`model` has no data attached (it was loaded with load_model() without ",
+                 "`x`): load it with its data first"))
+  }
+  model$data <- .rs(rs_scvi_minify(model$model, model$data, batch_size, device))
+  model$saved <- NULL
+  model
+}
+
+.is_minified <- function(model) {
+  !is.null(model$data) && inherits(model$data, "externalptr") && !.null_ptr(model$data) &&
+    isTRUE(.rs(rs_dataset_is_minified(model$data)))
+}
+
+# A minified model's posterior and its cells' names and data go with the saved model (and a
+# stale posterior from an earlier save into the same folder goes away).
+.save_minified <- function(model, dir) {
+  files <- file.path(dir, c("minified.mpk", "minified-cells.rds"))
+  if (!.is_minified(model)) {
+    unlink(files)
+    return(invisible(dir))
+  }
+  .rs(rs_minified_save(model$data, path.expand(dir)))
+  saveRDS(list(cell_names = model$cell_names, cell_data = model$cell_data), files[2])
+  invisible(dir)
+}
+
+# `model` (loaded from `dir` without data) with the minified data saved with it, if any.
+.load_minified <- function(model, dir) {
+  data <- .rs(rs_minified_load(path.expand(dir)))
+  if (is.null(data)) return(model)
+  cells <- tryCatch(readRDS(file.path(dir, "minified-cells.rds")), error = function(e) {
+    .stop("`dir` '%s': the minified model's cells are not readable (%s)", dir,
+          conditionMessage(e))
+  })
+  n <- .rs(rs_dataset_n_cells(data))
+  if (!is.character(cells$cell_names) || length(cells$cell_names) != n) {
+    .stop("`dir` '%s': the minified model's cell names do not match its %d cells", dir, n)
+  }
+  model$data <- data
+  model$cell_names <- cells$cell_names
+  model$cell_data <- cells$cell_data
+  model$input$n_cells <- n
   model
 }

@@ -143,3 +143,43 @@ test_that("gene_likelihood = \"normal\" trains and samples continuous values", {
   expect_true(all(is.finite(de$lfc_mean)))
   expect_error(multivi(d$counts, gene_likelihood = "normal"), "gene_likelihood")
 })
+
+test_that("minify_adata() keeps the latent posterior, answers z-only queries and saves", {
+  d <- small_data()
+  m <- train(scvi(d$counts, cells = d$cells, batch_key = "batch", labels_key = "cell_line",
+                  n_latent = 4L), max_epochs = 3L, seed = 1L, progress = FALSE)
+  s <- minify_adata(m)
+  expect_output(print(s), "minified \\(latent posterior; no counts\\)")
+  expect_output(print(m), "from a dgCMatrix")          # the original keeps its counts
+  z <- get_latent_representation(m)
+  expect_identical(get_latent_representation(s), z)    # the stored posterior means
+  # z-only queries: the same estimates up to the z draws
+  set.seed(3)
+  e_s <- get_normalized_expression(s, n_samples = 25L)
+  e_m <- get_normalized_expression(m, n_samples = 25L)
+  expect_gt(cor(log(as.vector(e_s)), log(as.vector(e_m))), 0.95)
+  de <- differential_expression(s, groupby = "cell_line", group1 = d$cells$cell_line[1])
+  expect_true(all(is.finite(de$lfc_mean)))
+  expect_identical(dim(posterior_predictive_sample(s, indices = 1:4)), c(4L, 200L))
+  # what needs the counts says so
+  expect_error(get_elbo(s), "minified model .*the ELBO .* needs the counts: pass them as `x`")
+  expect_error(get_marginal_ll(s, indices = 1:3), "marginal log-likelihood needs the counts")
+  expect_error(train(s, max_epochs = 1L), "`model` is minified")
+  expect_error(minify_adata(s), "minified already")
+  # ...and works with them
+  expect_equal(get_elbo(s, x = d), get_elbo(m), tolerance = 0.05)
+  # saved with the model; a later save of an ordinary model into the folder drops it
+  dir <- tempfile("minified-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  save_model(s, dir)
+  back <- load_model(dir)
+  expect_identical(back$cell_names, colnames(d$counts))
+  expect_identical(get_latent_representation(back), z)
+  de2 <- differential_expression(back, groupby = "cell_line", group1 = d$cells$cell_line[1])
+  expect_identical(dim(de2), dim(de))
+  save_model(m, dir, overwrite = TRUE)
+  expect_false(file.exists(file.path(dir, "minified.mpk")))
+  expect_null(load_model(dir)$data)
+  expect_error(minify_adata(load_model(dir)), "no data attached")
+  expect_error(minify_adata(m, batch_size = 0), "batch_size")
+})

@@ -76,6 +76,41 @@ fn rs_scvi_library_size(
     Ok(v.into())
 }
 
+/// The model's data minified (each cell's latent posterior instead of its counts).
+#[extendr]
+fn rs_scvi_minify(model: Robj, ds: Robj, batch_size: i32, device: &str) -> Result<Robj> {
+    let q = scvi_query(&model, &ds, &().into(), batch_size)?;
+    let data = on_device_guarded!(q.model, device, |module, dev| {
+        queries::minify(module, q.data, q.batch_size, dev)
+    })?;
+    Ok(ExternalPtr::new(data).into())
+}
+
+#[extendr]
+fn rs_dataset_is_minified(ds: Robj) -> Result<bool> {
+    Ok(dataset(&ds)?.is_minified())
+}
+
+#[extendr]
+fn rs_dataset_n_cells(ds: Robj) -> Result<i32> {
+    Ok(dataset(&ds)?.n_cells() as i32)
+}
+
+/// Saves a minified dataset into the folder of its saved model.
+#[extendr]
+fn rs_minified_save(ds: Robj, dir: &str) -> Result<Robj> {
+    let data = dataset(&ds)?;
+    crate::guarded(|| rscvi_core::io::save_minified(std::path::Path::new(dir), data))?;
+    Ok(().into())
+}
+
+/// The minified dataset saved with the model in `dir`, or NULL.
+#[extendr]
+fn rs_minified_load(dir: &str) -> Result<Robj> {
+    let data = crate::guarded(|| rscvi_core::io::load_minified(std::path::Path::new(dir)))?;
+    Ok(data.map_or(().into(), |d| ExternalPtr::new(d).into()))
+}
+
 #[extendr]
 fn rs_scvi_batch_representation(model: Robj, ds: Robj, idx: Robj, batch_size: i32) -> Result<Robj> {
     let q = scvi_query(&model, &ds, &idx, batch_size)?;
@@ -171,6 +206,11 @@ extendr_module! {
     fn rs_scvi_likelihood_parameters;
     fn rs_scvi_library_size;
     fn rs_scvi_batch_representation;
+    fn rs_scvi_minify;
+    fn rs_dataset_is_minified;
+    fn rs_dataset_n_cells;
+    fn rs_minified_save;
+    fn rs_minified_load;
     fn rs_scvi_posterior_predictive;
     fn rs_scvi_feature_correlation;
     fn rs_scvi_query_new;

@@ -16,6 +16,8 @@ pub struct Batch<B: Backend> {
     pub covariates: Option<Tensor<B, 2>>,
     pub continuous: Option<Tensor<B, 2>>,
     pub log_size_factor: Option<Tensor<B, 2>>,
+    /// A minified dataset's posterior (means, variances) of the cells: the encoder's output.
+    pub latent_posterior: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
 }
 
 impl<B: Backend> Batch<B> {
@@ -39,6 +41,10 @@ impl<B: Backend> Batch<B> {
             log_size_factor: h.size_factor.as_ref().map(|sf| {
                 let logs: Vec<f32> = sf.iter().map(|v| v.ln()).collect();
                 mat(&logs, 1)
+            }),
+            latent_posterior: h.latent_posterior.as_ref().map(|(m, v)| {
+                let l = m.len() / n.max(1);
+                (mat(m, l), mat(v, l))
             }),
         }
     }
@@ -68,6 +74,10 @@ impl<B: Backend> Batch<B> {
             covariates: self.covariates.as_ref().map(rows),
             continuous: self.continuous.as_ref().map(rows),
             log_size_factor: self.log_size_factor.as_ref().map(rows),
+            latent_posterior: self
+                .latent_posterior
+                .as_ref()
+                .map(|(m, v)| (rows(m), rows(v))),
         }
     }
 
@@ -89,6 +99,8 @@ impl<B: Backend> Batch<B> {
             covariates: opt(&|b| b.covariates.clone()),
             continuous: opt(&|b| b.continuous.clone()),
             log_size_factor: opt(&|b| b.log_size_factor.clone()),
+            latent_posterior: opt(&|b| b.latent_posterior.as_ref().map(|p| p.0.clone()))
+                .zip(opt(&|b| b.latent_posterior.as_ref().map(|p| p.1.clone()))),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::data::mt::numpy_permutation;
 use crate::error::{invalid_arg, Error, Result};
 
 /// Cells x genes sparse counts in compressed-row form.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CsrMatrix {
     pub n_rows: usize,
     pub n_cols: usize,
@@ -69,7 +69,7 @@ impl CsrMatrix {
 }
 
 /// A categorical per-cell covariate: 0-based codes and the number of categories.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Categorical {
     pub codes: Vec<u32>,
     pub n_categories: usize,
@@ -107,8 +107,17 @@ impl Categorical {
     }
 }
 
+/// Each cell's posterior q(z | x) (means and variances, n x n_latent, row-major): what a
+/// minified dataset keeps of its counts (scvi-tools' "latent_posterior_parameters").
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LatentPosterior {
+    pub n_latent: usize,
+    pub qz_mean: Vec<f32>,
+    pub qz_var: Vec<f32>,
+}
+
 /// Everything a model reads per cell.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DataSet {
     pub counts: CsrMatrix,
     pub batch: Categorical,
@@ -125,6 +134,8 @@ pub struct DataSet {
     pub log_factorial: Vec<f32>,
     /// log(1 + x) of every stored count (the encoder's input), computed once.
     pub log1p_values: Vec<f32>,
+    /// Set in a minified dataset, whose counts are dropped: the model reads z from it.
+    pub latent_posterior: Option<LatentPosterior>,
 }
 
 impl DataSet {
@@ -202,7 +213,80 @@ impl DataSet {
             size_factors,
             log_library,
             log_factorial,
+            latent_posterior: None,
         })
+    }
+
+    /// This dataset without its counts, holding each cell's latent posterior instead
+    /// (n_cells x n_latent means and variances): the observed library, batches, labels,
+    /// covariates and size factors stay, so queries that only need z still run.
+    pub fn minified(&self, posterior: LatentPosterior) -> Result<Self> {
+        let n = self.n_cells();
+        let expected = n * posterior.n_latent;
+        if posterior.qz_mean.len() != expected || posterior.qz_var.len() != expected {
+            return Err(Error::InvalidData(
+                "the latent posterior does not match the cells".into(),
+            ));
+        }
+        Ok(Self {
+            counts: CsrMatrix {
+                n_rows: n,
+                n_cols: self.n_genes(),
+                indptr: vec![0; n + 1],
+                indices: vec![],
+                values: vec![],
+            },
+            log1p_values: vec![],
+            log_factorial: vec![0.0; n],
+            latent_posterior: Some(posterior),
+            ..self.clone()
+        })
+    }
+
+    /// Checks a minified dataset read from a file: every per-cell field has one entry per
+    /// cell, codes are within their categories, the posterior matches the cells.
+    pub fn check_minified(&self) -> Result<()> {
+        let n = self.n_cells();
+        let bad = |what: &str| Error::InvalidData(format!("the minified data: {what}"));
+        let Some(p) = &self.latent_posterior else {
+            return Err(bad("no latent posterior"));
+        };
+        if p.qz_mean.len() != n * p.n_latent || p.qz_var.len() != n * p.n_latent {
+            return Err(bad("the latent posterior does not match the cells"));
+        }
+        if self.log_library.len() != n
+            || self.log_factorial.len() != n
+            || self.counts.indptr.len() != n + 1
+            || self.continuous_covariates.iter().any(|c| c.len() != n)
+            || self.size_factors.iter().any(|c| c.len() != n)
+        {
+            return Err(bad("per-cell fields of different lengths"));
+        }
+        self.batch.validate("batch", n)?;
+        self.labels.validate("labels", n)?;
+        for c in &self.categorical_covariates {
+            c.validate("categorical covariate", n)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_minified(&self) -> bool {
+        self.latent_posterior.is_some()
+    }
+
+    /// An error for work that needs the counts (training, the ELBO, likelihoods of the
+    /// observed data) when this dataset is minified.
+    pub fn require_counts(&self, what: &str) -> Result<()> {
+        if self.is_minified() {
+            return Err(invalid_arg(
+                "x",
+                format!(
+                    "is the data of a minified model (each cell's latent posterior, no counts), \
+                     but {what} needs the counts: pass them as `x`"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts and batches only: no labels, covariates or size factors.
@@ -343,6 +427,8 @@ pub struct HostBatch {
     /// Continuous covariates, n x U.
     pub continuous: Vec<f32>,
     pub size_factor: Option<Vec<f32>>,
+    /// A minified dataset's posterior means and variances of the cells (n x n_latent).
+    pub latent_posterior: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Width of the one-hot covariate block: batch and categorical covariates with > 1 category.
@@ -444,6 +530,16 @@ impl DataSet {
             size_factor: self
                 .size_factor()
                 .map(|sf| cells.iter().map(|&c| sf[c]).collect()),
+            latent_posterior: self.latent_posterior.as_ref().map(|p| {
+                let rows = |v: &[f32]| -> Vec<f32> {
+                    let l = p.n_latent;
+                    cells
+                        .iter()
+                        .flat_map(|&c| v[c * l..(c + 1) * l].iter().copied())
+                        .collect()
+                };
+                (rows(&p.qz_mean), rows(&p.qz_var))
+            }),
         }
     }
 }

@@ -160,6 +160,7 @@ pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
     device: &B::Device,
 ) -> Result<ElboTerms> {
     check_query::<B, M>(module, dataset, data, cells, batch_size)?;
+    data.require_counts("the ELBO (reconstruction error)")?;
     let mut out = ElboTerms {
         reconstruction: Vec::new(),
         kl_local: Vec::new(),

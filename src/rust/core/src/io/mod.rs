@@ -64,6 +64,37 @@ pub(crate) fn save_files<M: Module<Cpu>>(
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", meta_path.display())))
 }
 
+const MINIFIED_FILE: &str = "minified.mpk";
+
+/// Writes a minified dataset (each cell's latent posterior, covariates and library; no
+/// counts) next to the model saved in `dir`, so that the model loads ready for its queries.
+pub fn save_minified(dir: &Path, data: &crate::data::DataSet) -> Result<()> {
+    let bytes = rmp_serde::to_vec_named(data)
+        .map_err(|e| Error::Io(format!("cannot encode the minified data: {e}")))?;
+    let path = dir.join(MINIFIED_FILE);
+    std::fs::write(&path, bytes)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The minified dataset saved with the model in `dir`, if there is one.
+pub fn load_minified(dir: &Path) -> Result<Option<crate::data::DataSet>> {
+    let path = dir.join(MINIFIED_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    let data: crate::data::DataSet = rmp_serde::from_slice(&bytes).map_err(|e| {
+        Error::Io(format!(
+            "{} is not a valid minified dataset: {e}",
+            path.display()
+        ))
+    })?;
+    data.check_minified()
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    Ok(Some(data))
+}
+
 fn read_description(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value)> {
     let meta_path = dir.join(META_FILE);
     let text = std::fs::read_to_string(&meta_path)
@@ -151,4 +182,53 @@ fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
     let mut v = Shapes(Vec::new());
     m.visit(&mut v);
     v.0
+}
+
+#[cfg(test)]
+mod minified_tests {
+    use super::*;
+    use crate::data::{toy_dataset, LatentPosterior};
+
+    #[test]
+    fn a_minified_dataset_round_trips_and_a_corrupt_one_is_refused() {
+        let data = toy_dataset(2);
+        let n = data.n_cells();
+        let posterior = LatentPosterior {
+            n_latent: 3,
+            qz_mean: (0..n * 3).map(|i| i as f32).collect(),
+            qz_var: vec![0.5; n * 3],
+        };
+        let mini = data.minified(posterior).unwrap();
+        assert!(mini.is_minified() && mini.counts.values.is_empty());
+        assert_eq!(mini.log_library, data.log_library);
+        assert!(mini.require_counts("training").is_err());
+        assert!(data.require_counts("training").is_ok());
+        let host = mini.host_batch(&[2, 0], None);
+        let (m, v) = host.latent_posterior.unwrap();
+        assert_eq!(m, vec![6.0, 7.0, 8.0, 0.0, 1.0, 2.0]);
+        assert_eq!(v, vec![0.5; 6]);
+
+        let dir = std::env::temp_dir().join(format!("rscvi-minified-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(load_minified(&dir).unwrap().is_none());
+        save_minified(&dir, &mini).unwrap();
+        let back = load_minified(&dir).unwrap().unwrap();
+        assert_eq!(back.latent_posterior.unwrap().qz_mean.len(), n * 3);
+        assert_eq!(back.batch.codes, data.batch.codes);
+        std::fs::write(dir.join(MINIFIED_FILE), b"not a dataset").unwrap();
+        assert!(load_minified(&dir).is_err());
+        // well-formed but inconsistent: a posterior for fewer cells
+        let mut bad = mini.clone();
+        bad.latent_posterior.as_mut().unwrap().qz_mean.truncate(3);
+        save_minified(&dir, &bad).unwrap();
+        assert!(load_minified(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // the posterior must match the cells
+        let short = LatentPosterior {
+            n_latent: 3,
+            qz_mean: vec![0.0; 3],
+            qz_var: vec![1.0; 3],
+        };
+        assert!(data.minified(short).is_err());
+    }
 }

@@ -113,6 +113,7 @@ where
 {
     let config = module.config().clone();
     let checked = validate_config(cfg)
+        .and_then(|_| data.iter().try_for_each(|d| d.require_counts("training")))
         .and_then(|_| K::check_data(&config, data))
         .and_then(|_| {
             data.iter().try_for_each(|d| {

@@ -144,6 +144,7 @@ pub fn log_weights<B: Backend>(
     if opts.max_cells == 0 {
         return Err(invalid_arg("max_cells", "must be >= 1"));
     }
+    data.require_counts("importance weights (weights = \"importance\")")?;
     let n = cells.len();
     let positions: Vec<usize> = if n > opts.max_cells {
         rand::seq::index::sample(rng, n, opts.max_cells).into_vec()

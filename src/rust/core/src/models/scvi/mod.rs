@@ -316,6 +316,19 @@ impl<B: Backend> Scvi<B> {
     }
 
     pub fn inference(&self, b: &Batch<B>, training: bool) -> Inference<B> {
+        // A minified dataset brings the encoder's output: draw z from it, with the observed
+        // library (as scvi-tools' minified mode).
+        if let Some((qz_mean, qz_var)) = &b.latent_posterior {
+            let z_raw = crate::nn::resample(qz_mean, qz_var);
+            return Inference {
+                qz_mean: qz_mean.clone(),
+                qz_var: qz_var.clone(),
+                z: self.transform_latent(z_raw.clone()),
+                z_raw,
+                ql: None,
+                library: b.log_library.clone(),
+            };
+        }
         let (e, cov) = self.encoder_input(b);
         let qz = self.z_encoder.forward(e.clone(), cov.as_ref(), training);
         let z = self.transform_latent(qz.sample.clone());
@@ -626,6 +639,7 @@ mod tests {
             covariate_width: 2,
             continuous: vec![],
             size_factor: None,
+            latent_posterior: None,
         };
         let b = Batch::<B>::from_host(&host, 3, &dev);
         let gen = m.generative(&b, mat(&[0.5, -1.0], 1, 2), b.log_library.clone(), false);

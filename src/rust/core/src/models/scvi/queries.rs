@@ -24,6 +24,7 @@ pub fn marginal_ll<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<f64>> {
     check_cells(model, 0, data, cells)?;
+    data.require_counts("the marginal log-likelihood")?;
     if n_mc_samples == 0 {
         return Err(invalid_arg("n_mc_samples", "must be >= 1"));
     }
@@ -52,6 +53,7 @@ pub fn marginal_ll<B: Backend>(
                 covariates: b.covariates.as_ref().map(|c| tiled(c, k)),
                 continuous: b.continuous.as_ref().map(|c| tiled(c, k)),
                 log_size_factor: b.log_size_factor.as_ref().map(|c| tiled(c, k)),
+                latent_posterior: None,
             };
             let (qm, qv) = (tiled(&inf.qz_mean, k), tiled(&inf.qz_var, k));
             let z_raw = crate::nn::resample(&qm, &qv);
@@ -161,6 +163,36 @@ pub fn likelihood_parameters<B: Backend>(
         mean: mk(mean),
         dispersions: (!poisson).then(|| mk(disp)),
         dropout: (!drop.is_empty()).then(|| mk(drop)),
+    })
+}
+
+/// The model's data minified (scvi-tools' `minify_adata`): each cell's posterior q(z | x)
+/// from the encoder in eval mode replaces its counts (see [`DataSet::minified`]).
+pub fn minify<B: Backend>(
+    model: &Scvi<B>,
+    data: &DataSet,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<DataSet> {
+    if data.is_minified() {
+        return Err(invalid_arg("model", "is minified already"));
+    }
+    let cells: Vec<usize> = (0..data.n_cells()).collect();
+    check_cells(model, 0, data, &cells)?;
+    check_batch(batch_size, &cells, data)?;
+    let (mut qz_mean, mut qz_var) = (Vec::new(), Vec::new());
+    let n_chunks = cells.len().div_ceil(batch_size);
+    for (done, chunk) in cells.chunks(batch_size).enumerate() {
+        crate::interrupt::step(done, n_chunks)?;
+        let b = Batch::<B>::from_host(&data.host_batch(chunk, None), data.n_genes(), device);
+        let inf = model.inference(&b, false);
+        qz_mean.extend(host(&inf.qz_mean));
+        qz_var.extend(host(&inf.qz_var));
+    }
+    data.minified(crate::data::LatentPosterior {
+        n_latent: model.config.n_latent,
+        qz_mean,
+        qz_var,
     })
 }
 

@@ -65,6 +65,7 @@ fn sample_chunk(model: &ScviModel, n: usize, rng: &mut rand::rngs::StdRng) -> Ch
         size_factor: c
             .use_size_factor
             .then(|| lib.iter().map(|v| v.exp()).collect()),
+        latent_posterior: None,
     };
     let b = Batch::<Cpu>::from_host(&host, g, &device);
     let zt = burn::tensor::Tensor::<Cpu, 2>::from_data(
