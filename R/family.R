@@ -356,6 +356,31 @@ test_indices.rscvi_model <- function(model, ...) {
   .split_indices(model, "test")
 }
 
+#' The device of a model
+#'
+#' scvi-tools' `model.device`. rscvi keeps a model's weights in main memory between calls
+#' and moves them to the GPU for the work asked to run there (`device = "cuda"` or `"auto"`
+#' with a GPU); this says where the weights are and where the model's last [train()] call
+#' in this session ran.
+#'
+#' @param model a model.
+#' @param ... unused.
+#' @return A list: `weights` ("cpu") and `trained_on` ("cpu", "cuda", or `NA` when the model
+#'   has not been trained in this session, e.g. after [load_model()]).
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 2, seed = 0)
+#' model_device(model)
+model_device <- function(model, ...) UseMethod("model_device")
+
+#' @rdname model_device
+#' @export
+model_device.rscvi_model <- function(model, ...) {
+  .no_dots(list(...), "model_device")
+  .check_any_model(model)
+  list(weights = "cpu", trained_on = model$last_training$device %||% NA_character_)
+}
+
 #' @rdname train_indices
 #' @export
 is_trained.rscvi_model <- function(model, ...) {

@@ -183,3 +183,11 @@ test_that("minify_adata() keeps the latent posterior, answers z-only queries and
   expect_error(minify_adata(load_model(dir)), "no data attached")
   expect_error(minify_adata(m, batch_size = 0), "batch_size")
 })
+
+test_that("model_device() says where the weights are and where training ran", {
+  m <- scvi(small_data(), batch_key = "batch")
+  expect_identical(model_device(m), list(weights = "cpu", trained_on = NA_character_))
+  m <- train(m, max_epochs = 1L, device = "cpu", progress = FALSE)
+  expect_identical(model_device(m)$trained_on, "cpu")
+  expect_error(model_device(m, "x"), "unknown")
+})

@@ -202,15 +202,17 @@ fn rs_model_train(
     let summary = guarded(|| {
         let kind = resolve_device(device)?;
         m.train(&data, &cfg, kind, &mut observer)
+            .map(|summary| (summary, kind))
     });
     observer.finish(summary.is_err());
-    let s = summary?;
+    let (s, kind) = summary?;
     Ok(list!(
         epochs_run = s.epochs_run as i32,
         max_epochs = s.max_epochs as i32,
         interrupted = s.interrupted,
         early_stopped = s.early_stopped,
-        seconds = s.seconds
+        seconds = s.seconds,
+        device = kind.name()
     )
     .into())
 }
