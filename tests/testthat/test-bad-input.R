@@ -52,7 +52,7 @@ test_that("bad hyperparameters are refused naming the argument", {
   expect_error(scvi(d, n_layers = NA), "n_layers")
   expect_error(scvi(d, dropout_rate = 1), "dropout_rate")
   expect_error(scvi(d, dispersion = "cell"), "dispersion")
-  expect_error(scvi(d, gene_likelihood = "normal"), "gene_likelihood")
+  expect_error(scvi(d, gene_likelihood = "gaussian"), "gene_likelihood")
   expect_error(scvi(d, gene_likelihood = "zi"), "gene_likelihood")  # no partial matching
   expect_error(scvi(d, latent_distribution = "lognormal"), "latent_distribution")
   expect_error(scvi(d, use_batch_norm = TRUE), "use_batch_norm")
@@ -255,5 +255,6 @@ test_that("logical matrices, numeric category columns and one-cell training are 
   m <- scvi(d, batch_key = "batch")
   other <- d
   other$cells$batch[1:3] <- "new_batch"
-  expect_error(get_latent_representation(m, x = other), "map cells of new categories with load_query_data\\(\\)")
+  expect_error(suppressWarnings(get_latent_representation(m, x = other)),
+               "map cells of new categories with load_query_data\\(\\)")
 })

@@ -324,7 +324,7 @@ test_that("transfer reuses mappings, rejects or extends unknown categories", {
 
   new_cells <- data.frame(batch = rep(c("a", "z", "d"), 2), cov = rep(c("u", "w"), 3))
   expect_error(.register_fields(toy_input(new_cells), registry = reg),
-               "`batch_key` column 'batch' has values the model was not set up with: 'd', 'z'.*extend_categories = TRUE")
+               "`batch_key` column 'batch' has values the model was not set up with: 'd', 'z'.*load_query_data\\(\\)")
   ext <- quiet(.register_fields(toy_input(new_cells), registry = reg, extend_categories = TRUE))
   expect_identical(ext$registry$batch_categories, c("a", "b", "c", "d", "z"))
   expect_identical(ext$batch, rep(c(0L, 4L, 3L), 2))

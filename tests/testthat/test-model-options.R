@@ -115,7 +115,8 @@ test_that("batch_representation = \"embedding\" learns one embedding row per bat
   ref <- train(scvi(d$counts[, ref_cells], cells = d$cells[ref_cells, ], batch_key = "batch",
                     batch_representation = "embedding"), max_epochs = 2L, seed = 1L,
                progress = FALSE)
-  q <- load_query_data(list(counts = d$counts[, !ref_cells], cells = d$cells[!ref_cells, ]), ref)
+  q <- suppressWarnings(load_query_data(list(counts = d$counts[, !ref_cells],
+                                             cells = d$cells[!ref_cells, ]), ref))
   expect_identical(q$config$n_batch, ref$config$n_batch + 1L)
   expect_identical(dim(get_batch_representation(train(q, max_epochs = 1L, progress = FALSE))),
                    c(sum(!ref_cells), 5L))

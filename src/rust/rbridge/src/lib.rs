@@ -17,6 +17,7 @@ use rscvi_core::data::{Categorical, CsrMatrix, DataSet};
 use rscvi_core::metrics;
 
 mod gimvi;
+mod io;
 mod models;
 mod multivi;
 mod progress;
@@ -281,6 +282,7 @@ extendr_module! {
     use queries;
     use scvi;
     use gimvi;
+    use io;
     use multivi;
     use splicevi;
     fn rs_dataset_new;

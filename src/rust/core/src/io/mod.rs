@@ -2,6 +2,8 @@
 //! kind, config, training state, registry) and its weights (model.mpk); plus moving a module
 //! between backends.
 
+pub mod h5;
+
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};

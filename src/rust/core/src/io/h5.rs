@@ -1,0 +1,755 @@
+//! Readers of the HDF5 files single-cell users have: AnnData's `.h5ad` (current encodings
+//! and the pre-0.8 categorical one) and CellRanger's feature-barcode `.h5`. Matrices come
+//! back as features x cells (the R layout: a CSR cells x features matrix is already the
+//! CSC of its transpose), data frames as typed columns.
+
+use std::path::Path;
+
+use hdf5::types::{FixedAscii, FixedUnicode, IntSize, TypeDescriptor, VarLenAscii, VarLenUnicode};
+use hdf5::{Dataset, File, Group};
+
+use crate::error::{Error, Result};
+
+/// A features x cells matrix: compressed sparse columns (one column per cell) or dense,
+/// column-major.
+pub enum FeatureMatrix {
+    Sparse {
+        n_features: usize,
+        n_cells: usize,
+        indptr: Vec<usize>,
+        indices: Vec<i32>,
+        values: Vec<f64>,
+    },
+    Dense {
+        n_features: usize,
+        n_cells: usize,
+        values: Vec<f64>,
+    },
+}
+
+/// One column of a data frame.
+pub enum Column {
+    Double(Vec<f64>),
+    Integer(Vec<i32>),
+    Logical(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+    /// Category codes (None = missing) and the categories in their stored order.
+    Factor {
+        codes: Vec<Option<usize>>,
+        levels: Vec<String>,
+        ordered: bool,
+    },
+}
+
+pub struct Frame {
+    pub index: Vec<String>,
+    pub columns: Vec<(String, Column)>,
+}
+
+/// What `read_h5ad` returns: the matrix asked for, `obs`, `var`, the other layers (with
+/// `X` itself when another layer was asked for) and the dense `obsm` embeddings (cells x
+/// dims, column-major).
+pub struct AnnData {
+    pub matrix: FeatureMatrix,
+    pub obs: Frame,
+    pub var: Frame,
+    pub layers: Vec<(String, FeatureMatrix)>,
+    pub obsm: Vec<(String, FeatureMatrix)>,
+    pub skipped: Vec<String>,
+}
+
+/// A CellRanger feature-barcode matrix: features x barcodes, with each feature's id, name
+/// and type ("Gene Expression", "Peaks", "Antibody Capture", ...).
+pub struct TenX {
+    pub matrix: FeatureMatrix,
+    pub barcodes: Vec<String>,
+    pub feature_ids: Vec<String>,
+    pub feature_names: Vec<String>,
+    pub feature_types: Vec<String>,
+}
+
+fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Io(format!("{}: {what}", path.display()))
+}
+
+fn open(path: &Path) -> Result<File> {
+    if !path.exists() {
+        return Err(Error::Io(format!("{} does not exist", path.display())));
+    }
+    // HDF5 prints its own error stack to stderr unless told not to.
+    hdf5::silence_errors(true);
+    File::open(path).map_err(|e| bad(path, format!("not a readable HDF5 file ({e})")))
+}
+
+fn attr_string(obj: &hdf5::Location, name: &str) -> Option<String> {
+    let a = obj.attr(name).ok()?;
+    a.read_scalar::<VarLenUnicode>()
+        .map(|s| s.as_str().to_string())
+        .or_else(|_| {
+            a.read_scalar::<VarLenAscii>()
+                .map(|s| s.as_str().to_string())
+        })
+        .or_else(|_| {
+            a.read_scalar::<FixedAscii<256>>()
+                .map(|s| s.as_str().to_string())
+        })
+        .ok()
+}
+
+fn attr_strings(obj: &hdf5::Location, name: &str) -> Vec<String> {
+    let Ok(a) = obj.attr(name) else {
+        return vec![];
+    };
+    if let Ok(v) = a.read_raw::<VarLenUnicode>() {
+        return v.iter().map(|s| s.as_str().to_string()).collect();
+    }
+    if let Ok(v) = a.read_raw::<VarLenAscii>() {
+        return v.iter().map(|s| s.as_str().to_string()).collect();
+    }
+    a.read_raw::<FixedAscii<256>>()
+        .map(|v| v.iter().map(|s| s.as_str().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn encoding(obj: &hdf5::Location) -> Option<String> {
+    attr_string(obj, "encoding-type")
+}
+
+/// Strings of a dataset, whatever their HDF5 string type.
+fn strings(ds: &Dataset, path: &Path) -> Result<Vec<String>> {
+    let name = ds.name();
+    let td = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| bad(path, format!("{name}: unreadable type ({e})")))?;
+    let err = |e: hdf5::Error| bad(path, format!("{name}: {e}"));
+    macro_rules! fixed {
+        ($t:ident, $n:expr) => {
+            match $n {
+                0..=32 => ds
+                    .read_raw::<$t<32>>()
+                    .map_err(err)?
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+                33..=128 => ds
+                    .read_raw::<$t<128>>()
+                    .map_err(err)?
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+                129..=1024 => ds
+                    .read_raw::<$t<1024>>()
+                    .map_err(err)?
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+                n => {
+                    return Err(bad(
+                        path,
+                        format!("{name}: strings of {n} bytes are not supported"),
+                    ))
+                }
+            }
+        };
+    }
+    Ok(match td {
+        TypeDescriptor::VarLenUnicode => ds
+            .read_raw::<VarLenUnicode>()
+            .map_err(err)?
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+        TypeDescriptor::VarLenAscii => ds
+            .read_raw::<VarLenAscii>()
+            .map_err(err)?
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+        TypeDescriptor::FixedAscii(n) => fixed!(FixedAscii, n),
+        TypeDescriptor::FixedUnicode(n) => fixed!(FixedUnicode, n),
+        other => {
+            return Err(bad(
+                path,
+                format!("{name}: expected strings, found {other:?}"),
+            ))
+        }
+    })
+}
+
+fn numbers(ds: &Dataset, path: &Path) -> Result<Vec<f64>> {
+    ds.read_raw::<f64>()
+        .map_err(|e| bad(path, format!("{}: {e}", ds.name())))
+}
+
+fn check_filters(ds: &Dataset, path: &Path) -> Result<()> {
+    // Reading fails on a filter this HDF5 lacks; name it instead of HDF5's generic error.
+    if let Ok(filters) = ds.create_plist().map(|p| p.filters()) {
+        for f in filters {
+            if !f.is_available() {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{} is compressed with {:?}, which this HDF5 library cannot read",
+                        ds.name(),
+                        f
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A matrix stored as an AnnData element (cells x features) at `name` of `parent`, returned
+/// as features x cells.
+fn anndata_matrix(parent: &Group, name: &str, path: &Path) -> Result<FeatureMatrix> {
+    if let Ok(g) = parent.group(name) {
+        let enc = encoding(&g);
+        let old = attr_string(&g, "h5sparse_format");
+        let format = match (enc.as_deref(), old.as_deref()) {
+            (Some("csr_matrix"), _) | (None, Some("csr")) => "csr",
+            (Some("csc_matrix"), _) | (None, Some("csc")) => "csc",
+            (e, _) => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{} is not a sparse matrix AnnData can store (encoding {:?})",
+                        g.name(),
+                        e.unwrap_or("none")
+                    ),
+                ))
+            }
+        };
+        let shape_attr = if enc.is_some() {
+            "shape"
+        } else {
+            "h5sparse_shape"
+        };
+        let shape: Vec<u64> = g
+            .attr(shape_attr)
+            .and_then(|a| a.read_raw::<u64>())
+            .map_err(|e| bad(path, format!("{}: no shape ({e})", g.name())))?;
+        if shape.len() != 2 {
+            return Err(bad(path, format!("{}: shape is not 2-D", g.name())));
+        }
+        let (n_obs, n_var) = (shape[0] as usize, shape[1] as usize);
+        let ds = |n: &str| {
+            g.dataset(n)
+                .map_err(|e| bad(path, format!("{}/{n} is missing ({e})", g.name())))
+        };
+        let (data, indices, indptr) = (ds("data")?, ds("indices")?, ds("indptr")?);
+        for d in [&data, &indices, &indptr] {
+            check_filters(d, path)?;
+        }
+        let values = numbers(&data, path)?;
+        let idx: Vec<i64> = indices
+            .read_raw::<i64>()
+            .map_err(|e| bad(path, format!("{}: {e}", indices.name())))?;
+        let ptr: Vec<i64> = indptr
+            .read_raw::<i64>()
+            .map_err(|e| bad(path, format!("{}: {e}", indptr.name())))?;
+        let (major, minor) = if format == "csr" {
+            (n_obs, n_var)
+        } else {
+            (n_var, n_obs)
+        };
+        check_compressed(&ptr, &idx, values.len(), major, minor, &g.name(), path)?;
+        let indptr: Vec<usize> = ptr.iter().map(|&p| p as usize).collect();
+        let indices: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+        if format == "csr" {
+            return Ok(FeatureMatrix::Sparse {
+                n_features: n_var,
+                n_cells: n_obs,
+                indptr,
+                indices,
+                values,
+            });
+        }
+        // CSC of cells x features = CSR of features x cells: transpose to columns of cells.
+        let (indptr, indices, values) = transpose(n_var, n_obs, &indptr, &indices, &values);
+        return Ok(FeatureMatrix::Sparse {
+            n_features: n_var,
+            n_cells: n_obs,
+            indptr,
+            indices,
+            values,
+        });
+    }
+    let ds = parent
+        .dataset(name)
+        .map_err(|_| bad(path, format!("{}/{name} does not exist", parent.name())))?;
+    check_filters(&ds, path)?;
+    let shape = ds.shape();
+    if shape.len() != 2 {
+        return Err(bad(path, format!("{} is not a 2-D matrix", ds.name())));
+    }
+    // Row-major cells x features is column-major features x cells: the same values.
+    Ok(FeatureMatrix::Dense {
+        n_features: shape[1],
+        n_cells: shape[0],
+        values: numbers(&ds, path)?,
+    })
+}
+
+fn check_compressed(
+    ptr: &[i64],
+    idx: &[i64],
+    nnz: usize,
+    major: usize,
+    minor: usize,
+    name: &str,
+    path: &Path,
+) -> Result<()> {
+    let ok = ptr.len() == major + 1
+        && ptr.first() == Some(&0)
+        && ptr.last().map(|&p| p as usize) == Some(nnz)
+        && idx.len() == nnz
+        && ptr.windows(2).all(|w| w[0] <= w[1])
+        && idx.iter().all(|&i| i >= 0 && (i as usize) < minor);
+    if !ok {
+        return Err(bad(
+            path,
+            format!("{name}: inconsistent sparse matrix arrays"),
+        ));
+    }
+    if nnz > i32::MAX as usize {
+        return Err(bad(
+            path,
+            format!("{name} has {nnz} nonzeros, more than an R sparse matrix can hold"),
+        ));
+    }
+    Ok(())
+}
+
+/// Compressed rows of an r x c matrix -> compressed rows of its transpose (c x r).
+fn transpose(
+    r: usize,
+    c: usize,
+    indptr: &[usize],
+    indices: &[i32],
+    values: &[f64],
+) -> (Vec<usize>, Vec<i32>, Vec<f64>) {
+    let mut counts = vec![0usize; c + 1];
+    for &j in indices {
+        counts[j as usize + 1] += 1;
+    }
+    for k in 0..c {
+        counts[k + 1] += counts[k];
+    }
+    let mut next = counts.clone();
+    let mut out_idx = vec![0i32; indices.len()];
+    let mut out_val = vec![0f64; values.len()];
+    for row in 0..r {
+        for k in indptr[row]..indptr[row + 1] {
+            let col = indices[k] as usize;
+            out_idx[next[col]] = row as i32;
+            out_val[next[col]] = values[k];
+            next[col] += 1;
+        }
+    }
+    (counts, out_idx, out_val)
+}
+
+/// One column of an AnnData data frame group, with `n` values when given.
+fn column(df: &Group, name: &str, n: Option<usize>, path: &Path) -> Result<Column> {
+    let col = if let Ok(g) = df.group(name) {
+        let enc = encoding(&g).unwrap_or_default();
+        match enc.as_str() {
+            "categorical" => {
+                let cats = g
+                    .dataset("categories")
+                    .map_err(|e| bad(path, format!("{}: no categories ({e})", g.name())))?;
+                let levels = category_levels(&cats, path)?;
+                let codes = g
+                    .dataset("codes")
+                    .and_then(|d| d.read_raw::<i64>())
+                    .map_err(|e| bad(path, format!("{}: no codes ({e})", g.name())))?;
+                let ordered = g
+                    .attr("ordered")
+                    .and_then(|a| a.read_scalar::<bool>())
+                    .unwrap_or(false);
+                factor(codes, levels, ordered, &g.name(), path)?
+            }
+            "nullable-integer" | "nullable-boolean" | "nullable-string-array" => {
+                let values = g
+                    .dataset("values")
+                    .map_err(|e| bad(path, format!("{}: no values ({e})", g.name())))?;
+                let mask: Vec<bool> = g
+                    .dataset("mask")
+                    .and_then(|d| d.read_raw::<bool>())
+                    .unwrap_or_default();
+                let keep = |i: usize| !mask.get(i).copied().unwrap_or(false);
+                match enc.as_str() {
+                    "nullable-boolean" => {
+                        let v = values
+                            .read_raw::<bool>()
+                            .map_err(|e| bad(path, format!("{}: {e}", g.name())))?;
+                        Column::Logical(
+                            v.into_iter()
+                                .enumerate()
+                                .map(|(i, b)| keep(i).then_some(b))
+                                .collect(),
+                        )
+                    }
+                    "nullable-integer" => {
+                        let v = numbers(&values, path)?;
+                        Column::Double(
+                            v.into_iter()
+                                .enumerate()
+                                .map(|(i, x)| if keep(i) { x } else { f64::NAN })
+                                .collect(),
+                        )
+                    }
+                    _ => Column::Text(
+                        strings(&values, path)?
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, s)| keep(i).then_some(s))
+                            .collect(),
+                    ),
+                }
+            }
+            other => {
+                return Err(bad(
+                    path,
+                    format!("{}: column encoding {other:?} is not supported", g.name()),
+                ))
+            }
+        }
+    } else {
+        let ds = df
+            .dataset(name)
+            .map_err(|e| bad(path, format!("{}/{name} is missing ({e})", df.name())))?;
+        // The pre-0.8 encoding: integer codes pointing at __categories/<name>.
+        if ds.attr("categories").is_ok() {
+            let cats = df
+                .dataset(&format!("__categories/{name}"))
+                .map_err(|e| bad(path, format!("{}: categories not found ({e})", ds.name())))?;
+            let levels = category_levels(&cats, path)?;
+            let codes = ds
+                .read_raw::<i64>()
+                .map_err(|e| bad(path, format!("{}: {e}", ds.name())))?;
+            factor(codes, levels, false, &ds.name(), path)?
+        } else {
+            plain_column(&ds, path)?
+        }
+    };
+    let len = match &col {
+        Column::Double(v) => v.len(),
+        Column::Integer(v) => v.len(),
+        Column::Logical(v) => v.len(),
+        Column::Text(v) => v.len(),
+        Column::Factor { codes, .. } => codes.len(),
+    };
+    if let Some(n) = n.filter(|&n| n != len) {
+        return Err(bad(
+            path,
+            format!("{}/{name} has {len} values for {n} rows", df.name()),
+        ));
+    }
+    Ok(col)
+}
+
+fn category_levels(ds: &Dataset, path: &Path) -> Result<Vec<String>> {
+    strings(ds, path).or_else(|_| {
+        // numeric categories, as pandas writes them: their text
+        Ok(numbers(ds, path)?
+            .into_iter()
+            .map(|v| format!("{v}"))
+            .collect())
+    })
+}
+
+fn factor(
+    codes: Vec<i64>,
+    levels: Vec<String>,
+    ordered: bool,
+    name: &str,
+    path: &Path,
+) -> Result<Column> {
+    if codes.iter().any(|&c| c >= levels.len() as i64) {
+        return Err(bad(
+            path,
+            format!("{name}: a code is beyond its categories"),
+        ));
+    }
+    Ok(Column::Factor {
+        codes: codes
+            .into_iter()
+            .map(|c| (c >= 0).then_some(c as usize))
+            .collect(),
+        levels,
+        ordered,
+    })
+}
+
+fn plain_column(ds: &Dataset, path: &Path) -> Result<Column> {
+    let td = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| bad(path, format!("{}: unreadable type ({e})", ds.name())))?;
+    Ok(match td {
+        TypeDescriptor::Boolean | TypeDescriptor::Enum(_) => Column::Logical(
+            ds.read_raw::<bool>()
+                .map_err(|e| bad(path, format!("{}: {e}", ds.name())))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        ),
+        TypeDescriptor::Integer(IntSize::U1 | IntSize::U2 | IntSize::U4)
+        | TypeDescriptor::Unsigned(IntSize::U1 | IntSize::U2) => Column::Integer(
+            ds.read_raw::<i32>()
+                .map_err(|e| bad(path, format!("{}: {e}", ds.name())))?,
+        ),
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_) => {
+            Column::Double(numbers(ds, path)?)
+        }
+        _ => Column::Text(strings(ds, path)?.into_iter().map(Some).collect()),
+    })
+}
+
+/// An AnnData data frame (`obs` or `var`) with `n` rows.
+fn frame(file: &File, name: &str, path: &Path) -> Result<Frame> {
+    let df = file
+        .group(name)
+        .map_err(|_| bad(path, format!("no /{name} group: not an AnnData file")))?;
+    let index_name = attr_string(&df, "_index").unwrap_or_else(|| "_index".into());
+    let index: Vec<String> = match column(&df, &index_name, None, path)? {
+        Column::Text(v) => v.into_iter().map(|s| s.unwrap_or_default()).collect(),
+        Column::Factor { codes, levels, .. } => codes
+            .into_iter()
+            .map(|c| c.map(|c| levels[c].clone()).unwrap_or_default())
+            .collect(),
+        Column::Integer(v) => v.iter().map(|i| i.to_string()).collect(),
+        Column::Double(v) => v.iter().map(|x| x.to_string()).collect(),
+        Column::Logical(_) => return Err(bad(path, format!("{name}: the index is not text"))),
+    };
+    let n = index.len();
+    let mut order = attr_strings(&df, "column-order");
+    if order.is_empty() {
+        order = df
+            .member_names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m != &index_name && m != "__categories")
+            .collect();
+    }
+    let columns = order
+        .into_iter()
+        .map(|c| column(&df, &c, Some(n), path).map(|col| (c, col)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Frame { index, columns })
+}
+
+fn matrix_dims(m: &FeatureMatrix) -> (usize, usize) {
+    match m {
+        FeatureMatrix::Sparse {
+            n_features,
+            n_cells,
+            ..
+        }
+        | FeatureMatrix::Dense {
+            n_features,
+            n_cells,
+            ..
+        } => (*n_features, *n_cells),
+    }
+}
+
+/// Reads an `.h5ad` file: `matrix` is "X" or the name of a layer; `obs` and `var` become
+/// typed columns, every other layer and the 2-D `obsm` arrays come along.
+pub fn read_h5ad(path: &Path, matrix: &str) -> Result<AnnData> {
+    let file = open(path)?;
+    let obs = frame(&file, "obs", path)?;
+    let var = frame(&file, "var", path)?;
+    let (n_obs, n_var) = (obs.index.len(), var.index.len());
+    let layer_group = file.group("layers").ok();
+    let layer_names: Vec<String> = layer_group
+        .as_ref()
+        .and_then(|g| g.member_names().ok())
+        .unwrap_or_default();
+    let root: Group = file
+        .as_group()
+        .map_err(|e| bad(path, format!("cannot read the root group ({e})")))?;
+    let has_x = root.link_exists("X");
+    let main = if matrix == "X" {
+        if !has_x {
+            return Err(bad(path, "has no X matrix; name one of its layers"));
+        }
+        anndata_matrix(&root, "X", path)?
+    } else {
+        let g = layer_group
+            .as_ref()
+            .filter(|_| layer_names.iter().any(|l| l == matrix))
+            .ok_or_else(|| {
+                bad(
+                    path,
+                    format!(
+                        "has no layer '{matrix}' (layers: {})",
+                        if layer_names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            layer_names.join(", ")
+                        }
+                    ),
+                )
+            })?;
+        anndata_matrix(g, matrix, path)?
+    };
+    let check = |m: &FeatureMatrix, what: &str| -> Result<()> {
+        if matrix_dims(m) != (n_var, n_obs) {
+            return Err(bad(
+                path,
+                format!("{what} is not {n_obs} cells x {n_var} features, as obs and var say"),
+            ));
+        }
+        Ok(())
+    };
+    check(&main, matrix)?;
+    let mut layers = Vec::new();
+    let mut skipped = Vec::new();
+    if matrix != "X" && has_x {
+        let x = anndata_matrix(&root, "X", path)?;
+        check(&x, "X")?;
+        layers.push(("X".to_string(), x));
+    }
+    if let Some(g) = &layer_group {
+        for l in layer_names.iter().filter(|l| *l != matrix) {
+            let m = anndata_matrix(g, l, path)?;
+            check(&m, &format!("layers/{l}"))?;
+            layers.push((l.clone(), m));
+        }
+    }
+    let mut obsm = Vec::new();
+    if let Ok(g) = file.group("obsm") {
+        for name in g.member_names().unwrap_or_default() {
+            match g.dataset(&name) {
+                Ok(ds) if ds.shape().len() == 2 && ds.shape()[0] == n_obs => {
+                    let k = ds.shape()[1];
+                    // row-major cells x k -> column-major
+                    let v = numbers(&ds, path)?;
+                    let mut values = vec![0f64; v.len()];
+                    for r in 0..n_obs {
+                        for c in 0..k {
+                            values[c * n_obs + r] = v[r * k + c];
+                        }
+                    }
+                    obsm.push((
+                        name,
+                        FeatureMatrix::Dense {
+                            n_features: n_obs,
+                            n_cells: k,
+                            values,
+                        },
+                    ));
+                }
+                _ => skipped.push(format!("obsm/{name}")),
+            }
+        }
+    }
+    Ok(AnnData {
+        matrix: main,
+        obs,
+        var,
+        layers,
+        obsm,
+        skipped,
+    })
+}
+
+/// Reads a CellRanger (v3+) feature-barcode matrix `.h5`.
+pub fn read_10x_h5(path: &Path) -> Result<TenX> {
+    let file = open(path)?;
+    let g = file.group("matrix").map_err(|_| {
+        bad(
+            path,
+            "no /matrix group: not a CellRanger v3+ feature-barcode matrix (v2 files keep one \
+             group per genome)",
+        )
+    })?;
+    let ds = |n: &str| {
+        g.dataset(n)
+            .map_err(|e| bad(path, format!("/matrix/{n} is missing ({e})")))
+    };
+    let shape: Vec<i64> = ds("shape")?
+        .read_raw::<i64>()
+        .map_err(|e| bad(path, format!("/matrix/shape: {e}")))?;
+    if shape.len() != 2 || shape.iter().any(|&s| s < 0) {
+        return Err(bad(path, "/matrix/shape is not 2-D"));
+    }
+    let (n_features, n_cells) = (shape[0] as usize, shape[1] as usize);
+    let (data, indices, indptr) = (ds("data")?, ds("indices")?, ds("indptr")?);
+    for d in [&data, &indices, &indptr] {
+        check_filters(d, path)?;
+    }
+    let values = numbers(&data, path)?;
+    let idx: Vec<i64> = indices
+        .read_raw::<i64>()
+        .map_err(|e| bad(path, format!("/matrix/indices: {e}")))?;
+    let ptr: Vec<i64> = indptr
+        .read_raw::<i64>()
+        .map_err(|e| bad(path, format!("/matrix/indptr: {e}")))?;
+    check_compressed(
+        &ptr,
+        &idx,
+        values.len(),
+        n_cells,
+        n_features,
+        "/matrix",
+        path,
+    )?;
+    let barcodes = strings(&ds("barcodes")?, path)?;
+    let features = g
+        .group("features")
+        .map_err(|_| bad(path, "no /matrix/features group: not a CellRanger v3+ file"))?;
+    let feature = |n: &str| -> Result<Vec<String>> {
+        let d = features
+            .dataset(n)
+            .map_err(|e| bad(path, format!("/matrix/features/{n} is missing ({e})")))?;
+        strings(&d, path)
+    };
+    let (ids, names, types) = (feature("id")?, feature("name")?, feature("feature_type")?);
+    if barcodes.len() != n_cells || [&ids, &names, &types].iter().any(|v| v.len() != n_features) {
+        return Err(bad(path, "barcodes or features do not match /matrix/shape"));
+    }
+    Ok(TenX {
+        matrix: FeatureMatrix::Sparse {
+            n_features,
+            n_cells,
+            indptr: ptr.iter().map(|&p| p as usize).collect(),
+            indices: idx.iter().map(|&i| i as i32).collect(),
+            values,
+        },
+        barcodes,
+        feature_ids: ids,
+        feature_names: names,
+        feature_types: types,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposing_compressed_rows_keeps_every_entry() {
+        // 2 x 3: [[1, 0, 2], [0, 3, 0]]
+        let (p, i, x) = transpose(2, 3, &[0, 2, 3], &[0, 2, 1], &[1.0, 2.0, 3.0]);
+        assert_eq!(p, vec![0, 1, 2, 3]);
+        assert_eq!(i, vec![0, 1, 0]);
+        assert_eq!(x, vec![1.0, 3.0, 2.0]);
+    }
+
+    #[test]
+    fn missing_and_non_hdf5_files_are_errors() {
+        let missing = Path::new("/nonexistent/file.h5ad");
+        assert!(read_h5ad(missing, "X").is_err());
+        let not_h5 = std::env::temp_dir().join(format!("rscvi-not-h5-{}", std::process::id()));
+        std::fs::write(&not_h5, b"plain text").unwrap();
+        let e = read_h5ad(&not_h5, "X").err().unwrap().to_string();
+        assert!(e.contains("not a readable HDF5 file"), "{e}");
+        assert!(read_10x_h5(&not_h5).is_err());
+        std::fs::remove_file(&not_h5).unwrap();
+    }
+}

@@ -1,0 +1,107 @@
+# The file readers: small real files written by the reference writers
+# (tools/make-io-fixtures.py with anndata 0.13 / h5py), read without Python.
+
+fixture <- function(name) test_path("fixtures", name)
+shipped <- function(name) system.file("extdata", name, package = "rscvi")
+
+test_that("read_h5ad() reads X, layers, obs, var and obsm as anndata wrote them", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_h5ad(shipped("cellbench_small.h5ad"))
+  expect_s4_class(sce, "SingleCellExperiment")
+  expect_identical(dim(sce), c(30L, 40L))
+  expect_identical(SummarizedExperiment::assayNames(sce), c("X", "counts", "dense_log"))
+  x <- SummarizedExperiment::assay(sce, "X")
+  expect_s4_class(x, "dgCMatrix")
+  expect_identical(x, SummarizedExperiment::assay(sce, "counts"))
+  expect_equal(as.matrix(log1p(x)), SummarizedExperiment::assay(sce, "dense_log"),
+               tolerance = 1e-6)
+  expect_true(all(x@x == round(x@x)) && all(x@x > 0))
+  expect_match(colnames(sce)[1], "^CELseq2_3cl:")
+  expect_match(rownames(sce)[1], "^ENSG")
+  # obs: categoricals as factors in their stored order, numbers, logicals, strings
+  expect_identical(levels(sce$cell_line), c("HCC827", "H838", "H2228", "H1975", "A549"))
+  expect_identical(levels(sce$batch), sort(unique(as.character(sce$batch))))
+  expect_type(sce$n_genes, "integer")
+  expect_equal(sce$n_counts, unname(Matrix::colSums(x)))
+  expect_identical(sce$n_genes, unname(as.integer(Matrix::colSums(x > 0))))
+  expect_type(sce$is_first_batch, "logical")
+  expect_identical(sce$is_first_batch, sce$batch == sce$batch[1])
+  expect_identical(sce$barcode, colnames(sce))
+  expect_identical(SummarizedExperiment::rowData(sce)$symbol, rownames(sce))
+  expect_identical(dim(SingleCellExperiment::reducedDim(sce, "X_pca")), c(40L, 3L))
+  # the same matrix stored as CSC or dense
+  csc <- read_h5ad(fixture("cellbench_csc.h5ad"))
+  expect_identical(SummarizedExperiment::assay(csc, "X"), x)
+  dense <- read_h5ad(fixture("cellbench_dense.h5ad"), X_name = "counts_dense")
+  expect_equal(SummarizedExperiment::assay(dense, "counts_dense"), as.matrix(x))
+  # options
+  lean <- read_h5ad(shipped("cellbench_small.h5ad"), layers = FALSE, reducedDims = FALSE)
+  expect_identical(SummarizedExperiment::assayNames(lean), "X")
+  expect_length(SingleCellExperiment::reducedDimNames(lean), 0L)
+  expect_error(read_h5ad(shipped("cellbench_small.h5ad"), X_name = "counts"),
+               "`X_name` 'counts' is also the name of a layer")
+})
+
+test_that("read_h5ad() reads the pre-0.8 categorical encoding", {
+  skip_if_not_installed("SingleCellExperiment")
+  old <- read_h5ad(fixture("cellbench_old_categories.h5ad"))
+  new <- read_h5ad(shipped("cellbench_small.h5ad"))
+  expect_identical(old$batch, new$batch)
+  expect_identical(old$n_counts, new$n_counts)
+  expect_identical(SummarizedExperiment::assay(old, "X"), SummarizedExperiment::assay(new, "X"))
+})
+
+test_that("a model trains on what read_h5ad() read", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_h5ad(shipped("cellbench_small.h5ad"))
+  m <- train(scvi(sce, layer = "counts", batch_key = "batch", n_latent = 3L),
+             max_epochs = 2L, seed = 0L, progress = FALSE)
+  expect_identical(dim(get_latent_representation(m)), c(40L, 3L))
+})
+
+test_that("read_10x_h5() splits feature types into the main and alternative experiments", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_10x_h5(shipped("snareseq2_10x.h5"))
+  expect_identical(dim(sce), c(20L, 25L))
+  expect_identical(SingleCellExperiment::altExpNames(sce), "Peaks")
+  peaks <- SingleCellExperiment::altExp(sce, "Peaks")
+  expect_identical(dim(peaks), c(15L, 25L))
+  expect_identical(unique(SummarizedExperiment::rowData(sce)$Type), "Gene Expression")
+  expect_match(rownames(peaks)[1], "^chr[0-9XY]+:[0-9]+-[0-9]+$")
+  counts <- SingleCellExperiment::counts(sce)
+  expect_s4_class(counts, "dgCMatrix")
+  expect_true(all(counts@x == round(counts@x)) && all(counts@x > 0))
+  expect_identical(colnames(sce), sce$Barcode)
+  # the same counts as the shared data, where they are available
+  mop <- file.path(shared_data_dir(), "mop_snareseq2")
+  if (dir.exists(mop)) {
+    full <- Matrix::readMM(gzfile(file.path(mop, "matrix.mtx.gz")))
+    feats <- utils::read.delim(file.path(mop, "features.tsv.gz"))
+    rownames(full) <- feats$id
+    expect_equal(as.matrix(counts), as.matrix(full[rownames(sce), 1:25]),
+                 ignore_attr = TRUE)
+  }
+  # a Multiome file feeds multivi() directly (Peaks is found as the ATAC altExp)
+  m <- suppressWarnings(multivi(sce))
+  expect_identical(m$config$n_regions, 15L)
+})
+
+test_that("bad files give clear errors and leave R running", {
+  expect_error(read_h5ad(tempfile(fileext = ".h5ad")), "`path` .* does not exist")
+  expect_error(read_h5ad(tempdir()), "is a folder")
+  not_h5 <- tempfile(fileext = ".h5ad")
+  writeLines("not HDF5", not_h5)
+  on.exit(unlink(not_h5), add = TRUE)
+  expect_error(read_h5ad(not_h5), "not a readable HDF5 file")
+  expect_error(read_10x_h5(not_h5), "not a readable HDF5 file")
+  # valid HDF5 of the other kind
+  expect_error(read_10x_h5(shipped("cellbench_small.h5ad")), "no /matrix group")
+  expect_error(read_h5ad(shipped("snareseq2_10x.h5")), "no /obs group: not an AnnData file")
+  # truncated
+  trunc <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(trunc), add = TRUE)
+  bytes <- readBin(shipped("cellbench_small.h5ad"), "raw", 5000)
+  writeBin(bytes, trunc)
+  expect_error(read_h5ad(trunc), "cellbench|h5ad")
+  expect_error(read_h5ad(42), "`path` must be a single non-empty string")
+})
