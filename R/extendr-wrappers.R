@@ -108,6 +108,8 @@ rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, d
 
 rs_read_h5ad <- function(path, matrix) .Call(wrap__rs_read_h5ad, path, matrix)
 
+rs_read_h5mu <- function(path) .Call(wrap__rs_read_h5mu, path)
+
 rs_read_10x_h5 <- function(path) .Call(wrap__rs_read_10x_h5, path)
 
 # `ds`: one dataset whose columns are the genes, then the regions, then the proteins.

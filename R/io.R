@@ -66,7 +66,11 @@ read_h5ad <- function(path, X_name = "X", layers = TRUE, reducedDims = TRUE) {
   layers <- .check_scalar_bool(layers, "layers")
   reducedDims <- .check_scalar_bool(reducedDims, "reducedDims")
   .require_sce("read_h5ad")
-  a <- .rs(rs_read_h5ad(path, "X"))
+  .anndata_sce(.rs(rs_read_h5ad(path, "X")), X_name, layers, reducedDims, "read_h5ad")
+}
+
+# A SingleCellExperiment from an AnnData the core read (`a`), as read_h5ad() describes.
+.anndata_sce <- function(a, X_name, layers, reducedDims, caller) {
   cells <- a$obs$index
   genes <- a$var$index
   assays <- stats::setNames(list(.io_matrix(a$matrix, genes, cells)), X_name)
@@ -82,11 +86,60 @@ read_h5ad <- function(path, X_name = "X", layers = TRUE, reducedDims = TRUE) {
     list()
   }
   if (length(a$skipped)) {
-    message("read_h5ad(): not read (not 2-D arrays of cells): ", .enum(a$skipped, 10L))
+    message(caller, "(): not read (not 2-D arrays of cells): ", .enum(a$skipped, 10L))
   }
   SingleCellExperiment::SingleCellExperiment(
     assays = assays, colData = .io_frame(a$obs), rowData = .io_frame(a$var),
     reducedDims = dims)
+}
+
+#' Read a MuData `.h5mu` file
+#'
+#' Reads a multimodal MuData file (e.g. RNA + ATAC of a multiome experiment, written by
+#' muon / mudata) directly, each modality as [read_h5ad()] reads an AnnData. When every
+#' modality holds the same cells (paired data), the result is one `SingleCellExperiment`:
+#' the first modality (by default) as the main experiment and each other one as an
+#' alternative experiment named after it, the file's global `obs` as column data. Otherwise
+#' (cells measured in only some modalities, the mosaic case) it is a named list of
+#' `SingleCellExperiment`s, one per modality, which [multivi()] takes as `rna` / `atac` /
+#' `protein` (cells are matched by name).
+#'
+#' @inheritParams read_h5ad
+#' @param main the modality of the main experiment (default: the first in the file).
+#' @return A `SingleCellExperiment`, or a named list of them (see Description).
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' f <- system.file("extdata", "snareseq2_small.h5mu", package = "rscvi")
+#' mo <- read_h5mu(f)
+#' mo
+#' SingleCellExperiment::altExpNames(mo)
+read_h5mu <- function(path, main = NULL, X_name = "X", layers = TRUE, reducedDims = TRUE) {
+  path <- .check_readable_file(path)
+  X_name <- .check_scalar_string(X_name, "X_name")
+  layers <- .check_scalar_bool(layers, "layers")
+  reducedDims <- .check_scalar_bool(reducedDims, "reducedDims")
+  .require_sce("read_h5mu")
+  mu <- .rs(rs_read_h5mu(path))
+  mods <- lapply(mu$modalities, .anndata_sce, X_name = X_name, layers = layers,
+                 reducedDims = reducedDims, caller = "read_h5mu")
+  main <- .check_choice(main %||% names(mods)[1], names(mods), "main")
+  cells <- lapply(mods, colnames)
+  if (!all(vapply(cells, identical, logical(1), cells[[main]]))) return(mods)
+  sce <- mods[[main]]
+  global <- .io_frame(mu$obs)
+  new <- setdiff(names(global), names(SummarizedExperiment::colData(sce)))
+  if (length(new) && identical(rownames(global), colnames(sce))) {
+    SummarizedExperiment::colData(sce) <- cbind(SummarizedExperiment::colData(sce),
+                                                global[, new, drop = FALSE])
+  }
+  for (m in setdiff(names(mods), main)) {
+    alt <- mods[[m]]
+    SingleCellExperiment::reducedDims(alt) <- list()
+    SingleCellExperiment::altExp(sce, m) <- SummarizedExperiment::SummarizedExperiment(
+      assays = SummarizedExperiment::assays(alt),
+      rowData = SummarizedExperiment::rowData(alt))
+  }
+  sce
 }
 
 #' Read a 10x Genomics feature-barcode matrix (`.h5`)

@@ -138,5 +138,28 @@ with h5py.File(shipped / "snareseq2_10x.h5", "w") as f:
     f.attrs["library_ids"] = np.array(["snareseq2"], dtype="S")
     f.attrs["filetype"] = "matrix"
 
-for p in sorted([*out.iterdir(), shipped / "cellbench_small.h5ad", shipped / "snareseq2_10x.h5"]):
+# --- h5mu (mudata): the same nuclei as RNA + ATAC modalities, paired and mosaic ---------------
+import mudata as md
+
+o = obs.iloc[nuclei].reset_index(drop=True)
+bc = barcodes[nuclei].astype(str)
+obs_df = pd.DataFrame(
+    {"library": pd.Categorical(o["library"].astype(str)), "cell_type": pd.Categorical(o["cell_type"].astype(str))},
+    index=pd.Index(bc),
+)
+n_g = 20
+rna = ad.AnnData(
+    X=sp.csr_matrix(mat[:n_g].T.astype(np.float32)),
+    obs=obs_df.copy(),
+    var=pd.DataFrame(index=pd.Index(fid[rows[:n_g]])),
+)
+atac = ad.AnnData(
+    X=sp.csr_matrix(mat[n_g:].T.astype(np.float32)),
+    obs=obs_df.copy(),
+    var=pd.DataFrame(index=pd.Index(fid[rows[n_g:]])),
+)
+md.MuData({"rna": rna, "atac": atac}).write(shipped / "snareseq2_small.h5mu")
+md.MuData({"rna": rna[:20].copy(), "atac": atac[5:].copy()}).write(out / "snareseq2_mosaic.h5mu")
+
+for p in sorted([*out.iterdir(), *shipped.glob("*.h5*")]):
     print(f"{p}: {p.stat().st_size} bytes")

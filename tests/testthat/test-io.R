@@ -105,3 +105,34 @@ test_that("bad files give clear errors and leave R running", {
   expect_error(read_h5ad(trunc), "cellbench|h5ad")
   expect_error(read_h5ad(42), "`path` must be a single non-empty string")
 })
+
+test_that("read_h5mu() gives one object for paired modalities, a list for a mosaic", {
+  skip_if_not_installed("SingleCellExperiment")
+  mo <- read_h5mu(shipped("snareseq2_small.h5mu"))
+  expect_s4_class(mo, "SingleCellExperiment")
+  expect_identical(dim(mo), c(20L, 25L))
+  expect_identical(SingleCellExperiment::altExpNames(mo), "atac")
+  expect_identical(dim(SingleCellExperiment::altExp(mo, "atac")), c(15L, 25L))
+  expect_s3_class(mo$cell_type, "factor")
+  # the same counts as the 10x file of these nuclei
+  tenx <- read_10x_h5(shipped("snareseq2_10x.h5"))
+  expect_equal(as.matrix(SummarizedExperiment::assay(mo, "X")),
+               as.matrix(SingleCellExperiment::counts(tenx)), ignore_attr = TRUE)
+  atac_first <- read_h5mu(shipped("snareseq2_small.h5mu"), main = "atac")
+  expect_identical(SingleCellExperiment::altExpNames(atac_first), "rna")
+  expect_error(read_h5mu(shipped("snareseq2_small.h5mu"), main = "adt"), "`main` must be one of")
+  # a mosaic: one object per modality, which multivi() matches by cell name
+  mosaic <- read_h5mu(fixture("snareseq2_mosaic.h5mu"))
+  expect_type(mosaic, "list")
+  expect_identical(names(mosaic), c("rna", "atac"))
+  expect_identical(ncol(mosaic$rna), 20L)
+  expect_identical(ncol(mosaic$atac), 20L)
+  # (so few features leave some nuclei empty in a modality: drop those there)
+  observed <- function(s) s[, Matrix::colSums(SummarizedExperiment::assay(s, "X")) > 0]
+  rna <- observed(mosaic$rna)
+  atac <- observed(mosaic$atac)
+  m <- suppressWarnings(multivi(rna = rna, atac = atac, layer = "X", atac_layer = "X"))
+  expect_identical(as.integer(m$config$n_cells),
+                   length(union(colnames(rna), colnames(atac))))
+  expect_error(read_h5mu(shipped("cellbench_small.h5ad")), "no /mod group: not a MuData file")
+})

@@ -88,9 +88,7 @@ fn named(items: Vec<(String, FeatureMatrix)>) -> Result<Robj> {
     Ok(l.into())
 }
 
-#[extendr]
-fn rs_read_h5ad(path: &str, matrix: &str) -> Result<Robj> {
-    let a = guarded(|| h5::read_h5ad(Path::new(path), matrix))?;
+fn r_anndata(a: h5::AnnData) -> Result<Robj> {
     Ok(list!(
         matrix = r_feature_matrix(a.matrix),
         obs = r_frame(a.obs)?,
@@ -100,6 +98,24 @@ fn rs_read_h5ad(path: &str, matrix: &str) -> Result<Robj> {
         skipped = a.skipped
     )
     .into())
+}
+
+#[extendr]
+fn rs_read_h5ad(path: &str, matrix: &str) -> Result<Robj> {
+    r_anndata(guarded(|| h5::read_h5ad(Path::new(path), matrix))?)
+}
+
+#[extendr]
+fn rs_read_h5mu(path: &str) -> Result<Robj> {
+    let mu = guarded(|| h5::read_h5mu(Path::new(path)))?;
+    let (names, mods): (Vec<String>, Vec<h5::AnnData>) = mu.modalities.into_iter().unzip();
+    let mut l = List::from_values(
+        mods.into_iter()
+            .map(r_anndata)
+            .collect::<Result<Vec<_>>>()?,
+    );
+    l.set_names(names)?;
+    Ok(list!(obs = r_frame(mu.obs)?, modalities = l).into())
 }
 
 #[extendr]
@@ -118,5 +134,6 @@ fn rs_read_10x_h5(path: &str) -> Result<Robj> {
 extendr_module! {
     mod io;
     fn rs_read_h5ad;
+    fn rs_read_h5mu;
     fn rs_read_10x_h5;
 }

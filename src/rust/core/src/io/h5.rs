@@ -510,8 +510,8 @@ fn plain_column(ds: &Dataset, path: &Path) -> Result<Column> {
 }
 
 /// An AnnData data frame (`obs` or `var`) with `n` rows.
-fn frame(file: &File, name: &str, path: &Path) -> Result<Frame> {
-    let df = file
+fn frame(root: &Group, name: &str, path: &Path) -> Result<Frame> {
+    let df = root
         .group(name)
         .map_err(|_| bad(path, format!("no /{name} group: not an AnnData file")))?;
     let index_name = attr_string(&df, "_index").unwrap_or_else(|| "_index".into());
@@ -561,23 +561,25 @@ fn matrix_dims(m: &FeatureMatrix) -> (usize, usize) {
 /// typed columns, every other layer and the 2-D `obsm` arrays come along.
 pub fn read_h5ad(path: &Path, matrix: &str) -> Result<AnnData> {
     let file = open(path)?;
-    let obs = frame(&file, "obs", path)?;
-    let var = frame(&file, "var", path)?;
+    read_anndata(&file, matrix, path)
+}
+
+/// The AnnData stored in the group `root` (a file's root, or a MuData modality).
+fn read_anndata(root: &Group, matrix: &str, path: &Path) -> Result<AnnData> {
+    let obs = frame(root, "obs", path)?;
+    let var = frame(root, "var", path)?;
     let (n_obs, n_var) = (obs.index.len(), var.index.len());
-    let layer_group = file.group("layers").ok();
+    let layer_group = root.group("layers").ok();
     let layer_names: Vec<String> = layer_group
         .as_ref()
         .and_then(|g| g.member_names().ok())
         .unwrap_or_default();
-    let root: Group = file
-        .as_group()
-        .map_err(|e| bad(path, format!("cannot read the root group ({e})")))?;
     let has_x = root.link_exists("X");
     let main = if matrix == "X" {
         if !has_x {
             return Err(bad(path, "has no X matrix; name one of its layers"));
         }
-        anndata_matrix(&root, "X", path)?
+        anndata_matrix(root, "X", path)?
     } else {
         let g = layer_group
             .as_ref()
@@ -610,7 +612,7 @@ pub fn read_h5ad(path: &Path, matrix: &str) -> Result<AnnData> {
     let mut layers = Vec::new();
     let mut skipped = Vec::new();
     if matrix != "X" && has_x {
-        let x = anndata_matrix(&root, "X", path)?;
+        let x = anndata_matrix(root, "X", path)?;
         check(&x, "X")?;
         layers.push(("X".to_string(), x));
     }
@@ -622,7 +624,7 @@ pub fn read_h5ad(path: &Path, matrix: &str) -> Result<AnnData> {
         }
     }
     let mut obsm = Vec::new();
-    if let Ok(g) = file.group("obsm") {
+    if let Ok(g) = root.group("obsm") {
         for name in g.member_names().unwrap_or_default() {
             match g.dataset(&name) {
                 Ok(ds) if ds.shape().len() == 2 && ds.shape()[0] == n_obs => {
@@ -655,6 +657,41 @@ pub fn read_h5ad(path: &Path, matrix: &str) -> Result<AnnData> {
         layers,
         obsm,
         skipped,
+    })
+}
+
+/// A MuData `.h5mu` file: the global `obs` and each modality (`/mod/<name>`) as an AnnData,
+/// in the file's modality order.
+pub struct MuData {
+    pub obs: Frame,
+    pub modalities: Vec<(String, AnnData)>,
+}
+
+/// Reads a `.h5mu` file (MuData): each modality's X, layers, obs, var and obsm.
+pub fn read_h5mu(path: &Path) -> Result<MuData> {
+    let file = open(path)?;
+    let mods = file
+        .group("mod")
+        .map_err(|_| bad(path, "no /mod group: not a MuData file"))?;
+    let mut names = attr_strings(&mods, "mod-order");
+    if names.is_empty() {
+        names = mods.member_names().unwrap_or_default();
+    }
+    let modalities = names
+        .into_iter()
+        .map(|n| {
+            let g = mods
+                .group(&n)
+                .map_err(|e| bad(path, format!("/mod/{n} is not a modality ({e})")))?;
+            read_anndata(&g, "X", path).map(|a| (n, a))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if modalities.is_empty() {
+        return Err(bad(path, "has no modalities"));
+    }
+    Ok(MuData {
+        obs: frame(&file, "obs", path)?,
+        modalities,
     })
 }
 
