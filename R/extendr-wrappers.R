@@ -112,6 +112,8 @@ rs_read_h5mu <- function(path) .Call(wrap__rs_read_h5mu, path)
 
 rs_read_10x_h5 <- function(path) .Call(wrap__rs_read_10x_h5, path)
 
+rs_write_h5ad <- function(path, x, obs, var, layers, obsm, overwrite) .Call(wrap__rs_write_h5ad, path, x, obs, var, layers, obsm, overwrite)
+
 # `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 rs_multivi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_multivi_new, ds, config_json, registry_json)
 

@@ -184,3 +184,127 @@ read_10x_h5 <- function(path) {
   }
   sce
 }
+
+# A matrix (features x cells) as the core's writer takes it: a dgCMatrix's slots or a dense
+# matrix's values.
+.io_matrix_out <- function(m, what) {
+  if (methods::is(m, "sparseMatrix") || methods::is(m, "DelayedArray")) {
+    m <- .to_dgc_values(m, what)
+    return(list(kind = "sparse", p = m@p, i = m@i, x = m@x, dim = dim(m)))
+  }
+  if (!is.matrix(m) || !(is.numeric(m) || is.logical(m))) {
+    .stop("%s must be a numeric matrix or a sparse Matrix, got %s", what, class(m)[1])
+  }
+  list(kind = "dense", x = as.double(m), dim = dim(m))
+}
+
+# Any sparse or delayed matrix as a dgCMatrix with double values (not necessarily counts).
+.to_dgc_values <- function(m, what) {
+  m <- tryCatch(methods::as(methods::as(methods::as(m, "CsparseMatrix"), "generalMatrix"),
+                            "dMatrix"),
+                error = function(e) .stop("%s cannot be converted to a sparse matrix (%s)",
+                                          what, conditionMessage(e)))
+  methods::as(m, "dgCMatrix")
+}
+
+# A data frame's columns as the core's writer takes them; columns it cannot store (lists,
+# nested data frames) are left out with a message.
+.io_frame_out <- function(df, index, what) {
+  keep <- list()
+  dropped <- character(0)
+  for (n in names(df)) {
+    v <- df[[n]]
+    col <- if (is.factor(v)) {
+      codes <- as.integer(v)
+      codes[is.na(codes)] <- 0L
+      list(kind = "factor", values = codes, levels = levels(v), ordered = is.ordered(v))
+    } else if (is.logical(v) && is.null(dim(v))) {
+      list(kind = "logical", values = v)
+    } else if (is.integer(v) && is.null(dim(v))) {
+      if (anyNA(v)) list(kind = "double", values = as.double(v))
+      else list(kind = "integer", values = v)
+    } else if (is.numeric(v) && is.null(dim(v))) {
+      list(kind = "double", values = as.double(v))
+    } else if (is.character(v) && is.null(dim(v))) {
+      na <- is.na(v)
+      v[na] <- ""
+      list(kind = "text", values = enc2utf8(v), na = na)
+    } else {
+      NULL
+    }
+    if (is.null(col)) dropped <- c(dropped, n) else keep[[n]] <- col
+  }
+  if (length(dropped)) {
+    message(sprintf("write_h5ad(): %s columns not written (not vectors): %s", what,
+                    .enum(dropped, 10L)))
+  }
+  list(index = enc2utf8(as.character(index)), columns = keep)
+}
+
+#' Write a SingleCellExperiment as an AnnData `.h5ad` file
+#'
+#' Writes the file directly (HDF5 in rscvi's Rust core; no Python) with AnnData's current
+#' encodings, so scanpy, scvi-tools and anndata open it: one assay becomes `X` and the others
+#' layers (cells x features, sparse stays sparse; integer-valued matrices as float32), the
+#' column data `obs` (factors become categoricals with their levels in order; logical,
+#' integer, numeric and character columns as themselves, missing values included), the row
+#' data `var`, and the reduced dimensions `obsm` (e.g. an SCVI embedding stored by
+#' [runSCVI()] as `"SCVI"`: name it `"X_scVI"` first for scanpy's conventions). The file is
+#' written beside `path` and moved into place at the end, so a failure never leaves a
+#' half-written file.
+#'
+#' @param x a `SingleCellExperiment` (or `SummarizedExperiment`).
+#' @param path the `.h5ad` file to write.
+#' @param X_name the assay written as `X` (default: the first assay).
+#' @param overwrite replace an existing file.
+#' @return `path`, invisibly.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' sce <- read_h5ad(system.file("extdata", "cellbench_small.h5ad", package = "rscvi"))
+#' f <- tempfile(fileext = ".h5ad")
+#' write_h5ad(sce, f)
+#' identical(SummarizedExperiment::assay(read_h5ad(f), "X"),
+#'           SummarizedExperiment::assay(sce, "X"))
+write_h5ad <- function(x, path, X_name = NULL, overwrite = FALSE) {
+  if (!methods::is(x, "SummarizedExperiment")) {
+    .stop("`x` must be a SingleCellExperiment or SummarizedExperiment, got %s", .describe(x))
+  }
+  path <- .check_scalar_string(path, "path")
+  overwrite <- .check_scalar_bool(overwrite, "overwrite")
+  if (dir.exists(path)) .stop("`path` '%s' is a folder, not a file", path)
+  if (file.exists(path) && !overwrite) {
+    .stop("`path` '%s' exists; use overwrite = TRUE to replace it", path)
+  }
+  if (!dir.exists(dirname(path))) .stop("the folder of `path` '%s' does not exist", path)
+  assays <- SummarizedExperiment::assayNames(x)
+  if (!length(assays)) .stop("`x` has no assays to write")
+  if (is.null(assays) || any(!nzchar(assays))) .stop("every assay of `x` needs a name")
+  X_name <- .check_choice(X_name %||% assays[1], assays, "X_name")
+  cells <- colnames(x) %||% as.character(seq_len(ncol(x)))
+  genes <- rownames(x) %||% as.character(seq_len(nrow(x)))
+  if (anyDuplicated(cells)) .stop("`x` has duplicated cell names; AnnData needs unique ones")
+  if (anyDuplicated(genes)) .stop("`x` has duplicated gene names; AnnData needs unique ones")
+  mat <- function(a) {
+    .io_matrix_out(SummarizedExperiment::assay(x, a, withDimnames = FALSE),
+                   sprintf("assay '%s'", a))
+  }
+  layers <- lapply(stats::setNames(nm = setdiff(assays, X_name)), mat)
+  obsm <- list()
+  if (methods::is(x, "SingleCellExperiment")) {
+    for (d in SingleCellExperiment::reducedDimNames(x)) {
+      m <- SingleCellExperiment::reducedDim(x, d)
+      if (is.matrix(m) && is.numeric(m) && nrow(m) == ncol(x)) {
+        obsm[[d]] <- list(kind = "dense", x = as.double(m), dim = dim(m))
+      } else {
+        message(sprintf("write_h5ad(): reduced dimension '%s' not written (not a numeric matrix)",
+                        d))
+      }
+    }
+  }
+  obs <- .io_frame_out(as.data.frame(SummarizedExperiment::colData(x), optional = TRUE),
+                       cells, "obs")
+  var <- .io_frame_out(as.data.frame(SummarizedExperiment::rowData(x), optional = TRUE),
+                       genes, "var")
+  .rs(rs_write_h5ad(path.expand(path), mat(X_name), obs, var, layers, obsm, overwrite))
+  invisible(path)
+}

@@ -136,3 +136,48 @@ test_that("read_h5mu() gives one object for paired modalities, a list for a mosa
                    length(union(colnames(rna), colnames(atac))))
   expect_error(read_h5mu(shipped("cellbench_small.h5ad")), "no /mod group: not a MuData file")
 })
+
+test_that("write_h5ad() round-trips assays, obs, var and obsm; refuses what it cannot write", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_h5ad(shipped("cellbench_small.h5ad"))
+  sce$with_na <- c(NA, sce$n_genes[-1])
+  sce$text_na <- c(NA, sce$barcode[-1])
+  sce$flag_na <- c(NA, sce$is_first_batch[-1])
+  sce$grade <- factor(c(NA, rep(c("lo", "hi"), length.out = 39)), levels = c("lo", "hi"),
+                      ordered = TRUE)
+  SingleCellExperiment::reducedDim(sce, "X_scVI") <- matrix(seq_len(80) / 7, 40, 2)
+  f <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(f), add = TRUE)
+  expect_identical(write_h5ad(sce, f), f)
+  back <- read_h5ad(f)
+  for (a in SummarizedExperiment::assayNames(sce)) {
+    expect_equal(SummarizedExperiment::assay(back, a), SummarizedExperiment::assay(sce, a),
+                 info = a)
+  }
+  expect_s4_class(SummarizedExperiment::assay(back, "X"), "dgCMatrix")
+  cd <- SummarizedExperiment::colData(back)
+  expect_identical(levels(cd$cell_line), levels(sce$cell_line))
+  expect_identical(cd$grade, sce$grade)
+  expect_identical(cd$text_na, sce$text_na)
+  expect_identical(cd$flag_na, sce$flag_na)
+  expect_equal(cd$with_na, as.double(sce$with_na))
+  expect_identical(cd$n_genes, sce$n_genes)
+  expect_identical(SummarizedExperiment::rowData(back)$symbol, rownames(sce))
+  expect_equal(SingleCellExperiment::reducedDim(back, "X_scVI"),
+               SingleCellExperiment::reducedDim(sce, "X_scVI"), ignore_attr = TRUE)
+  # X_name chooses X; the others become layers
+  write_h5ad(sce, f, X_name = "dense_log", overwrite = TRUE)
+  expect_equal(SummarizedExperiment::assay(read_h5ad(f), "X"),
+               SummarizedExperiment::assay(sce, "dense_log"))
+  expect_error(write_h5ad(sce, f), "exists; use overwrite = TRUE")
+  expect_error(write_h5ad(sce, f, X_name = "nope", overwrite = TRUE), "`X_name` must be one of")
+  expect_error(write_h5ad(SingleCellExperiment::counts, f), "`x` must be a SingleCellExperiment")
+  expect_error(write_h5ad(sce, file.path(tempfile(), "a.h5ad")), "folder of `path`")
+  # a failure leaves the existing file as it was and no half-written one
+  bad <- sce
+  bad$`_index` <- 1
+  before <- unname(tools::md5sum(f))
+  expect_error(write_h5ad(bad, f, overwrite = TRUE), "_index")
+  expect_identical(unname(tools::md5sum(f)), before)
+  expect_length(list.files(dirname(f), pattern = "rscvi-tmp", all.files = TRUE), 0L)
+})

@@ -7,7 +7,7 @@ use extendr_api::prelude::*;
 use extendr_api::Result;
 use rscvi_core::io::h5::{self, Column, FeatureMatrix, Frame};
 
-use crate::guarded;
+use crate::{guarded, ints, other, reals};
 
 fn r_feature_matrix(m: FeatureMatrix) -> Robj {
     match m {
@@ -131,9 +131,130 @@ fn rs_read_10x_h5(path: &str) -> Result<Robj> {
     .into())
 }
 
+fn field(l: &List, name: &str) -> Result<Robj> {
+    l.dollar(name)
+        .map_err(|_| other(format!("internal: no `{name}` in a written element")))
+}
+
+fn texts(x: &Robj, name: &str) -> Result<Vec<String>> {
+    x.as_str_vector()
+        .map(|v| v.into_iter().map(str::to_string).collect())
+        .ok_or_else(|| other(format!("internal: `{name}` must be a character vector")))
+}
+
+/// A matrix the R layer described as list(kind, p, i, x, dim) or list(kind, x, dim).
+fn feature_matrix(m: &Robj) -> Result<FeatureMatrix> {
+    let l: List = m
+        .try_into()
+        .map_err(|_| other("internal: a matrix must be a list"))?;
+    let dim = ints(&field(&l, "dim")?, "dim")?;
+    let (n_features, n_cells) = (dim[0].max(0) as usize, dim[1].max(0) as usize);
+    let values = reals(&field(&l, "x")?, "x")?;
+    Ok(match field(&l, "kind")?.as_str() {
+        Some("sparse") => FeatureMatrix::Sparse {
+            n_features,
+            n_cells,
+            indptr: ints(&field(&l, "p")?, "p")?
+                .into_iter()
+                .map(|p| p.max(0) as usize)
+                .collect(),
+            indices: ints(&field(&l, "i")?, "i")?,
+            values,
+        },
+        _ => FeatureMatrix::Dense {
+            n_features,
+            n_cells,
+            values,
+        },
+    })
+}
+
+fn frame_from(f: &Robj) -> Result<Frame> {
+    let l: List = f
+        .try_into()
+        .map_err(|_| other("internal: a frame must be a list"))?;
+    let index = texts(&field(&l, "index")?, "index")?;
+    let cols: List = field(&l, "columns")?
+        .try_into()
+        .map_err(|_| other("internal: columns must be a list"))?;
+    let mut columns = Vec::new();
+    for (name, c) in cols.iter() {
+        let c: List = c
+            .try_into()
+            .map_err(|_| other("internal: a column must be a list"))?;
+        let values = field(&c, "values")?;
+        let col = match field(&c, "kind")?.as_str() {
+            Some("double") => Column::Double(reals(&values, name)?),
+            Some("integer") => Column::Integer(ints(&values, name)?),
+            Some("logical") => Column::Logical(
+                values
+                    .as_logical_slice()
+                    .ok_or_else(|| other("internal: logical column"))?
+                    .iter()
+                    .map(|b| (!b.is_na()).then(|| b.is_true()))
+                    .collect(),
+            ),
+            Some("text") => {
+                let na = field(&c, "na")?;
+                let na = na
+                    .as_logical_slice()
+                    .ok_or_else(|| other("internal: text mask"))?;
+                Column::Text(
+                    texts(&values, name)?
+                        .into_iter()
+                        .zip(na)
+                        .map(|(s, m)| (!m.is_true()).then_some(s))
+                        .collect(),
+                )
+            }
+            _ => Column::Factor {
+                codes: ints(&values, name)?
+                    .into_iter()
+                    .map(|c| (c > 0).then(|| c as usize - 1))
+                    .collect(),
+                levels: texts(&field(&c, "levels")?, "levels")?,
+                ordered: field(&c, "ordered")?.as_bool().unwrap_or(false),
+            },
+        };
+        columns.push((name.to_string(), col));
+    }
+    Ok(Frame { index, columns })
+}
+
+fn named_matrices(l: &Robj) -> Result<Vec<(String, FeatureMatrix)>> {
+    let l: List = l
+        .try_into()
+        .map_err(|_| other("internal: matrices must be a list"))?;
+    l.iter()
+        .map(|(n, m)| feature_matrix(&m).map(|m| (n.to_string(), m)))
+        .collect()
+}
+
+#[extendr]
+fn rs_write_h5ad(
+    path: &str,
+    x: Robj,
+    obs: Robj,
+    var: Robj,
+    layers: Robj,
+    obsm: Robj,
+    overwrite: bool,
+) -> Result<Robj> {
+    let a = h5::AnnDataOut {
+        x: feature_matrix(&x)?,
+        obs: frame_from(&obs)?,
+        var: frame_from(&var)?,
+        layers: named_matrices(&layers)?,
+        obsm: named_matrices(&obsm)?,
+    };
+    guarded(|| h5::write_h5ad(Path::new(path), &a, overwrite))?;
+    Ok(().into())
+}
+
 extendr_module! {
     mod io;
     fn rs_read_h5ad;
     fn rs_read_h5mu;
     fn rs_read_10x_h5;
+    fn rs_write_h5ad;
 }

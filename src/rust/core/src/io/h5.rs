@@ -790,3 +790,260 @@ mod tests {
         std::fs::remove_file(&not_h5).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writing AnnData.
+
+/// What `write_h5ad` writes: `x` and the layers (features x cells), `obs`, `var`, and the
+/// `obsm` embeddings (cells x dims, column-major: `Dense` with n_features = cells).
+pub struct AnnDataOut {
+    pub x: FeatureMatrix,
+    pub obs: Frame,
+    pub var: Frame,
+    pub layers: Vec<(String, FeatureMatrix)>,
+    pub obsm: Vec<(String, FeatureMatrix)>,
+}
+
+fn h5err(path: &Path, what: &str) -> impl Fn(hdf5::Error) -> Error {
+    let (path, what) = (path.to_path_buf(), what.to_string());
+    move |e| bad(&path, format!("cannot write {what} ({e})"))
+}
+
+fn vstr(s: &str) -> Result<VarLenUnicode> {
+    s.parse::<VarLenUnicode>()
+        .map_err(|e| Error::InvalidData(format!("the text {s:?} cannot be stored ({e})")))
+}
+
+fn set_attr(loc: &hdf5::Location, name: &str, value: &str, path: &Path) -> Result<()> {
+    let v = vstr(value)?;
+    loc.new_attr::<VarLenUnicode>()
+        .create(name)
+        .and_then(|a| a.write_scalar(&v))
+        .map_err(h5err(path, name))
+}
+
+/// The encoding attributes AnnData reads every element by.
+fn set_encoding(loc: &hdf5::Location, kind: &str, version: &str, path: &Path) -> Result<()> {
+    set_attr(loc, "encoding-type", kind, path)?;
+    set_attr(loc, "encoding-version", version, path)
+}
+
+fn write_strings(g: &Group, name: &str, values: &[String], path: &Path) -> Result<Dataset> {
+    let v = values.iter().map(|s| vstr(s)).collect::<Result<Vec<_>>>()?;
+    let ds = g
+        .new_dataset::<VarLenUnicode>()
+        .shape(v.len())
+        .create(name)
+        .map_err(h5err(path, name))?;
+    ds.write_raw(&v).map_err(h5err(path, name))?;
+    set_encoding(&ds, "string-array", "0.2.0", path)?;
+    Ok(ds)
+}
+
+fn write_array<T: hdf5::H5Type>(
+    g: &Group,
+    name: &str,
+    values: &[T],
+    shape: &[usize],
+    path: &Path,
+) -> Result<Dataset> {
+    let ds = g
+        .new_dataset::<T>()
+        .shape(shape)
+        .create(name)
+        .map_err(h5err(path, name))?;
+    ds.write_raw(values).map_err(h5err(path, name))?;
+    set_encoding(&ds, "array", "0.2.0", path)?;
+    Ok(ds)
+}
+
+/// Counts are stored as float32 (exact up to 2^24, as AnnData files usually hold them);
+/// other values as float64.
+fn write_values(g: &Group, name: &str, v: &[f64], shape: &[usize], path: &Path) -> Result<()> {
+    if v.iter()
+        .all(|x| x.fract() == 0.0 && x.abs() <= 16_777_216.0)
+    {
+        let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        write_array(g, name, &f, shape, path)?;
+    } else {
+        write_array(g, name, v, shape, path)?;
+    }
+    Ok(())
+}
+
+/// A features x cells matrix as AnnData's cells x features element `name` of `g`.
+fn write_matrix(g: &Group, name: &str, m: &FeatureMatrix, path: &Path) -> Result<()> {
+    match m {
+        FeatureMatrix::Sparse {
+            n_features,
+            n_cells,
+            indptr,
+            indices,
+            values,
+        } => {
+            // CSC of features x cells = CSR of cells x features
+            let sg = g.create_group(name).map_err(h5err(path, name))?;
+            set_encoding(&sg, "csr_matrix", "0.1.0", path)?;
+            sg.new_attr::<u64>()
+                .shape(2)
+                .create("shape")
+                .and_then(|a| a.write_raw(&[*n_cells as u64, *n_features as u64]))
+                .map_err(h5err(path, "shape"))?;
+            write_values(&sg, "data", values, &[values.len()], path)?;
+            write_array(&sg, "indices", indices, &[indices.len()], path)?;
+            let ptr: Vec<i64> = indptr.iter().map(|&p| p as i64).collect();
+            write_array(&sg, "indptr", &ptr, &[ptr.len()], path)?;
+        }
+        FeatureMatrix::Dense {
+            n_features,
+            n_cells,
+            values,
+        } => {
+            // column-major features x cells = row-major cells x features
+            write_values(g, name, values, &[*n_cells, *n_features], path)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_column(g: &Group, name: &str, col: &Column, path: &Path) -> Result<()> {
+    match col {
+        Column::Double(v) => {
+            write_array(g, name, v, &[v.len()], path)?;
+        }
+        Column::Integer(v) => {
+            write_array(g, name, v, &[v.len()], path)?;
+        }
+        Column::Logical(v) if v.iter().all(Option::is_some) => {
+            let b: Vec<bool> = v.iter().map(|x| x.unwrap_or(false)).collect();
+            write_array(g, name, &b, &[b.len()], path)?;
+        }
+        Column::Logical(v) => {
+            let cg = g.create_group(name).map_err(h5err(path, name))?;
+            set_encoding(&cg, "nullable-boolean", "0.1.0", path)?;
+            let b: Vec<bool> = v.iter().map(|x| x.unwrap_or(false)).collect();
+            let mask: Vec<bool> = v.iter().map(Option::is_none).collect();
+            write_array(&cg, "values", &b, &[b.len()], path)?;
+            write_array(&cg, "mask", &mask, &[mask.len()], path)?;
+        }
+        Column::Text(v) if v.iter().all(Option::is_some) => {
+            let s: Vec<String> = v.iter().map(|x| x.clone().unwrap_or_default()).collect();
+            write_strings(g, name, &s, path)?;
+        }
+        Column::Text(v) => {
+            let cg = g.create_group(name).map_err(h5err(path, name))?;
+            set_encoding(&cg, "nullable-string-array", "0.1.0", path)?;
+            let s: Vec<String> = v.iter().map(|x| x.clone().unwrap_or_default()).collect();
+            let mask: Vec<bool> = v.iter().map(Option::is_none).collect();
+            write_strings(&cg, "values", &s, path)?;
+            write_array(&cg, "mask", &mask, &[mask.len()], path)?;
+        }
+        Column::Factor {
+            codes,
+            levels,
+            ordered,
+        } => {
+            let cg = g.create_group(name).map_err(h5err(path, name))?;
+            set_encoding(&cg, "categorical", "0.2.0", path)?;
+            cg.new_attr::<bool>()
+                .create("ordered")
+                .and_then(|a| a.write_scalar(ordered))
+                .map_err(h5err(path, "ordered"))?;
+            write_strings(&cg, "categories", levels, path)?;
+            let c: Vec<i32> = codes.iter().map(|c| c.map_or(-1, |c| c as i32)).collect();
+            write_array(&cg, "codes", &c, &[c.len()], path)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_frame(root: &Group, name: &str, f: &Frame, path: &Path) -> Result<()> {
+    let g = root.create_group(name).map_err(h5err(path, name))?;
+    set_encoding(&g, "dataframe", "0.2.0", path)?;
+    set_attr(&g, "_index", "_index", path)?;
+    let order = f
+        .columns
+        .iter()
+        .map(|(n, _)| vstr(n))
+        .collect::<Result<Vec<_>>>()?;
+    g.new_attr::<VarLenUnicode>()
+        .shape(order.len())
+        .create("column-order")
+        .and_then(|a| a.write_raw(&order))
+        .map_err(h5err(path, "column-order"))?;
+    write_strings(&g, "_index", &f.index, path)?;
+    for (n, c) in &f.columns {
+        if n == "_index" {
+            return Err(Error::InvalidData(format!(
+                "{name} has a column named \"_index\", which AnnData reserves"
+            )));
+        }
+        write_column(&g, n, c, path)?;
+    }
+    Ok(())
+}
+
+fn dict_group(root: &Group, name: &str, path: &Path) -> Result<Group> {
+    let g = root.create_group(name).map_err(h5err(path, name))?;
+    set_encoding(&g, "dict", "0.1.0", path)?;
+    Ok(g)
+}
+
+/// Writes `a` as an `.h5ad` file (AnnData 0.8+ encodings, readable by anndata and by
+/// [`read_h5ad`]). The file is written beside `path` and moved into place at the end, so a
+/// failure leaves no half-written file and an existing one untouched.
+pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        return Err(Error::Io(format!(
+            "{} exists; use overwrite = TRUE to replace it",
+            path.display()
+        )));
+    }
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.rscvi-tmp"));
+    hdf5::silence_errors(true);
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| bad(path, format!("cannot create ({e})")))?;
+        set_encoding(&file, "anndata", "0.1.0", path)?;
+        write_matrix(&file, "X", &a.x, path)?;
+        write_frame(&file, "obs", &a.obs, path)?;
+        write_frame(&file, "var", &a.var, path)?;
+        let layers = dict_group(&file, "layers", path)?;
+        for (n, m) in &a.layers {
+            write_matrix(&layers, n, m, path)?;
+        }
+        let obsm = dict_group(&file, "obsm", path)?;
+        for (n, m) in &a.obsm {
+            if let FeatureMatrix::Dense {
+                n_features: n_obs,
+                n_cells: k,
+                values,
+            } = m
+            {
+                // column-major cells x k -> row-major
+                let mut row = vec![0f64; values.len()];
+                for r in 0..*n_obs {
+                    for c in 0..*k {
+                        row[r * k + c] = values[c * n_obs + r];
+                    }
+                }
+                write_array(&obsm, n, &row, &[*n_obs, *k], path)?;
+            }
+        }
+        for g in ["obsp", "varm", "varp", "uns"] {
+            dict_group(&file, g, path)?;
+        }
+        file.close().map_err(h5err(path, "the file"))
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, path)
+            .map_err(|e| Error::Io(format!("cannot move the file into {}: {e}", path.display()))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
