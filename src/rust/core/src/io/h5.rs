@@ -765,32 +765,6 @@ pub fn read_10x_h5(path: &Path) -> Result<TenX> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transposing_compressed_rows_keeps_every_entry() {
-        // 2 x 3: [[1, 0, 2], [0, 3, 0]]
-        let (p, i, x) = transpose(2, 3, &[0, 2, 3], &[0, 2, 1], &[1.0, 2.0, 3.0]);
-        assert_eq!(p, vec![0, 1, 2, 3]);
-        assert_eq!(i, vec![0, 1, 0]);
-        assert_eq!(x, vec![1.0, 3.0, 2.0]);
-    }
-
-    #[test]
-    fn missing_and_non_hdf5_files_are_errors() {
-        let missing = Path::new("/nonexistent/file.h5ad");
-        assert!(read_h5ad(missing, "X").is_err());
-        let not_h5 = std::env::temp_dir().join(format!("rscvi-not-h5-{}", std::process::id()));
-        std::fs::write(&not_h5, b"plain text").unwrap();
-        let e = read_h5ad(&not_h5, "X").err().unwrap().to_string();
-        assert!(e.contains("not a readable HDF5 file"), "{e}");
-        assert!(read_10x_h5(&not_h5).is_err());
-        std::fs::remove_file(&not_h5).unwrap();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Writing AnnData.
 
@@ -1045,5 +1019,31 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposing_compressed_rows_keeps_every_entry() {
+        // 2 x 3: [[1, 0, 2], [0, 3, 0]]
+        let (p, i, x) = transpose(2, 3, &[0, 2, 3], &[0, 2, 1], &[1.0, 2.0, 3.0]);
+        assert_eq!(p, vec![0, 1, 2, 3]);
+        assert_eq!(i, vec![0, 1, 0]);
+        assert_eq!(x, vec![1.0, 3.0, 2.0]);
+    }
+
+    #[test]
+    fn missing_and_non_hdf5_files_are_errors() {
+        let missing = Path::new("/nonexistent/file.h5ad");
+        assert!(read_h5ad(missing, "X").is_err());
+        let not_h5 = std::env::temp_dir().join(format!("rscvi-not-h5-{}", std::process::id()));
+        std::fs::write(&not_h5, b"plain text").unwrap();
+        let e = read_h5ad(&not_h5, "X").err().unwrap().to_string();
+        assert!(e.contains("not a readable HDF5 file"), "{e}");
+        assert!(read_10x_h5(&not_h5).is_err());
+        std::fs::remove_file(&not_h5).unwrap();
     }
 }
