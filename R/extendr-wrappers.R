@@ -114,6 +114,10 @@ rs_read_10x_h5 <- function(path) .Call(wrap__rs_read_10x_h5, path)
 
 rs_write_h5ad <- function(path, x, obs, var, layers, obsm, overwrite) .Call(wrap__rs_write_h5ad, path, x, obs, var, layers, obsm, overwrite)
 
+rs_h5ad_names <- function(path) .Call(wrap__rs_h5ad_names, path)
+
+rs_add_to_h5ad <- function(path, obsm, layers, overwrite) .Call(wrap__rs_add_to_h5ad, path, obsm, layers, overwrite)
+
 # `ds`: one dataset whose columns are the genes, then the regions, then the proteins.
 rs_multivi_new <- function(ds, config_json, registry_json) .Call(wrap__rs_multivi_new, ds, config_json, registry_json)
 

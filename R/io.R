@@ -308,3 +308,91 @@ write_h5ad <- function(x, path, X_name = NULL, overwrite = FALSE) {
   .rs(rs_write_h5ad(path.expand(path), mat(X_name), obs, var, layers, obsm, overwrite))
   invisible(path)
 }
+
+#' Add a model's results to an existing `.h5ad` file
+#'
+#' Writes embeddings into `obsm` and per-cell matrices into `layers` of an AnnData file
+#' that already holds the cells, so that Python users find them where scvi-tools puts them
+#' (`obsm["X_scVI"]`, `layers["scvi_normalized"]`). Rows are matched to the file's cells
+#' (and layer columns to its genes) by name, in any order; matrices without names must be
+#' in the file's order. Everything is checked before the file is touched, and nothing else
+#' in it changes.
+#'
+#' @param path an existing `.h5ad` file.
+#' @param obsm a named list of cells x dims matrices (e.g. `X_scVI =
+#'   get_latent_representation(model)`).
+#' @param layers a named list of cells x genes matrices (as [get_normalized_expression()]
+#'   returns them) or genes x cells matrices (Bioconductor's orientation), dense or sparse.
+#' @param overwrite replace elements of the same name.
+#' @return `path`, invisibly.
+#' @export
+#' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
+#' f <- tempfile(fileext = ".h5ad")
+#' file.copy(system.file("extdata", "cellbench_small.h5ad", package = "rscvi"), f)
+#' sce <- read_h5ad(f)
+#' model <- train(scvi(sce, layer = "counts", batch_key = "batch", n_latent = 3),
+#'                max_epochs = 3, seed = 0)
+#' add_to_h5ad(f, obsm = list(X_scVI = get_latent_representation(model)),
+#'             layers = list(scvi_normalized = get_normalized_expression(model)))
+#' SingleCellExperiment::reducedDimNames(read_h5ad(f))
+add_to_h5ad <- function(path, obsm = list(), layers = list(), overwrite = FALSE) {
+  path <- .check_readable_file(path)
+  overwrite <- .check_scalar_bool(overwrite, "overwrite")
+  named <- function(l, arg) {
+    if (!is.list(l) || (length(l) && (is.null(names(l)) || any(!nzchar(names(l))) ||
+                                      anyDuplicated(names(l))))) {
+      .stop("`%s` must be a list of matrices with distinct names, got %s", arg, .describe(l))
+    }
+    l
+  }
+  obsm <- named(obsm, "obsm")
+  layers <- named(layers, "layers")
+  if (!length(obsm) && !length(layers)) .stop("nothing to add: give `obsm` or `layers`")
+  names_in_file <- .rs(rs_h5ad_names(path))
+  cells <- names_in_file$obs
+  genes <- names_in_file$var
+  # `ids` (row or column names of an element) taken to the file's `want` order
+  order_of <- function(ids, want, what) {
+    if (is.null(ids)) return(NULL)
+    pos <- match(want, ids)
+    if (anyNA(pos) || length(ids) != length(want)) {
+      .stop("%s: its names do not match the file's %d %s (e.g. %s missing)", what,
+            length(want), if (identical(want, cells)) "cells" else "genes",
+            .enum(setdiff(want, ids), 3L))
+    }
+    pos
+  }
+  obsm_out <- lapply(names(obsm), function(n) {
+    m <- obsm[[n]]
+    what <- sprintf("`obsm$%s`", n)
+    if (!(is.matrix(m) && is.numeric(m))) .stop("%s must be a numeric matrix", what)
+    if (is.null(rownames(m)) && nrow(m) != length(cells)) {
+      .stop("%s has %d rows; the file has %d cells", what, nrow(m), length(cells))
+    }
+    pos <- order_of(rownames(m), cells, what)
+    if (!is.null(pos)) m <- m[pos, , drop = FALSE]
+    list(kind = "dense", x = as.double(m), dim = dim(m))
+  })
+  layers_out <- lapply(names(layers), function(n) {
+    m <- layers[[n]]
+    what <- sprintf("`layers$%s`", n)
+    if (length(dim(m)) != 2L) .stop("%s must be a matrix", what)
+    cells_by_genes <- if (!is.null(rownames(m)) && !is.null(colnames(m))) {
+      setequal(rownames(m), cells) && setequal(colnames(m), genes)
+    } else {
+      identical(dim(m), c(length(cells), length(genes)))
+    }
+    if (cells_by_genes) m <- Matrix::t(m)
+    if (!identical(dim(m), c(length(genes), length(cells)))) {
+      .stop("%s is not cells x genes or genes x cells of the file (%d cells, %d genes)", what,
+            length(cells), length(genes))
+    }
+    rows <- order_of(rownames(m), genes, what)
+    cols <- order_of(colnames(m), cells, what)
+    m <- m[rows %||% seq_len(nrow(m)), cols %||% seq_len(ncol(m)), drop = FALSE]
+    .io_matrix_out(m, what)
+  })
+  .rs(rs_add_to_h5ad(path, stats::setNames(obsm_out, names(obsm)),
+                     stats::setNames(layers_out, names(layers)), overwrite))
+  invisible(path)
+}

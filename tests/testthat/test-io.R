@@ -181,3 +181,33 @@ test_that("write_h5ad() round-trips assays, obs, var and obsm; refuses what it c
   expect_identical(unname(tools::md5sum(f)), before)
   expect_length(list.files(dirname(f), pattern = "rscvi-tmp", all.files = TRUE), 0L)
 })
+
+test_that("add_to_h5ad() writes a model's results where scvi-tools users look for them", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(f), add = TRUE)
+  file.copy(shipped("cellbench_small.h5ad"), f)
+  sce <- read_h5ad(f)
+  model <- train(scvi(sce, layer = "counts", batch_key = "batch", n_latent = 3L),
+                 max_epochs = 2L, seed = 0L, progress = FALSE)
+  z <- get_latent_representation(model)
+  expr <- get_normalized_expression(model)                     # cells x genes
+  shuffled <- z[rev(seq_len(nrow(z))), ]                         # matched by name
+  add_to_h5ad(f, obsm = list(X_scVI = shuffled), layers = list(scvi_normalized = expr))
+  back <- read_h5ad(f)
+  expect_equal(SingleCellExperiment::reducedDim(back, "X_scVI"), z, ignore_attr = TRUE)
+  expect_equal(SummarizedExperiment::assay(back, "scvi_normalized"), t(expr),
+               tolerance = 1e-12, ignore_attr = TRUE)
+  # what was there is unchanged
+  expect_identical(SummarizedExperiment::assay(back, "X"), SummarizedExperiment::assay(sce, "X"))
+  expect_identical(back$cell_line, sce$cell_line)
+  # replacing needs overwrite; genes x cells work too; mismatches name the element
+  expect_error(add_to_h5ad(f, obsm = list(X_scVI = z)), "already has obsm/X_scVI")
+  add_to_h5ad(f, layers = list(scvi_normalized = t(expr) * 2), overwrite = TRUE)
+  expect_equal(SummarizedExperiment::assay(read_h5ad(f), "scvi_normalized"), t(expr) * 2,
+               ignore_attr = TRUE, tolerance = 1e-12)
+  expect_error(add_to_h5ad(f, obsm = list(X_bad = z[-1, ])), "`obsm\\$X_bad`: its names")
+  expect_error(add_to_h5ad(f, obsm = list(z)), "`obsm` must be a list of matrices with distinct names")
+  expect_error(add_to_h5ad(f), "nothing to add")
+  expect_error(add_to_h5ad(tempfile(), obsm = list(a = z)), "does not exist")
+})

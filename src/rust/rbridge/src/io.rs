@@ -251,10 +251,25 @@ fn rs_write_h5ad(
     Ok(().into())
 }
 
+#[extendr]
+fn rs_h5ad_names(path: &str) -> Result<Robj> {
+    let (obs, var) = guarded(|| h5::h5ad_names(Path::new(path)))?;
+    Ok(list!(obs = obs, var = var).into())
+}
+
+#[extendr]
+fn rs_add_to_h5ad(path: &str, obsm: Robj, layers: Robj, overwrite: bool) -> Result<Robj> {
+    let (obsm, layers) = (named_matrices(&obsm)?, named_matrices(&layers)?);
+    guarded(|| h5::add_to_h5ad(Path::new(path), &obsm, &layers, overwrite))?;
+    Ok(().into())
+}
+
 extendr_module! {
     mod io;
     fn rs_read_h5ad;
     fn rs_read_h5mu;
     fn rs_read_10x_h5;
     fn rs_write_h5ad;
+    fn rs_h5ad_names;
+    fn rs_add_to_h5ad;
 }

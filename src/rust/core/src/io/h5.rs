@@ -510,7 +510,8 @@ fn plain_column(ds: &Dataset, path: &Path) -> Result<Column> {
 }
 
 /// An AnnData data frame (`obs` or `var`) with `n` rows.
-fn frame(root: &Group, name: &str, path: &Path) -> Result<Frame> {
+/// The data frame group `name` of `root` and its row names (the `_index` column).
+fn frame_index(root: &Group, name: &str, path: &Path) -> Result<(Group, String, Vec<String>)> {
     let df = root
         .group(name)
         .map_err(|_| bad(path, format!("no /{name} group: not an AnnData file")))?;
@@ -525,6 +526,20 @@ fn frame(root: &Group, name: &str, path: &Path) -> Result<Frame> {
         Column::Double(v) => v.iter().map(|x| x.to_string()).collect(),
         Column::Logical(_) => return Err(bad(path, format!("{name}: the index is not text"))),
     };
+    Ok((df, index_name, index))
+}
+
+/// The cell (`obs`) and feature (`var`) names of an `.h5ad` file, without reading the rest.
+pub fn h5ad_names(path: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let file = open(path)?;
+    Ok((
+        frame_index(&file, "obs", path)?.2,
+        frame_index(&file, "var", path)?.2,
+    ))
+}
+
+fn frame(root: &Group, name: &str, path: &Path) -> Result<Frame> {
+    let (df, index_name, index) = frame_index(root, name, path)?;
     let n = index.len();
     let mut order = attr_strings(&df, "column-order");
     if order.is_empty() {
@@ -1020,6 +1035,82 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// Adds elements to an existing `.h5ad` file: `obsm` embeddings (cells x dims, column-major)
+/// and `layers` (features x cells), in the file's cell and feature order (the caller
+/// matches names). An element of the same name is an error unless `overwrite`. Everything
+/// is checked before the file is touched.
+pub fn add_to_h5ad(
+    path: &Path,
+    obsm: &[(String, FeatureMatrix)],
+    layers: &[(String, FeatureMatrix)],
+    overwrite: bool,
+) -> Result<()> {
+    let (n_obs, n_var) = {
+        let (obs, var) = h5ad_names(path)?;
+        (obs.len(), var.len())
+    };
+    hdf5::silence_errors(true);
+    let file =
+        File::open_rw(path).map_err(|e| bad(path, format!("cannot open for writing ({e})")))?;
+    let group = |name: &str| -> Result<Group> {
+        match file.group(name) {
+            Ok(g) => Ok(g),
+            Err(_) => dict_group(&file, name, path),
+        }
+    };
+    let (obsm_g, layers_g) = (group("obsm")?, group("layers")?);
+    for (g, items, what) in [(&obsm_g, obsm, "obsm"), (&layers_g, layers, "layers")] {
+        for (name, m) in items {
+            let (rows, cols) = matrix_dims(m);
+            let fits = if what == "obsm" {
+                rows == n_obs && matches!(m, FeatureMatrix::Dense { .. })
+            } else {
+                (rows, cols) == (n_var, n_obs)
+            };
+            if !fits {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{what}/{name} does not match the file's {n_obs} cells x {n_var} features"
+                    ),
+                ));
+            }
+            if g.link_exists(name) && !overwrite {
+                return Err(bad(
+                    path,
+                    format!("already has {what}/{name}; use overwrite = TRUE to replace it"),
+                ));
+            }
+        }
+    }
+    for (name, m) in obsm {
+        if obsm_g.link_exists(name) {
+            obsm_g.unlink(name).map_err(h5err(path, name))?;
+        }
+        if let FeatureMatrix::Dense {
+            n_features: n,
+            n_cells: k,
+            values,
+        } = m
+        {
+            let mut row = vec![0f64; values.len()];
+            for r in 0..*n {
+                for c in 0..*k {
+                    row[r * k + c] = values[c * n + r];
+                }
+            }
+            write_array(&obsm_g, name, &row, &[*n, *k], path)?;
+        }
+    }
+    for (name, m) in layers {
+        if layers_g.link_exists(name) {
+            layers_g.unlink(name).map_err(h5err(path, name))?;
+        }
+        write_matrix(&layers_g, name, m, path)?;
+    }
+    file.close().map_err(h5err(path, "the file"))
 }
 
 #[cfg(test)]
