@@ -16,6 +16,9 @@ pub enum Error {
     /// Reading or writing a saved model failed.
     #[error("model files: {0}")]
     Io(String),
+    /// Reading or writing a data file (h5ad, h5mu, 10x h5) failed; the message names it.
+    #[error("{0}")]
+    File(String),
     /// The requested compute device cannot be used.
     #[error("device: {0}")]
     Device(String),

@@ -69,12 +69,12 @@ pub struct TenX {
 }
 
 fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::Io(format!("{}: {what}", path.display()))
+    Error::File(format!("{}: {what}", path.display()))
 }
 
 fn open(path: &Path) -> Result<File> {
     if !path.exists() {
-        return Err(Error::Io(format!("{} does not exist", path.display())));
+        return Err(Error::File(format!("{} does not exist", path.display())));
     }
     // HDF5 prints its own error stack to stderr unless told not to.
     hdf5::silence_errors(true);
@@ -177,9 +177,39 @@ fn strings(ds: &Dataset, path: &Path) -> Result<Vec<String>> {
     })
 }
 
-fn numbers(ds: &Dataset, path: &Path) -> Result<Vec<f64>> {
-    ds.read_raw::<f64>()
+/// The stored type of a dataset.
+fn descriptor(ds: &Dataset) -> Option<TypeDescriptor> {
+    ds.dtype().and_then(|t| t.to_descriptor()).ok()
+}
+
+/// Reads in the stored type `S` and converts here: HDF5's own conversion is several times
+/// slower on large arrays.
+fn read_as<S: hdf5::H5Type + Copy, T>(
+    ds: &Dataset,
+    path: &Path,
+    convert: impl Fn(S) -> T,
+) -> Result<Vec<T>> {
+    ds.read_raw::<S>()
+        .map(|v| v.into_iter().map(convert).collect())
         .map_err(|e| bad(path, format!("{}: {e}", ds.name())))
+}
+
+fn numbers(ds: &Dataset, path: &Path) -> Result<Vec<f64>> {
+    use hdf5::types::FloatSize;
+    match descriptor(ds) {
+        Some(TypeDescriptor::Float(FloatSize::U4)) => read_as(ds, path, |x: f32| x as f64),
+        Some(TypeDescriptor::Integer(IntSize::U4)) => read_as(ds, path, |x: i32| x as f64),
+        _ => read_as(ds, path, |x: f64| x),
+    }
+}
+
+/// Integer arrays (sparse indices and pointers), read in their stored width.
+fn integers(ds: &Dataset, path: &Path) -> Result<Vec<i64>> {
+    match descriptor(ds) {
+        Some(TypeDescriptor::Integer(IntSize::U4)) => read_as(ds, path, |x: i32| x as i64),
+        Some(TypeDescriptor::Unsigned(IntSize::U4)) => read_as(ds, path, |x: u32| x as i64),
+        _ => read_as(ds, path, |x: i64| x),
+    }
 }
 
 fn check_filters(ds: &Dataset, path: &Path) -> Result<()> {
@@ -243,12 +273,8 @@ fn anndata_matrix(parent: &Group, name: &str, path: &Path) -> Result<FeatureMatr
             check_filters(d, path)?;
         }
         let values = numbers(&data, path)?;
-        let idx: Vec<i64> = indices
-            .read_raw::<i64>()
-            .map_err(|e| bad(path, format!("{}: {e}", indices.name())))?;
-        let ptr: Vec<i64> = indptr
-            .read_raw::<i64>()
-            .map_err(|e| bad(path, format!("{}: {e}", indptr.name())))?;
+        let idx = integers(&indices, path)?;
+        let ptr = integers(&indptr, path)?;
         let (major, minor) = if format == "csr" {
             (n_obs, n_var)
         } else {
@@ -736,12 +762,8 @@ pub fn read_10x_h5(path: &Path) -> Result<TenX> {
         check_filters(d, path)?;
     }
     let values = numbers(&data, path)?;
-    let idx: Vec<i64> = indices
-        .read_raw::<i64>()
-        .map_err(|e| bad(path, format!("/matrix/indices: {e}")))?;
-    let ptr: Vec<i64> = indptr
-        .read_raw::<i64>()
-        .map_err(|e| bad(path, format!("/matrix/indptr: {e}")))?;
+    let idx = integers(&indices, path)?;
+    let ptr = integers(&indptr, path)?;
     check_compressed(
         &ptr,
         &idx,
@@ -983,7 +1005,7 @@ fn dict_group(root: &Group, name: &str, path: &Path) -> Result<Group> {
 /// failure leaves no half-written file and an existing one untouched.
 pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
     if path.exists() && !overwrite {
-        return Err(Error::Io(format!(
+        return Err(Error::File(format!(
             "{} exists; use overwrite = TRUE to replace it",
             path.display()
         )));
@@ -1029,7 +1051,7 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
     })();
     match result {
         Ok(()) => std::fs::rename(&tmp, path)
-            .map_err(|e| Error::Io(format!("cannot move the file into {}: {e}", path.display()))),
+            .map_err(|e| Error::File(format!("cannot move the file into {}: {e}", path.display()))),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
