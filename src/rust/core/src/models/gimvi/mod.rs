@@ -692,6 +692,82 @@ pub fn imputed_values<B: Backend>(
     Ok(out)
 }
 
+/// Posterior means of z for `cells` of `dataset` (n x latent, row-major).
+fn latent_means<B: Backend>(
+    module: &Jvae<B>,
+    dataset: usize,
+    data: &DataSet,
+    cells: &[usize],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    check_query(module, dataset, data, cells, batch_size)?;
+    let mut out = Vec::with_capacity(cells.len() * module.config.n_latent);
+    for (done, chunk) in cells.chunks(batch_size.max(1)).enumerate() {
+        crate::interrupt::step(done, cells.len().div_ceil(batch_size.max(1)))?;
+        let b = GimviBatch::<B>::new(&module.config, dataset, data, chunk, device);
+        out.extend(host(&module.inference(&b, false, true).qz_mean));
+    }
+    Ok(out)
+}
+
+/// Imputation through the joint latent space: each of `cells` (of `dataset`) takes the mean
+/// expression proportions (counts / total) of its `k` nearest sequencing cells (posterior
+/// means, Euclidean distance). It uses what the shared latent space is for, matching cells
+/// across technologies, and reads the sequencing data rather than the decoder. Row-major
+/// n x G (the sequencing genes).
+#[allow(clippy::too_many_arguments)]
+pub fn imputed_by_latent_neighbours<B: Backend>(
+    module: &Jvae<B>,
+    seq: &DataSet,
+    dataset: usize,
+    data: &DataSet,
+    cells: &[usize],
+    k: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
+    let n_seq = seq.n_cells();
+    if k == 0 || k > n_seq {
+        return Err(crate::error::invalid_arg(
+            "k",
+            format!("must be between 1 and the {n_seq} sequencing cells"),
+        ));
+    }
+    let seq_cells: Vec<usize> = (0..n_seq).collect();
+    let zs = latent_means(module, SEQ, seq, &seq_cells, batch_size, device)?;
+    let zt = latent_means(module, dataset, data, cells, batch_size, device)?;
+    let (l, g) = (module.config.n_latent, seq.n_genes());
+    // each sequencing cell's proportions, sparse
+    let totals: Vec<f32> = seq.log_library.iter().map(|v| v.exp()).collect();
+    let rows: Vec<Vec<f32>> = (0..cells.len())
+        .into_par_iter()
+        .map(|r| {
+            let me = &zt[r * l..(r + 1) * l];
+            let mut d: Vec<(f32, usize)> = (0..n_seq)
+                .map(|c| {
+                    let other = &zs[c * l..(c + 1) * l];
+                    (
+                        me.iter().zip(other).map(|(a, b)| (a - b) * (a - b)).sum(),
+                        c,
+                    )
+                })
+                .collect();
+            d.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+            let mut row = vec![0f32; g];
+            for &(_, c) in &d[..k] {
+                let (genes, counts) = seq.counts.row(c);
+                for (&j, &x) in genes.iter().zip(counts) {
+                    row[j as usize] += x / totals[c] / k as f32;
+                }
+            }
+            row
+        })
+        .collect();
+    Ok(rows.concat())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
