@@ -106,9 +106,6 @@ rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__r
 # `decode_mode` < 0: the dataset's own mode.
 rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
 
-# Imputed values by latent neighbours (see core `imputed_by_latent_neighbours`).
-rs_gimvi_imputed_neighbours <- function(model, which, ds, seq_ds, idx, k, batch_size) .Call(wrap__rs_gimvi_imputed_neighbours, model, which, ds, seq_ds, idx, k, batch_size)
-
 rs_read_h5ad <- function(path, matrix) .Call(wrap__rs_read_h5ad, path, matrix)
 
 rs_read_h5mu <- function(path) .Call(wrap__rs_read_h5mu, path)

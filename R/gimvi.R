@@ -306,39 +306,13 @@ get_imputed_values <- function(model, ...) UseMethod("get_imputed_values")
 #'   the gene set the proportions are renormalised over.
 #' @param deterministic use the posterior means (`TRUE`) or one posterior sample.
 #' @param batch_size cells per minibatch.
-#' @param method `"decoder"` (the default, scvi-tools' estimator: the decoder's expression
-#'   of each cell's latent position) or `"latent_neighbours"`: the mean expression
-#'   proportions (counts / total) of the `k` sequencing cells nearest in the joint latent
-#'   space (posterior means). The latter reads the measured sequencing data through the
-#'   latent alignment instead of trusting the decoder; on the shared MERFISH and osmFISH
-#'   pairs it imputes held-out genes better (`bench/bench_gimvi.R`). It gives proportions
-#'   only (`normalized = TRUE`).
-#' @param k neighbours for `method = "latent_neighbours"`.
 #' @export
 get_imputed_values.GIMVI <- function(model, x_seq = NULL, x_spatial = NULL, normalized = TRUE,
                                      decode_mode = NULL, deterministic = TRUE,
-                                     batch_size = 128L,
-                                     method = c("decoder", "latent_neighbours"), k = 15L,
-                                     ...) {
+                                     batch_size = 128L, ...) {
   .check_gimvi(model)
   .no_dots(list(...), "get_imputed_values")
-  method <- .match_choice(method, c("decoder", "latent_neighbours"), "method")
   normalized <- .check_scalar_bool(normalized, "normalized")
-  if (method == "latent_neighbours") {
-    if (!normalized) {
-      .stop(paste0("`method` = \"latent_neighbours\" gives expression proportions: use ",
-                   "normalized = TRUE"))
-    }
-    if (!is.null(decode_mode)) .stop("`decode_mode` applies to method = \"decoder\" only")
-    k <- .check_scalar_int(k, "k", min = 1)
-    q <- .gimvi_query_data(model, x_seq, x_spatial)
-    return(lapply(stats::setNames(seq_along(.gimvi_parts), .gimvi_parts), function(i) {
-      v <- .rs(rs_gimvi_imputed_neighbours(model$model, i - 1L, q[[i]]$data, q$seq$data,
-                                           NULL, k, .gimvi_batch_size(batch_size)))
-      dimnames(v) <- list(q[[i]]$cell_names, model$gene_names)
-      v
-    }))
-  }
   deterministic <- .check_scalar_bool(deterministic, "deterministic")
   batch_size <- .gimvi_batch_size(batch_size)
   mode <- -1L

@@ -20,8 +20,6 @@ venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rsc
 reuse <- Sys.getenv("RSCVI_BENCH_REUSE") == "1"
 Sys.setenv(RAYON_NUM_THREADS = "2")
 out_dir <- file.path(here, "results")
-# neighbours of get_imputed_values(method = "latent_neighbours") compared on the folds
-neighbour_ks <- c(5L, 15L, 30L, 50L)
 
 read_part <- function(dir, feature_col = "gene") {
   m <- methods::as(Matrix::readMM(gzfile(file.path(dir, "matrix.mtx.gz"))), "CsparseMatrix")
@@ -88,22 +86,13 @@ run_rscvi <- function(name, pair, seed) {
       dataset = name, method = "rscvi", seed = seed, fold = f, gene = test,
       spearman_normalized = score(truth, imp), spearman_unnormalized = score(truth, raw),
       counts_normalized = score(counts, imp), counts_unnormalized = score(counts, raw))
-    # the same model's imputation through latent neighbours (proportions only)
-    for (k in neighbour_ks) {
-      nb <- get_imputed_values(model, method = "latent_neighbours", k = k)$spatial
-      rows[[length(rows) + 1]] <- data.frame(
-        dataset = name, method = paste0("rscvi-neighbours-", k), seed = seed, fold = f,
-        gene = test, spearman_normalized = score(truth, nb), spearman_unnormalized = NA_real_,
-        counts_normalized = score(counts, nb), counts_unnormalized = NA_real_)
-    }
     runs[[length(runs) + 1]] <- data.frame(
       dataset = name, seed = seed, fold = f, n_seq = ncol(seq), n_spatial = ncol(partial),
       n_train_genes = length(train_genes), n_test_genes = length(test),
       train_seconds = secs, s_per_epoch = secs / 200)
-    dec <- rows[[length(rows) - length(neighbour_ks)]]
     cat(sprintf("  rscvi %s seed %d fold %d: %.1f s, median %.3f / %.3f\n", name, seed, f,
-                secs, stats::median(dec$spearman_normalized, na.rm = TRUE),
-                stats::median(dec$spearman_unnormalized, na.rm = TRUE)))
+                secs, stats::median(rows[[length(rows)]]$spearman_normalized, na.rm = TRUE),
+                stats::median(rows[[length(rows)]]$spearman_unnormalized, na.rm = TRUE)))
   }
   list(genes = do.call(rbind, rows), runs = do.call(rbind, runs))
 }
@@ -146,15 +135,6 @@ for (name in datasets) {
             paste(sprintf("%.3f", u), collapse = " / "),
             stats::median(runs$s_per_epoch[runs$seed %in% seeds]))
   }
-  decoder <- ours_genes[ours_genes$method == "rscvi", ]
-  neighbours <- function(col) {
-    vapply(neighbour_ks, function(k) {
-      g <- ours_genes[ours_genes$method == paste0("rscvi-neighbours-", k), ]
-      n <- per_seed(g, col)
-      sprintf("| rscvi, latent neighbours (k = %d) | %.3f | %s | | | |", k, mean(n),
-              paste(sprintf("%.3f", n), collapse = " / "))
-    }, "")
-  }
   lines <- c(
     sprintf("# GIMVI leave-genes-out imputation, %s (%d seq x %d spatial cells, %d genes, 5 folds)",
             name, ncol(pair$seq), ncol(pair$spatial), length(pair$genes)),
@@ -164,8 +144,7 @@ for (name in datasets) {
     "",
     "| method | normalized (mean) | per seed | unnormalized (mean) | per seed | s/epoch (median) |",
     "|---|---|---|---|---|---|",
-    row("rscvi (decoder)", decoder, ours_runs),
-    neighbours("spearman_normalized"),
+    row("rscvi", ours_genes, ours_runs),
     row("scvi-tools 1.5.1", ref_genes, ref$runs),
     sprintf("| kNN baseline (15 neighbours) | %.3f | | %.3f | | |",
             pooled(knn, "spearman_normalized"), pooled(knn, "spearman_unnormalized")),
@@ -174,8 +153,7 @@ for (name in datasets) {
     "",
     "| method | normalized (mean) | per seed | unnormalized (mean) | per seed | s/epoch (median) |",
     "|---|---|---|---|---|---|",
-    row("rscvi (decoder)", decoder, ours_runs, c("counts_normalized", "counts_unnormalized")),
-    neighbours("counts_normalized"),
+    row("rscvi", ours_genes, ours_runs, c("counts_normalized", "counts_unnormalized")),
     row("scvi-tools 1.5.1", ref$counts[ref$counts$method == "scvi-tools" &
                                        ref$counts$seed %in% seeds, ], ref$runs),
     sprintf("| kNN baseline (15 neighbours) | %.3f | | %.3f | | |",

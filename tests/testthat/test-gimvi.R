@@ -162,29 +162,3 @@ test_that("GIMVI models save, load and keep training", {
   on.exit(grDevices::dev.off(), add = TRUE)
   expect_invisible(plot(m))
 })
-
-test_that("latent-neighbour imputation averages the nearest sequencing cells' proportions", {
-  d <- rscvi_example_merfish()
-  seq <- d$seq$counts[, Matrix::colSums(d$seq$counts) > 0]
-  sp <- d$spatial$counts[, 1:150]
-  m <- suppressWarnings(train(gimvi(seq, sp), max_epochs = 5L, seed = 0L, progress = FALSE))
-  nb <- get_imputed_values(m, method = "latent_neighbours", k = 3L)
-  expect_identical(dim(nb$spatial), c(150L, nrow(seq)))
-  expect_equal(unname(rowSums(nb$spatial)), rep(1, 150), tolerance = 1e-5)
-  # by hand: the 3 sequencing cells nearest in the joint latent space (posterior means)
-  z <- get_latent_representation(m)
-  prop <- t(t(as.matrix(seq)) / Matrix::colSums(seq))
-  for (i in c(1, 50, 150)) {
-    d2 <- colSums((t(z$seq) - z$spatial[i, ])^2)
-    expect_equal(unname(nb$spatial[i, ]), unname(rowMeans(prop[, order(d2)[1:3]])),
-                 tolerance = 1e-5)
-  }
-  # the decoder stays the default
-  expect_equal(get_imputed_values(m), get_imputed_values(m, method = "decoder"))
-  expect_error(get_imputed_values(m, method = "latent_neighbours", normalized = FALSE),
-               "gives expression proportions")
-  expect_error(get_imputed_values(m, method = "latent_neighbours", k = 0), "`k`")
-  expect_error(get_imputed_values(m, method = "latent_neighbours", k = 1e6),
-               "`k` must be between 1 and the")
-  expect_error(get_imputed_values(m, method = "neighbors"), "`method` must be one of")
-})

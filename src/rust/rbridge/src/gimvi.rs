@@ -63,43 +63,8 @@ fn rs_gimvi_imputed(
     Ok(matrix(&v, cells.len(), m.config().n_genes))
 }
 
-/// Imputed values by latent neighbours (see core `imputed_by_latent_neighbours`).
-#[extendr]
-#[allow(clippy::too_many_arguments)]
-fn rs_gimvi_imputed_neighbours(
-    model: Robj,
-    which: i32,
-    ds: Robj,
-    seq_ds: Robj,
-    idx: Robj,
-    k: i32,
-    batch_size: i32,
-) -> Result<Robj> {
-    let (m, data, seq, i) = (
-        handle::<GimviKind>(&model)?,
-        dataset(&ds)?,
-        dataset(&seq_ds)?,
-        which_dataset(which)?,
-    );
-    let cells = indices(&idx, data.n_cells())?;
-    let v = guarded(|| {
-        gimvi::imputed_by_latent_neighbours(
-            &m.module,
-            seq,
-            i,
-            data,
-            &cells,
-            k.max(0) as usize,
-            batch_size.max(1) as usize,
-            &Default::default(),
-        )
-    })?;
-    Ok(matrix(&v, cells.len(), m.config().n_genes))
-}
-
 extendr_module! {
     mod gimvi;
     fn rs_gimvi_new;
     fn rs_gimvi_imputed;
-    fn rs_gimvi_imputed_neighbours;
 }
