@@ -177,6 +177,18 @@ fn strings(ds: &Dataset, path: &Path) -> Result<Vec<String>> {
     })
 }
 
+/// An n x k matrix's values in the other memory order: row-major `values` (n rows of k)
+/// become column-major, and column-major ones (k rows of n, read as such) row-major.
+fn reorder(values: &[f64], k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0f64; values.len()];
+    for r in 0..n {
+        for c in 0..k {
+            out[c * n + r] = values[r * k + c];
+        }
+    }
+    out
+}
+
 /// The stored type of a dataset.
 fn descriptor(ds: &Dataset) -> Option<TypeDescriptor> {
     ds.dtype().and_then(|t| t.to_descriptor()).ok()
@@ -670,14 +682,7 @@ fn read_anndata(root: &Group, matrix: &str, path: &Path) -> Result<AnnData> {
             match g.dataset(&name) {
                 Ok(ds) if ds.shape().len() == 2 && ds.shape()[0] == n_obs => {
                     let k = ds.shape()[1];
-                    // row-major cells x k -> column-major
-                    let v = numbers(&ds, path)?;
-                    let mut values = vec![0f64; v.len()];
-                    for r in 0..n_obs {
-                        for c in 0..k {
-                            values[c * n_obs + r] = v[r * k + c];
-                        }
-                    }
+                    let values = reorder(&numbers(&ds, path)?, k, n_obs);
                     obsm.push((
                         name,
                         FeatureMatrix::Dense {
@@ -868,6 +873,19 @@ fn write_array<T: hdf5::H5Type>(
     Ok(ds)
 }
 
+/// An embedding (n cells x k, column-major) as AnnData's row-major `obsm` array `name`.
+fn write_embedding(
+    g: &Group,
+    name: &str,
+    values: &[f64],
+    n: usize,
+    k: usize,
+    path: &Path,
+) -> Result<()> {
+    write_array(g, name, &reorder(values, n, k), &[n, k], path)?;
+    Ok(())
+}
+
 /// Counts are stored as float32 (exact up to 2^24, as AnnData files usually hold them);
 /// other values as float64.
 fn write_values(g: &Group, name: &str, v: &[f64], shape: &[usize], path: &Path) -> Result<()> {
@@ -1034,14 +1052,7 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
                 values,
             } = m
             {
-                // column-major cells x k -> row-major
-                let mut row = vec![0f64; values.len()];
-                for r in 0..*n_obs {
-                    for c in 0..*k {
-                        row[r * k + c] = values[c * n_obs + r];
-                    }
-                }
-                write_array(&obsm, n, &row, &[*n_obs, *k], path)?;
+                write_embedding(&obsm, n, values, *n_obs, *k, path)?;
             }
         }
         for g in ["obsp", "varm", "varp", "uns"] {
@@ -1117,13 +1128,7 @@ pub fn add_to_h5ad(
             values,
         } = m
         {
-            let mut row = vec![0f64; values.len()];
-            for r in 0..*n {
-                for c in 0..*k {
-                    row[r * k + c] = values[c * n + r];
-                }
-            }
-            write_array(&obsm_g, name, &row, &[*n, *k], path)?;
+            write_embedding(&obsm_g, name, values, *n, *k, path)?;
         }
     }
     for (name, m) in layers {
