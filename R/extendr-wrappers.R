@@ -106,9 +106,9 @@ rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__r
 # `decode_mode` < 0: the dataset's own mode.
 rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
 
-rs_read_h5ad <- function(path, matrix) .Call(wrap__rs_read_h5ad, path, matrix)
+rs_read_h5ad <- function(path, layers) .Call(wrap__rs_read_h5ad, path, layers)
 
-rs_read_h5mu <- function(path) .Call(wrap__rs_read_h5mu, path)
+rs_read_h5mu <- function(path, layers) .Call(wrap__rs_read_h5mu, path, layers)
 
 rs_read_10x_h5 <- function(path) .Call(wrap__rs_read_10x_h5, path)
 

@@ -66,20 +66,18 @@ read_h5ad <- function(path, X_name = "X", layers = TRUE, reducedDims = TRUE) {
   layers <- .check_scalar_bool(layers, "layers")
   reducedDims <- .check_scalar_bool(reducedDims, "reducedDims")
   .require_sce("read_h5ad")
-  .anndata_sce(.rs(rs_read_h5ad(path, "X")), X_name, layers, reducedDims, "read_h5ad")
+  .anndata_sce(.rs(rs_read_h5ad(path, layers)), X_name, reducedDims, "read_h5ad")
 }
 
-# A SingleCellExperiment from an AnnData the core read (`a`), as read_h5ad() describes.
-.anndata_sce <- function(a, X_name, layers, reducedDims, caller) {
+# A SingleCellExperiment from an AnnData the core read (`a`, with its layers when they were
+# asked for), as read_h5ad() describes.
+.anndata_sce <- function(a, X_name, reducedDims, caller) {
   cells <- a$obs$index
   genes <- a$var$index
-  assays <- stats::setNames(list(.io_matrix(a$matrix, genes, cells)), X_name)
-  if (layers) {
-    extra <- lapply(a$layers, .io_matrix, rownames = genes, colnames = cells)
-    clash <- intersect(names(extra), X_name)
-    if (length(clash)) .stop("`X_name` '%s' is also the name of a layer; choose another", clash)
-    assays <- c(assays, extra)
-  }
+  extra <- lapply(a$layers, .io_matrix, rownames = genes, colnames = cells)
+  clash <- intersect(names(extra), X_name)
+  if (length(clash)) .stop("`X_name` '%s' is also the name of a layer; choose another", clash)
+  assays <- c(stats::setNames(list(.io_matrix(a$matrix, genes, cells)), X_name), extra)
   dims <- if (reducedDims) {
     lapply(a$obsm, function(m) .io_matrix(m, cells, NULL))
   } else {
@@ -119,9 +117,9 @@ read_h5mu <- function(path, main = NULL, X_name = "X", layers = TRUE, reducedDim
   layers <- .check_scalar_bool(layers, "layers")
   reducedDims <- .check_scalar_bool(reducedDims, "reducedDims")
   .require_sce("read_h5mu")
-  mu <- .rs(rs_read_h5mu(path))
-  mods <- lapply(mu$modalities, .anndata_sce, X_name = X_name, layers = layers,
-                 reducedDims = reducedDims, caller = "read_h5mu")
+  mu <- .rs(rs_read_h5mu(path, layers))
+  mods <- lapply(mu$modalities, .anndata_sce, X_name = X_name, reducedDims = reducedDims,
+                 caller = "read_h5mu")
   main <- .check_choice(main %||% names(mods)[1], names(mods), "main")
   cells <- lapply(mods, colnames)
   if (!all(vapply(cells, identical, logical(1), cells[[main]]))) return(mods)

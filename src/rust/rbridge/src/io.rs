@@ -101,13 +101,13 @@ fn r_anndata(a: h5::AnnData) -> Result<Robj> {
 }
 
 #[extendr]
-fn rs_read_h5ad(path: &str, matrix: &str) -> Result<Robj> {
-    r_anndata(guarded(|| h5::read_h5ad(Path::new(path), matrix))?)
+fn rs_read_h5ad(path: &str, layers: bool) -> Result<Robj> {
+    r_anndata(guarded(|| h5::read_h5ad(Path::new(path), layers))?)
 }
 
 #[extendr]
-fn rs_read_h5mu(path: &str) -> Result<Robj> {
-    let mu = guarded(|| h5::read_h5mu(Path::new(path)))?;
+fn rs_read_h5mu(path: &str, layers: bool) -> Result<Robj> {
+    let mu = guarded(|| h5::read_h5mu(Path::new(path), layers))?;
     let (names, mods): (Vec<String>, Vec<h5::AnnData>) = mu.modalities.into_iter().unzip();
     let mut l = List::from_values(
         mods.into_iter()

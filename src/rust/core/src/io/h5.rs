@@ -610,48 +610,21 @@ fn matrix_dims(m: &FeatureMatrix) -> (usize, usize) {
     }
 }
 
-/// Reads an `.h5ad` file: `matrix` is "X" or the name of a layer; `obs` and `var` become
-/// typed columns, every other layer and the 2-D `obsm` arrays come along.
-pub fn read_h5ad(path: &Path, matrix: &str) -> Result<AnnData> {
+/// Reads an `.h5ad` file: X, `obs` and `var` as typed columns, the layers (when
+/// `with_layers`) and the 2-D `obsm` arrays.
+pub fn read_h5ad(path: &Path, with_layers: bool) -> Result<AnnData> {
     let file = open(path)?;
-    read_anndata(&file, matrix, path)
+    read_anndata(&file, with_layers, path)
 }
 
 /// The AnnData stored in the group `root` (a file's root, or a MuData modality).
-fn read_anndata(root: &Group, matrix: &str, path: &Path) -> Result<AnnData> {
+fn read_anndata(root: &Group, with_layers: bool, path: &Path) -> Result<AnnData> {
     let obs = frame(root, "obs", path)?;
     let var = frame(root, "var", path)?;
     let (n_obs, n_var) = (obs.index.len(), var.index.len());
-    let layer_group = root.group("layers").ok();
-    let layer_names: Vec<String> = layer_group
-        .as_ref()
-        .and_then(|g| g.member_names().ok())
-        .unwrap_or_default();
-    let has_x = root.link_exists("X");
-    let main = if matrix == "X" {
-        if !has_x {
-            return Err(bad(path, "has no X matrix; name one of its layers"));
-        }
-        anndata_matrix(root, "X", path)?
-    } else {
-        let g = layer_group
-            .as_ref()
-            .filter(|_| layer_names.iter().any(|l| l == matrix))
-            .ok_or_else(|| {
-                bad(
-                    path,
-                    format!(
-                        "has no layer '{matrix}' (layers: {})",
-                        if layer_names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            layer_names.join(", ")
-                        }
-                    ),
-                )
-            })?;
-        anndata_matrix(g, matrix, path)?
-    };
+    if !root.link_exists("X") {
+        return Err(bad(path, format!("{} has no X matrix", root.name())));
+    }
     let check = |m: &FeatureMatrix, what: &str| -> Result<()> {
         if matrix_dims(m) != (n_var, n_obs) {
             return Err(bad(
@@ -661,19 +634,15 @@ fn read_anndata(root: &Group, matrix: &str, path: &Path) -> Result<AnnData> {
         }
         Ok(())
     };
-    check(&main, matrix)?;
+    let matrix = anndata_matrix(root, "X", path)?;
+    check(&matrix, "X")?;
     let mut layers = Vec::new();
     let mut skipped = Vec::new();
-    if matrix != "X" && has_x {
-        let x = anndata_matrix(root, "X", path)?;
-        check(&x, "X")?;
-        layers.push(("X".to_string(), x));
-    }
-    if let Some(g) = &layer_group {
-        for l in layer_names.iter().filter(|l| *l != matrix) {
-            let m = anndata_matrix(g, l, path)?;
+    if let Some(g) = root.group("layers").ok().filter(|_| with_layers) {
+        for l in g.member_names().unwrap_or_default() {
+            let m = anndata_matrix(&g, &l, path)?;
             check(&m, &format!("layers/{l}"))?;
-            layers.push((l.clone(), m));
+            layers.push((l, m));
         }
     }
     let mut obsm = Vec::new();
@@ -697,7 +666,7 @@ fn read_anndata(root: &Group, matrix: &str, path: &Path) -> Result<AnnData> {
         }
     }
     Ok(AnnData {
-        matrix: main,
+        matrix,
         obs,
         var,
         layers,
@@ -714,7 +683,7 @@ pub struct MuData {
 }
 
 /// Reads a `.h5mu` file (MuData): each modality's X, layers, obs, var and obsm.
-pub fn read_h5mu(path: &Path) -> Result<MuData> {
+pub fn read_h5mu(path: &Path, with_layers: bool) -> Result<MuData> {
     let file = open(path)?;
     let mods = file
         .group("mod")
@@ -729,7 +698,7 @@ pub fn read_h5mu(path: &Path) -> Result<MuData> {
             let g = mods
                 .group(&n)
                 .map_err(|e| bad(path, format!("/mod/{n} is not a modality ({e})")))?;
-            read_anndata(&g, "X", path).map(|a| (n, a))
+            read_anndata(&g, with_layers, path).map(|a| (n, a))
         })
         .collect::<Result<Vec<_>>>()?;
     if modalities.is_empty() {
@@ -1156,10 +1125,10 @@ mod tests {
     #[test]
     fn missing_and_non_hdf5_files_are_errors() {
         let missing = Path::new("/nonexistent/file.h5ad");
-        assert!(read_h5ad(missing, "X").is_err());
+        assert!(read_h5ad(missing, true).is_err());
         let not_h5 = std::env::temp_dir().join(format!("rscvi-not-h5-{}", std::process::id()));
         std::fs::write(&not_h5, b"plain text").unwrap();
-        let e = read_h5ad(&not_h5, "X").err().unwrap().to_string();
+        let e = read_h5ad(&not_h5, true).err().unwrap().to_string();
         assert!(e.contains("not a readable HDF5 file"), "{e}");
         assert!(read_10x_h5(&not_h5).is_err());
         std::fs::remove_file(&not_h5).unwrap();
