@@ -194,7 +194,7 @@
   m <- methods::as(m, "CsparseMatrix")
   m <- methods::as(methods::as(m, "generalMatrix"), "dMatrix")
   if (!methods::is(m, "dgCMatrix")) m <- methods::as(m, "dgCMatrix")
-  Matrix::drop0(m)
+  m
 }
 
 # The names of the arguments saying which assay to read, for messages.
@@ -325,10 +325,10 @@
     }
   }
 
-  m <- .to_dgc(m, arg)
   # scvi-tools only warns on non-integers, but the count likelihoods are defined on integers
   # and non-integer input is almost always normalised or log-transformed data by mistake.
-  .check_count_values(m@x, arg, "rscvi", "raw counts, not normalised or log-transformed data")
+  m <- .checked_counts(.to_dgc(m, arg), arg, "rscvi",
+                       "raw counts, not normalised or log-transformed data")
 
   gene_names <- rownames(m) %||% paste0("gene", seq_len(nrow(m)))
   cell_names <- colnames(m)
@@ -514,14 +514,14 @@
 
 #' Register batch/labels/covariates/size factors for SCVI
 #'
-#' @param input result of `.as_count_input()`.
+#' @param input result of `.as_count_input()`; its `counts` may also be a list of dgCMatrix
+#'   blocks over the same cells, stacked by rows (the modalities of a joint model).
 #' @param registry NULL to set up new fields, or a stored registry to transfer its mappings
 #'   to new data (key arguments may then be NULL = use the registered keys).
 #' @param extend_categories with a registry: append unseen categories (sorted) instead of
 #'   failing.
 #' @param n_size_factors columns `size_factor_key` names (MULTIVI: 2, RNA and ATAC).
-#' @return list(counts = list(p, i, x, n_genes, n_cells) (CSC genes x cells = CSR cells x
-#'   genes), batch, labels (0-based integer codes), cat_covs (integer n_cells x K),
+#' @return list(counts = .count_slots() of the counts, batch, labels (0-based integer codes), cat_covs (integer n_cells x K),
 #'   cat_sizes (integer K), cont_covs (double n_cells x U), size_factor (double n_cells x
 #'   n_size_factors, or NULL),
 #'   registry, cell_data, cell_names)
@@ -555,11 +555,13 @@
     continuous_covariate_keys <- .registry_key(continuous_covariate_keys,
                                                sa$continuous_covariate_keys,
                                                "continuous_covariate_keys")
-    n_genes <- nrow(input$counts)
-    input$counts <- .model_rows(input$counts, registry$gene_names)
-    input$gene_names <- rownames(input$counts)
+    n_genes <- .count_rows(input$counts)
+    if (!is.list(input$counts)) {
+      input$counts <- .model_rows(input$counts, registry$gene_names)
+      input$gene_names <- rownames(input$counts)
+    }
     .check_gene_names(input$gene_names, registry$gene_names)
-    if (nrow(input$counts) < n_genes) {
+    if (.count_rows(input$counts) < n_genes) {
       .check_no_empty_cells(input$counts, "x", " in the model's genes")
     }
   }
@@ -599,7 +601,6 @@
     if (length(cols) == 1L) cols[[1]] else do.call(cbind, cols)
   }
 
-  m <- input$counts
   new_registry <- list(
     model = "SCVI",
     gene_names = input$gene_names,
@@ -616,7 +617,7 @@
     n_cells = n_cells
   )
   list(
-    counts = list(p = m@p, i = m@i, x = m@x, n_genes = nrow(m), n_cells = ncol(m)),
+    counts = .count_slots(input$counts),
     batch = batch$codes,
     labels = labels$codes,
     cat_covs = cat_covs,
@@ -629,22 +630,38 @@
   )
 }
 
-# The stored values of a count matrix: finite, non-negative integers; `who` expects
-# `integers` (what the error says instead of non-integer values).
-.check_count_values <- function(v, arg, who, integers) {
-  if (any(!is.finite(v))) {
+# Features of a count matrix, or of a list of blocks stacked by rows.
+.count_rows <- function(counts) {
+  if (is.list(counts)) sum(vapply(counts, nrow, 1L)) else nrow(counts)
+}
+
+# What the core reads of the counts: each block's dgCMatrix slots (CSC features x cells =
+# CSR cells x features, not copied; the core stacks several blocks by features).
+.count_slots <- function(counts) {
+  blocks <- if (is.list(counts)) unname(counts) else list(counts)
+  list(blocks = lapply(blocks, function(m) list(p = m@p, i = m@i, x = m@x, n_rows = nrow(m))),
+       n_genes = .count_rows(counts), n_cells = ncol(blocks[[1]]))
+}
+
+# A dgCMatrix whose stored values are finite, non-negative integers (`who` expects
+# `integers`: what the error says instead of non-integer values), checked in one pass over
+# the nonzeros without temporaries; stored zeros are dropped (a copy only when there are some).
+.checked_counts <- function(m, arg, who, integers) {
+  s <- rs_count_summary(m@x)
+  if (s$non_finite > 0L) {
     .stop("`%s` contains %d missing or infinite values (NA/NaN/Inf); counts must be finite",
-          arg, sum(!is.finite(v)))
+          arg, s$non_finite)
   }
-  if (any(v < 0)) {
+  if (s$negative > 0L) {
     .stop("`%s` contains %d negative values (min %s); %s expects raw non-negative counts",
-          arg, sum(v < 0), format(min(v)), who)
+          arg, s$negative, format(s$min), who)
   }
-  if (any(v != round(v))) {
+  if (s$non_integer > 0L) {
     .stop("`%s` contains %d non-integer values (e.g. %s); %s expects %s", arg,
-          sum(v != round(v)), format(v[v != round(v)][1]), who, integers)
+          s$non_integer, format(s$first_fraction), who, integers)
   }
-  invisible(TRUE)
+  if (s$zeros > 0L) m <- Matrix::drop0(m)
+  m
 }
 
 # New data must carry the model's genes, in the model's order.

@@ -5,8 +5,13 @@
 #' @useDynLib rscvi, .registration = TRUE
 NULL
 
-# Counts (dgCMatrix slots of a genes x cells matrix = CSR of cells x genes) and covariates.
-rs_dataset_new <- function(p, i, x, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, p, i, x, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
+# Counts (dgCMatrix slots of genes x cells blocks = CSR of cells x genes) and covariates.
+rs_dataset_new <- function(blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
+
+# The values of a count matrix in one pass, without temporaries: how many are missing or
+# infinite, negative (and the smallest), not whole numbers (and the first such), stored
+# zeros.
+rs_count_summary <- function(x) .Call(wrap__rs_count_summary, x)
 
 rs_knn_purity <- function(emb, labels, k) .Call(wrap__rs_knn_purity, emb, labels, k)
 
@@ -105,6 +110,10 @@ rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__r
 
 # `decode_mode` < 0: the dataset's own mode.
 rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
+
+# The spatial cells' imputation blended with their nearest sequencing cells in the panel
+# (`get_imputed_values(method = "blend")`).
+rs_gimvi_imputed_blend <- function(model, seq, spatial, deterministic, normalized, decode_mode, batch_size, k, weight) .Call(wrap__rs_gimvi_imputed_blend, model, seq, spatial, deterministic, normalized, decode_mode, batch_size, k, weight)
 
 rs_read_h5ad <- function(path, layers) .Call(wrap__rs_read_h5ad, path, layers)
 

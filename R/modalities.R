@@ -140,8 +140,7 @@
   }
   if (ncol(m) == 0L) .stop("`%s` has no cells (0 columns); %s expects %s x cells", arg, kind, unit)
   if (nrow(m) == 0L) .stop("`%s` has no %s (0 rows); %s expects %s x cells", arg, unit, kind, unit)
-  m <- .to_dgc(m, arg)
-  .check_count_values(m@x, arg, kind, integers)
+  m <- .checked_counts(.to_dgc(m, arg), arg, kind, integers)
   features <- rownames(m) %||% paste0(feature, seq_len(nrow(m)))
   if (anyDuplicated(features)) {
     dup <- unique(features[duplicated(features)])
@@ -173,6 +172,7 @@
 # Place the columns of `m` (features x its cells) at their cells' positions among
 # `cell_names` (all cells); cells it lacks get zero columns.
 .spread_columns <- function(m, cell_names) {
+  if (identical(colnames(m), cell_names)) return(m)
   pos <- match(colnames(m), cell_names)
   t <- methods::as(m, "TsparseMatrix")
   Matrix::sparseMatrix(i = t@i + 1L, j = pos[t@j + 1L], x = as.double(t@x),
@@ -368,13 +368,13 @@
 # Returns list(data, fields).
 .modality_dataset <- function(comb, arg, registry = NULL, features = NULL,
                               extend_categories = FALSE, ...) {
-  counts <- methods::as(do.call(rbind, unname(comb$full)), "CsparseMatrix")
-  if (!methods::is(counts, "dgCMatrix")) counts <- methods::as(counts, "dgCMatrix")
-  if (!is.null(registry)) {
-    rownames(counts) <- features
-    registry$gene_names <- features
-  }
-  input <- list(counts = counts, cell_data = comb$cell_data, gene_names = rownames(counts),
+  # The modalities go to the core as blocks (stacked there, once): no rbind() copy in R.
+  blocks <- lapply(unname(comb$full), function(m) {
+    if (methods::is(m, "dgCMatrix")) m else methods::as(methods::as(m, "CsparseMatrix"), "dgCMatrix")
+  })
+  if (!is.null(registry)) registry$gene_names <- features
+  genes <- features %||% unlist(lapply(blocks, function(m) rownames(m) %||% character(nrow(m))))
+  input <- list(counts = blocks, cell_data = comb$cell_data, gene_names = genes,
                 cell_names = comb$cell_names, layer = NULL)
   f <- if (is.null(registry)) {
     .register_fields(input, ...)

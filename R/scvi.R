@@ -76,8 +76,7 @@
 # The core re-checks the data; its complaints are about `x`.
 .new_dataset <- function(f, arg = "x") {
   tryCatch(rs_dataset_new(
-    f$counts$p, f$counts$i, f$counts$x, as.integer(f$counts$n_genes),
-    as.integer(f$batch), as.integer(f$registry$n_batch),
+    f$counts$blocks, as.integer(f$batch), as.integer(f$registry$n_batch),
     as.integer(f$labels), as.integer(f$registry$n_labels),
     as.integer(f$cat_covs), as.integer(unname(f$cat_sizes)),
     as.double(f$cont_covs), f$size_factor

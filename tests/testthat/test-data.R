@@ -123,6 +123,45 @@ test_that("bad counts give errors naming the argument", {
   expect_error(.as_count_input(m, layer = "counts"), "`layer` only applies")
 })
 
+test_that("sparse counts are checked in one pass over the stored values", {
+  m <- toy_counts()
+  bad <- m; bad@x[c(2, 5)] <- c(NA, -3); bad@x[7] <- 2.5
+  expect_error(.as_count_input(bad), "`x` contains 1 missing or infinite")
+  bad@x[2] <- 1
+  expect_error(.as_count_input(bad), "`x` contains 1 negative values \\(min -3\\)")
+  bad@x[5] <- 1
+  expect_error(.as_count_input(bad), "`x` contains 1 non-integer values \\(e.g. 2.5\\)")
+  # Stored zeros are dropped without touching the user's matrix; a cell whose stored
+  # values are all zero is empty.
+  zeros <- m; zeros@x[zeros@p[2] + 1] <- 0
+  before <- zeros
+  input <- .as_count_input(zeros)
+  expect_identical(zeros, before)
+  expect_identical(length(input$counts@x), length(m@x) - 1L)
+  expect_false(any(input$counts@x == 0))
+  empty <- m; empty@x[(empty@p[3] + 1):empty@p[4]] <- 0
+  expect_error(.as_count_input(empty), "`x` has 1 cells with no counts.*'c3'")
+  # Clean input is passed on as it is, not copied.
+  clean <- .as_count_input(m)$counts
+  expect_identical(clean@x, m@x)
+  expect_identical(clean@i, m@i)
+})
+
+test_that("a model keeps its counts when the user's matrix changes or goes", {
+  d <- small_data()
+  counts <- d$counts
+  m <- scvi(counts, cells = d$cells, batch_key = "batch", n_latent = 5L)
+  m <- train(m, max_epochs = 1L, seed = 0L, device = "cpu", progress = FALSE)
+  latent <- get_latent_representation(m)
+  # The core reads the matrix's row indices in place: R must copy them before this change.
+  counts@i[seq_len(100)] <- 0L
+  counts@x[] <- 1
+  expect_identical(get_latent_representation(m), latent)
+  rm(counts, d)
+  gc(full = TRUE)
+  expect_identical(get_latent_representation(m), latent)
+})
+
 test_that("cell checks: transposed input, row count, order, empty cells and genes", {
   m <- as.matrix(toy_counts())
   cells <- data.frame(batch = rep(c("a", "b"), 3))
@@ -217,15 +256,15 @@ test_that("counts are passed as CSC genes x cells (= CSR cells x genes), 0-based
   input <- toy_input()
   f <- .register_fields(input)
   m <- input$counts
-  expect_identical(f$counts$p, m@p)
-  expect_identical(f$counts$i, m@i)
-  expect_identical(f$counts$x, m@x)
+  expect_identical(f$counts$blocks[[1]]$p, m@p)
+  expect_identical(f$counts$blocks[[1]]$i, m@i)
+  expect_identical(f$counts$blocks[[1]]$x, m@x)
   expect_identical(f$counts$n_genes, 4L)
   expect_identical(f$counts$n_cells, 6L)
   # Rebuild cell 3's row from the CSR view.
   cell <- 3
-  rng <- (f$counts$p[cell] + 1):f$counts$p[cell + 1]
-  dense <- numeric(4); dense[f$counts$i[rng] + 1] <- f$counts$x[rng]
+  rng <- (f$counts$blocks[[1]]$p[cell] + 1):f$counts$blocks[[1]]$p[cell + 1]
+  dense <- numeric(4); dense[f$counts$blocks[[1]]$i[rng] + 1] <- f$counts$blocks[[1]]$x[rng]
   expect_equal(dense, unname(as.matrix(m)[, cell]))
 })
 
@@ -412,7 +451,7 @@ test_that("rscvi_example_sce() returns a registrable SingleCellExperiment", {
                      "Dropseq_3cl"))
   expect_identical(f$registry$label_categories, c("A549", "H1975", "H2228", "H838", "HCC827"))
   expect_identical(f$registry$setup_args$layer, "counts")
-  expect_identical(length(f$counts$p), 1022L)
+  expect_identical(length(f$counts$blocks[[1]]$p), 1022L)
   expect_identical(.registry_from_json(.registry_to_json(f$registry)), f$registry)
 })
 

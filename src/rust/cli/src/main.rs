@@ -7,7 +7,8 @@
 //!     [--val-every N] [--mc-samples N] [--out DIR]
 //! rscvi-cli synth (the train data options, as --source-*) --cells N [--source-epochs E]
 //!     [--seed S] --out DIR      synthetic dataset drawn from a model fitted on the source
-//! rscvi-cli bench --data DIR [--epochs E] [--batch-size B] [--device D] [--out DIR]
+//! rscvi-cli bench --data DIR [--max-cells N] [--epochs E] [--batch-size B] [--device D]
+//!     [--out DIR]
 //! rscvi-cli gpu-check --cellbench DIR [--out DIR]   parity + CPU-vs-CUDA training check
 //! rscvi-cli device
 
@@ -349,7 +350,8 @@ fn synth_cmd(a: &Args) -> AnyResult<()> {
     Ok(())
 }
 
-fn read_synthetic(dir: &Path) -> AnyResult<DataSet> {
+/// The synthetic dataset in `dir`, or its first `max_cells` cells (a CSR row prefix).
+fn read_synthetic(dir: &Path, max_cells: Option<usize>) -> AnyResult<DataSet> {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
     let get = |k: &str| {
@@ -359,16 +361,18 @@ fn read_synthetic(dir: &Path) -> AnyResult<DataSet> {
             .ok_or(format!("meta.json lacks {k}"))
     };
     let (n, g, nb) = (get("n_cells")?, get("n_genes")?, get("n_batch")?);
-    let indptr: Vec<usize> = npy::read::<i64>(&dir.join("indptr.npy"))?
+    let n = max_cells.map_or(n, |m| m.min(n));
+    let indptr: Vec<usize> = npy::read_prefix::<i64>(&dir.join("indptr.npy"), Some(n + 1))?
         .into_iter()
         .map(|v| v as usize)
         .collect();
-    let indices: Vec<u32> = npy::read::<i32>(&dir.join("indices.npy"))?
+    let nnz = *indptr.last().ok_or("indptr.npy is empty")?;
+    let indices: Vec<u32> = npy::read_prefix::<i32>(&dir.join("indices.npy"), Some(nnz))?
         .into_iter()
         .map(|v| v as u32)
         .collect();
-    let values = npy::read::<f32>(&dir.join("data.npy"))?;
-    let batch: Vec<u32> = npy::read::<i32>(&dir.join("batch.npy"))?
+    let values = npy::read_prefix::<f32>(&dir.join("data.npy"), Some(nnz))?;
+    let batch: Vec<u32> = npy::read_prefix::<i32>(&dir.join("batch.npy"), Some(n))?
         .into_iter()
         .map(|v| v as u32)
         .collect();
@@ -383,7 +387,11 @@ fn read_synthetic(dir: &Path) -> AnyResult<DataSet> {
 /// Times SCVI training on a synthetic dataset (validation only after the last epoch).
 fn bench_cmd(a: &Args) -> AnyResult<()> {
     let dir = Path::new(a.get("data").ok_or("--data is required")?);
-    let data = read_synthetic(dir)?;
+    let max_cells = a
+        .get("max-cells")
+        .map(|_| a.num("max-cells", 0usize))
+        .transpose()?;
+    let data = read_synthetic(dir, max_cells)?;
     let device = resolve_device(a.get("device").unwrap_or("auto"))?;
     let epochs = a.num("epochs", 5usize)?;
     let batch_size = a.num("batch-size", 128usize)?;

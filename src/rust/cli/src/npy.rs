@@ -46,16 +46,25 @@ pub fn write<T: Element>(path: &std::path::Path, data: &[T]) -> std::io::Result<
     f.flush()
 }
 
-pub fn read<T: Element>(path: &std::path::Path) -> Result<Vec<T>, String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+/// The first `limit` elements (all without a limit), streamed: no copy of the file's bytes.
+pub fn read_prefix<T: Element>(
+    path: &std::path::Path,
+    limit: Option<usize>,
+) -> Result<Vec<T>, String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(err)?;
+    let file_len = file.metadata().map_err(err)?.len() as usize;
+    let mut f = std::io::BufReader::new(file);
+    let mut start = [0u8; 10];
+    f.read_exact(&mut start)
+        .map_err(|_| format!("{} is not a .npy file", path.display()))?;
+    if &start[..6] != b"\x93NUMPY" {
         return Err(format!("{} is not a .npy file", path.display()));
     }
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = String::from_utf8_lossy(&bytes[10..10 + hlen]);
+    let hlen = u16::from_le_bytes([start[8], start[9]]) as usize;
+    let mut header = vec![0u8; hlen];
+    f.read_exact(&mut header).map_err(err)?;
+    let header = String::from_utf8_lossy(&header);
     if !header.contains(&format!("'descr': '{}'", T::DESCR))
         || header.contains("'fortran_order': True")
     {
@@ -66,10 +75,16 @@ pub fn read<T: Element>(path: &std::path::Path) -> Result<Vec<T>, String> {
         ));
     }
     let width = std::mem::size_of::<T>();
-    Ok(bytes[10 + hlen..]
-        .chunks_exact(width)
-        .map(T::from_le)
-        .collect())
+    let available = file_len.saturating_sub(10 + hlen) / width;
+    let n = limit.map_or(available, |l| l.min(available));
+    let mut out = Vec::with_capacity(n);
+    let mut buf = vec![0u8; width * 65536];
+    while out.len() < n {
+        let take = (n - out.len()).min(65536) * width;
+        f.read_exact(&mut buf[..take]).map_err(err)?;
+        out.extend(buf[..take].chunks_exact(width).map(T::from_le));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -78,7 +93,14 @@ mod tests {
     fn round_trip() {
         let p = std::env::temp_dir().join("rscvi-npy-test.npy");
         super::write(&p, &[1.5f32, -2.0, 3.25]).unwrap();
-        assert_eq!(super::read::<f32>(&p).unwrap(), vec![1.5, -2.0, 3.25]);
-        assert!(super::read::<i64>(&p).is_err());
+        assert_eq!(
+            super::read_prefix::<f32>(&p, None).unwrap(),
+            vec![1.5, -2.0, 3.25]
+        );
+        assert_eq!(
+            super::read_prefix::<f32>(&p, Some(2)).unwrap(),
+            vec![1.5, -2.0]
+        );
+        assert!(super::read_prefix::<i64>(&p, None).is_err());
     }
 }

@@ -13,7 +13,9 @@ use std::path::Path;
 use extendr_api::prelude::*;
 use extendr_api::{Error, Result};
 use rscvi_core::backend::resolve_device;
-use rscvi_core::data::{Categorical, CsrMatrix, DataSet};
+use std::sync::Arc;
+
+use rscvi_core::data::{Categorical, CsrMatrix, DataSet, Indices, SharedIndices};
 use rscvi_core::metrics;
 
 mod gimvi;
@@ -125,14 +127,192 @@ pub(crate) fn dataset(ds: &Robj) -> Result<&DataSet> {
         .map_err(|_| other("the data handle is no longer valid"))
 }
 
-/// Counts (dgCMatrix slots of a genes x cells matrix = CSR of cells x genes) and covariates.
+/// A dgCMatrix's `i` slot read in place as the core's column indices: the R vector stays
+/// protected while the core holds it, so the user's counts are not copied.
+struct RIndices {
+    _owner: Robj,
+    ptr: *const u32,
+    len: usize,
+}
+
+// SAFETY: R never moves a vector, and copies one that is referenced from elsewhere (here:
+// this protected handle) before changing it, so the memory stays valid and unchanged while
+// `_owner` lives; the core only reads it. The handle is dropped with its dataset by R's
+// finalizer, on R's thread.
+unsafe impl Send for RIndices {}
+unsafe impl Sync for RIndices {}
+
+impl SharedIndices for RIndices {
+    fn indices(&self) -> &[u32] {
+        // SAFETY: see above; an i32 reads as the u32 of the same bits (a negative index
+        // becomes one out of range, which CsrMatrix::new refuses).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// The cells x features CSR matrix of a features x cells dgCMatrix's slots: `i` borrowed,
+/// `x` converted to f32 in one pass (no double copy).
+pub(crate) fn csr_counts(p: &Robj, i: Robj, x: &Robj, n_cols: i32) -> Result<CsrMatrix> {
+    let indptr: Vec<usize> = p
+        .as_integer_slice()
+        .ok_or_else(|| other("internal: `p` must be an integer vector"))?
+        .iter()
+        .map(|&v| v.max(0) as usize)
+        .collect();
+    let n_rows = indptr.len().saturating_sub(1);
+    let slice = i
+        .as_integer_slice()
+        .ok_or_else(|| other("internal: `i` must be an integer vector"))?;
+    let (ptr, len) = (slice.as_ptr() as *const u32, slice.len());
+    let indices = Indices::Shared(Arc::new(RIndices {
+        _owner: i,
+        ptr,
+        len,
+    }));
+    let x = x
+        .as_real_slice()
+        .ok_or_else(|| other("internal: `x` must be a double vector"))?;
+    guarded(|| {
+        check_counts_memory(x.len(), 4)?;
+        let values = x.iter().map(|&v| v as f32).collect();
+        CsrMatrix::new(n_rows, n_cols.max(0) as usize, indptr, indices, values)
+    })
+}
+
+/// The core's copy of `nnz` counts (`bytes` each) must fit: an allocation failure would
+/// abort R.
+fn check_counts_memory(nnz: usize, bytes: u64) -> rscvi_core::Result<()> {
+    rscvi_core::train::memory::check_memory(
+        (nnz as u64).saturating_mul(bytes),
+        "counts",
+        "free memory (e.g. rm() objects you no longer need) or use fewer cells",
+    )
+}
+
+/// The values of a count matrix in one pass, without temporaries: how many are missing or
+/// infinite, negative (and the smallest), not whole numbers (and the first such), stored
+/// zeros.
+#[extendr]
+fn rs_count_summary(x: Robj) -> Result<Robj> {
+    let v = x
+        .as_real_slice()
+        .ok_or_else(|| other("internal: `x` must be a double vector"))?;
+    let (mut non_finite, mut negative, mut non_integer, mut zeros) = (0i32, 0i32, 0i32, 0i32);
+    let (mut min, mut first_fraction) = (f64::INFINITY, None);
+    for &x in v {
+        if !x.is_finite() {
+            non_finite += 1;
+        } else if x < 0.0 {
+            negative += 1;
+            min = min.min(x);
+        } else if x.fract() != 0.0 {
+            non_integer += 1;
+            first_fraction.get_or_insert(x);
+        } else if x == 0.0 {
+            zeros += 1;
+        }
+    }
+    Ok(list!(
+        non_finite = non_finite,
+        negative = negative,
+        min = min,
+        non_integer = non_integer,
+        first_fraction = first_fraction,
+        zeros = zeros
+    )
+    .into())
+}
+
+/// The slots of one dgCMatrix block: p, i, x and its number of rows (features).
+fn block_slots(block: Robj) -> Result<(Robj, Robj, Robj, i32)> {
+    let l: List = block
+        .try_into()
+        .map_err(|_| other("internal: a count block must be a list"))?;
+    let get = |k: &str| {
+        l.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v)
+            .ok_or_else(|| other(format!("internal: a count block lacks `{k}`")))
+    };
+    let n_rows = get("n_rows")?
+        .as_integer()
+        .ok_or_else(|| other("internal: `n_rows` must be an integer"))?;
+    Ok((get("p")?, get("i")?, get("x")?, n_rows))
+}
+
+/// The cells x features CSR matrix of features x cells dgCMatrix blocks over the same cells,
+/// stacked by features (the modalities of MULTIVI and SPLICEVI). One block is borrowed as
+/// `csr_counts` does; several are stacked here, once, instead of by rbind() in R.
+fn block_counts(blocks: List) -> Result<CsrMatrix> {
+    let mut blocks = blocks
+        .values()
+        .map(block_slots)
+        .collect::<Result<Vec<_>>>()?;
+    if blocks.len() == 1 {
+        let (p, i, x, n_rows) = blocks.remove(0);
+        return csr_counts(&p, i, &x, n_rows);
+    }
+    let slices = blocks
+        .iter()
+        .map(|(p, i, x, n_rows)| {
+            Some((
+                p.as_integer_slice()?,
+                i.as_integer_slice()?,
+                x.as_real_slice()?,
+                (*n_rows).max(0) as u32,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| other("internal: bad count block slots"))?;
+    let n_cells = slices.first().map_or(0, |b| b.0.len().saturating_sub(1));
+    if slices.iter().any(|b| b.0.len() != n_cells + 1) {
+        return Err(other("internal: the count blocks have different cells"));
+    }
+    let nnz: usize = slices.iter().map(|b| b.2.len()).sum();
+    guarded(|| {
+        crate::progress::name_query("setting up the data:");
+        check_counts_memory(nnz, 8)?;
+        let (mut indptr, mut indices, mut values) = (
+            Vec::with_capacity(n_cells + 1),
+            Vec::with_capacity(nnz),
+            Vec::with_capacity(nnz),
+        );
+        indptr.push(0);
+        for c in 0..n_cells {
+            if c % 65_536 == 0 {
+                rscvi_core::interrupt::step(c, n_cells)?;
+            }
+            let mut offset = 0u32;
+            for (p, i, x, n_rows) in &slices {
+                let (a, b) = (p[c].max(0) as usize, p[c + 1].max(0) as usize);
+                let (Some(rows), Some(vals)) = (i.get(a..b), x.get(a..b)) else {
+                    return Err(rscvi_core::Error::InvalidData(
+                        "a count block's column pointers are out of range".into(),
+                    ));
+                };
+                for (&r, &v) in rows.iter().zip(vals) {
+                    if r < 0 || r as u32 >= *n_rows {
+                        return Err(rscvi_core::Error::InvalidData(
+                            "a count block's row index is out of range".into(),
+                        ));
+                    }
+                    indices.push(offset + r as u32);
+                    values.push(v as f32);
+                }
+                offset += n_rows;
+            }
+            indptr.push(indices.len());
+        }
+        let n_features = slices.iter().map(|b| b.3 as usize).sum();
+        CsrMatrix::new(n_cells, n_features, indptr, indices, values)
+    })
+}
+
+/// Counts (dgCMatrix slots of genes x cells blocks = CSR of cells x genes) and covariates.
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_dataset_new(
-    p: Robj,
-    i: Robj,
-    x: Robj,
-    n_genes: i32,
+    blocks: List,
     batch: Robj,
     n_batch: i32,
     labels: Robj,
@@ -142,14 +322,8 @@ fn rs_dataset_new(
     cont_covs: Robj,
     size_factor: Robj,
 ) -> Result<Robj> {
-    let p = ints(&p, "p")?;
-    let n_cells = p.len().saturating_sub(1);
-    let indptr = p.iter().map(|&v| v.max(0) as usize).collect();
-    let indices = ints(&i, "i")?
-        .into_iter()
-        .map(|v| v.max(0) as u32)
-        .collect();
-    let values = reals(&x, "x")?.into_iter().map(|v| v as f32).collect();
+    let counts = block_counts(blocks)?;
+    let n_cells = counts.n_rows;
     let cat_codes = ints(&cat_covs, "cat_covs")?;
     let cat_sizes = ints(&cat_sizes, "cat_sizes")?;
     let cats = cat_sizes
@@ -183,7 +357,7 @@ fn rs_dataset_new(
     let batch = codes(&batch, n_batch, "batch")?;
     let labels = codes(&labels, n_labels, "labels")?;
     let ds = guarded(|| {
-        let counts = CsrMatrix::new(n_cells, n_genes.max(0) as usize, indptr, indices, values)?;
+        crate::progress::name_query("setting up the data:");
         DataSet::new(counts, batch, labels, cats, conts, sf)
     })?;
     Ok(ExternalPtr::new(ds).into())
@@ -286,6 +460,7 @@ extendr_module! {
     use multivi;
     use splicevi;
     fn rs_dataset_new;
+    fn rs_count_summary;
     fn rs_knn_purity;
     fn rs_batch_mixing;
     fn rs_saved_model_kind;

@@ -151,6 +151,8 @@ impl Observer for RProgress {
 /// LL, differential expression, correlations...) report a line every 10% of their work once
 /// they have run for [`QUERY_QUIET_SECS`], as R's option rscvi.progress allows.
 struct QueryProgress {
+    /// What the line says is running ("query" unless the entry point names its work).
+    what: &'static str,
     start: Instant,
     /// Decided at the first report due: None until then.
     mode: Option<ProgressMode>,
@@ -162,6 +164,7 @@ const QUERY_QUIET_SECS: f64 = 3.0;
 
 thread_local! {
     static QUERY: std::cell::RefCell<QueryProgress> = std::cell::RefCell::new(QueryProgress {
+        what: "query",
         start: Instant::now(),
         mode: None,
         last_decile: 0,
@@ -172,11 +175,17 @@ thread_local! {
 pub(crate) fn start_query() {
     QUERY.with(|q| {
         *q.borrow_mut() = QueryProgress {
+            what: "query",
             start: Instant::now(),
             mode: None,
             last_decile: 0,
         }
     });
+}
+
+/// Names the work of the running call in its progress lines (e.g. setting up the data).
+pub(crate) fn name_query(what: &'static str) {
+    QUERY.with(|q| q.borrow_mut().what = what);
 }
 
 /// The progress mode training would use (R's `.progress_mode()` with the default `progress`).
@@ -203,7 +212,8 @@ pub(crate) fn report_query(done: f64) {
         q.last_decile = decile;
         let eta = fmt_secs(elapsed * (1.0 - done) / done);
         let line = format!(
-            "query {:.0}% done, {} elapsed, ETA {eta}",
+            "{} {:.0}% done, {} elapsed, ETA {eta}",
+            q.what,
             100.0 * done,
             fmt_secs(elapsed)
         );

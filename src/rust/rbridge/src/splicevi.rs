@@ -4,7 +4,6 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
-use rscvi_core::data::CsrMatrix;
 use rscvi_core::de::{DeRequest, TestMode};
 use rscvi_core::family::Head;
 use rscvi_core::infer::expression::RowWeights;
@@ -42,17 +41,13 @@ fn rs_splicevi_check_totals(
         .collect();
     let n_junctions = atse.len();
     let config = SpliceviConfig::new(n_genes.max(0) as usize, atse, 1);
-    let indptr = ints(&p, "p")?
-        .into_iter()
-        .map(|v| v.max(0) as usize)
-        .collect();
-    let idx = ints(&i, "i")?
-        .into_iter()
-        .map(|v| v.max(0) as u32)
-        .collect();
-    let values = reals(&x, "x")?.into_iter().map(|v| v as f32).collect();
+    let totals = crate::csr_counts(&p, i, &x, n_junctions as i32)?;
     let n = guarded(|| {
-        let totals = CsrMatrix::new(data.n_cells(), n_junctions, indptr, idx, values)?;
+        if totals.n_rows != data.n_cells() {
+            return Err(rscvi_core::Error::InvalidData(
+                "the junction totals do not match the cells".into(),
+            ));
+        }
         queries::count_total_mismatches(&config, data, &totals)
     })?;
     Ok(n as i32)

@@ -7,8 +7,61 @@ pub mod junctions;
 pub mod mt;
 pub mod resident;
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use crate::data::mt::numpy_permutation;
 use crate::error::{invalid_arg, Error, Result};
+
+/// Memory another owner keeps alive and unchanged for as long as this handle lives (R's
+/// dgCMatrix `i` slot, protected by the R bridge), read as the column indices of a CSR
+/// matrix.
+pub trait SharedIndices: Send + Sync {
+    fn indices(&self) -> &[u32];
+}
+
+/// The column indices of a CSR matrix: owned, or borrowed from the front end so that a
+/// user's counts are not copied (an atlas' indices are gigabytes).
+#[derive(Clone)]
+pub enum Indices {
+    Owned(Vec<u32>),
+    Shared(Arc<dyn SharedIndices>),
+}
+
+impl Deref for Indices {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            Indices::Owned(v) => v,
+            Indices::Shared(s) => s.indices(),
+        }
+    }
+}
+
+impl From<Vec<u32>> for Indices {
+    fn from(v: Vec<u32>) -> Self {
+        Indices::Owned(v)
+    }
+}
+
+impl std::fmt::Debug for Indices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Indices({} entries)", self.len())
+    }
+}
+
+// Saved as the plain sequence it reads as; read back owned.
+impl serde::Serialize for Indices {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.deref().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Indices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Vec::<u32>::deserialize(d).map(Indices::Owned)
+    }
+}
 
 /// Cells x genes sparse counts in compressed-row form.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -16,7 +69,7 @@ pub struct CsrMatrix {
     pub n_rows: usize,
     pub n_cols: usize,
     pub indptr: Vec<usize>,
-    pub indices: Vec<u32>,
+    pub indices: Indices,
     pub values: Vec<f32>,
 }
 
@@ -26,9 +79,10 @@ impl CsrMatrix {
         n_rows: usize,
         n_cols: usize,
         indptr: Vec<usize>,
-        indices: Vec<u32>,
+        indices: impl Into<Indices>,
         values: Vec<f32>,
     ) -> Result<Self> {
+        let indices = indices.into();
         if indptr.len() != n_rows + 1 || indptr[0] != 0 {
             return Err(Error::InvalidData(
                 "row pointer array does not match the number of cells".into(),
@@ -59,12 +113,6 @@ impl CsrMatrix {
     pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
         let (a, b) = (self.indptr[i], self.indptr[i + 1]);
         (&self.indices[a..b], &self.values[a..b])
-    }
-
-    pub fn row_sums(&self) -> Vec<f64> {
-        (0..self.n_rows)
-            .map(|i| self.row(i).1.iter().map(|&v| v as f64).sum())
-            .collect()
     }
 }
 
@@ -132,8 +180,6 @@ pub struct DataSet {
     pub log_library: Vec<f32>,
     /// sum over genes of lgamma(x + 1): the constant part of every count likelihood.
     pub log_factorial: Vec<f32>,
-    /// log(1 + x) of every stored count (the encoder's input), computed once.
-    pub log1p_values: Vec<f32>,
     /// Set in a minified dataset, whose counts are dropped: the model reads z from it.
     pub latent_posterior: Option<LatentPosterior>,
 }
@@ -184,28 +230,26 @@ impl DataSet {
                 ));
             }
         }
-        let sums = counts.row_sums();
-        if let Some(i) = sums.iter().position(|&s| s <= 0.0) {
-            return Err(Error::InvalidData(format!(
-                "cell {} has no counts; remove empty cells first",
-                i + 1
-            )));
+        // One pass over the cells, polling for Ctrl-C and reporting progress (an atlas
+        // takes seconds).
+        let (mut log_library, mut log_factorial) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i % 65_536 == 0 {
+                crate::interrupt::step(i, n)?;
+            }
+            let values = counts.row(i).1;
+            let total: f64 = values.iter().map(|&v| v as f64).sum();
+            if total <= 0.0 {
+                return Err(Error::InvalidData(format!(
+                    "cell {} has no counts; remove empty cells first",
+                    i + 1
+                )));
+            }
+            log_library.push(total.ln() as f32);
+            log_factorial.push(values.iter().map(|&v| ln_factorial(v as f64)).sum::<f64>() as f32);
         }
-        let log_library = sums.iter().map(|&s| s.ln() as f32).collect();
-        let log_factorial = (0..n)
-            .map(|i| {
-                counts
-                    .row(i)
-                    .1
-                    .iter()
-                    .map(|&v| ln_factorial(v as f64))
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        let log1p_values = counts.values.iter().map(|v| v.ln_1p()).collect();
         Ok(Self {
             counts,
-            log1p_values,
             batch,
             labels,
             categorical_covariates,
@@ -233,10 +277,9 @@ impl DataSet {
                 n_rows: n,
                 n_cols: self.n_genes(),
                 indptr: vec![0; n + 1],
-                indices: vec![],
+                indices: Vec::new().into(),
                 values: vec![],
             },
-            log1p_values: vec![],
             log_factorial: vec![0.0; n],
             latent_posterior: Some(posterior),
             ..self.clone()
@@ -316,8 +359,35 @@ impl DataSet {
     }
 }
 
-/// log(k!) for a non-negative integer k (as f64), exact summation for small k.
+/// log(1 + x) of a count (the encoder's input), from a table for the common small counts:
+/// computed per minibatch instead of stored for every nonzero of the dataset.
+pub fn log1p_count(x: f32) -> f32 {
+    const N: usize = 1024;
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| (0..N).map(|k| (k as f32).ln_1p()).collect());
+    let k = x as usize;
+    if k < N && k as f32 == x {
+        table[k]
+    } else {
+        x.ln_1p()
+    }
+}
+
+/// log(k!) for a non-negative integer k (as f64): from a table for the common small counts
+/// (a dataset's likelihood constant sums it over every nonzero).
 pub fn ln_factorial(k: f64) -> f64 {
+    const N: usize = 1024;
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| (0..N).map(|k| ln_factorial_uncached(k as f64)).collect());
+    if k >= 0.0 && k < N as f64 && k.fract() == 0.0 {
+        table[k as usize]
+    } else {
+        ln_factorial_uncached(k)
+    }
+}
+
+/// log(k!), exact summation for small k.
+fn ln_factorial_uncached(k: f64) -> f64 {
     if k < 2.0 {
         return 0.0;
     }
@@ -506,8 +576,9 @@ impl DataSet {
             let (start, end) = (self.counts.indptr[c], self.counts.indptr[c + 1]);
             for k in start..end {
                 let j = r * g + self.counts.indices[k] as usize;
-                x[j] = self.counts.values[k];
-                x_log[j] = self.log1p_values[k];
+                let v = self.counts.values[k];
+                x[j] = v;
+                x_log[j] = log1p_count(v);
             }
         }
         let n_labels = self.labels.n_categories;
@@ -696,9 +767,42 @@ mod tests {
     }
 
     #[test]
+    fn ln_factorial_table_is_the_formula() {
+        for k in 0..2000 {
+            assert_eq!(ln_factorial(k as f64), ln_factorial_uncached(k as f64));
+        }
+    }
+
+    #[test]
     fn ln_factorial_is_accurate() {
         assert!((ln_factorial(10.0) - 15.104_412_573_075_516).abs() < 1e-12);
         assert!((ln_factorial(100.0) - 363.739_375_555_563_5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn log1p_count_matches_ln_1p() {
+        for x in (0..3000).map(|k| k as f32).chain([0.5, 1e7, 2.5e9]) {
+            assert_eq!(log1p_count(x), x.ln_1p());
+        }
+    }
+
+    #[test]
+    fn shared_indices_read_as_owned_ones() {
+        struct Fixed(Vec<u32>);
+        impl SharedIndices for Fixed {
+            fn indices(&self) -> &[u32] {
+                &self.0
+            }
+        }
+        let shared = Indices::Shared(Arc::new(Fixed(vec![1, 0, 1])));
+        let m = CsrMatrix::new(2, 2, vec![0, 1, 3], shared, vec![2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(m.row(1), (&[0u32, 1][..], &[3.0f32, 4.0][..]));
+        let saved = rmp_serde::to_vec(&m).unwrap();
+        let back: CsrMatrix = rmp_serde::from_slice(&saved).unwrap();
+        assert!(matches!(back.indices, Indices::Owned(_)));
+        assert_eq!(&back.indices[..], &m.indices[..]);
+        let bad = Indices::Shared(Arc::new(Fixed(vec![2])));
+        assert!(CsrMatrix::new(1, 2, vec![0, 1], bad, vec![1.0]).is_err());
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn a_cell_without_expression_has_no_expression_loss_or_penalty() {
         1,
         config.n_features(),
         vec![0, keep.len()],
-        keep.iter().map(|k| k.0).collect(),
+        keep.iter().map(|k| k.0).collect::<Vec<u32>>(),
         keep.iter().map(|k| k.1).collect(),
     )
     .unwrap();
