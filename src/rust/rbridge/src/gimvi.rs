@@ -63,8 +63,49 @@ fn rs_gimvi_imputed(
     Ok(matrix(&v, cells.len(), m.config().n_genes))
 }
 
+/// The spatial cells' imputation blended with their nearest sequencing cells in the panel
+/// (`get_imputed_values(method = "blend")`).
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_gimvi_imputed_blend(
+    model: Robj,
+    seq: Robj,
+    spatial: Robj,
+    deterministic: bool,
+    normalized: bool,
+    decode_mode: i32,
+    batch_size: i32,
+    k: i32,
+    weight: f64,
+) -> Result<Robj> {
+    let m = handle::<GimviKind>(&model)?;
+    let data = [dataset(&seq)?, dataset(&spatial)?];
+    let cells: Vec<usize> = (0..data[1].n_cells()).collect();
+    let mode = if decode_mode < 0 {
+        None
+    } else {
+        Some(which_dataset(decode_mode)?)
+    };
+    let v = guarded(|| {
+        gimvi::neighbours::blended_imputed_values(
+            &m.module,
+            data,
+            &cells,
+            deterministic,
+            normalized,
+            mode,
+            batch_size.max(1) as usize,
+            k.max(0) as usize,
+            weight,
+            &Default::default(),
+        )
+    })?;
+    Ok(matrix(&v, cells.len(), m.config().n_genes))
+}
+
 extendr_module! {
     mod gimvi;
     fn rs_gimvi_new;
     fn rs_gimvi_imputed;
+    fn rs_gimvi_imputed_blend;
 }

@@ -4,6 +4,7 @@
 //! sequencing gene, which is how unmeasured spatial genes are imputed.
 
 pub mod model;
+pub mod neighbours;
 
 pub use model::{GimviKind, GimviModel};
 
