@@ -19,8 +19,11 @@ demo: install
 # Rust tests share the R build's target dir: `--workspace` keeps the feature set identical
 # (toolchain.md pitfall 8), so this reuses the already built crates. The cuda feature is only
 # type-checked (no GPU here) in its own target dir, since flipping features rebuilds burn.
+# One test thread: Flex's random stream is process-global, so a test that seeds it and
+# compares two runs (e.g. MULTIVI's sparse vs dense first layers) fails whenever a parallel
+# test draws in between (~5 s instead of ~4 s).
 test: install
-	cargo test --release --workspace --manifest-path $(CARGO_MANIFEST) --target-dir $(TARGET_DIR)
+	cargo test --release --workspace --manifest-path $(CARGO_MANIFEST) --target-dir $(TARGET_DIR) -- --test-threads=1
 	cargo check --release -p rscvi-cli --features cuda --manifest-path $(CARGO_MANIFEST) --target-dir $(CUDA_TARGET_DIR)
 	Rscript tools/run-tests.R
 

@@ -32,22 +32,13 @@ if (length(args) >= 1 && args[[1]] == "--run") {
     scvi_history_elbo_validation = sprintf("%.4f", utils::tail(history(model)$elbo_validation, 1)),
     scvi_s_per_epoch = sprintf("%.4f", scvi_s))
 
-  read_part <- function(dir) {
-    m <- methods::as(Matrix::readMM(gzfile(file.path(dir, "matrix.mtx.gz"))), "CsparseMatrix")
-    features <- utils::read.delim(gzfile(file.path(dir, "features.tsv.gz")))
-    list(m = methods::as(m, "dgCMatrix"), features = features)
-  }
-  base <- file.path(data_root, "merfish_hypothalamus")
-  sp <- read_part(file.path(base, "spatial"))
-  sq <- read_part(file.path(base, "scrna"))
-  genes <- sp$features$gene
-  rownames(sp$m) <- genes
-  rownames(sq$m) <- sq$features$gene
-  folds <- utils::read.delim(file.path(base, "folds.tsv"))
-  seq <- sq$m[genes, ]
-  seq <- seq[, Matrix::colSums(seq) > 0]
+  source(file.path(args[[3]], "gimvi_common.R"))
+  pair <- load_pair("merfish")
+  genes <- pair$genes
+  seq <- pair$seq[, Matrix::colSums(pair$seq) > 0]
   colnames(seq) <- paste0("s", seq_len(ncol(seq)))
-  test <- genes[genes %in% folds$gene[folds$fold == 0]]
+  test <- genes[genes %in% pair$folds$gene[pair$folds$fold == 0]]
+  sp <- list(m = pair$spatial)
   partial <- sp$m[setdiff(genes, test), ]
   keep <- Matrix::colSums(partial) > 0
   full <- sp$m[, keep]
@@ -58,11 +49,6 @@ if (length(args) >= 1 && args[[1]] == "--run") {
   g <- train(g, seed = 0L, progress = FALSE)
   gimvi_s <- (proc.time()[["elapsed"]] - t0) / 200
   truth <- t(as.matrix(full[test, , drop = FALSE])) / Matrix::colSums(full)
-  spearman <- function(tr, im) {
-    if (all(im == 0)) return(0)
-    if (length(unique(tr)) < 2) return(NA_real_)
-    suppressWarnings(stats::cor(tr, im, method = "spearman"))
-  }
   med <- function(im) {
     stats::median(vapply(test, function(x) spearman(truth[, x], im[, x]), 0), na.rm = TRUE)
   }
@@ -85,7 +71,8 @@ Sys.setenv(RAYON_NUM_THREADS = "2")
 
 one_run <- function(lib) {
   env <- c(sprintf("R_LIBS=%s", paste(c(lib, .libPaths()), collapse = ":")))
-  out <- system2("Rscript", c(file.path(here, "ab_builds.R"), "--run", data_root),
+  out <- system2("Rscript", c(file.path(here, "ab_builds.R"), "--run", data_root,
+                              normalizePath(here)),
                  stdout = TRUE, env = env)
   kv <- strsplit(grep("=", out, value = TRUE), "=", fixed = TRUE)
   stats::setNames(vapply(kv, `[[`, "", 2), vapply(kv, `[[`, "", 1))

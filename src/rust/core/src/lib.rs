@@ -30,7 +30,8 @@ pub fn rand_seeded(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
-/// Flex's random stream is process-global: tests that draw from it take this lock so that
-/// parallel tests cannot interleave their draws.
+/// Flex's random stream is process-global: tests that seed it and compare runs take this
+/// lock so that they do not interleave with each other. Tests that merely draw (building a
+/// module) do not, so `make test` runs the tests on one thread.
 #[cfg(test)]
 pub(crate) static TEST_RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

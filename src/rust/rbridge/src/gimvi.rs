@@ -15,6 +15,15 @@ fn which_dataset(i: i32) -> Result<usize> {
     }
 }
 
+/// `decode_mode` < 0: the dataset's own mode (None).
+fn decode_mode_of(decode_mode: i32) -> Result<Option<usize>> {
+    if decode_mode < 0 {
+        Ok(None)
+    } else {
+        which_dataset(decode_mode).map(Some)
+    }
+}
+
 #[extendr]
 fn rs_gimvi_new(seq: Robj, spatial: Robj, config_json: &str, registry_json: &str) -> Result<Robj> {
     let data = [dataset(&seq)?, dataset(&spatial)?];
@@ -23,7 +32,6 @@ fn rs_gimvi_new(seq: Robj, spatial: Robj, config_json: &str, registry_json: &str
     })
 }
 
-/// `decode_mode` < 0: the dataset's own mode.
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn rs_gimvi_imputed(
@@ -42,11 +50,7 @@ fn rs_gimvi_imputed(
         which_dataset(which)?,
     );
     let cells = indices(&idx, data.n_cells())?;
-    let mode = if decode_mode < 0 {
-        None
-    } else {
-        Some(which_dataset(decode_mode)?)
-    };
+    let mode = decode_mode_of(decode_mode)?;
     let v = guarded(|| {
         gimvi::imputed_values(
             &m.module,
@@ -81,11 +85,7 @@ fn rs_gimvi_imputed_blend(
     let m = handle::<GimviKind>(&model)?;
     let data = [dataset(&seq)?, dataset(&spatial)?];
     let cells: Vec<usize> = (0..data[1].n_cells()).collect();
-    let mode = if decode_mode < 0 {
-        None
-    } else {
-        Some(which_dataset(decode_mode)?)
-    };
+    let mode = decode_mode_of(decode_mode)?;
     let v = guarded(|| {
         gimvi::neighbours::blended_imputed_values(
             &m.module,

@@ -701,7 +701,7 @@ mod tests {
 
     type B = Flex;
 
-    fn dataset(rows: &[Vec<f32>], batch: Vec<u32>, n_batch: usize) -> DataSet {
+    pub(super) fn dataset(rows: &[Vec<f32>], batch: Vec<u32>, n_batch: usize) -> DataSet {
         let g = rows[0].len();
         let mut indptr = vec![0];
         let (mut idx, mut val) = (vec![], vec![]);

@@ -191,22 +191,10 @@ pub fn blended_imputed_values<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Categorical, CsrMatrix};
 
     fn data(rows: &[&[f32]]) -> DataSet {
-        let g = rows[0].len();
-        let (mut indptr, mut idx, mut val) = (vec![0], vec![], vec![]);
-        for r in rows {
-            for (j, &v) in r.iter().enumerate() {
-                if v > 0.0 {
-                    idx.push(j as u32);
-                    val.push(v);
-                }
-            }
-            indptr.push(val.len());
-        }
-        let counts = CsrMatrix::new(rows.len(), g, indptr, idx, val).unwrap();
-        DataSet::with_batches(counts, Categorical::constant(rows.len())).unwrap()
+        let rows: Vec<Vec<f32>> = rows.iter().map(|r| r.to_vec()).collect();
+        super::super::tests::dataset(&rows, vec![0; rows.len()], 1)
     }
 
     #[test]
