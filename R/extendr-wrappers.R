@@ -8,9 +8,7 @@ NULL
 # Counts (dgCMatrix slots of genes x cells blocks = CSR of cells x genes) and covariates.
 rs_dataset_new <- function(blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
 
-# The values of a count matrix in one pass, without temporaries: how many are missing or
-# infinite, negative (and the smallest), not whole numbers (and the first such), stored
-# zeros.
+# The values of a count matrix in one pass, without temporaries (`data::count_summary`).
 rs_count_summary <- function(x) .Call(wrap__rs_count_summary, x)
 
 rs_knn_purity <- function(emb, labels, k) .Call(wrap__rs_knn_purity, emb, labels, k)
@@ -108,7 +106,6 @@ rs_scvi_query_new <- function(reference, ds, config_json, registry_json, freeze_
 
 rs_gimvi_new <- function(seq, spatial, config_json, registry_json) .Call(wrap__rs_gimvi_new, seq, spatial, config_json, registry_json)
 
-# `decode_mode` < 0: the dataset's own mode.
 rs_gimvi_imputed <- function(model, which, ds, idx, deterministic, normalized, decode_mode, batch_size) .Call(wrap__rs_gimvi_imputed, model, which, ds, idx, deterministic, normalized, decode_mode, batch_size)
 
 # The spatial cells' imputation blended with their nearest sequencing cells in the panel

@@ -369,9 +369,7 @@
 .modality_dataset <- function(comb, arg, registry = NULL, features = NULL,
                               extend_categories = FALSE, ...) {
   # The modalities go to the core as blocks (stacked there, once): no rbind() copy in R.
-  blocks <- lapply(unname(comb$full), function(m) {
-    if (methods::is(m, "dgCMatrix")) m else methods::as(methods::as(m, "CsparseMatrix"), "dgCMatrix")
-  })
+  blocks <- unname(comb$full)
   if (!is.null(registry)) registry$gene_names <- features
   genes <- features %||% unlist(lapply(blocks, function(m) rownames(m) %||% character(nrow(m))))
   input <- list(counts = blocks, cell_data = comb$cell_data, gene_names = genes,

@@ -15,7 +15,10 @@ use extendr_api::{Error, Result};
 use rscvi_core::backend::resolve_device;
 use std::sync::Arc;
 
-use rscvi_core::data::{Categorical, CsrMatrix, DataSet, Indices, SharedIndices};
+use rscvi_core::data::{
+    check_counts_memory, count_summary, Categorical, CountBlock, CsrMatrix, DataSet, Indices,
+    SharedIndices,
+};
 use rscvi_core::metrics;
 
 mod gimvi;
@@ -179,46 +182,20 @@ pub(crate) fn csr_counts(p: &Robj, i: Robj, x: &Robj, n_cols: i32) -> Result<Csr
     })
 }
 
-/// The core's copy of `nnz` counts (`bytes` each) must fit: an allocation failure would
-/// abort R.
-fn check_counts_memory(nnz: usize, bytes: u64) -> rscvi_core::Result<()> {
-    rscvi_core::train::memory::check_memory(
-        (nnz as u64).saturating_mul(bytes),
-        "counts",
-        "free memory (e.g. rm() objects you no longer need) or use fewer cells",
-    )
-}
-
-/// The values of a count matrix in one pass, without temporaries: how many are missing or
-/// infinite, negative (and the smallest), not whole numbers (and the first such), stored
-/// zeros.
+/// The values of a count matrix in one pass, without temporaries (`data::count_summary`).
 #[extendr]
 fn rs_count_summary(x: Robj) -> Result<Robj> {
     let v = x
         .as_real_slice()
         .ok_or_else(|| other("internal: `x` must be a double vector"))?;
-    let (mut non_finite, mut negative, mut non_integer, mut zeros) = (0i32, 0i32, 0i32, 0i32);
-    let (mut min, mut first_fraction) = (f64::INFINITY, None);
-    for &x in v {
-        if !x.is_finite() {
-            non_finite += 1;
-        } else if x < 0.0 {
-            negative += 1;
-            min = min.min(x);
-        } else if x.fract() != 0.0 {
-            non_integer += 1;
-            first_fraction.get_or_insert(x);
-        } else if x == 0.0 {
-            zeros += 1;
-        }
-    }
+    let s = count_summary(v);
     Ok(list!(
-        non_finite = non_finite,
-        negative = negative,
-        min = min,
-        non_integer = non_integer,
-        first_fraction = first_fraction,
-        zeros = zeros
+        non_finite = s.non_finite as f64,
+        negative = s.negative as f64,
+        min = s.min,
+        non_integer = s.non_integer as f64,
+        first_fraction = s.first_fraction,
+        zeros = s.zeros as f64
     )
     .into())
 }
@@ -255,56 +232,18 @@ fn block_counts(blocks: List) -> Result<CsrMatrix> {
     let slices = blocks
         .iter()
         .map(|(p, i, x, n_rows)| {
-            Some((
-                p.as_integer_slice()?,
-                i.as_integer_slice()?,
-                x.as_real_slice()?,
-                (*n_rows).max(0) as u32,
-            ))
+            Some(CountBlock {
+                indptr: p.as_integer_slice()?,
+                indices: i.as_integer_slice()?,
+                values: x.as_real_slice()?,
+                n_features: (*n_rows).max(0) as usize,
+            })
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| other("internal: bad count block slots"))?;
-    let n_cells = slices.first().map_or(0, |b| b.0.len().saturating_sub(1));
-    if slices.iter().any(|b| b.0.len() != n_cells + 1) {
-        return Err(other("internal: the count blocks have different cells"));
-    }
-    let nnz: usize = slices.iter().map(|b| b.2.len()).sum();
     guarded(|| {
         crate::progress::name_query("setting up the data:");
-        check_counts_memory(nnz, 8)?;
-        let (mut indptr, mut indices, mut values) = (
-            Vec::with_capacity(n_cells + 1),
-            Vec::with_capacity(nnz),
-            Vec::with_capacity(nnz),
-        );
-        indptr.push(0);
-        for c in 0..n_cells {
-            if c % 65_536 == 0 {
-                rscvi_core::interrupt::step(c, n_cells)?;
-            }
-            let mut offset = 0u32;
-            for (p, i, x, n_rows) in &slices {
-                let (a, b) = (p[c].max(0) as usize, p[c + 1].max(0) as usize);
-                let (Some(rows), Some(vals)) = (i.get(a..b), x.get(a..b)) else {
-                    return Err(rscvi_core::Error::InvalidData(
-                        "a count block's column pointers are out of range".into(),
-                    ));
-                };
-                for (&r, &v) in rows.iter().zip(vals) {
-                    if r < 0 || r as u32 >= *n_rows {
-                        return Err(rscvi_core::Error::InvalidData(
-                            "a count block's row index is out of range".into(),
-                        ));
-                    }
-                    indices.push(offset + r as u32);
-                    values.push(v as f32);
-                }
-                offset += n_rows;
-            }
-            indptr.push(indices.len());
-        }
-        let n_features = slices.iter().map(|b| b.3 as usize).sum();
-        CsrMatrix::new(n_cells, n_features, indptr, indices, values)
+        CsrMatrix::stack(&slices)
     })
 }
 

@@ -116,6 +116,110 @@ impl CsrMatrix {
     }
 }
 
+/// Features x cells counts in the compressed-column layout of R's dgCMatrix (column
+/// pointers, row indices, values), which reads as the CSR matrix of cells x its features.
+pub struct CountBlock<'a> {
+    pub indptr: &'a [i32],
+    pub indices: &'a [i32],
+    pub values: &'a [f64],
+    pub n_features: usize,
+}
+
+impl CsrMatrix {
+    /// Blocks over the same cells stacked by features (the modalities of a joint model), in
+    /// one pass: the only copy of the counts, polling for Ctrl-C and reporting progress.
+    pub fn stack(blocks: &[CountBlock]) -> Result<Self> {
+        let n_cells = blocks
+            .first()
+            .map_or(0, |b| b.indptr.len().saturating_sub(1));
+        if blocks.iter().any(|b| b.indptr.len() != n_cells + 1) {
+            return Err(Error::InvalidData(
+                "the count blocks have different cells".into(),
+            ));
+        }
+        let nnz: usize = blocks.iter().map(|b| b.values.len()).sum();
+        check_counts_memory(nnz, 8)?;
+        let (mut indptr, mut indices, mut values) = (
+            Vec::with_capacity(n_cells + 1),
+            Vec::with_capacity(nnz),
+            Vec::with_capacity(nnz),
+        );
+        indptr.push(0);
+        for c in 0..n_cells {
+            if c % 65_536 == 0 {
+                crate::interrupt::step(c, n_cells)?;
+            }
+            let mut offset = 0;
+            for b in blocks {
+                let (start, end) = (b.indptr[c].max(0) as usize, b.indptr[c + 1].max(0) as usize);
+                let (Some(rows), Some(vals)) =
+                    (b.indices.get(start..end), b.values.get(start..end))
+                else {
+                    return Err(Error::InvalidData(
+                        "a count block's column pointers are out of range".into(),
+                    ));
+                };
+                for (&r, &v) in rows.iter().zip(vals) {
+                    if r < 0 || r as usize >= b.n_features {
+                        return Err(Error::InvalidData(
+                            "a count block's row index is out of range".into(),
+                        ));
+                    }
+                    indices.push((offset + r as usize) as u32);
+                    values.push(v as f32);
+                }
+                offset += b.n_features;
+            }
+            indptr.push(indices.len());
+        }
+        let n_features = blocks.iter().map(|b| b.n_features).sum();
+        Self::new(n_cells, n_features, indptr, indices, values)
+    }
+}
+
+/// A copy of `nnz` counts (`bytes` each) must fit: an allocation failure would abort the
+/// front end's process.
+pub fn check_counts_memory(nnz: usize, bytes: u64) -> Result<()> {
+    crate::train::memory::check_memory(
+        (nnz as u64).saturating_mul(bytes),
+        "counts",
+        "free memory (e.g. remove objects you no longer need) or use fewer cells",
+    )
+}
+
+/// What one pass over a count matrix's stored values finds: missing or infinite values,
+/// negative ones (and the smallest), non-integers (and the first), stored zeros.
+#[derive(Debug, Default, PartialEq)]
+pub struct CountSummary {
+    pub non_finite: usize,
+    pub negative: usize,
+    pub min: f64,
+    pub non_integer: usize,
+    pub first_fraction: Option<f64>,
+    pub zeros: usize,
+}
+
+pub fn count_summary(values: &[f64]) -> CountSummary {
+    let mut s = CountSummary {
+        min: f64::INFINITY,
+        ..Default::default()
+    };
+    for &x in values {
+        if !x.is_finite() {
+            s.non_finite += 1;
+        } else if x < 0.0 {
+            s.negative += 1;
+            s.min = s.min.min(x);
+        } else if x.fract() != 0.0 {
+            s.non_integer += 1;
+            s.first_fraction.get_or_insert(x);
+        } else if x == 0.0 {
+            s.zeros += 1;
+        }
+    }
+    s
+}
+
 /// A categorical per-cell covariate: 0-based codes and the number of categories.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Categorical {
@@ -784,6 +888,52 @@ mod tests {
         for x in (0..3000).map(|k| k as f32).chain([0.5, 1e7, 2.5e9]) {
             assert_eq!(log1p_count(x), x.ln_1p());
         }
+    }
+
+    #[test]
+    fn blocks_stack_by_features_and_counts_are_summarised() {
+        // Two cells; block 1 has 2 features, block 2 has 3 (dgCMatrix layout).
+        let a = CountBlock {
+            indptr: &[0, 1, 3],
+            indices: &[1, 0, 1],
+            values: &[2.0, 1.0, 5.0],
+            n_features: 2,
+        };
+        let b = CountBlock {
+            indptr: &[0, 1, 1],
+            indices: &[2],
+            values: &[7.0],
+            n_features: 3,
+        };
+        let m = CsrMatrix::stack(&[a, b]).unwrap();
+        assert_eq!((m.n_rows, m.n_cols), (2, 5));
+        assert_eq!(m.row(0), (&[1u32, 4][..], &[2.0f32, 7.0][..]));
+        assert_eq!(m.row(1), (&[0u32, 1][..], &[1.0f32, 5.0][..]));
+        let bad = CountBlock {
+            indptr: &[0, 1, 1],
+            indices: &[3],
+            values: &[1.0],
+            n_features: 3,
+        };
+        let ok = CountBlock {
+            indptr: &[0, 0, 0],
+            indices: &[],
+            values: &[],
+            n_features: 1,
+        };
+        assert!(CsrMatrix::stack(&[ok, bad]).is_err());
+        let s = count_summary(&[1.0, f64::NAN, -2.0, -5.0, 0.5, 2.5, 0.0, 3.0]);
+        assert_eq!(
+            s,
+            CountSummary {
+                non_finite: 1,
+                negative: 2,
+                min: -5.0,
+                non_integer: 2,
+                first_fraction: Some(0.5),
+                zeros: 1
+            }
+        );
     }
 
     #[test]

@@ -73,8 +73,8 @@ pub fn panel_neighbour_expression(
     }
     crate::train::memory::check_memory(
         (cells.len() as u64) * (n_genes as u64) * 8,
-        "indices",
-        "impute fewer cells at a time (indices)",
+        "x_spatial",
+        "impute fewer spatial cells at a time (a subset as x_spatial)",
     )?;
     let mut out = vec![0f32; cells.len() * n_genes];
     let n_blocks = cells.len().div_ceil(BLOCK);
@@ -87,29 +87,38 @@ pub fn panel_neighbour_expression(
         block_cells
             .par_iter()
             .zip(block_out.par_chunks_mut(n_genes))
-            .for_each(|(&cell, row)| {
-                let (idx, val) = spatial.counts.row(cell);
-                let mut x = vec![0f32; n_panel];
-                for (&j, &v) in idx.iter().zip(val) {
-                    x[j as usize] = v;
-                }
-                let total: f32 = x.iter().sum();
-                let me = log_normalised(&x, total.max(f32::MIN_POSITIVE));
-                let mut d: Vec<(f32, usize)> = seq_features
-                    .chunks(n_panel)
-                    .enumerate()
-                    .map(|(i, f)| (me.iter().zip(f).map(|(a, b)| (a - b) * (a - b)).sum(), i))
-                    .collect();
-                // Ties broken by cell order, so results do not depend on the thread count.
-                d.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                for &(_, i) in &d[..k] {
-                    let (idx, val) = seq.counts.row(candidates[i]);
-                    let scale = 1.0 / (denominators[i] * k as f32);
+            // Per-thread buffers: the distances to every candidate are the large one.
+            .for_each_init(
+                || (vec![0f32; n_panel], Vec::with_capacity(candidates.len())),
+                |(x, d), (&cell, row)| {
+                    x.iter_mut().for_each(|v| *v = 0.0);
+                    let (idx, val) = spatial.counts.row(cell);
                     for (&j, &v) in idx.iter().zip(val) {
-                        row[j as usize] += v * scale;
+                        x[j as usize] = v;
                     }
-                }
-            });
+                    let total: f32 = x.iter().sum();
+                    let me = log_normalised(x, total.max(f32::MIN_POSITIVE));
+                    d.clear();
+                    d.extend(seq_features.chunks(n_panel).enumerate().map(|(i, f)| {
+                        (
+                            me.iter()
+                                .zip(f)
+                                .map(|(a, b)| (a - b) * (a - b))
+                                .sum::<f32>(),
+                            i,
+                        )
+                    }));
+                    // Ties broken by cell order, so results do not depend on the thread count.
+                    d.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    for &(_, i) in &d[..k] {
+                        let (idx, val) = seq.counts.row(candidates[i]);
+                        let scale = 1.0 / (denominators[i] * k as f32);
+                        for (&j, &v) in idx.iter().zip(val) {
+                            row[j as usize] += v * scale;
+                        }
+                    }
+                },
+            );
     }
     Ok(out)
 }
