@@ -2,6 +2,10 @@
 //! SCVI-sized measurement in toolchain.md §7). CUDA: behind the `cuda` feature, chosen at run
 //! time after probing the driver, so a missing driver is an error, not a backend panic.
 
+use std::any::Any;
+
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+
 use crate::error::{Error, Result};
 
 #[cfg(not(feature = "ndarray"))]
@@ -10,6 +14,77 @@ pub type Cpu = burn::backend::Flex;
 #[cfg(feature = "ndarray")]
 pub type Cpu = burn::backend::NdArray;
 pub type CpuTrain = burn::backend::Autodiff<Cpu>;
+
+/// The contiguous f32 values of a float tensor primitive of the CPU backend (plain or under
+/// autodiff), borrowed in place; None for any other backend, dtype or layout.
+#[cfg(not(feature = "ndarray"))]
+fn cpu_values(p: &dyn Any) -> Option<&[f32]> {
+    type Autodiffed = burn::tensor::ops::FloatTensor<CpuTrain>;
+    let flex = p
+        .downcast_ref::<burn::backend::flex::FlexTensor>()
+        .or_else(|| p.downcast_ref::<Autodiffed>().map(|a| &a.primitive))?;
+    flex.as_slice::<f32>()
+}
+
+#[cfg(feature = "ndarray")]
+fn cpu_values(_: &dyn Any) -> Option<&[f32]> {
+    None
+}
+
+/// The values of a float tensor on the host, row-major: borrowed from the CPU backend's
+/// storage where it can be (Burn's `into_data` copies a shared buffer up to three times, a
+/// large share of a MULTIVI step on its 24,744-region matrices), else one copy.
+pub enum HostValues<B: Backend> {
+    Borrowed(burn::tensor::ops::FloatTensor<B>),
+    Owned(Vec<f32>),
+}
+
+impl<B: Backend> std::ops::Deref for HostValues<B> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            // Checked when made; the primitive cannot change since.
+            Self::Borrowed(p) => cpu_values(p).unwrap_or(&[]),
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+/// `t`'s values on the host (see [`HostValues`]).
+pub fn host_values<B: Backend, const D: usize>(t: &Tensor<B, D>) -> HostValues<B> {
+    if let TensorPrimitive::Float(p) = t.clone().into_primitive() {
+        if cpu_values(&p).is_some() {
+            return HostValues::Borrowed(p);
+        }
+    }
+    HostValues::Owned(
+        t.clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default(),
+    )
+}
+
+/// The contiguous f32 storage of a CPU-backend tensor primitive for writing in place: None
+/// for another backend, dtype or layout. A buffer shared with another tensor is copied
+/// first, so the other keeps its values.
+pub(crate) fn cpu_values_mut(p: &mut dyn Any) -> Option<&mut [f32]> {
+    #[cfg(not(feature = "ndarray"))]
+    {
+        let flex = p.downcast_mut::<burn::backend::flex::FlexTensor>()?;
+        let whole = flex.is_contiguous()
+            && flex.layout().start_offset() == 0
+            && flex.dtype() == burn::tensor::DType::F32
+            && flex.bytes().len() == flex.layout().num_elements() * 4;
+        whole.then(|| flex.storage_mut::<f32>())
+    }
+    #[cfg(feature = "ndarray")]
+    {
+        let _ = p;
+        None
+    }
+}
 
 #[cfg(feature = "cuda")]
 pub type Gpu = burn::backend::Cuda;

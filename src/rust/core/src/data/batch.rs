@@ -50,14 +50,10 @@ impl<B: Backend> Batch<B> {
     }
 }
 
-/// A matrix's values on the host, row-major.
+/// A copy of a matrix's values on the host, row-major (to read them in place:
+/// [`crate::backend::host_values`]).
 pub(crate) fn host<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
-    t.clone()
-        .detach()
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_default()
+    crate::backend::host_values(t).to_vec()
 }
 
 impl<B: Backend> Batch<B> {

@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use crate::dist::fused::{exp, ln};
+use crate::nn::SparseRows;
 
 /// Below this q (or 1 - q) the log is clamped (ln(1e-38) ≈ -87.5 > -100, so the clamp only
 /// bites on zero and denormal values, where the reference's gradient is zero too).
@@ -29,12 +30,33 @@ fn sigmoid(u: f32) -> f32 {
     1.0 / (1.0 + exp(-u))
 }
 
-/// One cell: log p of every region into `lp`, and with `GRAD` h = ∂(-log p)/∂q · q into `h`
-/// and ∂/∂a into `d_logits`. No reduction inside, so that the loop vectorises (a float sum
-/// would fix the order of additions); the caller sums.
+/// One region: (log p, h = ∂(-log p)/∂q · q, ∂(-log p)/∂a) for t = [x > 0].
+#[inline(always)]
+fn element(t: f32, logit: f32, d: f32, region_sigmoid: f32) -> (f32, f32, f32) {
+    let s = sigmoid(logit);
+    let q = s * d * region_sigmoid;
+    // p = q for an open region, 1 - q for a closed one.
+    let p = (1.0 - t) + (2.0 * t - 1.0) * q;
+    let kept = p > TINY;
+    let lp = if kept {
+        ln(p.max(TINY)).max(LOG_FLOOR)
+    } else {
+        LOG_FLOOR
+    };
+    // ∂(-log p)/∂q = (1 - 2t) / p, zero where the log is clamped.
+    let h = if kept {
+        (1.0 - 2.0 * t) / p.max(TINY) * q
+    } else {
+        0.0
+    };
+    (lp, h, h * (1.0 - s))
+}
+
+/// One cell, every region taken as closed: log p into `lp`, and with `GRAD` h into `h` and
+/// ∂/∂a into `d_logits` (the caller redoes the open ones, a few percent). No reduction
+/// inside, so that the loop vectorises (a float sum would fix the order of additions).
 #[inline(always)]
 fn row<const GRAD: bool>(
-    x: &[f32],
     logits: &[f32],
     d: f32,
     region_sigmoid: &[f32],
@@ -42,9 +64,8 @@ fn row<const GRAD: bool>(
     d_logits: &mut [f32],
     h: &mut [f32],
 ) {
-    let r = x.len();
-    let (x, logits, region_sigmoid, lp) =
-        (&x[..r], &logits[..r], &region_sigmoid[..r], &mut lp[..r]);
+    let r = logits.len();
+    let (region_sigmoid, lp) = (&region_sigmoid[..r], &mut lp[..r]);
     // Re-sliced to r so that the loop has no bounds checks (empty without gradients).
     let (d_logits, h) = if GRAD {
         (&mut d_logits[..r], &mut h[..r])
@@ -52,26 +73,11 @@ fn row<const GRAD: bool>(
         (d_logits, h)
     };
     for j in 0..r {
-        let s = sigmoid(logits[j]);
-        let q = s * d * region_sigmoid[j];
-        let t = if x[j] > 0.0 { 1.0f32 } else { 0.0 };
-        // p = q for an open region, 1 - q for a closed one.
-        let p = (1.0 - t) + (2.0 * t - 1.0) * q;
-        let kept = p > TINY;
-        lp[j] = if kept {
-            ln(p.max(TINY)).max(LOG_FLOOR)
-        } else {
-            LOG_FLOOR
-        };
+        let (l, hj, dl) = element(0.0, logits[j], d, region_sigmoid[j]);
+        lp[j] = l;
         if GRAD {
-            // ∂(-log p)/∂q = (1 - 2t) / p, zero where the log is clamped.
-            let hj = if kept {
-                (1.0 - 2.0 * t) / p.max(TINY) * q
-            } else {
-                0.0
-            };
             h[j] = hj;
-            d_logits[j] = hj * (1.0 - s);
+            d_logits[j] = dl;
         }
     }
 }
@@ -92,7 +98,6 @@ fn lane_sum(v: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_avx2<const GRAD: bool>(
-    x: &[f32],
     logits: &[f32],
     d: f32,
     region_sigmoid: &[f32],
@@ -100,12 +105,14 @@ unsafe fn row_avx2<const GRAD: bool>(
     d_logits: &mut [f32],
     h: &mut [f32],
 ) {
-    row::<GRAD>(x, logits, d, region_sigmoid, lp, d_logits, h)
+    row::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h)
 }
 
-/// One cell, on the widest instructions the CPU has: (value, Σ_j h).
+/// One cell, on the widest instructions the CPU has, with its `open` regions (x > 0):
+/// (value, Σ_j h).
+#[allow(clippy::too_many_arguments)]
 fn row_dispatch<const GRAD: bool>(
-    x: &[f32],
+    open: &[u32],
     logits: &[f32],
     d: f32,
     region_sigmoid: &[f32],
@@ -118,7 +125,7 @@ fn row_dispatch<const GRAD: bool>(
         && std::arch::is_x86_feature_detected!("fma")
     {
         // SAFETY: the CPU supports the features the function was compiled for.
-        unsafe { row_avx2::<GRAD>(x, logits, d, region_sigmoid, lp, d_logits, h) };
+        unsafe { row_avx2::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h) };
         true
     } else {
         false
@@ -126,16 +133,29 @@ fn row_dispatch<const GRAD: bool>(
     #[cfg(not(target_arch = "x86_64"))]
     let done = false;
     if !done {
-        row::<GRAD>(x, logits, d, region_sigmoid, lp, d_logits, h);
+        row::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h);
+    }
+    for &j in open {
+        let j = j as usize;
+        if j < logits.len() {
+            let (l, hj, dl) = element(1.0, logits[j], d, region_sigmoid[j]);
+            lp[j] = l;
+            if GRAD {
+                h[j] = hj;
+                d_logits[j] = dl;
+            }
+        }
     }
     (-lane_sum(lp), if GRAD { lane_sum(h) } else { 0.0 })
 }
 
-/// Evaluates n cells x r regions (row-major `x`, `logits`), `library` = d per cell,
-/// `region_logits` = r per region (None: no region factors). `weight` (0/1 per cell) says
-/// which cells count towards ∂/∂r.
+/// Evaluates n cells x r regions: `open` holds each cell's regions with x > 0 (rows of a
+/// sparse matrix), `logits` is row-major, `library` = d per cell, `region_logits` = r per
+/// region (None: no region factors). `weight` (0/1 per cell) says which cells count towards
+/// ∂/∂r.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
-    x: &[f32],
+    open: &SparseRows,
     logits: &[f32],
     library: &[f32],
     region_logits: Option<&[f32]>,
@@ -150,6 +170,12 @@ pub fn cross_entropy(
         None => vec![1.0; r],
     };
     let rs = &region_sigmoid;
+    let open_in = |c: usize| -> &[u32] {
+        match (open.indptr.get(c), open.indptr.get(c + 1)) {
+            (Some(&a), Some(&b)) => &open.indices[a..b],
+            _ => &[],
+        }
+    };
     let mut per_cell = vec![0f32; n];
     let mut d_library = vec![0f32; if grad { n } else { 0 }];
     let mut d_logits = vec![0f32; if grad { n * r } else { 0 }];
@@ -164,10 +190,16 @@ pub fn cross_entropy(
             .for_each_init(
                 || vec![0f32; r],
                 |lp, (c, (((v, dd), dl), hc))| {
-                    let cols = c * r..(c + 1) * r;
                     let d = library[c];
-                    let (value, h_sum) =
-                        row_dispatch::<true>(&x[cols.clone()], &logits[cols], d, rs, lp, dl, hc);
+                    let (value, h_sum) = row_dispatch::<true>(
+                        open_in(c),
+                        &logits[c * r..(c + 1) * r],
+                        d,
+                        rs,
+                        lp,
+                        dl,
+                        hc,
+                    );
                     *v = value;
                     // q = σ(a)·d·σ(r): ∂q/∂d = q/d, so ∂value/∂d = Σ_j h_j / d.
                     *dd = h_sum / d.max(TINY);
@@ -177,9 +209,10 @@ pub fn cross_entropy(
         per_cell.par_iter_mut().enumerate().for_each_init(
             || vec![0f32; r],
             |lp, (c, v)| {
-                let cols = c * r..(c + 1) * r;
-                let (x, logits) = (&x[cols.clone()], &logits[cols]);
-                *v = row_dispatch::<false>(x, logits, library[c], rs, lp, &mut [], &mut []).0;
+                let logits = &logits[c * r..(c + 1) * r];
+                *v =
+                    row_dispatch::<false>(open_in(c), logits, library[c], rs, lp, &mut [], &mut [])
+                        .0;
             },
         );
     }
@@ -213,6 +246,22 @@ pub fn cross_entropy(
 mod tests {
     use super::*;
 
+    /// The open regions of a dense row-major n x r matrix.
+    fn open_of(x: &[f32], r: usize) -> SparseRows {
+        let mut rows = SparseRows::default();
+        rows.indptr.push(0);
+        for row in x.chunks(r) {
+            for (j, &v) in row.iter().enumerate() {
+                if v > 0.0 {
+                    rows.indices.push(j as u32);
+                    rows.values.push(v);
+                }
+            }
+            rows.indptr.push(rows.indices.len());
+        }
+        rows
+    }
+
     /// Central differences of the per-cell value.
     #[test]
     fn values_and_gradients_match_the_definition() {
@@ -221,7 +270,7 @@ mod tests {
         let d = [0.7f32, 0.4];
         let rl = [0.2f32, -0.5, 1.5];
         let w = [1.0, 1.0];
-        let out = cross_entropy(&x, &a, &d, Some(&rl), &w, 3, true);
+        let out = cross_entropy(&open_of(&x, 3), &a, &d, Some(&rl), &w, 3, true);
         let sig = |u: f32| 1.0 / (1.0 + (-u).exp());
         let value = |a: &[f32], d: &[f32], rl: &[f32]| -> f32 {
             (0..6)
@@ -253,8 +302,9 @@ mod tests {
         check("d", &d, &|v| value(&a, v, &rl), &out.d_library, 5e-3);
         check("r", &rl, &|v| value(&a, &d, v), &out.d_region, 2e-3);
         // An unmeasured cell does not move the region factors.
-        let half = cross_entropy(&x, &a, &d, Some(&rl), &[1.0, 0.0], 3, true);
-        let first = cross_entropy(&x[..3], &a[..3], &d[..1], Some(&rl), &[1.0], 3, true);
+        let (all, first_cell) = (open_of(&x, 3), open_of(&x[..3], 3));
+        let half = cross_entropy(&all, &a, &d, Some(&rl), &[1.0, 0.0], 3, true);
+        let first = cross_entropy(&first_cell, &a[..3], &d[..1], Some(&rl), &[1.0], 3, true);
         for j in 0..3 {
             assert!((half.d_region[j] - first.d_region[j]).abs() < 1e-6);
         }
@@ -263,7 +313,15 @@ mod tests {
     #[test]
     fn logs_are_clamped_at_minus_100() {
         // q = 0 for an open region: 100, and no gradient.
-        let out = cross_entropy(&[1.0], &[-200.0], &[1.0], None, &[1.0], 1, true);
+        let out = cross_entropy(
+            &open_of(&[1.0], 1),
+            &[-200.0],
+            &[1.0],
+            None,
+            &[1.0],
+            1,
+            true,
+        );
         assert!(
             (out.per_cell[0] - 100.0).abs() < 1e-3,
             "{}",

@@ -3,7 +3,7 @@
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-use crate::data::batch::host;
+use crate::backend::host_values as host;
 use crate::dist::fused::{self, Likelihood, Theta};
 use crate::models::options::GeneLikelihood;
 
@@ -136,35 +136,29 @@ pub fn fused_log_likelihood_from_logits<B: Backend>(
     )
 }
 
-/// Per-cell binary cross-entropy of the accessibility of n cells x r regions under
-/// q = σ(`logits`)·`library`·σ(`region_logits`), from the fused host kernel
+/// Per-cell binary cross-entropy of the accessibility of n cells x r regions (`open`: each
+/// cell's regions with x > 0) under q = σ(`logits`)·`library`·σ(`region_logits`), from the
+/// fused host kernel
 /// (dist/bernoulli.rs) with its exact gradients. Returns the per-cell values (gradients to
 /// the logits and the library) and, with region factors, a zero-valued scalar that carries
 /// their gradient over the cells of `mask` (add it to the objective once).
 pub fn fused_bernoulli_cross_entropy<B: Backend>(
-    x: Tensor<B, 2>,
+    open: &crate::nn::SparseRows,
     logits: Tensor<B, 2>,
     library: Tensor<B, 2>,
     region_logits: Option<Tensor<B, 1>>,
     mask: Tensor<B, 1>,
     grad: bool,
 ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
-    let [n, r] = x.dims();
-    let device = x.device();
-    let to_vec = |t: Tensor<B, 1>| -> Vec<f32> {
-        t.detach()
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default()
-    };
-    let rl = region_logits.clone().map(to_vec);
+    let [n, r] = logits.dims();
+    let device = logits.device();
+    let rl = region_logits.as_ref().map(host);
     let out = crate::dist::bernoulli::cross_entropy(
-        &host(&x),
+        open,
         &host(&logits),
         &host(&library),
         rl.as_deref(),
-        &to_vec(mask),
+        &host(&mask),
         r,
         grad,
     );

@@ -7,6 +7,7 @@ pub mod adversarial;
 use burn::module::{Module, ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{activation, backend::Backend, Distribution, Tensor, TensorData};
+use rayon::prelude::*;
 
 pub const BN_EPS: f64 = 1e-3;
 pub const BN_MOMENTUM: f64 = 0.01;
@@ -321,12 +322,7 @@ impl<B: Backend> FcLayers<B> {
         let weight = first.linear.weight.val();
         let device = weight.device();
         let [d_in, d_out] = weight.dims();
-        let w: Vec<f32> = weight
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default();
-        let y = x.matmul(&w, d_in, d_out);
+        let y = x.matmul(&crate::backend::host_values(&weight), d_in, d_out);
         let n = x.n_rows();
         let product =
             Tensor::<B, 2>::from_data(TensorData::new(y, [n, d_out]), &device).require_grad();
@@ -358,38 +354,59 @@ impl SparseRows {
         self.indptr.len().saturating_sub(1)
     }
 
-    /// Rows x `w` (row-major d_in x d_out).
+    /// Rows x `w` (row-major d_in x d_out), a row per task.
     fn matmul(&self, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
         let mut y = vec![0f32; self.n_rows() * d_out];
-        for (r, out) in y.chunks_mut(d_out.max(1)).enumerate() {
-            for k in self.indptr[r]..self.indptr[r + 1] {
-                let j = self.indices[k] as usize;
-                if j < d_in {
-                    let v = self.values[k];
-                    for (o, &wj) in out.iter_mut().zip(&w[j * d_out..(j + 1) * d_out]) {
-                        *o += v * wj;
+        y.par_chunks_mut(d_out.max(1))
+            .enumerate()
+            .for_each(|(r, out)| {
+                for k in self.indptr[r]..self.indptr[r + 1] {
+                    let j = self.indices[k] as usize;
+                    if j < d_in {
+                        let v = self.values[k];
+                        for (o, &wj) in out.iter_mut().zip(&w[j * d_out..(j + 1) * d_out]) {
+                            *o += v * wj;
+                        }
                     }
                 }
-            }
-        }
+            });
         y
     }
 
-    /// Rowsᵀ x `dy` (n x d_out): d_in x d_out.
+    /// Rowsᵀ x `dy` (n x d_out): d_in x d_out. The entries are regrouped by column first
+    /// (a counting sort), so each output row is one task's and the cells add up in order.
     fn transpose_matmul(&self, dy: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
-        let mut g = vec![0f32; d_in * d_out];
+        let mut start = vec![0usize; d_in + 1];
+        for &j in &self.indices {
+            if (j as usize) < d_in {
+                start[j as usize + 1] += 1;
+            }
+        }
+        for j in 0..d_in {
+            start[j + 1] += start[j];
+        }
+        let mut next = start.clone();
+        let mut entries = vec![(0u32, 0f32); start[d_in]];
         for r in 0..self.n_rows() {
-            let row = &dy[r * d_out..(r + 1) * d_out];
             for k in self.indptr[r]..self.indptr[r + 1] {
                 let j = self.indices[k] as usize;
                 if j < d_in {
-                    let v = self.values[k];
-                    for (o, &d) in g[j * d_out..(j + 1) * d_out].iter_mut().zip(row) {
-                        *o += v * d;
-                    }
+                    entries[next[j]] = (r as u32, self.values[k]);
+                    next[j] += 1;
                 }
             }
         }
+        let mut g = vec![0f32; d_in * d_out];
+        g.par_chunks_mut(d_out.max(1))
+            .enumerate()
+            .for_each(|(j, out)| {
+                for &(r, v) in &entries[start[j]..start[j + 1]] {
+                    let row = &dy[r as usize * d_out..(r as usize + 1) * d_out];
+                    for (o, &d) in out.iter_mut().zip(row) {
+                        *o += v * d;
+                    }
+                }
+            });
         g
     }
 }
@@ -411,7 +428,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> SparseInput<B> {
         let dy = self.product.grad(grads)?;
         let device = dy.device();
         let [n, d_out] = dy.dims();
-        let dy: Vec<f32> = dy.into_data().convert::<f32>().into_vec::<f32>().ok()?;
+        let dy = crate::backend::host_values(&dy);
         if n != self.input.n_rows() {
             return None;
         }

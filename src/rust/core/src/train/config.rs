@@ -1,12 +1,11 @@
 //! Arguments of `train()` with the reference's defaults, the epoch heuristic, the KL warm-up
 //! schedule and the optimiser settings (scvi.md §7).
 
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::AdamConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid_arg, Result};
 use crate::train::history::MONITORS;
+use crate::train::optim::FusedAdam;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerKind {
@@ -101,13 +100,16 @@ pub fn kl_weight(cfg: &TrainConfig, epoch: usize, step: usize) -> f64 {
     }
 }
 
-/// Adam with the reference's epsilon and coupled (L2) weight decay.
-pub fn adam_config(cfg: &TrainConfig) -> AdamConfig {
-    AdamConfig::new()
-        .with_epsilon(cfg.eps as f32)
-        .with_weight_decay(
-            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
-        )
+/// The optimiser of `cfg` with the reference's betas, epsilon and weight decay: Adam's is
+/// coupled (L2, scvi-tools' `Adam`), AdamW's decoupled.
+pub fn optimizer(cfg: &TrainConfig) -> FusedAdam {
+    FusedAdam {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: cfg.eps as f32,
+        weight_decay: cfg.weight_decay as f32,
+        decoupled: cfg.optimizer == OptimizerKind::AdamW,
+    }
 }
 
 pub fn validate_config(cfg: &TrainConfig) -> Result<()> {

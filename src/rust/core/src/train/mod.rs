@@ -8,10 +8,11 @@ pub mod grad;
 pub mod history;
 pub mod lr;
 pub mod memory;
+pub mod optim;
 pub mod schedule;
 
 pub use config::{
-    adam_config, kl_weight, max_epochs_heuristic, validate_config, OptimizerKind, TrainConfig,
+    kl_weight, max_epochs_heuristic, optimizer, validate_config, OptimizerKind, TrainConfig,
 };
 pub use history::{EpochRecord, Observer, Silent, TrainState, TrainSummary, MONITORS};
 pub use memory::{available_memory, check_memory, check_minibatch_memory};
@@ -19,7 +20,7 @@ pub use memory::{available_memory, check_memory, check_minibatch_memory};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -63,33 +64,6 @@ fn evaluate<B: Backend, M: FamilyModule<B>>(
         }
     }
     Some(sums.means())
-}
-
-/// The module's and the classifier's optimisers (Adam or AdamW, the reference's settings).
-enum Optim<B: AutodiffBackend, M: AutodiffModule<B>> {
-    Adam(burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, M, B>),
-    AdamW(burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, M, B>),
-}
-
-impl<B: AutodiffBackend, M: AutodiffModule<B>> Optim<B, M> {
-    fn new(cfg: &TrainConfig) -> Self {
-        match cfg.optimizer {
-            OptimizerKind::Adam => Self::Adam(adam_config(cfg).init()),
-            OptimizerKind::AdamW => Self::AdamW(
-                AdamWConfig::new()
-                    .with_epsilon(cfg.eps as f32)
-                    .with_weight_decay(cfg.weight_decay as f32)
-                    .init(),
-            ),
-        }
-    }
-
-    fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
-        match self {
-            Self::Adam(o) => o.step(lr, module, grads),
-            Self::AdamW(o) => o.step(lr, module, grads),
-        }
-    }
 }
 
 /// Fits `module` on `data` (one set per dataset of the model). On a non-finite loss the
@@ -158,7 +132,7 @@ where
     let module = burn::module::Module::map(module, &mut crate::nn::Retrainable);
     let mut model = <K::Module<B> as AutodiffModule<B>>::from_inner(module);
     let grad_rules = K::grad_rules(&model, extra);
-    let mut optim = Optim::<B, K::Module<B>>::new(cfg);
+    let mut optim = optimizer(cfg).init::<B, K::Module<B>>();
     // The adversarial classifier and its optimiser (scvi-tools' adversarial training plans).
     let adversary = plan.adversary;
     let mut classifier = adversary
@@ -177,7 +151,7 @@ where
         .unwrap_or_else(|| cfg.clone());
     let mut classifier_optim = adversary
         .as_ref()
-        .map(|_| Optim::<B, Classifier<B>>::new(&classifier_cfg));
+        .map(|_| optimizer(&classifier_cfg).init::<B, Classifier<B>>());
     let mut last_good = model.valid();
 
     let epoch_offset = state.history.last().map_or(0, |r| r.epoch + 1);

@@ -315,7 +315,9 @@ pub struct Multivae<B: Backend> {
 pub struct MultiviBatch<B: Backend> {
     /// Raw counts (the encoders see no log1p, Q10); a zero column when absent.
     pub x_rna: Tensor<B, 2>,
-    pub x_atac: Tensor<B, 2>,
+    /// Dense accessibility counts, only for encoders that read the covariates with them
+    /// (`encode_covariates`); everything else reads `atac_rows`.
+    pub x_atac: Option<Tensor<B, 2>>,
     /// Protein counts, when the model has proteins.
     pub y: Option<Tensor<B, 2>>,
     /// Σ lgamma(x + 1) over the cell's genes, and over its proteins.
@@ -360,7 +362,8 @@ impl<B: Backend> MultiviBatch<B> {
         );
         let (gw, rw, m) = (g.max(1), r.max(1), config.n_modalities());
         let mut x_rna = vec![0f32; n * gw];
-        let mut x_atac = vec![0f32; n * rw];
+        let dense_atac = config.encode_covariates;
+        let mut x_atac = vec![0f32; if dense_atac { n * rw } else { 0 }];
         let mut y = vec![0f32; n * p];
         let mut log_factorial = vec![0f32; n];
         let mut protein_log_factorial = vec![0f32; n];
@@ -381,7 +384,9 @@ impl<B: Backend> MultiviBatch<B> {
                     rna_rows.indices.push(j as u32);
                     rna_rows.values.push(v);
                 } else if j < g + r {
-                    x_atac[row * rw + j - g] = v;
+                    if dense_atac {
+                        x_atac[row * rw + j - g] = v;
+                    }
                     totals[1] += v as f64;
                     atac_rows.indices.push((j - g) as u32);
                     atac_rows.values.push(v);
@@ -420,7 +425,7 @@ impl<B: Backend> MultiviBatch<B> {
         });
         Self {
             x_rna: mat(x_rna, gw),
-            x_atac: mat(x_atac, rw),
+            x_atac: dense_atac.then(|| mat(x_atac, rw)),
             y: (p > 0).then(|| mat(y, p)),
             log_factorial: vector(log_factorial),
             protein_log_factorial: vector(protein_log_factorial),
@@ -701,35 +706,38 @@ impl<B: Backend> Multivae<B> {
     /// Encoder pass (§4): the modality posteriors, their mixture and one joint draw.
     pub fn inference(&self, b: &MultiviBatch<B>, training: bool) -> MultiviInference<B> {
         let cov = self.encoder_covariates(b);
-        let (xe, xa) = (
-            self.encoder_input(&b.x_rna, b),
-            self.encoder_input(&b.x_atac, b),
-        );
         // The counts are mostly zeros (99.7% for ATAC): without encoded covariates the
-        // encoders' first layers multiply the sparse rows (same values, far fewer products).
-        let sparse = !self.config.encode_covariates;
+        // encoders' first layers multiply the sparse rows (same values, far fewer products);
+        // dense inputs (None: sparse) only for encoders that read covariates with the counts.
+        let dense = self.config.encode_covariates;
+        let xe = dense.then(|| self.encoder_input(&b.x_rna, b));
+        let xa = dense
+            .then(|| b.x_atac.as_ref().map(|x| self.encoder_input(x, b)))
+            .flatten();
         let mut sparse_inputs = Vec::new();
-        let mut encode = |enc: &Encoder<B>, x: &Tensor<B, 2>, rows: &Arc<SparseRows>| {
-            if sparse {
-                let (q, pending) = enc.forward_sparse(rows, training);
-                sparse_inputs.push(pending);
-                q
-            } else {
-                enc.forward(x.clone(), cov, training)
-            }
-        };
+        let mut encode =
+            |enc: &Encoder<B>, x: &Option<Tensor<B, 2>>, rows: &Arc<SparseRows>| match x {
+                Some(x) => enc.forward(x.clone(), cov, training),
+                None => {
+                    let (q, pending) = enc.forward_sparse(rows, training);
+                    sparse_inputs.push(pending);
+                    q
+                }
+            };
         let qa = encode(&self.z_encoder_accessibility, &xa, &b.atac_rows);
         let qe = encode(&self.z_encoder_expression, &xe, &b.rna_rows);
-        let mut library = |enc: &LibraryEncoder<B>, x: Tensor<B, 2>, rows: &Arc<SparseRows>| {
-            let h = if sparse {
-                let (h, pending) = enc.px_decoder.forward_sparse(rows, training);
-                sparse_inputs.push(pending);
-                h
-            } else {
-                enc.px_decoder.forward(x, cov, training)
+        let mut library =
+            |enc: &LibraryEncoder<B>, x: Option<Tensor<B, 2>>, rows: &Arc<SparseRows>| {
+                let h = match x {
+                    Some(x) => enc.px_decoder.forward(x, cov, training),
+                    None => {
+                        let (h, pending) = enc.px_decoder.forward_sparse(rows, training);
+                        sparse_inputs.push(pending);
+                        h
+                    }
+                };
+                enc.output.forward(h)
             };
-            enc.output.forward(h)
-        };
         let (library_expression, library_accessibility) = match &b.size_factors {
             // Size-factor mode: ℓ_e = log(s_e + 1e-6), d = s_a; no library encoder runs.
             Some(sf) => (
@@ -890,7 +898,7 @@ impl<B: Backend> Multivae<B> {
         let (me, ma) = (masks[0].clone(), masks[1].clone());
         let (reconstruction_accessibility, region_gradient) = match &gen.accessibility_logits {
             Some(logits) => fused_bernoulli_cross_entropy(
-                b.x_atac.clone(),
+                &b.atac_rows,
                 logits.clone(),
                 inf.library_accessibility.clone(),
                 self.region_factors.as_ref().map(|r| r.val()),
@@ -1080,6 +1088,12 @@ mod tests {
             TensorData::new(vec![1.0f32, 0.0, 2.0, 0.0, 0.0, 1.0], [2, 3]),
             &dev,
         );
+        // The same counts as sparse rows.
+        let open = SparseRows {
+            indptr: vec![0, 2, 3],
+            indices: vec![0, 2, 2],
+            values: vec![1.0, 2.0, 1.0],
+        };
         let a = [0.3f32, -1.2, 2.0, 0.5, -0.4, 1.1];
         let (d, rl) = ([0.7f32, 0.4], [0.2f32, -0.5, 1.5]);
         let mask = Tensor::<A, 1>::from_data(TensorData::new(vec![1.0f32, 1.0], [2]), &dev);
@@ -1089,7 +1103,7 @@ mod tests {
                 Tensor::<A, 1>::from_data(TensorData::new(rl.to_vec(), [3]), &dev).require_grad();
             let loss = if fused {
                 let (v, g) = fused_bernoulli_cross_entropy(
-                    x.clone(),
+                    &open,
                     la.clone(),
                     ld.clone(),
                     Some(lr.clone()),
