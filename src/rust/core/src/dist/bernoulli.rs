@@ -13,6 +13,8 @@ use crate::nn::SparseRows;
 /// bites on zero and denormal values, where the reference's gradient is zero too).
 const TINY: f32 = 1e-38;
 const LOG_FLOOR: f32 = -100.0;
+/// Cells per parallel task of the gradient pass.
+const BLOCK: usize = 8;
 
 pub struct BernoulliOut {
     /// Σ_j of the cross-entropy, per cell (positive).
@@ -179,32 +181,56 @@ pub fn cross_entropy(
     let mut per_cell = vec![0f32; n];
     let mut d_library = vec![0f32; if grad { n } else { 0 }];
     let mut d_logits = vec![0f32; if grad { n * r } else { 0 }];
-    let mut h = vec![0f32; if grad { n * r } else { 0 }];
+    let mut d_region = Vec::new();
     if grad {
-        per_cell
-            .par_iter_mut()
-            .zip(d_library.par_iter_mut())
-            .zip(d_logits.par_chunks_mut(r))
-            .zip(h.par_chunks_mut(r))
+        // Blocks of cells, each with its own sum of h over the counted cells for ∂/∂r
+        // (blocks of a fixed size and added in order: the same result on any number of
+        // threads, without a cells x regions matrix of h).
+        let with_region = region_logits.is_some();
+        let sums: Vec<Vec<f32>> = per_cell
+            .par_chunks_mut(BLOCK)
+            .zip(d_library.par_chunks_mut(BLOCK))
+            .zip(d_logits.par_chunks_mut(BLOCK * r.max(1)))
             .enumerate()
-            .for_each_init(
-                || vec![0f32; r],
-                |lp, (c, (((v, dd), dl), hc))| {
+            .map(|(block, ((values, dd), dl))| {
+                let (mut lp, mut h) = (vec![0f32; r], vec![0f32; r]);
+                let mut sum = vec![0f32; if with_region { r } else { 0 }];
+                for (k, (v, dd)) in values.iter_mut().zip(dd.iter_mut()).enumerate() {
+                    let c = block * BLOCK + k;
                     let d = library[c];
                     let (value, h_sum) = row_dispatch::<true>(
                         open_in(c),
                         &logits[c * r..(c + 1) * r],
                         d,
                         rs,
-                        lp,
-                        dl,
-                        hc,
+                        &mut lp,
+                        &mut dl[k * r..(k + 1) * r],
+                        &mut h,
                     );
                     *v = value;
                     // q = σ(a)·d·σ(r): ∂q/∂d = q/d, so ∂value/∂d = Σ_j h_j / d.
                     *dd = h_sum / d.max(TINY);
-                },
-            );
+                    if with_region && weight[c] > 0.0 {
+                        for (s, &hj) in sum.iter_mut().zip(&h) {
+                            *s += hj;
+                        }
+                    }
+                }
+                sum
+            })
+            .collect();
+        // ∂value/∂r_j = Σ_cells h_cj (1 - σ(r_j)) over the counted cells.
+        if with_region {
+            d_region = vec![0f32; r];
+            for sum in &sums {
+                for (t, &s) in d_region.iter_mut().zip(sum) {
+                    *t += s;
+                }
+            }
+            for (t, &sig) in d_region.iter_mut().zip(rs) {
+                *t *= 1.0 - sig;
+            }
+        }
     } else {
         per_cell.par_iter_mut().enumerate().for_each_init(
             || vec![0f32; r],
@@ -216,24 +242,6 @@ pub fn cross_entropy(
             },
         );
     }
-    // ∂value/∂r_j = Σ_cells h_cj (1 - σ(r_j)) over the counted cells.
-    let d_region = match (region_logits, grad) {
-        (Some(_), true) => {
-            let mut sums = vec![0f32; r];
-            for (c, hc) in h.chunks(r).enumerate() {
-                if weight[c] > 0.0 {
-                    for (s, &v) in sums.iter_mut().zip(hc) {
-                        *s += v;
-                    }
-                }
-            }
-            sums.iter()
-                .zip(rs)
-                .map(|(&s, &sig)| s * (1.0 - sig))
-                .collect()
-        }
-        _ => Vec::new(),
-    };
     BernoulliOut {
         per_cell,
         d_logits,
