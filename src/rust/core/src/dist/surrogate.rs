@@ -1,41 +1,144 @@
 //! Host-computed likelihood values entered into the autodiff graph with their exact
 //! gradients (the CPU path of every count likelihood).
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use std::any::Any;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+use crate::backend::{Cpu, CpuTrain};
 
 use crate::backend::host_values as host;
 use crate::dist::fused::{self, Likelihood, Theta};
 use crate::models::options::GeneLikelihood;
 
-/// `values` (per cell) as a tensor that back-propagates Σ ∂·t for each (∂, t) pair: the
-/// surrogate's own value is subtracted, so only its gradient remains.
+/// `values` (per cell) as a tensor that back-propagates Σ ∂·t for each (∂, t) pair (∂ is
+/// cells x columns of t; t has one row per cell, or one row shared by all cells). On the CPU
+/// training backend each pair is a custom autodiff op whose backward pass hands ∂ (times the
+/// cell's upstream gradient) to t, so nothing is evaluated forward; elsewhere a surrogate
+/// Σ ∂·t is entered and its own value subtracted, so only its gradient remains.
 pub(crate) fn with_surrogate<B: Backend>(
     values: Vec<f32>,
     terms: Vec<(Vec<f32>, Tensor<B, 2>)>,
     library: Option<(Vec<f32>, Tensor<B, 2>)>,
     grad: bool,
     n: usize,
-    g: usize,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let value = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+    let mut value = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
     if !grad {
         return value;
     }
-    let mut surrogate: Option<Tensor<B, 2>> = None;
-    for (d, t) in terms {
-        let term = Tensor::<B, 2>::from_data(TensorData::new(d, [n, g]), device) * t;
-        surrogate = Some(match surrogate {
-            Some(s) => s + term,
-            None => term,
-        });
+    for (d, t) in terms.into_iter().chain(library) {
+        value = value
+            + match carry_gradient::<B>(d, t, n) {
+                Ok(carrier) => carrier,
+                Err((d, t)) => surrogate_term(d, t, n, device),
+            };
     }
-    let mut s = surrogate.expect("at least one term").sum_dim(1);
-    if let Some((d, l)) = library {
-        s = s + Tensor::<B, 2>::from_data(TensorData::new(d, [n, 1]), device) * l;
+    value
+}
+
+/// Σ_j ∂_ij t_ij minus its own value: zero per cell, with the gradient ∂ (any backend).
+fn surrogate_term<B: Backend>(
+    d: Vec<f32>,
+    t: Tensor<B, 2>,
+    n: usize,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let w = t.dims()[1];
+    let s = (Tensor::<B, 2>::from_data(TensorData::new(d, [n, w]), device) * t)
+        .sum_dim(1)
+        .squeeze_dim::<1>(1);
+    s.clone() - s.detach()
+}
+
+/// The backward step of [`carry_gradient`]: ∂ (cells x w) for a parameter t of `rows` rows
+/// (n, or 1 shared by the n cells).
+#[derive(Debug)]
+struct CarryGradient {
+    d: Vec<f32>,
+    n: usize,
+    rows: usize,
+    w: usize,
+}
+
+impl Backward<Cpu, 1> for CarryGradient {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let upstream = grads.consume::<Cpu>(&ops.node);
+        let [parent] = ops.parents;
+        let Some(parent) = parent else { return };
+        let g = crate::backend::host_values(&Tensor::<Cpu, 1>::from_primitive(
+            TensorPrimitive::Float(upstream),
+        ));
+        let (d, n, w) = (&self.d, self.n, self.w.max(1));
+        let out: Vec<f32> = if self.rows == n {
+            let mut out = vec![0f32; n * w];
+            out.par_chunks_mut(w)
+                .zip(d.par_chunks(w))
+                .zip(g.par_iter())
+                .for_each(|((o, d), &gi)| {
+                    for (o, &dj) in o.iter_mut().zip(d) {
+                        *o = dj * gi;
+                    }
+                });
+            out
+        } else {
+            let mut out = vec![0f32; w];
+            for (d, &gi) in d.chunks(w).zip(g.iter()) {
+                for (o, &dj) in out.iter_mut().zip(d) {
+                    *o += dj * gi;
+                }
+            }
+            out
+        };
+        let out =
+            Tensor::<Cpu, 2>::from_data(TensorData::new(out, [self.rows, w]), &Default::default());
+        grads.register::<Cpu>(parent.id, out.into_primitive().tensor());
     }
-    let s = s.squeeze_dim::<1>(1);
-    s.clone() - s.detach() + value
+}
+
+/// A zero per cell that back-propagates Σ_j ∂_ij t_ij to t, as a custom op of the CPU
+/// training backend; the pair comes back for any other backend.
+#[allow(clippy::type_complexity)]
+fn carry_gradient<B: Backend>(
+    d: Vec<f32>,
+    t: Tensor<B, 2>,
+    n: usize,
+) -> std::result::Result<Tensor<B, 1>, (Vec<f32>, Tensor<B, 2>)> {
+    let [rows, w] = t.dims();
+    if d.len() != n * w || !(rows == n || rows == 1) {
+        return Err((d, t));
+    }
+    let prim: Box<dyn Any> = Box::new(t.into_primitive().tensor());
+    let t = match prim.downcast::<FloatTensor<CpuTrain>>() {
+        Ok(t) => *t,
+        Err(other) => {
+            let t = *other
+                .downcast::<FloatTensor<B>>()
+                .expect("the primitive of its own backend");
+            return Err((d, Tensor::from_primitive(TensorPrimitive::Float(t))));
+        }
+    };
+    let zeros = Tensor::<Cpu, 1>::zeros([n], &Default::default())
+        .into_primitive()
+        .tensor();
+    let carrier = CarryGradient { d, n, rows, w }
+        .prepare::<NoCheckpointing>([t.node.clone()])
+        .compute_bound()
+        .stateless(zeros);
+    let back: Box<dyn Any> = Box::new(carrier);
+    let out = *back
+        .downcast::<FloatTensor<B>>()
+        .expect("B is the CPU training backend here");
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
 
 /// Per-cell log p(x | μ, θ, π) without the lgamma(x+1) constant, from the fused host kernel
@@ -72,7 +175,7 @@ pub fn fused_log_likelihood<B: Backend>(
     if let Some(p) = dropout_logits {
         terms.push((out.d_pi, p));
     }
-    with_surrogate(out.per_cell, terms, None, grad, n, g, &x.device())
+    with_surrogate(out.per_cell, terms, None, grad, n, &x.device())
 }
 
 /// The fused kernel's name of a gene likelihood.
@@ -131,7 +234,6 @@ pub fn fused_log_likelihood_from_logits<B: Backend>(
         Some((out.d_library, library)),
         grad,
         n,
-        g,
         &x.device(),
     )
 }
@@ -168,7 +270,6 @@ pub fn fused_bernoulli_cross_entropy<B: Backend>(
         Some((out.d_library, library)),
         grad,
         n,
-        r,
         &device,
     );
     let region = match (region_logits, grad) {
@@ -181,4 +282,44 @@ pub fn fused_bernoulli_cross_entropy<B: Backend>(
         _ => None,
     };
     (per_cell, region)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The custom op hands t the same gradient as the surrogate term, for t with a row per
+    /// cell, one shared row, and a column (the library), under unequal upstream gradients.
+    #[test]
+    fn carried_gradients_equal_the_surrogate_terms() {
+        let dev = Default::default();
+        let n = 3;
+        let weights =
+            Tensor::<CpuTrain, 1>::from_data(TensorData::new(vec![0.5f32, -2.0, 3.0], [n]), &dev);
+        for (rows, w) in [(3usize, 4usize), (1, 4), (3, 1)] {
+            let values: Vec<f32> = (0..rows * w).map(|k| (k as f32 * 0.7).sin()).collect();
+            let d: Vec<f32> = (0..n * w).map(|k| (k as f32 * 1.3).cos()).collect();
+            let grad_of = |carried: bool| {
+                let t = Tensor::<CpuTrain, 2>::from_data(
+                    TensorData::new(values.clone(), [rows, w]),
+                    &dev,
+                )
+                .require_grad();
+                let zero = if carried {
+                    carry_gradient(d.clone(), t.clone(), n).expect("the CPU training backend")
+                } else {
+                    surrogate_term(d.clone(), t.clone(), n, &dev)
+                };
+                let value: Vec<f32> = zero.clone().into_data().to_vec().unwrap();
+                assert!(value.iter().all(|&v| v == 0.0));
+                let grads = (zero * weights.clone()).sum().backward();
+                t.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()
+            };
+            let (carried, surrogate) = (grad_of(true), grad_of(false));
+            for (a, b) in carried.iter().zip(&surrogate) {
+                assert!((a - b).abs() < 1e-6, "{rows} x {w}: {a} vs {b}");
+            }
+            assert!(carried.iter().any(|&v| v != 0.0));
+        }
+    }
 }
