@@ -22,7 +22,9 @@
 # bench/setup-venv.sh. 2 threads each; the tools run one after the other.
 # RSCVI_BENCH_REUSE=1 reads scvi-tools results already in
 # bench/results/multivi-scvi-tools-<run>/ instead of rerunning them (<run>: the epochs, the
-# cells when subsampled, the seed when not 0). Writes bench/results/multivi-<run>-<settings>.md.
+# cells when subsampled, the seed when not 0). Writes bench/results/multivi-<run>-<settings>.md,
+# with both tools' training loss at the shorter run's last epoch (early stopping ends them at
+# different epochs).
 
 args <- commandArgs(trailingOnly = TRUE)
 epochs <- if (length(args) >= 1) as.integer(args[[1]]) else 20L
@@ -166,6 +168,7 @@ run_rscvi <- function(setting) {
   model <- train(model, max_epochs = epochs, seed = seed, device = "cpu", progress = FALSE)
   secs <- proc.time()[["elapsed"]] - t0
   h <- history(model)
+  train_loss[[setting]]$rscvi <<- h$elbo_train
   z <- get_latent_representation(model)
   z <- z[match(cell_names, rownames(z)), , drop = FALSE]
   res <- c(s_per_epoch = secs / nrow(h), epochs = nrow(h),
@@ -202,6 +205,8 @@ run_reference <- function(setting) {
     if (!is.na(n_cells)) c("--cells", n_cells)))
   if (status != 0) stop("scvi-tools reference run failed")
   s <- jsonlite::fromJSON(file.path(out_dir, setting, "summary.json"))
+  hist_file <- file.path(out_dir, setting, "history.csv")
+  if (file.exists(hist_file)) train_loss[[setting]]$scvi_tools <<- utils::read.csv(hist_file)$elbo_train
   lat <- utils::read.csv(file.path(out_dir, setting, "latent.csv"), row.names = 1)
   z <- as.matrix(lat)[match(cell_names, rownames(lat)), , drop = FALSE]
   res <- c(s_per_epoch = s$s_per_epoch, epochs = s$epochs, peak_memory_mb = s$peak_rss_mb,
@@ -228,10 +233,23 @@ lines <- c(sprintf("# MULTIVI: rscvi vs scvi-tools 1.5.1 (bench/bench_multivi.R,
                    epochs, seed),
            "", sprintf("mop_snareseq2: %d cells, %d genes, %d regions; 2 threads each; load %s.",
                        length(cells), nrow(rna), nrow(atac), readLines("/proc/loadavg")), "")
+# Per-epoch training loss of each tool: with early stopping the runs end at different
+# epochs, so the table also compares them at the shorter run's last epoch.
+train_loss <- list()
+at_same_epoch <- function(setting) {
+  l <- train_loss[[setting]]
+  if (length(l$rscvi) == 0 || length(l$scvi_tools) == 0) return(list())
+  e <- min(length(l$rscvi), length(l$scvi_tools))
+  name <- sprintf("elbo_train_at_epoch_%d", e)
+  list(rscvi = stats::setNames(l$rscvi[e], name), scvi_tools = stats::setNames(l$scvi_tools[e], name))
+}
 for (setting in settings) {
   cat(sprintf("== %s\n", setting))
   ours <- run_rscvi(setting)
   ref <- run_reference(setting)
+  same <- at_same_epoch(setting)
+  ours <- c(ours, same$rscvi)
+  ref <- c(ref, same$scvi_tools)
   rows <- union(names(ours), names(ref))
   tab <- data.frame(metric = rows, rscvi = signif(ours[rows], 5), scvi_tools = signif(ref[rows], 5))
   if (setting == "mosaic") {

@@ -140,6 +140,8 @@ def run(args, setting: str):
     out = os.path.join(args.out, setting)
     os.makedirs(out, exist_ok=True)
     pd.DataFrame(z, index=names).to_csv(os.path.join(out, "latent.csv"))
+    pd.concat([model.history["elbo_train"], model.history["elbo_validation"]], axis=1).to_csv(
+        os.path.join(out, "history.csv"), index=False)
     if setting == "protein":
         summary["reconstruction_error"] = {k: float(v) for k, v in reconstruction.items()}
         fg = model.get_protein_foreground_probability(return_numpy=True)
