@@ -11,9 +11,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::backend::{Cpu, CpuTrain};
-
-use crate::backend::host_values as host;
+use crate::backend::{host_values as host, Cpu, CpuTrain};
 use crate::dist::fused::{self, Likelihood, Theta};
 use crate::models::options::GeneLikelihood;
 
@@ -75,9 +73,9 @@ impl Backward<Cpu, 1> for CarryGradient {
         let upstream = grads.consume::<Cpu>(&ops.node);
         let [parent] = ops.parents;
         let Some(parent) = parent else { return };
-        let g = crate::backend::host_values(&Tensor::<Cpu, 1>::from_primitive(
-            TensorPrimitive::Float(upstream),
-        ));
+        let g = host(&Tensor::<Cpu, 1>::from_primitive(TensorPrimitive::Float(
+            upstream,
+        )));
         let (d, n, w) = (&self.d, self.n, self.w.max(1));
         let out: Vec<f32> = if self.rows == n {
             let mut out = vec![0f32; n * w];

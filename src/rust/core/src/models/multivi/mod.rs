@@ -711,9 +711,8 @@ impl<B: Backend> Multivae<B> {
         // dense inputs (None: sparse) only for encoders that read covariates with the counts.
         let dense = self.config.encode_covariates;
         let xe = dense.then(|| self.encoder_input(&b.x_rna, b));
-        let xa = dense
-            .then(|| b.x_atac.as_ref().map(|x| self.encoder_input(x, b)))
-            .flatten();
+        // (The batch holds dense accessibility counts exactly when `dense`.)
+        let xa = b.x_atac.as_ref().map(|x| self.encoder_input(x, b));
         let mut sparse_inputs = Vec::new();
         let mut encode =
             |enc: &Encoder<B>, x: &Option<Tensor<B, 2>>, rows: &Arc<SparseRows>| match x {
