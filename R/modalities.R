@@ -239,8 +239,9 @@
   cells
 }
 
-# The modalities combined over the union of their cells, matched by name: the first
-# modality's cells, then those only the others have, in order. `mats` holds the modalities'
+# The modalities combined over the union of their cells, matched by name: in the order of
+# the rows of `cells` when they name every cell, else the first modality's cells, then those
+# only the others have, in order. `mats` holds the modalities'
 # checked matrices (.modality_matrix(); NULL where not given), `args` their inputs' names,
 # `parts` their own cell data (or NULL). Unnamed matrices take the row names of `cells` when
 # it has one row per cell, or are matched by position when none has cell names. `check(mats,
@@ -276,6 +277,13 @@
   }
   for (k in which(given & !named)) colnames(mats[[k]]) <- paste0("cell", seq_len(ncol(mats[[k]])))
   cell_names <- unique(unlist(lapply(mats[given], colnames)))
+  # Cell data naming every cell sets the cells' order (the user's own, as in an AnnData or
+  # MuData), and with it the cells a seeded split holds out.
+  named_rows <- if (methods::is(cells, "DataFrame") ||
+                    is.data.frame(cells) && .row_names_info(cells) > 0L) rownames(cells)
+  if (!is.null(named_rows) && all(cell_names %in% named_rows)) {
+    cell_names <- intersect(named_rows, cell_names)
+  }
   if (!is.null(check)) check(mats, cell_names)
   full <- lapply(seq_along(mats), function(k) {
     if (given[[k]]) return(.spread_columns(mats[[k]], cell_names))

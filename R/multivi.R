@@ -194,8 +194,8 @@
        name = NULL, layer = NULL)
 }
 
-# The modalities combined (.combine_modalities()) over the union of the cells (RNA's cells
-# first, then the ATAC-only ones, then those with proteins only), with their `genes`,
+# The modalities combined (.combine_modalities()) over the union of the cells (in the order
+# of `cells`, or RNA's cells first, then the ATAC-only ones, then those with proteins only), with their `genes`,
 # `regions` and `proteins`. A cell is measured in a modality where it has counts in it; a
 # modality the data lack (new data of a query) is all zeros, `n_features` rows of it. The
 # proteins take part when given or when the model has them (`n_features[3] > 0`).
@@ -339,7 +339,9 @@
 #' @param cells for matrix input: a data.frame of cell annotations with one row per cell of
 #'   `rna` and `atac` (row names = cell names, or rows in the order of the cells of `rna`
 #'   followed by the cells only in `atac`), holding the columns named by the `*_key`
-#'   arguments.
+#'   arguments. When its row names name every cell, the model's cells (and every per-cell
+#'   result) follow its order, as in an AnnData or MuData, so a seeded split holds out the
+#'   cells scvi-tools would; otherwise `rna`'s cells come first, then those only in `atac`.
 #' @param layer,atac_layer assays of the `SingleCellExperiment`s (or of the altExp) with the
 #'   RNA / ATAC counts (default `"counts"`).
 #' @param altexp name of the alternative experiment of `rna` holding the ATAC counts.

@@ -154,8 +154,8 @@
   atse
 }
 
-# The modalities combined (.combine_modalities()) over the union of the cells (the
-# expression's cells first, then the junction-only ones), with their `genes`,
+# The modalities combined (.combine_modalities()) over the union of the cells (in the order
+# of `cells`, or the expression's cells first, then the junction-only ones), with their `genes`,
 # `junction_names` and the cells with junction counts (`junction_cells`). A cell is measured
 # in a modality where it is given; a modality the data lack (new data of a query) is all
 # zeros, `n_features` rows of it.
@@ -337,7 +337,9 @@
 #'   `SingleCellExperiment` holding them.
 #' @param cells for matrix input: a data.frame of cell annotations with one row per cell
 #'   (row names = cell names, or rows in the order of the cells of `expression` followed by
-#'   the junction-only cells), holding the columns named by the `*_key` arguments.
+#'   the junction-only cells), holding the columns named by the `*_key` arguments. When its
+#'   row names name every cell, the model's cells (and every per-cell result) follow its
+#'   order; otherwise the expression's cells come first, then the junction-only ones.
 #' @param layer assay of the expression `SingleCellExperiment` (default `"counts"`).
 #' @param assay Seurat assay with the expression counts (default: the default assay, or
 #'   `"RNA"` when that is the junction assay).

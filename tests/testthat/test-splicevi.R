@@ -174,9 +174,13 @@ test_that("splicevi() matches cells by name across the modalities", {
   p <- splice_part()
   cells <- colnames(p$expression)
   # Junction counts for cells 101-600 only: the first 100 cells are expression-only.
+  shuffled <- p$cells[sample(600), , drop = FALSE]
   expect_message(m <- splicevi(p$expression, p$junctions[, 600:101], atse = p$atse,
-                               cells = p$cells[sample(600), , drop = FALSE]),
+                               cells = shuffled),
                  "100 cells have gene expression only and 0 junction counts only")
+  expect_identical(m$cell_names, rownames(shuffled))   # cell data naming every cell orders them
+  expect_identical(m$cell_data$library, shuffled$library)
+  m <- splicevi(p$expression, p$junctions[, 600:101], atse = p$atse, cells = p$cells)
   expect_identical(m$cell_names, cells)
   expect_identical(unname(m$modality[c(1, 101)]), c("expression", "paired"))
   expect_identical(m$cell_data$library, p$cells$library)
