@@ -232,7 +232,11 @@ run_reference <- function(setting) {
 lines <- c(sprintf("# MULTIVI: rscvi vs scvi-tools 1.5.1 (bench/bench_multivi.R, %d epochs, seed %d)",
                    epochs, seed),
            "", sprintf("mop_snareseq2: %d cells, %d genes, %d regions; 2 threads each; load %s.",
-                       length(cells), nrow(rna), nrow(atac), readLines("/proc/loadavg")), "")
+                       length(cells), nrow(rna), nrow(atac), readLines("/proc/loadavg")),
+           if (Sys.getenv("RSCVI_BENCH_REUSE") == "1") {
+             c("", sprintf("scvi-tools' results read from %s (RSCVI_BENCH_REUSE=1), not rerun.",
+                           out_dir))
+           }, "")
 # Per-epoch training loss of each tool: with early stopping the runs end at different
 # epochs, so the table also compares them at the shorter run's last epoch.
 train_loss <- list()
