@@ -466,6 +466,11 @@ print.SCVI <- function(x, ...) {
   st <- .state(model)
   h <- history(model)
   if (!isTRUE(st$is_trained) && nrow(h) == 0L) return("not trained yet; call train(model)")
+  # Models read from scvi-tools' files come without their history.
+  if (nrow(h) == 0L) {
+    return(sprintf("trained (%s training / %s validation cells; no training history)",
+                   .fmt_int(length(st$train)), .fmt_int(length(st$validation))))
+  }
   last <- h[nrow(h), ]
   val <- if (is.na(last$elbo_validation)) "" else
     sprintf(", elbo_validation %.1f", last$elbo_validation)

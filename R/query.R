@@ -48,6 +48,9 @@ prepare_query_data <- function(x_query, reference, layer = NULL, assay = NULL) {
   if (inherits(reference, "SCVI")) return(reference$registry$gene_names)
   if (is.character(reference) && length(reference) == 1 && dir.exists(reference)) {
     meta <- file.path(reference, "model.json")
+    if (!file.exists(meta) && file.exists(file.path(reference, "model.pt"))) {
+      return(load_model(reference)$registry$gene_names)
+    }
     if (!file.exists(meta)) .stop("`reference` = \"%s\" holds no saved model (no model.json)", reference)
     genes <- tryCatch(jsonlite::fromJSON(meta)$registry$gene_names, error = function(e) NULL)
     if (!is.character(genes) || !length(genes)) {

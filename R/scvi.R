@@ -525,6 +525,15 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
+#' `load_model()` also reads SCVI models saved by scvi-tools' `model.save()` (a folder with
+#' `model.pt`; written by scvi-tools 1.x, checked with 1.5.1), without Python: the weights
+#' under their scvi-tools names, the hyperparameters, the registry (genes, batch, label and
+#' covariate categories in their order, setup arguments) and the train/validation split; not
+#' the training history. Such a model answers every query of a native one, can be saved
+#' natively, and serves as the reference of [load_query_data()] to map new cells onto a
+#' published atlas. When `x` is not given, the data saved with it (`adata.h5ad`, with
+#' `save_anndata=True`) are read, as scvi-tools' `load()` does.
+#'
 #' @param model an `SCVI`, `GIMVI`, `MULTIVI` or `SPLICEVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
@@ -554,10 +563,21 @@ save_model <- function(model, ...) UseMethod("save_model")
 load_model <- function(dir, x = NULL, ...) {
   dir <- .check_scalar_string(dir, "dir")
   if (!dir.exists(dir)) .stop("`dir` '%s' does not exist", dir)
-  if (!file.exists(file.path(dir, "model.json"))) {
-    .stop("`dir` '%s' holds no saved model (no model.json); save one with save_model()", dir)
+  native <- file.exists(file.path(dir, "model.json"))
+  if (!native && !file.exists(file.path(dir, "model.pt"))) {
+    .stop(paste0("`dir` '%s' holds no saved model (no model.json, nor scvi-tools' model.pt); ",
+                 "save one with save_model()"), dir)
   }
   kind <- .rs(rs_saved_model_kind(path.expand(dir)))
+  if (!native) {
+    if (kind != "SCVI") {
+      .stop("`dir` '%s' holds a %s model saved by scvi-tools; rscvi reads scvi-tools' SCVI models so far",
+            dir, kind)
+    }
+    # scvi-tools' load() takes the data saved with the model when none are given.
+    saved_data <- file.path(dir, "adata.h5ad")
+    if (is.null(x) && file.exists(saved_data)) x <- read_h5ad(saved_data)
+  }
   if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))
   if (kind == "SPLICEVI") return(.load_splicevi(dir, x, ...))
   dots <- list(...)

@@ -287,6 +287,18 @@ fn rs_model_copy(mut model: Robj) -> Result<Robj> {
 fn rs_model_load(dir: &str) -> Result<Robj> {
     let dir = Path::new(dir);
     let kind = guarded(|| rscvi_core::io::saved_model_kind(dir))?;
+    if !dir.join("model.json").exists() && rscvi_core::io::scvi_tools::is_scvi_tools_dir(dir) {
+        return match kind.as_str() {
+            ScviKind::NAME => Ok(new_handle(guarded(|| {
+                Model::<ScviKind>::from_scvi_tools(dir)
+            })?)),
+            other_kind => Err(other(format!(
+                "{} holds a {other_kind} model saved by scvi-tools; rscvi reads scvi-tools' SCVI \
+                 models so far",
+                dir.display()
+            ))),
+        };
+    }
     match kind.as_str() {
         ScviKind::NAME => Ok(new_handle(guarded(|| Model::<ScviKind>::load(dir))?)),
         GimviKind::NAME => Ok(new_handle(guarded(|| Model::<GimviKind>::load(dir))?)),

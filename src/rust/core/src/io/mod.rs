@@ -3,6 +3,9 @@
 //! between backends.
 
 pub mod h5;
+pub mod pickle;
+pub mod scvi_tools;
+pub mod torch;
 
 use std::path::Path;
 
@@ -110,8 +113,12 @@ fn read_description(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value
     Ok((meta_path, v))
 }
 
-/// The kind ("SCVI", "GIMVI", ...) of the model saved in `dir`.
+/// The kind ("SCVI", "GIMVI", ...) of the model saved in `dir` (by rscvi, or by scvi-tools
+/// when `dir` holds its model.pt and no model.json).
 pub fn saved_model_kind(dir: &Path) -> Result<String> {
+    if !dir.join(META_FILE).exists() && scvi_tools::is_scvi_tools_dir(dir) {
+        return scvi_tools::saved_model_name(dir);
+    }
     let (meta_path, v) = read_description(dir)?;
     match (
         v.get("format").and_then(|f| f.as_str()),

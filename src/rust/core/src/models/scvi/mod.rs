@@ -4,6 +4,7 @@ pub mod importance;
 pub mod model;
 pub mod queries;
 pub mod scarches;
+mod scvi_tools;
 pub mod synth;
 
 pub use model::{ScviExtra, ScviKind, ScviModel};

@@ -1,0 +1,297 @@
+//! Folders saved by scvi-tools' `model.save()`: `model.pt` holds the module's state dict,
+//! the genes (`var_names`) and the model's attributes (`attr_dict`: `init_params_`,
+//! `registry_`, the split, `is_trained_`). This reads what every model kind needs from them;
+//! each kind maps the hyperparameters and weight names onto its own module.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{json, Value as Json};
+
+use super::pickle::Value;
+use super::torch::{read_checkpoint, TorchTensor};
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::train::TrainState;
+
+pub const CHECKPOINT_FILE: &str = "model.pt";
+
+/// A model saved by scvi-tools, read.
+pub struct SavedByScviTools {
+    /// `SCVI`, `MULTIVI`, ...
+    pub model_name: String,
+    pub scvi_version: String,
+    /// `init_params_`: the constructor's arguments, keyword arguments merged in.
+    pub params: Vec<(String, Value)>,
+    /// `registry_`.
+    pub registry: Value,
+    pub var_names: Vec<String>,
+    pub state: TrainState,
+    pub tensors: HashMap<String, TorchTensor>,
+    pub file: String,
+}
+
+/// Whether `dir` holds a model saved by scvi-tools.
+pub fn is_scvi_tools_dir(dir: &Path) -> bool {
+    dir.join(CHECKPOINT_FILE).is_file()
+}
+
+/// The model class (`SCVI`, `MULTIVI`, ...) of the scvi-tools model saved in `dir`.
+pub fn saved_model_name(dir: &Path) -> Result<String> {
+    Ok(SavedByScviTools::read(dir)?.model_name)
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    v.items()?
+        .into_iter()
+        .map(|x| match x {
+            Value::Str(s) => Some(s),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(if b { "True" } else { "False" }.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn indices(v: Option<&Value>) -> Vec<usize> {
+    v.and_then(Value::items)
+        .map(|xs| {
+            xs.iter()
+                .filter_map(|x| x.as_i64().and_then(|i| usize::try_from(i).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl SavedByScviTools {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let file = path.display().to_string();
+        let ckpt = read_checkpoint(&path)?;
+        let err = |msg: &str| Error::File(format!("{file}: {msg}"));
+        let attrs = ckpt
+            .root
+            .get("attr_dict")
+            .ok_or_else(|| err("no attr_dict: not a model saved by scvi-tools' model.save()"))?;
+        let registry = attrs
+            .get("registry_")
+            .cloned()
+            .ok_or_else(|| err("attr_dict has no registry_"))?;
+        let model_name = registry
+            .get("model_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("the registry names no model"))?
+            .to_string();
+        let scvi_version = registry
+            .get("scvi_version")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string();
+        let mut params = Vec::new();
+        if let Some(init) = attrs.get("init_params_") {
+            for part in [
+                init.get("non_kwargs"),
+                init.get("kwargs").and_then(|k| k.get("kwargs")),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if let Value::Dict(items) = part {
+                    for (k, v) in items {
+                        if let Value::Str(k) = k {
+                            params.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+            }
+            // older versions keep the keyword arguments one level up
+            if let Some(Value::Dict(items)) = init.get("kwargs") {
+                for (k, v) in items {
+                    if let Value::Str(k) = k {
+                        if k != "kwargs" {
+                            params.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let var_names = ckpt
+            .root
+            .get("var_names")
+            .and_then(strings)
+            .ok_or_else(|| err("var_names (the genes) are missing or not strings"))?;
+        let splits = match attrs.get("train_indices_") {
+            Some(train) => vec![Split {
+                train: indices(Some(train)),
+                validation: indices(attrs.get("validation_indices_")),
+                test: indices(attrs.get("test_indices_")),
+            }],
+            None => Vec::new(),
+        };
+        let state = TrainState {
+            is_trained: attrs
+                .get("is_trained_")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            history: Vec::new(),
+            splits,
+        };
+        let tensors = ckpt.state_dict("model_state_dict")?;
+        Ok(Self {
+            model_name,
+            scvi_version,
+            params,
+            registry,
+            var_names,
+            state,
+            tensors,
+            file,
+        })
+    }
+
+    /// An error about this file naming the scvi-tools version that wrote it.
+    pub fn error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::Io(format!(
+            "{} ({} saved by scvi-tools {}): {msg}",
+            self.file, self.model_name, self.scvi_version
+        ))
+    }
+
+    /// The constructor argument `key`, if the model was given it.
+    pub fn param(&self, key: &str) -> Option<&Value> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .filter(|v| !matches!(v, Value::None))
+    }
+
+    /// Constructor arguments other than `known` (refused: the model would not be the same).
+    pub fn check_params(&self, known: &[&str]) -> Result<()> {
+        match self
+            .params
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
+            Some((k, v)) => Err(self.error(format!(
+                "the model was built with `{k}` = {}, which rscvi cannot reproduce",
+                show(v)
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn param_usize(&self, key: &str, default: usize) -> Result<usize> {
+        match self.param(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_i64()
+                .and_then(|i| usize::try_from(i).ok())
+                .ok_or_else(|| self.error(format!("`{key}` is {}, not a count", v.kind()))),
+        }
+    }
+
+    pub fn param_f64(&self, key: &str, default: f64) -> Result<f64> {
+        match self.param(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.error(format!("`{key}` is {}, not a number", v.kind()))),
+        }
+    }
+
+    pub fn param_bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.param(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.error(format!("`{key}` is {}, not a boolean", v.kind()))),
+        }
+    }
+
+    pub fn param_str(&self, key: &str, default: &str) -> Result<String> {
+        match self.param(key) {
+            None => Ok(default.to_string()),
+            Some(Value::Str(s)) => Ok(s.clone()),
+            Some(v) => Err(self.error(format!("`{key}` is {}, not a string", v.kind()))),
+        }
+    }
+
+    /// `state_registry` of the registered field `field`.
+    pub fn field_state(&self, field: &str) -> Option<&Value> {
+        self.registry
+            .get("field_registries")?
+            .get(field)?
+            .get("state_registry")
+            .filter(|s| !matches!(s, Value::Dict(items) if items.is_empty()))
+    }
+
+    /// The categories of the categorical field `field` in code order, as strings.
+    pub fn categories(&self, field: &str) -> Result<Vec<String>> {
+        match self.field_state(field) {
+            None => Ok(vec!["0".to_string()]),
+            Some(s) => s
+                .get("categorical_mapping")
+                .and_then(strings)
+                .ok_or_else(|| self.error(format!("the {field} categories are not readable"))),
+        }
+    }
+
+    /// The extra categorical covariates: (key, categories) in registration order.
+    pub fn covariate_categories(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let Some(s) = self.field_state("extra_categorical_covs") else {
+            return Ok(Vec::new());
+        };
+        let keys = s.get("field_keys").and_then(strings).unwrap_or_default();
+        keys.into_iter()
+            .map(|k| {
+                let cats = s
+                    .get("mappings")
+                    .and_then(|m| m.get(&k))
+                    .and_then(strings)
+                    .ok_or_else(|| {
+                        self.error(format!("the categories of covariate `{k}` are missing"))
+                    })?;
+                Ok((k, cats))
+            })
+            .collect()
+    }
+
+    /// The extra continuous covariates' names.
+    pub fn continuous_covariates(&self) -> Vec<String> {
+        self.field_state("extra_continuous_covs")
+            .and_then(|s| s.get("columns"))
+            .and_then(strings)
+            .unwrap_or_default()
+    }
+
+    /// The number of cells the model was set up with.
+    pub fn n_cells(&self) -> usize {
+        self.field_state("X")
+            .and_then(|s| s.get("n_obs"))
+            .and_then(Value::as_i64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
+    /// A setup argument as JSON (null when not given).
+    pub fn setup_arg(&self, key: &str) -> Json {
+        match self.registry.get("setup_args").and_then(|s| s.get(key)) {
+            Some(Value::Str(s)) => json!(s),
+            Some(v @ (Value::List(_) | Value::Tuple(_))) => json!(strings(v).unwrap_or_default()),
+            _ => Json::Null,
+        }
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Str(s) => format!("\"{s}\""),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        other => other.kind(),
+    }
+}

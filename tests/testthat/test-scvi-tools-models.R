@@ -1,0 +1,68 @@
+# SCVI models trained and saved by scvi-tools 1.5.1 (tools/make-scvi-tools-fixtures.py, on
+# the shipped CellBench subsample), loaded without Python and checked against what
+# scvi-tools computed for the same cells.
+
+saved_by_scvi_tools <- function(name) test_path("fixtures", "scvi-tools", name)
+cellbench_small <- function() {
+  skip_if_not_installed("SingleCellExperiment")
+  read_h5ad(system.file("extdata", "cellbench_small.h5ad", package = "rscvi"))
+}
+reference_latent <- function(name) {
+  as.matrix(utils::read.csv(file.path(saved_by_scvi_tools(name), "latent.csv"), row.names = 1,
+                            check.names = FALSE))
+}
+
+test_that("load_model() reads scvi-tools' SCVI models and gives scvi-tools' latent means", {
+  sce <- cellbench_small()
+  for (name in c("scvi", "scvi-covariates")) {
+    m <- load_model(saved_by_scvi_tools(name), x = sce)
+    expect_s3_class(m, "SCVI")
+    expect_true(is_trained(m))
+    z <- get_latent_representation(m)
+    ref <- reference_latent(name)
+    expect_identical(rownames(z), rownames(ref))
+    expect_lt(max(abs(z - ref)), 1e-5)
+  }
+  m <- load_model(saved_by_scvi_tools("scvi-covariates"), x = sce)
+  expect_identical(m$config$dispersion, "gene-batch")
+  expect_identical(m$config$gene_likelihood, "nb")
+  expect_false(m$config$use_observed_lib_size)
+  expect_true(m$config$encode_covariates)
+  expect_identical(m$registry$batch_categories, c("CELseq2_3cl", "CELseq2_5cl_p1"))
+  expect_identical(m$registry$categorical_covariate_categories$cell_line,
+                   c("HCC827", "H838", "H2228", "H1975", "A549"))
+  expect_identical(m$registry$continuous_covariate_keys, "n_genes")
+  expect_length(train_indices(m), 36L)
+  expect_length(validation_indices(m), 4L)
+  expect_output(print(m), "no training history")
+  expr <- get_normalized_expression(m, n_samples = 2)
+  expect_identical(dim(expr), c(40L, 30L))
+})
+
+test_that("an scvi-tools SCVI model saves natively, maps queries and reports what it cannot read", {
+  sce <- cellbench_small()
+  dir <- saved_by_scvi_tools("scvi")
+  m <- load_model(dir, x = sce)
+  native <- file.path(tempdir(), "from-scvi-tools")
+  save_model(m, native, overwrite = TRUE)
+  again <- load_model(native, x = sce)
+  expect_equal(get_latent_representation(again), get_latent_representation(m))
+  # scArches onto the scvi-tools reference: a new batch grows the reference's weights
+  query <- sce
+  query$batch <- paste0(query$batch, "-query")
+  q <- load_query_data(query, dir)
+  expect_identical(q$registry$batch_categories,
+                   c("CELseq2_3cl", "CELseq2_5cl_p1", "CELseq2_3cl-query", "CELseq2_5cl_p1-query"))
+  q <- train(q, max_epochs = 2, seed = 0, progress = FALSE)
+  expect_true(all(is.finite(get_latent_representation(q))))
+  # without x, no data are attached (none were saved with this model)
+  expect_null(load_model(dir)$data)
+  # a model.pt that is not a torch archive, and a kind rscvi does not read from scvi-tools
+  bad <- file.path(tempdir(), "bad-scvi-tools")
+  dir.create(bad, showWarnings = FALSE)
+  writeLines("not a zip file", file.path(bad, "model.pt"))
+  expect_error(load_model(bad), "not a torch archive")
+  empty <- file.path(tempdir(), "no-model-here")
+  dir.create(empty, showWarnings = FALSE)
+  expect_error(load_model(empty), "no model.json, nor scvi-tools' model.pt")
+})

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Writes small SCVI models saved by scvi-tools (model.save()) on the shipped CellBench
+subsample (inst/extdata/cellbench_small.h5ad: 40 cells x 30 genes, real counts), with what
+scvi-tools computes from them, so that load_model() can be checked against the reference
+without Python in CI:
+
+  latent.csv   get_latent_representation() (posterior means), cells x latent
+  scale.csv    the decoder's px.scale at z = the posterior mean (and, for a learned library,
+               the library posterior mean), cells x genes
+  theta.csv    px.theta there (inverse dispersion), cells x genes
+  dropout.csv  px.zi_logits there (ZINB only), cells x genes
+
+Run with the bench venv (bench/setup-venv.sh) from the repository root:
+
+  ~/.cache/rscvi/bench-venv/bin/python tools/make-scvi-tools-fixtures.py
+"""
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scvi
+import torch
+
+out = Path("tests/testthat/fixtures/scvi-tools")
+adata = ad.read_h5ad("inst/extdata/cellbench_small.h5ad")
+adata.X = adata.layers["counts"].copy()
+
+# Two models between them cover the layouts the reader maps: deep covariate injection over
+# two layers; covariates (categorical and continuous) in the encoder, per-batch dispersion,
+# a learned library, layer norm without batch norm.
+models = {
+    "scvi": dict(setup=dict(batch_key="batch"),
+                 model=dict(n_hidden=16, n_latent=4, n_layers=2)),
+    "scvi-covariates": dict(
+        setup=dict(batch_key="batch", categorical_covariate_keys=["cell_line"],
+                   continuous_covariate_keys=["n_genes"]),
+        model=dict(n_hidden=16, n_latent=3, dispersion="gene-batch", gene_likelihood="nb",
+                   use_observed_lib_size=False, encode_covariates=True,
+                   use_batch_norm="none", use_layer_norm="both")),
+}
+
+for name, spec in models.items():
+    a = adata.copy()
+    scvi.settings.seed = 0
+    scvi.model.SCVI.setup_anndata(a, **spec["setup"])
+    model = scvi.model.SCVI(a, **spec["model"])
+    model.train(max_epochs=40, enable_progress_bar=False)
+    folder = out / name
+    model.save(folder, overwrite=True)
+    cells, genes = a.obs_names, a.var_names
+    pd.DataFrame(model.get_latent_representation(), index=cells).to_csv(folder / "latent.csv")
+    module = model.module.eval()
+    loader = model._make_data_loader(adata=a, batch_size=a.n_obs)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        inference = module.inference(**module._get_inference_input(batch))
+        gen_input = module._get_generative_input(batch, inference)
+        gen_input["z"] = inference["qz"].loc
+        if inference.get("ql") is not None:
+            gen_input["library"] = inference["ql"].loc
+        px = module.generative(**gen_input)["px"]
+    pd.DataFrame(px.scale.numpy(), index=cells, columns=genes).to_csv(folder / "scale.csv")
+    theta = px.theta.expand_as(px.scale)
+    pd.DataFrame(theta.numpy(), index=cells, columns=genes).to_csv(folder / "theta.csv")
+    if getattr(px, "zi_logits", None) is not None:
+        pd.DataFrame(px.zi_logits.numpy(), index=cells, columns=genes).to_csv(
+            folder / "dropout.csv")
+    print(name, "written with scvi-tools", scvi.__version__)
