@@ -391,12 +391,22 @@ is_trained.rscvi_model <- function(model, ...) {
 
 #' @rdname save_model
 #' @export
-save_model.rscvi_model <- function(model, dir, overwrite = FALSE, ...) {
+save_model.rscvi_model <- function(model, dir, overwrite = FALSE, format = c("rscvi", "scvi-tools"),
+                                   ...) {
   .no_dots(list(...), "save_model")
   .check_any_model(model)
   dir <- .check_scalar_string(dir, "dir")
   overwrite <- .check_scalar_bool(overwrite, "overwrite")
+  format <- .match_choice(format, c("rscvi", "scvi-tools"), "format")
   if (file.exists(dir) && !dir.exists(dir)) .stop("`dir` '%s' is a file, not a folder", dir)
+  if (format == "scvi-tools") {
+    if (!inherits(model, "SCVI")) {
+      .stop("`format` = \"scvi-tools\" is available for SCVI models so far, not %s",
+            class(model)[1])
+    }
+    .rs(rs_scvi_save_scvi_tools(model$model, path.expand(dir), overwrite))
+    return(invisible(dir))
+  }
   .rs(rs_model_save(model$model, path.expand(dir), overwrite))
   .save_minified(model, dir)
   invisible(dir)

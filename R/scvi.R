@@ -537,6 +537,10 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' @param model an `SCVI`, `GIMVI`, `MULTIVI` or `SPLICEVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
+#' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI model written as scvi-tools'
+#'   `model.save()` writes it (`model.pt`, the layout of scvi-tools 1.5.1), for
+#'   `scvi.model.SCVI.load(dir, adata)` in Python (the AnnData needs the model's genes and
+#'   its setup columns; the training history is not written).
 #' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
 #'   `list(seq = , spatial = )` of both datasets; for a MULTIVI model
 #'   `list(rna = , atac = , cells = )` or a SingleCellExperiment / Seurat object laid out as

@@ -66,3 +66,19 @@ test_that("an scvi-tools SCVI model saves natively, maps queries and reports wha
   dir.create(empty, showWarnings = FALSE)
   expect_error(load_model(empty), "no model.json, nor scvi-tools' model.pt")
 })
+
+test_that("save_model(format = \"scvi-tools\") writes what load_model() and scvi-tools read", {
+  sce <- cellbench_small()
+  m <- train(scvi(sce, layer = "X", batch_key = "batch", categorical_covariate_keys = "cell_line",
+                  n_latent = 3), max_epochs = 3, seed = 0, progress = FALSE)
+  dir <- file.path(tempdir(), "rscvi-as-scvi-tools")
+  save_model(m, dir, overwrite = TRUE, format = "scvi-tools")
+  expect_true(file.exists(file.path(dir, "model.pt")))
+  expect_error(save_model(m, dir, format = "scvi-tools"), "overwrite = TRUE")
+  back <- load_model(dir, x = sce)
+  expect_equal(get_latent_representation(back), get_latent_representation(m), tolerance = 1e-6)
+  expect_identical(back$registry$categorical_covariate_categories,
+                   m$registry$categorical_covariate_categories)
+  expect_identical(validation_indices(back), validation_indices(m))
+  expect_error(save_model(m, dir, format = "anndata"), "`format`")
+})

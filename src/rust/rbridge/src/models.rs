@@ -276,6 +276,14 @@ fn rs_model_save(mut model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     Ok(().into())
 }
 
+/// Saves an SCVI model in scvi-tools' layout (`dir/model.pt`).
+#[extendr]
+fn rs_scvi_save_scvi_tools(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
+    let m = handle::<ScviKind>(&model)?;
+    guarded(|| m.save_scvi_tools(Path::new(dir), overwrite))?;
+    Ok(().into())
+}
+
 /// An independent copy of the model (train() trains a copy: R's copy semantics).
 #[extendr]
 fn rs_model_copy(mut model: Robj) -> Result<Robj> {
@@ -381,6 +389,7 @@ extendr_module! {
     fn rs_model_history;
     fn rs_model_state;
     fn rs_model_save;
+    fn rs_scvi_save_scvi_tools;
     fn rs_model_copy;
     fn rs_model_load;
 }

@@ -862,6 +862,121 @@ pub fn read(bytes: &[u8]) -> Result<Value> {
     .run()
 }
 
+/// Writes `v` as a protocol-2 pickle, as `torch.save` does: dicts, lists, tuples, scalars,
+/// strings, classes named by [`Value::Global`] and torch tensors ([`Value::Tensor`], whose
+/// storages the caller writes into the archive under their keys). Other values are refused.
+pub fn write(v: &Value) -> Result<Vec<u8>> {
+    let mut out = vec![0x80, 2];
+    write_value(v, &mut out)?;
+    out.push(b'.');
+    Ok(out)
+}
+
+fn write_global(name: &str, out: &mut Vec<u8>) -> Result<()> {
+    let (module, attr) = name
+        .rsplit_once('.')
+        .ok_or_else(|| bad(format!("class name {name:?} without a module")))?;
+    out.push(b'c');
+    for part in [module, attr] {
+        if part.contains('\n') {
+            return Err(bad("a class name with a line break"));
+        }
+        out.extend_from_slice(part.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) -> Result<()> {
+    let n = u32::try_from(s.len()).map_err(|_| bad("a string over 4 GB"))?;
+    out.push(b'X');
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn write_items(items: &[Value], out: &mut Vec<u8>) -> Result<()> {
+    items.iter().try_for_each(|x| write_value(x, out))
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<()> {
+    match v {
+        Value::None => out.push(b'N'),
+        Value::Bool(b) => out.push(if *b { 0x88 } else { 0x89 }),
+        Value::Int(i) => match i32::try_from(*i) {
+            Ok(small) => {
+                out.push(b'J');
+                out.extend_from_slice(&small.to_le_bytes());
+            }
+            Err(_) => {
+                out.extend_from_slice(&[0x8a, 8]);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+        },
+        Value::Float(f) => {
+            out.push(b'G');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::Str(s) => write_str(s, out)?,
+        Value::List(items) => {
+            out.push(b']');
+            if !items.is_empty() {
+                out.push(b'(');
+                write_items(items, out)?;
+                out.push(b'e');
+            }
+        }
+        Value::Tuple(items) => {
+            out.push(b'(');
+            write_items(items, out)?;
+            out.push(b't');
+        }
+        Value::Dict(items) => {
+            out.push(b'}');
+            if !items.is_empty() {
+                out.push(b'(');
+                for (k, x) in items {
+                    write_value(k, out)?;
+                    write_value(x, out)?;
+                }
+                out.push(b'u');
+            }
+        }
+        Value::Global(name) => write_global(name, out)?,
+        Value::Tensor(t) => {
+            // _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)
+            let numel = t.shape.iter().product::<usize>() as i64;
+            let ints =
+                |xs: &[usize]| Value::Tuple(xs.iter().map(|&x| Value::Int(x as i64)).collect());
+            write_global("torch._utils._rebuild_tensor_v2", out)?;
+            out.push(b'(');
+            let pid = Value::Tuple(vec![
+                Value::Str("storage".into()),
+                Value::Global(format!("torch.{}", t.storage_type)),
+                Value::Str(t.key.clone()),
+                Value::Str("cpu".into()),
+                Value::Int(numel),
+            ]);
+            write_value(&pid, out)?;
+            out.push(b'Q');
+            write_items(
+                &[
+                    Value::Int(t.offset as i64),
+                    ints(&t.shape),
+                    ints(&t.stride),
+                    Value::Bool(false),
+                ],
+                out,
+            )?;
+            write_global("collections.OrderedDict", out)?;
+            out.extend_from_slice(b")R");
+            out.extend_from_slice(b"tR");
+        }
+        other => return Err(bad(format!("{} cannot be written", other.kind()))),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,6 +1028,31 @@ mod tests {
         ] {
             assert!(read(bad_input).is_err(), "{bad_input:?}");
         }
+    }
+
+    #[test]
+    fn written_pickles_read_back() {
+        let v = Value::Dict(vec![
+            (
+                Value::Str("a".into()),
+                Value::List(vec![Value::Int(1), Value::Int(-1 << 40)]),
+            ),
+            (
+                Value::Str("b".into()),
+                Value::Tuple(vec![Value::Float(0.25), Value::None]),
+            ),
+            (Value::Str("c".into()), Value::List(Vec::new())),
+            (Value::Str("d".into()), Value::Bool(true)),
+        ]);
+        assert_eq!(read(&write(&v).unwrap()).unwrap(), v);
+        let t = Value::Tensor(TensorRef {
+            key: "3".into(),
+            storage_type: "FloatStorage".into(),
+            offset: 0,
+            shape: vec![2, 3],
+            stride: vec![3, 1],
+        });
+        assert_eq!(read(&write(&t).unwrap()).unwrap(), t);
     }
 
     #[test]

@@ -286,6 +286,47 @@ impl SavedByScviTools {
     }
 }
 
+/// A JSON value as a Python value (objects become dicts with string keys).
+pub fn from_json(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::None,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::Str(s.clone()),
+        Json::Array(xs) => Value::List(xs.iter().map(from_json).collect()),
+        Json::Object(m) => Value::Dict(
+            m.iter()
+                .map(|(k, x)| (Value::Str(k.clone()), from_json(x)))
+                .collect(),
+        ),
+    }
+}
+
+/// BatchNorm's `num_batches_tracked` counters beside each running mean (torch's
+/// `load_state_dict` wants them; rscvi does not count, so they are 0).
+pub fn with_batch_counters(tensors: Vec<(String, TorchTensor)>) -> Vec<(String, TorchTensor)> {
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let counter = name
+            .strip_suffix(".running_var")
+            .map(|base| format!("{base}.num_batches_tracked"));
+        out.push((name, t));
+        if let Some(c) = counter {
+            out.push((
+                c,
+                TorchTensor {
+                    shape: Vec::new(),
+                    values: vec![0.0],
+                },
+            ));
+        }
+    }
+    out
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::Str(s) => format!("\"{s}\""),

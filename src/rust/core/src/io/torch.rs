@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -222,6 +222,9 @@ pub struct TorchName {
     /// The torch tensor is this parameter transposed (Linear weights: Burn keeps them
     /// inputs x outputs, torch outputs x inputs; per-batch dispersions).
     pub transpose: bool,
+    /// torch's shape where it differs from the (transposed) Burn shape by unit dimensions
+    /// (a vector Burn keeps as a one-row matrix); written as such.
+    pub shape: Option<Vec<usize>>,
 }
 
 /// The torch name of the parameter at Burn path `path` (field names and vector indices
@@ -257,6 +260,7 @@ pub fn nn_torch_name(path: &str, linear_weight: bool) -> TorchName {
     TorchName {
         name: out.join("."),
         transpose: linear_weight,
+        shape: None,
     }
 }
 
@@ -353,6 +357,134 @@ pub fn load_state_dict<B: Backend, M: Module<B>>(
             loader.errors.join("; ")
         ))
     }
+}
+
+/// The parameters of `module` as a torch state dict, named by `name_of` as for
+/// [`load_state_dict`] (parameters it leaves out are not written), in module order.
+pub fn state_dict_of<B: Backend, M: Module<B>>(
+    module: &M,
+    name_of: impl Fn(&str, bool) -> Option<TorchName>,
+) -> Vec<(String, TorchTensor)> {
+    struct Collector<F> {
+        path: Vec<(String, String)>,
+        name_of: F,
+        out: Vec<(String, TorchTensor)>,
+    }
+    impl<B: Backend, F: Fn(&str, bool) -> Option<TorchName>> ModuleVisitor<B> for Collector<F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path
+                .push((name.to_string(), container_type.to_string()));
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let path: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
+            let linear_weight = self
+                .path
+                .last()
+                .is_some_and(|(n, c)| n == "weight" && c == "Struct:Linear");
+            let Some(torch) = (self.name_of)(&path.join("."), linear_weight) else {
+                return;
+            };
+            let mut value = param.val();
+            if torch.transpose {
+                value = value.transpose();
+            }
+            let shape = torch.shape.unwrap_or_else(|| value.dims().to_vec());
+            let values = crate::backend::host_values(&value).to_vec();
+            self.out.push((torch.name, TorchTensor { shape, values }));
+        }
+    }
+    let mut c = Collector {
+        path: Vec::new(),
+        name_of,
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// Writes a torch archive to `path` (through a temporary file beside it, so a failure
+/// leaves nothing half-written): the pickle of `root`, whose [`Value::Tensor`]s name
+/// their storages by key, and the storages `storages` (key, raw little-endian bytes).
+pub fn write_checkpoint(path: &Path, root: &Value, storages: &[(String, Vec<u8>)]) -> Result<()> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let shown = path.display().to_string();
+    let err = |e: &dyn std::fmt::Display| Error::Io(format!("cannot write {shown}: {e}"));
+    let pkl = pickle::write(root)?;
+    let tmp = path.with_extension("pt.partial");
+    let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
+    let mut zip = zip::ZipWriter::new(file);
+    // torch reads storages from 64-byte aligned offsets when it maps the file
+    let options = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .with_alignment(64);
+    let mut entries: Vec<(String, &[u8])> = vec![
+        ("model/data.pkl".into(), &pkl),
+        ("model/byteorder".into(), b"little"),
+    ];
+    entries.extend(
+        storages
+            .iter()
+            .map(|(k, b)| (format!("model/data/{k}"), b.as_slice())),
+    );
+    entries.push(("model/version".into(), b"3\n"));
+    let written = entries.iter().try_for_each(|(name, bytes)| {
+        zip.start_file(name.as_str(), options)
+            .map_err(|e| err(&e))?;
+        zip.write_all(bytes).map_err(|e| err(&e))
+    });
+    let finished = written.and_then(|_| zip.finish().map(drop).map_err(|e| err(&e)));
+    if let Err(e) = finished.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| err(&e))) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A state dict as the checkpoint's value and its storages: every tensor its own f32
+/// storage (integer buffers `int_buffers` accepts, such as `num_batches_tracked`, as int64).
+pub fn state_dict_value(
+    tensors: &[(String, TorchTensor)],
+    int_buffers: impl Fn(&str) -> bool,
+) -> (Value, Vec<(String, Vec<u8>)>) {
+    let mut items = Vec::with_capacity(tensors.len());
+    let mut storages = Vec::with_capacity(tensors.len());
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let key = i.to_string();
+        let integer = int_buffers(name);
+        let bytes: Vec<u8> = if integer {
+            t.values
+                .iter()
+                .flat_map(|&v| (v as i64).to_le_bytes())
+                .collect()
+        } else {
+            t.values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        let mut stride = vec![1usize; t.shape.len()];
+        for k in (0..t.shape.len().saturating_sub(1)).rev() {
+            stride[k] = stride[k + 1] * t.shape[k + 1];
+        }
+        items.push((
+            Value::Str(name.clone()),
+            Value::Tensor(TensorRef {
+                key: key.clone(),
+                storage_type: if integer {
+                    "LongStorage"
+                } else {
+                    "FloatStorage"
+                }
+                .into(),
+                offset: 0,
+                shape: t.shape.clone(),
+                stride,
+            }),
+        ));
+        storages.push((key, bytes));
+    }
+    (Value::Dict(items), storages)
 }
 
 #[cfg(test)]

@@ -10,9 +10,15 @@ use super::model::{ScviExtra, ScviKind};
 use super::ScviConfig;
 use crate::error::Result;
 use crate::family::{Model, ModelKind};
-use crate::io::scvi_tools::SavedByScviTools;
-use crate::io::torch::{load_state_dict, nn_torch_name, TorchName};
+use crate::io::pickle::Value;
+use crate::io::scvi_tools::{from_json, with_batch_counters, SavedByScviTools};
+use crate::io::torch::{
+    load_state_dict, nn_torch_name, state_dict_of, state_dict_value, write_checkpoint, TorchName,
+};
 use crate::models::options::{BatchRepresentation, Dispersion};
+
+/// The scvi-tools version whose layout `save_scvi_tools` writes.
+const SCVI_TOOLS_VERSION: &str = "1.5.1";
 
 /// Constructor arguments of scvi-tools' SCVI (and its VAE keywords) that rscvi reproduces.
 const KNOWN: &[&str] = &[
@@ -32,6 +38,36 @@ const KNOWN: &[&str] = &[
     "batch_representation",
     "var_activation",
 ];
+
+/// The scvi-tools state-dict name of the SCVI parameter at Burn path `path` (None: torch
+/// has no such tensor for this configuration).
+fn torch_name(config: &ScviConfig, path: &str, linear_weight: bool) -> Option<TorchName> {
+    match path {
+        "px_r" => match config.dispersion {
+            Dispersion::GeneCell => None,
+            Dispersion::Gene => Some(TorchName {
+                name: "px_r".into(),
+                transpose: false,
+                shape: Some(vec![config.n_input]),
+            }),
+            Dispersion::GeneBatch | Dispersion::GeneLabel => Some(TorchName {
+                name: "px_r".into(),
+                transpose: true,
+                shape: None,
+            }),
+        },
+        "library_log_means" | "library_log_vars" if !config.uses_latent_library() => None,
+        "library_log_means" | "library_log_vars" => Some(TorchName {
+            name: path.into(),
+            transpose: false,
+            shape: Some(vec![1, config.n_batch]),
+        }),
+        _ => {
+            let path = path.replace("px_scale_decoder.", "px_scale_decoder.0.");
+            Some(nn_torch_name(&path, linear_weight))
+        }
+    }
+}
 
 impl Model<ScviKind> {
     /// The SCVI model scvi-tools saved in `dir`.
@@ -82,30 +118,16 @@ impl Model<ScviKind> {
             ));
         }
         let blank = ScviKind::blank::<crate::backend::Cpu>(&config, &Default::default())?;
-        let per_batch_dispersion = matches!(
-            config.dispersion,
-            Dispersion::GeneBatch | Dispersion::GeneLabel
-        );
         let latent_library = config.uses_latent_library();
-        let gene_cell = config.dispersion == Dispersion::GeneCell;
-        let name_of = |path: &str, linear_weight: bool| -> Option<TorchName> {
-            match path {
-                "px_r" if gene_cell => None,
-                "px_r" => Some(TorchName {
-                    name: "px_r".into(),
-                    transpose: per_batch_dispersion,
-                }),
-                "library_log_means" | "library_log_vars" if !latent_library => None,
-                _ => {
-                    let path = path.replace("px_scale_decoder.", "px_scale_decoder.0.");
-                    Some(nn_torch_name(&path, linear_weight))
-                }
-            }
-        };
-        let module = load_state_dict(blank, &saved.tensors, name_of, |name| {
-            name.ends_with("num_batches_tracked")
-                || (!latent_library && name.starts_with("library_log_"))
-        })
+        let module = load_state_dict(
+            blank,
+            &saved.tensors,
+            |p, lw| torch_name(&config, p, lw),
+            |name| {
+                name.ends_with("num_batches_tracked")
+                    || (!latent_library && name.starts_with("library_log_"))
+            },
+        )
         .map_err(|e| saved.error(e))?;
         let cat_keys: Vec<&String> = covariates.iter().map(|(k, _)| k).collect();
         let registry = json!({
@@ -135,6 +157,174 @@ impl Model<ScviKind> {
         let mut model = Model::from_module(module, registry, ScviExtra::default());
         model.state = saved.state;
         Ok(model)
+    }
+}
+
+/// The registry categories `key` as scvi-tools maps them: a column the model was not given
+/// (`setup_key` null) is scvi-tools' own column of zeros, whose one category is the integer 0.
+fn mapping(reg: &serde_json::Value, key: &str, setup_key: &serde_json::Value) -> serde_json::Value {
+    if setup_key.is_null() {
+        json!([0])
+    } else {
+        reg[key].clone()
+    }
+}
+
+impl Model<ScviKind> {
+    /// Writes the model as scvi-tools' `model.save()` does (`dir/model.pt`), so that
+    /// `scvi.model.SCVI.load(dir, adata)` reads it: the weights under their state-dict names,
+    /// `var_names`, and `attr_dict` with the constructor arguments, the registry and the split.
+    pub fn save_scvi_tools(&self, dir: &Path, overwrite: bool) -> Result<()> {
+        let c = self.config();
+        let path = dir.join(crate::io::scvi_tools::CHECKPOINT_FILE);
+        if path.exists() && !overwrite {
+            return Err(crate::error::Error::Io(format!(
+                "{} already holds a saved model; use overwrite = TRUE",
+                dir.display()
+            )));
+        }
+        if c.batch_representation == BatchRepresentation::Embedding {
+            return Err(crate::error::invalid_arg(
+                "format",
+                "\"scvi-tools\" is not available for batch_representation = \"embedding\" models yet",
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| {
+            crate::error::Error::Io(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let tensors =
+            with_batch_counters(state_dict_of(&self.module, |p, lw| torch_name(c, p, lw)));
+        let (state_dict, storages) =
+            state_dict_value(&tensors, |n| n.ends_with("num_batches_tracked"));
+        let reg = &self.registry;
+        let setup = &reg["setup_args"];
+        let genes = reg["gene_names"].clone();
+        let cat_keys: Vec<String> = setup["categorical_covariate_keys"]
+            .as_array()
+            .map(|k| {
+                k.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cont: serde_json::Value = reg["continuous_covariate_keys"].clone();
+        let n_cont = cont.as_array().map_or(0, Vec::len);
+        // read_h5ad() names an AnnData's X "X"; scvi-tools calls it no layer
+        let layer = match setup["layer"].as_str() {
+            Some("X") | None => serde_json::Value::Null,
+            Some(l) => json!(l),
+        };
+        let empty = json!({"data_registry": {}, "state_registry": {}, "summary_stats": {}});
+        let extra_cat = if cat_keys.is_empty() {
+            json!({"data_registry": {}, "state_registry": {},
+                   "summary_stats": {"n_extra_categorical_covs": 0}})
+        } else {
+            let cats = &reg["categorical_covariate_categories"];
+            json!({
+                "data_registry": {"attr_key": "_scvi_extra_categorical_covs", "attr_name": "obsm"},
+                "state_registry": {
+                    "mappings": cat_keys.iter().map(|k| (k.clone(), cats[k].clone())).collect::<serde_json::Map<_, _>>(),
+                    "field_keys": cat_keys,
+                    "n_cats_per_key": c.n_cats_per_cov,
+                },
+                "summary_stats": {"n_extra_categorical_covs": cat_keys.len()},
+            })
+        };
+        let extra_cont = if n_cont == 0 {
+            json!({"data_registry": {}, "state_registry": {},
+                   "summary_stats": {"n_extra_continuous_covs": 0}})
+        } else {
+            json!({
+                "data_registry": {"attr_key": "_scvi_extra_continuous_covs", "attr_name": "obsm"},
+                "state_registry": {"columns": cont},
+                "summary_stats": {"n_extra_continuous_covs": n_cont},
+            })
+        };
+        let size_factor = match setup["size_factor_key"].as_str() {
+            Some(k) => json!({"data_registry": {"attr_key": k, "attr_name": "obs"},
+                              "state_registry": {}, "summary_stats": {}}),
+            None => empty,
+        };
+        let n_cells = reg["n_cells"].as_u64().unwrap_or(0);
+        let registry = json!({
+            "scvi_version": SCVI_TOOLS_VERSION,
+            "model_name": ScviKind::NAME,
+            "setup_method_name": "setup_anndata",
+            "setup_args": {
+                "layer": layer,
+                "batch_key": setup["batch_key"],
+                "labels_key": setup["labels_key"],
+                "size_factor_key": setup["size_factor_key"],
+                "categorical_covariate_keys": setup["categorical_covariate_keys"],
+                "continuous_covariate_keys": setup["continuous_covariate_keys"],
+            },
+            "field_registries": {
+                "X": {
+                    "data_registry": {"attr_key": layer,
+                                      "attr_name": if layer.is_null() { "X" } else { "layers" }},
+                    "state_registry": {"n_obs": n_cells, "n_vars": c.n_input, "column_names": genes},
+                    "summary_stats": {"n_cells": n_cells, "n_vars": c.n_input},
+                },
+                "batch": {
+                    "data_registry": {"attr_key": "_scvi_batch", "attr_name": "obs"},
+                    "state_registry": {
+                        "categorical_mapping": mapping(reg, "batch_categories", &setup["batch_key"]),
+                        "original_key": setup["batch_key"].as_str().unwrap_or("_scvi_batch"),
+                    },
+                    "summary_stats": {"n_batch": c.n_batch},
+                },
+                "labels": {
+                    "data_registry": {"attr_key": "_scvi_labels", "attr_name": "obs"},
+                    "state_registry": {
+                        "categorical_mapping": mapping(reg, "label_categories", &setup["labels_key"]),
+                        "original_key": setup["labels_key"].as_str().unwrap_or("_scvi_labels"),
+                    },
+                    "summary_stats": {"n_labels": c.n_labels},
+                },
+                "size_factor": size_factor,
+                "extra_categorical_covs": extra_cat,
+                "extra_continuous_covs": extra_cont,
+            },
+        });
+        let init_params = json!({
+            "non_kwargs": {
+                "n_hidden": c.n_hidden,
+                "n_latent": c.n_latent,
+                "n_layers": c.n_layers,
+                "dropout_rate": c.dropout_rate,
+                "dispersion": c.dispersion,
+                "gene_likelihood": c.gene_likelihood,
+                "use_observed_lib_size": c.use_observed_lib_size,
+                "latent_distribution": c.latent_distribution,
+            },
+            "kwargs": {"kwargs": {
+                "log_variational": c.log_variational,
+                "encode_covariates": c.encode_covariates,
+                "deeply_inject_covariates": c.deeply_inject_covariates,
+                "use_batch_norm": c.use_batch_norm,
+                "use_layer_norm": c.use_layer_norm,
+            }},
+        });
+        let split = self.state.splits.first();
+        let indices = |f: fn(&crate::data::Split) -> &Vec<usize>| {
+            json!(split.map(f).cloned().unwrap_or_default())
+        };
+        let attrs = json!({
+            "init_params_": init_params,
+            "registry_": registry,
+            "is_trained_": self.state.is_trained,
+            "train_indices_": indices(|s| &s.train),
+            "validation_indices_": indices(|s| &s.validation),
+            "test_indices_": indices(|s| &s.test),
+            "history_": null,
+            "get_normalized_function_name_": "get_normalized_expression",
+        });
+        let root = Value::Dict(vec![
+            (Value::Str("model_state_dict".into()), state_dict),
+            (Value::Str("var_names".into()), from_json(&genes)),
+            (Value::Str("attr_dict".into()), from_json(&attrs)),
+        ]);
+        write_checkpoint(&path, &root, &storages)
     }
 }
 
@@ -300,6 +490,47 @@ mod tests {
             if let Some(p) = gen.dropout_logits {
                 assert_close(name, &host_values(&p), &csv(&dir.join("dropout.csv")), 1e-4);
             }
+        }
+    }
+
+    /// What rscvi writes in scvi-tools' layout reads back to the same weights, registry and
+    /// split (scvi-tools itself reads it in bench/check-scvi-tools-save.py).
+    #[test]
+    fn scvi_tools_layout_round_trips() {
+        for name in ["scvi", "scvi-covariates"] {
+            let Some(dir) = repo_file(&format!("tests/testthat/fixtures/scvi-tools/{name}")) else {
+                return;
+            };
+            let model = Model::<ScviKind>::from_scvi_tools(&dir).unwrap();
+            let out = std::env::temp_dir()
+                .join(format!("rscvi-scvi-tools-{name}-{}", std::process::id()));
+            model.save_scvi_tools(&out, true).unwrap();
+            assert!(model.save_scvi_tools(&out, false).is_err());
+            let again = Model::<ScviKind>::from_scvi_tools(&out).unwrap();
+            let c = model.config();
+            let ours = state_dict_of(&model.module, |p, lw| torch_name(c, p, lw));
+            let back = state_dict_of(&again.module, |p, lw| torch_name(c, p, lw));
+            assert_eq!(ours.len(), back.len());
+            for ((n1, t1), (n2, t2)) in ours.iter().zip(&back) {
+                assert_eq!((n1, &t1.shape, &t1.values), (n2, &t2.shape, &t2.values));
+            }
+            assert_eq!(
+                model.registry["batch_categories"],
+                again.registry["batch_categories"]
+            );
+            assert_eq!(
+                model.registry["categorical_covariate_categories"],
+                again.registry["categorical_covariate_categories"]
+            );
+            assert_eq!(
+                model.state.splits[0].validation,
+                again.state.splits[0].validation
+            );
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::to_value(again.config()).unwrap()
+            );
+            std::fs::remove_dir_all(&out).unwrap();
         }
     }
 }
