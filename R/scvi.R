@@ -525,14 +525,16 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
-#' `load_model()` also reads SCVI models saved by scvi-tools' `model.save()` (a folder with
-#' `model.pt`; written by scvi-tools 1.x, checked with 1.5.1), without Python: the weights
-#' under their scvi-tools names, the hyperparameters, the registry (genes, batch, label and
-#' covariate categories in their order, setup arguments) and the train/validation split; not
-#' the training history. Such a model answers every query of a native one, can be saved
-#' natively, and serves as the reference of [load_query_data()] to map new cells onto a
-#' published atlas. When `x` is not given, the data saved with it (`adata.h5ad`, with
-#' `save_anndata=True`) are read, as scvi-tools' `load()` does.
+#' `load_model()` also reads SCVI and MULTIVI (RNA + ATAC) models saved by scvi-tools'
+#' `model.save()` (a folder with `model.pt`; written by scvi-tools 1.x, checked with 1.5.1),
+#' without Python: the weights under their scvi-tools names, the hyperparameters, the
+#' registry (features, batch, label and covariate categories in their order, setup
+#' arguments; AnnData's X is the assay `"X"` of [read_h5ad()] / [read_h5mu()] objects) and the
+#' train/validation split; not the training history. Such a model answers every query of a
+#' native one, can be saved natively, and serves as the reference of [load_query_data()] to
+#' map new cells onto a published atlas. When `x` is not given, the data saved with it
+#' (`adata.h5ad` / `mdata.h5mu`, with `save_anndata=True`) are read, as scvi-tools' `load()`
+#' does.
 #'
 #' @param model an `SCVI`, `GIMVI`, `MULTIVI` or `SPLICEVI` model.
 #' @param dir a folder (created if needed).
@@ -574,13 +576,15 @@ load_model <- function(dir, x = NULL, ...) {
   }
   kind <- .rs(rs_saved_model_kind(path.expand(dir)))
   if (!native) {
-    if (kind != "SCVI") {
-      .stop("`dir` '%s' holds a %s model saved by scvi-tools; rscvi reads scvi-tools' SCVI models so far",
-            dir, kind)
+    if (!kind %in% c("SCVI", "MULTIVI")) {
+      .stop(paste0("`dir` '%s' holds a %s model saved by scvi-tools; rscvi reads scvi-tools' ",
+                   "SCVI and MULTIVI models so far"), dir, kind)
     }
     # scvi-tools' load() takes the data saved with the model when none are given.
-    saved_data <- file.path(dir, "adata.h5ad")
-    if (is.null(x) && file.exists(saved_data)) x <- read_h5ad(saved_data)
+    saved_data <- file.path(dir, c(SCVI = "adata.h5ad", MULTIVI = "mdata.h5mu")[[kind]])
+    if (is.null(x) && file.exists(saved_data)) {
+      x <- if (kind == "SCVI") read_h5ad(saved_data) else read_h5mu(saved_data)
+    }
   }
   if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))
   if (kind == "SPLICEVI") return(.load_splicevi(dir, x, ...))

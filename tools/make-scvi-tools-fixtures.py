@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes small SCVI models saved by scvi-tools (model.save()) on the shipped CellBench
-subsample (inst/extdata/cellbench_small.h5ad: 40 cells x 30 genes, real counts), with what
-scvi-tools computes from them, so that load_model() can be checked against the reference
-without Python in CI:
+subsample (inst/extdata/cellbench_small.h5ad: 40 cells x 30 genes, real counts), and a
+MULTIVI model on the shipped SNARE-seq2 subsample (inst/extdata/snareseq2_small.h5mu: 25
+nuclei, 20 genes + 15 peaks; latent.csv only), with what scvi-tools computes from them, so
+that load_model() can be checked against the reference without Python in CI:
 
   latent.csv   get_latent_representation() (posterior means), cells x latent
   scale.csv    the decoder's px.scale at z = the posterior mean (and, for a learned library,
@@ -18,6 +19,7 @@ Run with the bench venv (bench/setup-venv.sh) from the repository root:
 from pathlib import Path
 
 import anndata as ad
+import mudata as md
 import numpy as np
 import pandas as pd
 import scvi
@@ -68,3 +70,17 @@ for name, spec in models.items():
         pd.DataFrame(px.zi_logits.numpy(), index=cells, columns=genes).to_csv(
             folder / "dropout.csv")
     print(name, "written with scvi-tools", scvi.__version__)
+
+mdata = md.read_h5mu("inst/extdata/snareseq2_small.h5mu")
+scvi.settings.seed = 0
+scvi.model.MULTIVI.setup_mudata(mdata, batch_key="library",
+                                modalities={"rna_layer": "rna", "atac_layer": "atac",
+                                            "batch_key": "rna"})
+model = scvi.model.MULTIVI(mdata, n_genes=mdata["rna"].n_vars, n_regions=mdata["atac"].n_vars,
+                           n_latent=3, modality_weights="universal")
+model.train(max_epochs=40, enable_progress_bar=False)
+folder = out / "multivi"
+model.save(folder, overwrite=True)
+pd.DataFrame(model.get_latent_representation(), index=mdata.obs_names).to_csv(
+    folder / "latent.csv")
+print("multivi written with scvi-tools", scvi.__version__)

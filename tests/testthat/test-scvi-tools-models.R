@@ -82,3 +82,17 @@ test_that("save_model(format = \"scvi-tools\") writes what load_model() and scvi
   expect_identical(validation_indices(back), validation_indices(m))
   expect_error(save_model(m, dir, format = "anndata"), "`format`")
 })
+
+test_that("load_model() reads scvi-tools' MULTIVI models (RNA + ATAC, MuData setup)", {
+  skip_if_not_installed("SingleCellExperiment")
+  x <- read_h5mu(system.file("extdata", "snareseq2_small.h5mu", package = "rscvi"))
+  m <- load_model(saved_by_scvi_tools("multivi"), x = x)
+  expect_s3_class(m, "MULTIVI")
+  expect_identical(m$config$modality_weights, "universal")
+  expect_identical(m$config$n_hidden, 3L)       # scvi-tools' rule for n_hidden = None
+  z <- get_latent_representation(m)
+  ref <- reference_latent("multivi")
+  expect_lt(max(abs(z - ref[rownames(z), ])), 1e-5)
+  expect_identical(dim(get_normalized_accessibility(m)), c(25L, 15L))
+  expect_error(save_model(m, tempfile(), format = "scvi-tools"), "SCVI models so far")
+})

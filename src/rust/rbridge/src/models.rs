@@ -300,9 +300,12 @@ fn rs_model_load(dir: &str) -> Result<Robj> {
             ScviKind::NAME => Ok(new_handle(guarded(|| {
                 Model::<ScviKind>::from_scvi_tools(dir)
             })?)),
+            MultiviKind::NAME => Ok(new_handle(guarded(|| {
+                Model::<MultiviKind>::from_scvi_tools(dir)
+            })?)),
             other_kind => Err(other(format!(
                 "{} holds a {other_kind} model saved by scvi-tools; rscvi reads scvi-tools' SCVI \
-                 models so far",
+                 and MULTIVI models so far",
                 dir.display()
             ))),
         };

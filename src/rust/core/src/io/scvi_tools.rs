@@ -88,39 +88,39 @@ impl SavedByScviTools {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_string();
+        // `non_kwargs`, then each group of keyword arguments (`kwargs`, `model_kwargs`, ...)
+        // flattened, as scvi-tools' load does
         let mut params = Vec::new();
-        if let Some(init) = attrs.get("init_params_") {
-            for part in [
-                init.get("non_kwargs"),
-                init.get("kwargs").and_then(|k| k.get("kwargs")),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if let Value::Dict(items) = part {
-                    for (k, v) in items {
-                        if let Value::Str(k) = k {
-                            params.push((k.clone(), v.clone()));
-                        }
+        let mut add = |d: &Value| {
+            if let Value::Dict(items) = d {
+                for (k, v) in items {
+                    if let Value::Str(k) = k {
+                        params.push((k.clone(), v.clone()));
                     }
                 }
             }
-            // older versions keep the keyword arguments one level up
-            if let Some(Value::Dict(items)) = init.get("kwargs") {
-                for (k, v) in items {
-                    if let Value::Str(k) = k {
-                        if k != "kwargs" {
-                            params.push((k.clone(), v.clone()));
-                        }
-                    }
+        };
+        if let Some(init) = attrs.get("init_params_") {
+            if let Some(d) = init.get("non_kwargs") {
+                add(d);
+            }
+            if let Some(Value::Dict(groups)) = init.get("kwargs") {
+                for (_, group) in groups {
+                    add(group);
                 }
             }
         }
-        let var_names = ckpt
-            .root
-            .get("var_names")
-            .and_then(strings)
-            .ok_or_else(|| err("var_names (the genes) are missing or not strings"))?;
+        // one array (AnnData), or one per modality (MuData), kept in modality order
+        let var_names = match ckpt.root.get("var_names") {
+            Some(Value::Dict(per_modality)) => per_modality
+                .iter()
+                .map(|(_, v)| strings(v))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.concat()),
+            Some(v) => strings(v),
+            None => None,
+        }
+        .ok_or_else(|| err("var_names (the features) are missing or not strings"))?;
         let splits = match attrs.get("train_indices_") {
             Some(train) => vec![Split {
                 train: indices(Some(train)),
@@ -274,6 +274,29 @@ impl SavedByScviTools {
             .and_then(Value::as_i64)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0)
+    }
+
+    /// The layer setup argument `key` as the front end names it: scvi-tools' None is the
+    /// AnnData's X, which read_h5ad() / read_h5mu() name "X".
+    pub fn layer_arg(&self, key: &str) -> Json {
+        match self.setup_arg(key) {
+            Json::Null => json!("X"),
+            layer => layer,
+        }
+    }
+
+    /// The MuData modality registered for `key` (`rna_layer`, `atac_layer`, ...), which
+    /// read_h5mu() makes the name of an altExp.
+    pub fn modality_arg(&self, key: &str) -> Json {
+        match self
+            .registry
+            .get("setup_args")
+            .and_then(|s| s.get("modalities"))
+            .and_then(|m| m.get(key))
+        {
+            Some(Value::Str(s)) => json!(s),
+            _ => Json::Null,
+        }
     }
 
     /// A setup argument as JSON (null when not given).

@@ -6,6 +6,7 @@
 
 pub mod arches;
 pub mod model;
+mod scvi_tools;
 
 pub use model::{Modality, MultiviKind, MultiviModel};
 

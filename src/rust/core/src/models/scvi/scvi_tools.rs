@@ -134,7 +134,7 @@ impl Model<ScviKind> {
             "model": ScviKind::NAME,
             "gene_names": saved.var_names,
             "setup_args": {
-                "layer": saved.setup_arg("layer"),
+                "layer": saved.layer_arg("layer"),
                 "assay": null,
                 "batch_key": saved.setup_arg("batch_key"),
                 "labels_key": saved.setup_arg("labels_key"),

@@ -1,0 +1,212 @@
+//! MULTIVI models saved by scvi-tools (RNA + ATAC; proteins not yet): the hyperparameters
+//! from `init_params_` (the sizes scvi-tools derived when `n_hidden` / `n_latent` were None
+//! follow the same rule here), the registry in the front end's form, the weights by their
+//! state-dict names (multivi.md §3.2).
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::model::{MultiviExtra, MultiviKind};
+use super::MultiviConfig;
+use crate::error::Result;
+use crate::family::{Model, ModelKind};
+use crate::io::pickle::Value;
+use crate::io::scvi_tools::SavedByScviTools;
+use crate::io::torch::{load_state_dict, nn_torch_name, TorchName};
+
+/// Constructor arguments of scvi-tools' MULTIVI that rscvi reproduces.
+const KNOWN: &[&str] = &[
+    "n_genes",
+    "n_regions",
+    "modality_weights",
+    "modality_penalty",
+    "n_hidden",
+    "n_latent",
+    "n_layers_encoder",
+    "n_layers_decoder",
+    "dropout_rate",
+    "region_factors",
+    "gene_likelihood",
+    "dispersion",
+    "use_batch_norm",
+    "use_layer_norm",
+    "latent_distribution",
+    "deeply_inject_covariates",
+    "encode_covariates",
+    "fully_paired",
+    "protein_dispersion",
+];
+
+/// The scvi-tools name of the MULTIVI parameter at Burn path `path`.
+fn torch_name(config: &MultiviConfig, path: &str, linear_weight: bool) -> Option<TorchName> {
+    let vector = |n: usize| TorchName {
+        name: path.into(),
+        transpose: false,
+        shape: Some(vec![n]),
+    };
+    match path {
+        "mod_weights" if config.modality_weights == super::ModalityWeights::Universal => {
+            Some(vector(2))
+        }
+        _ => {
+            let path = path.replace("px_scale_decoder.", "px_scale_decoder.0.");
+            let path = path.replace(".output.", ".output.0.");
+            Some(nn_torch_name(&path, linear_weight))
+        }
+    }
+}
+
+impl Model<MultiviKind> {
+    /// The MULTIVI model scvi-tools saved in `dir`.
+    pub fn from_scvi_tools(dir: &Path) -> Result<Self> {
+        let saved = SavedByScviTools::read(dir)?;
+        if saved.model_name != MultiviKind::NAME {
+            return Err(saved.error("not a MULTIVI model"));
+        }
+        saved.check_params(KNOWN)?;
+        if saved.param_str("dispersion", "gene")? != "gene" {
+            return Err(saved.error("only dispersion = \"gene\" MULTIVI models can be read"));
+        }
+        let proteins = saved
+            .field_state("protein_expression")
+            .and_then(|s| s.get("column_names"))
+            .and_then(Value::items)
+            .map_or(0, |v| v.len());
+        if proteins > 0 {
+            return Err(saved.error("MULTIVI models with proteins cannot be read yet"));
+        }
+        let n_genes = saved.param_usize("n_genes", 0)?;
+        let n_regions = saved.param_usize("n_regions", 0)?;
+        let batches = saved.categories("batch")?;
+        let labels = saved.categories("labels")?;
+        let covariates = saved.covariate_categories()?;
+        let continuous = saved.continuous_covariates();
+        let n_hidden = match saved.param_usize("n_hidden", 0)? {
+            0 => super::default_n_hidden(n_genes, n_regions),
+            n => n,
+        };
+        let n_latent = match saved.param_usize("n_latent", 0)? {
+            0 => super::default_n_latent(n_hidden),
+            n => n,
+        };
+        let config: MultiviConfig = serde_json::from_value(json!({
+            "n_genes": n_genes,
+            "n_regions": n_regions,
+            "n_proteins": 0,
+            "protein_dispersion": saved.param_str("protein_dispersion", "protein")?,
+            "n_batch": batches.len(),
+            "n_cats_per_cov": covariates.iter().map(|(_, c)| c.len()).collect::<Vec<_>>(),
+            "n_continuous_cov": continuous.len(),
+            "n_cells": saved.n_cells(),
+            "n_hidden": n_hidden,
+            "n_latent": n_latent,
+            "n_layers_encoder": saved.param_usize("n_layers_encoder", 2)?,
+            "n_layers_decoder": saved.param_usize("n_layers_decoder", 2)?,
+            "dropout_rate": saved.param_f64("dropout_rate", 0.1)?,
+            "region_factors": saved.param_bool("region_factors", true)?,
+            "gene_likelihood": saved.param_str("gene_likelihood", "zinb")?,
+            "modality_weights": saved.param_str("modality_weights", "equal")?,
+            "modality_penalty": saved.param_str("modality_penalty", "Jeffreys")?,
+            "use_batch_norm": saved.param_str("use_batch_norm", "none")?,
+            "use_layer_norm": saved.param_str("use_layer_norm", "both")?,
+            "latent_distribution": saved.param_str("latent_distribution", "normal")?,
+            "deeply_inject_covariates": saved.param_bool("deeply_inject_covariates", false)?,
+            "encode_covariates": saved.param_bool("encode_covariates", false)?,
+            "fully_paired": saved.param_bool("fully_paired", false)?,
+            "use_size_factor": saved.field_state("size_factor").is_some(),
+        }))
+        .map_err(|e| saved.error(format!("unsupported hyperparameters: {e}")))?;
+        let blank = MultiviKind::blank::<crate::backend::Cpu>(&config, &Default::default())?;
+        // scvi-tools keeps a mixing logit for proteins whether or not there are any; without
+        // proteins it is masked out of the mixing, so rscvi keeps the RNA and ATAC ones
+        let mut tensors = saved.tensors.clone();
+        if let Some(w) = tensors.get_mut("mod_weights") {
+            if w.shape.last() == Some(&3) {
+                w.values = w
+                    .values
+                    .chunks(3)
+                    .flat_map(|row| row[..2].to_vec())
+                    .collect();
+                if let Some(last) = w.shape.last_mut() {
+                    *last = 2;
+                }
+            }
+        }
+        let module = load_state_dict(
+            blank,
+            &tensors,
+            |p, lw| torch_name(&config, p, lw),
+            |name| {
+                // scvi-tools allocates these whatever the data: an unused dispersion head,
+                // empty protein networks, the equal-weights placeholder
+                name.ends_with("num_batches_tracked")
+                    || name.starts_with("z_decoder_expression.px_r_decoder.")
+                    || name.starts_with("z_encoder_protein.")
+                    || name.starts_with("z_decoder_pro.")
+                    || name.starts_with("background_pro_")
+                    || name == "py_r"
+                    || name == "mod_weights"
+            },
+        )
+        .map_err(|e| saved.error(e))?;
+        let names = |field: &str| {
+            saved
+                .field_state(field)
+                .and_then(|s| s.get("column_names"))
+                .and_then(|v| v.items())
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let genes = names("X");
+        let regions = names("atac");
+        if genes.len() != n_genes || regions.len() != n_regions {
+            return Err(saved.error(format!(
+                "the registry names {} genes and {} regions, the model has {n_genes} and {n_regions}",
+                genes.len(),
+                regions.len()
+            )));
+        }
+        let cat_keys: Vec<&String> = covariates.iter().map(|(k, _)| k).collect();
+        let n_cells = saved.n_cells();
+        let registry = json!({
+            "model": MultiviKind::NAME,
+            "gene_names": genes,
+            "region_names": regions,
+            "protein_names": [],
+            "n_genes": n_genes,
+            "n_regions": n_regions,
+            "n_proteins": 0,
+            "setup_args": {
+                "layer": saved.layer_arg("rna_layer"),
+                "atac_layer": saved.layer_arg("atac_layer"),
+                "altexp": saved.modality_arg("atac_layer"),
+                "assay": null, "atac_assay": null, "protein": null, "protein_layer": null,
+                "batch_key": saved.setup_arg("batch_key"),
+                "labels_key": null,
+                "size_factor_key": saved.setup_arg("size_factor_key"),
+                "categorical_covariate_keys": if cat_keys.is_empty() { json!(null) } else { json!(cat_keys) },
+                "continuous_covariate_keys": if continuous.is_empty() { json!(null) } else { json!(continuous) },
+            },
+            "batch_categories": batches,
+            "label_categories": labels,
+            "categorical_covariate_categories": covariates
+                .iter()
+                .map(|(k, c)| (k.clone(), json!(c)))
+                .collect::<serde_json::Map<_, _>>(),
+            "continuous_covariate_keys": continuous,
+            "n_batch": batches.len(),
+            "n_labels": labels.len(),
+            "n_cells": n_cells,
+            "modality_cells": {"paired": n_cells, "expression": 0, "accessibility": 0},
+            "scvi_tools_version": saved.scvi_version,
+        });
+        let mut model = Model::from_module(module, registry, MultiviExtra::default());
+        model.state = saved.state;
+        Ok(model)
+    }
+}
