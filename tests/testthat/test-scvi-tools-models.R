@@ -95,4 +95,10 @@ test_that("load_model() reads scvi-tools' MULTIVI models (RNA + ATAC, MuData set
   expect_lt(max(abs(z - ref[rownames(z), ])), 1e-5)
   expect_identical(dim(get_normalized_accessibility(m)), c(25L, 15L))
   expect_error(save_model(m, tempfile(), format = "scvi-tools"), "SCVI models so far")
+  # scArches onto the scvi-tools MULTIVI reference
+  x$library <- paste0(x$library, "-query")
+  q <- load_query_data(x, saved_by_scvi_tools("multivi"))
+  expect_identical(q$registry$batch_categories, c("09A", "09A-query"))
+  q <- train(q, max_epochs = 2, seed = 0, progress = FALSE)
+  expect_true(all(is.finite(get_latent_representation(q))))
 })
