@@ -241,8 +241,8 @@
 
 # The modalities combined over the union of their cells, matched by name: in the order of
 # the rows of `cells` when they name every cell, else the first modality's cells, then those
-# only the others have, in order. `mats` holds the modalities'
-# checked matrices (.modality_matrix(); NULL where not given), `args` their inputs' names,
+# only the others have, in order. `mats` holds the modalities' checked matrices
+# (.modality_matrix(); NULL where not given), `args` their inputs' names,
 # `parts` their own cell data (or NULL). Unnamed matrices take the row names of `cells` when
 # it has one row per cell, or are matched by position when none has cell names. `check(mats,
 # cell_names)` applies the model's own rules before the matrices are spread over all cells;

@@ -195,10 +195,11 @@
 }
 
 # The modalities combined (.combine_modalities()) over the union of the cells (in the order
-# of `cells`, or RNA's cells first, then the ATAC-only ones, then those with proteins only), with their `genes`,
-# `regions` and `proteins`. A cell is measured in a modality where it has counts in it; a
-# modality the data lack (new data of a query) is all zeros, `n_features` rows of it. The
-# proteins take part when given or when the model has them (`n_features[3] > 0`).
+# of `cells`, or RNA's cells first, then the ATAC-only ones, then those with proteins only),
+# with their `genes`, `regions` and `proteins`. A cell is measured in a modality where it has
+# counts in it; a modality the data lack (new data of a query) is all zeros, `n_features`
+# rows of it. The proteins take part when given or when the model has them
+# (`n_features[3] > 0`).
 .multivi_combine <- function(src, cells = NULL, n_features = c(0L, 0L, 0L)) {
   mats <- list(
     rna = if (!is.null(src$rna)) {

@@ -44,7 +44,7 @@ if (data_name == "cellbench") {
 is_query <- sce$is_query
 out <- file.path(tempdir(), "arches")
 dir.create(out, showWarnings = FALSE)
-h5ad <- file.path(out, "cellbench.h5ad")
+h5ad <- file.path(out, "data.h5ad")
 write_h5ad(sce, h5ad, overwrite = TRUE)
 status <- system2(file.path(venv, "bin", "python"),
                   c(file.path(here, "scvi_tools_arches.py"), h5ad, out, epochs, seed))
