@@ -259,6 +259,27 @@ impl SavedByScviTools {
             .collect()
     }
 
+    /// The model of kind `kind` saved in `dir`, checked for its kind and for constructor
+    /// arguments other than `known`.
+    pub fn read_kind(dir: &Path, kind: &str, known: &[&str]) -> Result<Self> {
+        let saved = Self::read(dir)?;
+        if saved.model_name != kind {
+            return Err(saved.error(format!("not a {kind} model")));
+        }
+        saved.check_params(known)?;
+        Ok(saved)
+    }
+
+    /// The registered batch, label and covariate fields.
+    pub fn fields(&self) -> Result<Fields> {
+        Ok(Fields {
+            batches: self.categories("batch")?,
+            labels: self.categories("labels")?,
+            covariates: self.covariate_categories()?,
+            continuous: self.continuous_covariates(),
+        })
+    }
+
     /// The extra continuous covariates' names.
     pub fn continuous_covariates(&self) -> Vec<String> {
         self.field_state("extra_continuous_covs")
@@ -305,6 +326,60 @@ impl SavedByScviTools {
             Some(Value::Str(s)) => json!(s),
             Some(v @ (Value::List(_) | Value::Tuple(_))) => json!(strings(v).unwrap_or_default()),
             _ => Json::Null,
+        }
+    }
+}
+
+/// The categorical and continuous fields of a registry, as every model kind registers them.
+pub struct Fields {
+    pub batches: Vec<String>,
+    pub labels: Vec<String>,
+    /// (key, categories) of the extra categorical covariates, in registration order.
+    pub covariates: Vec<(String, Vec<String>)>,
+    pub continuous: Vec<String>,
+}
+
+impl Fields {
+    /// Categories per covariate, as the config counts them.
+    pub fn n_cats_per_cov(&self) -> Vec<usize> {
+        self.covariates.iter().map(|(_, c)| c.len()).collect()
+    }
+
+    /// The registry entries every kind shares, in the front end's form (`setup_args` holds
+    /// the keys; each kind adds its own).
+    pub fn registry(&self, saved: &SavedByScviTools) -> serde_json::Map<String, Json> {
+        let or_null = |keys: Vec<&String>| {
+            if keys.is_empty() {
+                Json::Null
+            } else {
+                json!(keys)
+            }
+        };
+        let setup = json!({
+            "batch_key": saved.setup_arg("batch_key"),
+            "labels_key": saved.setup_arg("labels_key"),
+            "size_factor_key": saved.setup_arg("size_factor_key"),
+            "categorical_covariate_keys": or_null(self.covariates.iter().map(|(k, _)| k).collect()),
+            "continuous_covariate_keys": or_null(self.continuous.iter().collect()),
+        });
+        let entries = json!({
+            "setup_args": setup,
+            "batch_categories": self.batches,
+            "label_categories": self.labels,
+            "categorical_covariate_categories": self
+                .covariates
+                .iter()
+                .map(|(k, c)| (k.clone(), json!(c)))
+                .collect::<serde_json::Map<_, _>>(),
+            "continuous_covariate_keys": self.continuous,
+            "n_batch": self.batches.len(),
+            "n_labels": self.labels.len(),
+            "n_cells": saved.n_cells(),
+            "scvi_tools_version": saved.scvi_version,
+        });
+        match entries {
+            Json::Object(m) => m,
+            _ => serde_json::Map::new(),
         }
     }
 }

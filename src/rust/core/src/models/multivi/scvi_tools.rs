@@ -60,11 +60,7 @@ fn torch_name(config: &MultiviConfig, path: &str, linear_weight: bool) -> Option
 impl Model<MultiviKind> {
     /// The MULTIVI model scvi-tools saved in `dir`.
     pub fn from_scvi_tools(dir: &Path) -> Result<Self> {
-        let saved = SavedByScviTools::read(dir)?;
-        if saved.model_name != MultiviKind::NAME {
-            return Err(saved.error("not a MULTIVI model"));
-        }
-        saved.check_params(KNOWN)?;
+        let saved = SavedByScviTools::read_kind(dir, MultiviKind::NAME, KNOWN)?;
         if saved.param_str("dispersion", "gene")? != "gene" {
             return Err(saved.error("only dispersion = \"gene\" MULTIVI models can be read"));
         }
@@ -78,10 +74,7 @@ impl Model<MultiviKind> {
         }
         let n_genes = saved.param_usize("n_genes", 0)?;
         let n_regions = saved.param_usize("n_regions", 0)?;
-        let batches = saved.categories("batch")?;
-        let labels = saved.categories("labels")?;
-        let covariates = saved.covariate_categories()?;
-        let continuous = saved.continuous_covariates();
+        let fields = saved.fields()?;
         let n_hidden = match saved.param_usize("n_hidden", 0)? {
             0 => super::default_n_hidden(n_genes, n_regions),
             n => n,
@@ -95,9 +88,9 @@ impl Model<MultiviKind> {
             "n_regions": n_regions,
             "n_proteins": 0,
             "protein_dispersion": saved.param_str("protein_dispersion", "protein")?,
-            "n_batch": batches.len(),
-            "n_cats_per_cov": covariates.iter().map(|(_, c)| c.len()).collect::<Vec<_>>(),
-            "n_continuous_cov": continuous.len(),
+            "n_batch": fields.batches.len(),
+            "n_cats_per_cov": fields.n_cats_per_cov(),
+            "n_continuous_cov": fields.continuous.len(),
             "n_cells": saved.n_cells(),
             "n_hidden": n_hidden,
             "n_latent": n_latent,
@@ -171,9 +164,9 @@ impl Model<MultiviKind> {
                 regions.len()
             )));
         }
-        let cat_keys: Vec<&String> = covariates.iter().map(|(k, _)| k).collect();
         let n_cells = saved.n_cells();
-        let registry = json!({
+        let mut registry = fields.registry(&saved);
+        let own = json!({
             "model": MultiviKind::NAME,
             "gene_names": genes,
             "region_names": regions,
@@ -181,30 +174,22 @@ impl Model<MultiviKind> {
             "n_genes": n_genes,
             "n_regions": n_regions,
             "n_proteins": 0,
-            "setup_args": {
-                "layer": saved.layer_arg("rna_layer"),
-                "atac_layer": saved.layer_arg("atac_layer"),
-                "altexp": saved.modality_arg("atac_layer"),
-                "assay": null, "atac_assay": null, "protein": null, "protein_layer": null,
-                "batch_key": saved.setup_arg("batch_key"),
-                "labels_key": null,
-                "size_factor_key": saved.setup_arg("size_factor_key"),
-                "categorical_covariate_keys": if cat_keys.is_empty() { json!(null) } else { json!(cat_keys) },
-                "continuous_covariate_keys": if continuous.is_empty() { json!(null) } else { json!(continuous) },
-            },
-            "batch_categories": batches,
-            "label_categories": labels,
-            "categorical_covariate_categories": covariates
-                .iter()
-                .map(|(k, c)| (k.clone(), json!(c)))
-                .collect::<serde_json::Map<_, _>>(),
-            "continuous_covariate_keys": continuous,
-            "n_batch": batches.len(),
-            "n_labels": labels.len(),
-            "n_cells": n_cells,
             "modality_cells": {"paired": n_cells, "expression": 0, "accessibility": 0},
-            "scvi_tools_version": saved.scvi_version,
         });
+        if let serde_json::Value::Object(own) = own {
+            registry.extend(own);
+        }
+        if let Some(serde_json::Value::Object(setup)) = registry.get_mut("setup_args") {
+            setup.insert("layer".into(), saved.layer_arg("rna_layer"));
+            setup.insert("atac_layer".into(), saved.layer_arg("atac_layer"));
+            setup.insert("altexp".into(), saved.modality_arg("atac_layer"));
+            for key in ["assay", "atac_assay", "protein", "protein_layer"] {
+                setup.insert(key.into(), serde_json::Value::Null);
+            }
+            // MULTIVI has no labels field in the front end
+            setup.insert("labels_key".into(), serde_json::Value::Null);
+        }
+        let registry = serde_json::Value::Object(registry);
         let mut model = Model::from_module(module, registry, MultiviExtra::default());
         model.state = saved.state;
         Ok(model)

@@ -72,28 +72,21 @@ fn torch_name(config: &ScviConfig, path: &str, linear_weight: bool) -> Option<To
 impl Model<ScviKind> {
     /// The SCVI model scvi-tools saved in `dir`.
     pub fn from_scvi_tools(dir: &Path) -> Result<Self> {
-        let saved = SavedByScviTools::read(dir)?;
-        if saved.model_name != ScviKind::NAME {
-            return Err(saved.error("not an SCVI model"));
-        }
-        saved.check_params(KNOWN)?;
+        let saved = SavedByScviTools::read_kind(dir, ScviKind::NAME, KNOWN)?;
         if saved.param("var_activation").is_some() {
             return Err(saved.error(
                 "the model was built with a custom `var_activation`, which rscvi cannot reproduce",
             ));
         }
-        let batches = saved.categories("batch")?;
-        let labels = saved.categories("labels")?;
-        let covariates = saved.covariate_categories()?;
-        let continuous = saved.continuous_covariates();
+        let fields = saved.fields()?;
         let use_size_factor = saved.field_state("size_factor").is_some()
             || !saved.setup_arg("size_factor_key").is_null();
         let config: ScviConfig = serde_json::from_value(json!({
             "n_input": saved.var_names.len(),
-            "n_batch": batches.len(),
-            "n_labels": labels.len(),
-            "n_cats_per_cov": covariates.iter().map(|(_, c)| c.len()).collect::<Vec<_>>(),
-            "n_continuous_cov": continuous.len(),
+            "n_batch": fields.batches.len(),
+            "n_labels": fields.labels.len(),
+            "n_cats_per_cov": fields.n_cats_per_cov(),
+            "n_continuous_cov": fields.continuous.len(),
             "use_size_factor": use_size_factor,
             "n_hidden": saved.param_usize("n_hidden", 128)?,
             "n_latent": saved.param_usize("n_latent", 10)?,
@@ -129,31 +122,14 @@ impl Model<ScviKind> {
             },
         )
         .map_err(|e| saved.error(e))?;
-        let cat_keys: Vec<&String> = covariates.iter().map(|(k, _)| k).collect();
-        let registry = json!({
-            "model": ScviKind::NAME,
-            "gene_names": saved.var_names,
-            "setup_args": {
-                "layer": saved.layer_arg("layer"),
-                "assay": null,
-                "batch_key": saved.setup_arg("batch_key"),
-                "labels_key": saved.setup_arg("labels_key"),
-                "size_factor_key": saved.setup_arg("size_factor_key"),
-                "categorical_covariate_keys": if cat_keys.is_empty() { json!(null) } else { json!(cat_keys) },
-                "continuous_covariate_keys": if continuous.is_empty() { json!(null) } else { json!(continuous) },
-            },
-            "batch_categories": batches,
-            "label_categories": labels,
-            "categorical_covariate_categories": covariates
-                .iter()
-                .map(|(k, c)| (k.clone(), json!(c)))
-                .collect::<serde_json::Map<_, _>>(),
-            "continuous_covariate_keys": continuous,
-            "n_batch": batches.len(),
-            "n_labels": labels.len(),
-            "n_cells": saved.n_cells(),
-            "scvi_tools_version": saved.scvi_version,
-        });
+        let mut registry = fields.registry(&saved);
+        registry.insert("model".into(), json!(ScviKind::NAME));
+        registry.insert("gene_names".into(), json!(saved.var_names));
+        if let Some(serde_json::Value::Object(setup)) = registry.get_mut("setup_args") {
+            setup.insert("layer".into(), saved.layer_arg("layer"));
+            setup.insert("assay".into(), serde_json::Value::Null);
+        }
+        let registry = serde_json::Value::Object(registry);
         let mut model = Model::from_module(module, registry, ScviExtra::default());
         model.state = saved.state;
         Ok(model)
