@@ -997,14 +997,9 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
             path.display()
         )));
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.rscvi-tmp"));
     hdf5::silence_errors(true);
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| bad(path, format!("cannot create ({e})")))?;
+    super::write_beside(path, |tmp| {
+        let file = File::create(tmp).map_err(|e| bad(path, format!("cannot create ({e})")))?;
         set_encoding(&file, "anndata", "0.1.0", path)?;
         write_matrix(&file, "X", &a.x, path)?;
         write_frame(&file, "obs", &a.obs, path)?;
@@ -1028,15 +1023,7 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
             dict_group(&file, g, path)?;
         }
         file.close().map_err(h5err(path, "the file"))
-    })();
-    match result {
-        Ok(()) => std::fs::rename(&tmp, path)
-            .map_err(|e| Error::File(format!("cannot move the file into {}: {e}", path.display()))),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    })
 }
 
 /// Adds elements to an existing `.h5ad` file: `obsm` embeddings (cells x dims, column-major)

@@ -25,6 +25,25 @@ pub const FORMAT_VERSION: u32 = 2;
 const WEIGHTS_FILE: &str = "model.mpk";
 const META_FILE: &str = "model.json";
 
+/// Writes `path` through a temporary file beside it, moved into place when `write` succeeds
+/// and removed when it fails: a failure leaves no half-written file and an existing one
+/// untouched.
+pub(crate) fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.rscvi-tmp"));
+    match write(&tmp) {
+        Ok(()) => std::fs::rename(&tmp, path)
+            .map_err(|e| Error::File(format!("cannot move the file into {}: {e}", path.display()))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Moves a module between backends through Burn's byte recorder: the record of `m` is
 /// loaded over `blank`, a module of the same architecture on the target backend.
 pub fn transfer<A: Backend, Z: Backend, MA: Module<A>, MZ: Module<Z>>(

@@ -405,43 +405,39 @@ pub fn state_dict_of<B: Backend, M: Module<B>>(
     c.out
 }
 
-/// Writes a torch archive to `path` (through a temporary file beside it, so a failure
-/// leaves nothing half-written): the pickle of `root`, whose [`Value::Tensor`]s name
-/// their storages by key, and the storages `storages` (key, raw little-endian bytes).
+/// Writes a torch archive to `path` (through [`super::write_beside`]: a failure leaves
+/// nothing half-written): the pickle of `root`, whose [`Value::Tensor`]s name their storages
+/// by key, and the storages `storages` (key, raw little-endian bytes).
 pub fn write_checkpoint(path: &Path, root: &Value, storages: &[(String, Vec<u8>)]) -> Result<()> {
     use std::io::Write;
     use zip::write::SimpleFileOptions;
     let shown = path.display().to_string();
     let err = |e: &dyn std::fmt::Display| Error::Io(format!("cannot write {shown}: {e}"));
     let pkl = pickle::write(root)?;
-    let tmp = path.with_extension("pt.partial");
-    let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
-    let mut zip = zip::ZipWriter::new(file);
-    // torch reads storages from 64-byte aligned offsets when it maps the file
-    let options = SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .with_alignment(64);
-    let mut entries: Vec<(String, &[u8])> = vec![
-        ("model/data.pkl".into(), &pkl),
-        ("model/byteorder".into(), b"little"),
-    ];
-    entries.extend(
-        storages
-            .iter()
-            .map(|(k, b)| (format!("model/data/{k}"), b.as_slice())),
-    );
-    entries.push(("model/version".into(), b"3\n"));
-    let written = entries.iter().try_for_each(|(name, bytes)| {
-        zip.start_file(name.as_str(), options)
-            .map_err(|e| err(&e))?;
-        zip.write_all(bytes).map_err(|e| err(&e))
-    });
-    let finished = written.and_then(|_| zip.finish().map(drop).map_err(|e| err(&e)));
-    if let Err(e) = finished.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| err(&e))) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
+    super::write_beside(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| err(&e))?;
+        let mut zip = zip::ZipWriter::new(file);
+        // torch reads storages from 64-byte aligned offsets when it maps the file
+        let options = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .with_alignment(64);
+        let mut entries: Vec<(String, &[u8])> = vec![
+            ("model/data.pkl".into(), &pkl),
+            ("model/byteorder".into(), b"little"),
+        ];
+        entries.extend(
+            storages
+                .iter()
+                .map(|(k, b)| (format!("model/data/{k}"), b.as_slice())),
+        );
+        entries.push(("model/version".into(), b"3\n"));
+        for (name, bytes) in &entries {
+            zip.start_file(name.as_str(), options)
+                .map_err(|e| err(&e))?;
+            zip.write_all(bytes).map_err(|e| err(&e))?;
+        }
+        zip.finish().map(drop).map_err(|e| err(&e))
+    })
 }
 
 /// A state dict as the checkpoint's value and its storages: every tensor its own f32
