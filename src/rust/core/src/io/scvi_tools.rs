@@ -183,40 +183,41 @@ impl SavedByScviTools {
         }
     }
 
-    pub fn param_usize(&self, key: &str, default: usize) -> Result<usize> {
+    /// The constructor argument `key` read by `read` (None: not of the type `what`), or
+    /// `default` when the model was not given it.
+    fn param_as<T>(
+        &self,
+        key: &str,
+        default: T,
+        what: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<T> {
         match self.param(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_i64()
-                .and_then(|i| usize::try_from(i).ok())
-                .ok_or_else(|| self.error(format!("`{key}` is {}, not a count", v.kind()))),
+            Some(v) => {
+                read(v).ok_or_else(|| self.error(format!("`{key}` is {}, not {what}", v.kind())))
+            }
         }
+    }
+
+    pub fn param_usize(&self, key: &str, default: usize) -> Result<usize> {
+        self.param_as(key, default, "a count", |v| {
+            v.as_i64().and_then(|i| usize::try_from(i).ok())
+        })
     }
 
     pub fn param_f64(&self, key: &str, default: f64) -> Result<f64> {
-        match self.param(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.error(format!("`{key}` is {}, not a number", v.kind()))),
-        }
+        self.param_as(key, default, "a number", Value::as_f64)
     }
 
     pub fn param_bool(&self, key: &str, default: bool) -> Result<bool> {
-        match self.param(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.error(format!("`{key}` is {}, not a boolean", v.kind()))),
-        }
+        self.param_as(key, default, "a boolean", Value::as_bool)
     }
 
     pub fn param_str(&self, key: &str, default: &str) -> Result<String> {
-        match self.param(key) {
-            None => Ok(default.to_string()),
-            Some(Value::Str(s)) => Ok(s.clone()),
-            Some(v) => Err(self.error(format!("`{key}` is {}, not a string", v.kind()))),
-        }
+        self.param_as(key, default.to_string(), "a string", |v| {
+            v.as_str().map(str::to_string)
+        })
     }
 
     /// `state_registry` of the registered field `field`.

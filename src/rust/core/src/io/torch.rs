@@ -264,6 +264,16 @@ pub fn nn_torch_name(path: &str, linear_weight: bool) -> TorchName {
     }
 }
 
+/// The dotted Burn path of a parameter from the (name, container type) of the modules a
+/// visitor entered, and whether the parameter is a Linear's weight.
+fn burn_path(entered: &[(String, String)]) -> (String, bool) {
+    let names: Vec<&str> = entered.iter().map(|(n, _)| n.as_str()).collect();
+    let linear_weight = entered
+        .last()
+        .is_some_and(|(n, c)| n == "weight" && c == "Struct:Linear");
+    (names.join("."), linear_weight)
+}
+
 /// Loads the torch tensors `tensors` into `module`: each parameter's path is translated by
 /// `name_of(path, is_linear_weight)` (None: the parameter has no torch counterpart and keeps
 /// its value). Every translated name must exist with the parameter's shape; every tensor of
@@ -290,12 +300,7 @@ pub fn load_state_dict<B: Backend, M: Module<B>>(
             self.path.pop();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let path: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
-            let path = path.join(".");
-            let linear_weight = self
-                .path
-                .last()
-                .is_some_and(|(n, c)| n == "weight" && c == "Struct:Linear");
+            let (path, linear_weight) = burn_path(&self.path);
             let Some(torch) = (self.name_of)(&path, linear_weight) else {
                 return param;
             };
@@ -379,12 +384,8 @@ pub fn state_dict_of<B: Backend, M: Module<B>>(
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let path: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
-            let linear_weight = self
-                .path
-                .last()
-                .is_some_and(|(n, c)| n == "weight" && c == "Struct:Linear");
-            let Some(torch) = (self.name_of)(&path.join("."), linear_weight) else {
+            let (path, linear_weight) = burn_path(&self.path);
+            let Some(torch) = (self.name_of)(&path, linear_weight) else {
                 return;
             };
             let mut value = param.val();

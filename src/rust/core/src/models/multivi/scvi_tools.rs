@@ -60,7 +60,7 @@ fn torch_name(config: &MultiviConfig, path: &str, linear_weight: bool) -> Option
 impl Model<MultiviKind> {
     /// The MULTIVI model scvi-tools saved in `dir`.
     pub fn from_scvi_tools(dir: &Path) -> Result<Self> {
-        let saved = SavedByScviTools::read_kind(dir, MultiviKind::NAME, KNOWN)?;
+        let mut saved = SavedByScviTools::read_kind(dir, MultiviKind::NAME, KNOWN)?;
         if saved.param_str("dispersion", "gene")? != "gene" {
             return Err(saved.error("only dispersion = \"gene\" MULTIVI models can be read"));
         }
@@ -113,8 +113,7 @@ impl Model<MultiviKind> {
         let blank = MultiviKind::blank::<crate::backend::Cpu>(&config, &Default::default())?;
         // scvi-tools keeps a mixing logit for proteins whether or not there are any; without
         // proteins it is masked out of the mixing, so rscvi keeps the RNA and ATAC ones
-        let mut tensors = saved.tensors.clone();
-        if let Some(w) = tensors.get_mut("mod_weights") {
+        if let Some(w) = saved.tensors.get_mut("mod_weights") {
             if w.shape.last() == Some(&3) {
                 w.values = w
                     .values
@@ -128,7 +127,7 @@ impl Model<MultiviKind> {
         }
         let module = load_state_dict(
             blank,
-            &tensors,
+            &saved.tensors,
             |p, lw| torch_name(&config, p, lw),
             |name| {
                 // scvi-tools allocates these whatever the data: an unused dispersion head,
