@@ -105,6 +105,13 @@ fn rs_read_h5ad(path: &str, layers: bool) -> Result<Robj> {
     r_anndata(guarded(|| h5::read_h5ad(Path::new(path), layers))?)
 }
 
+/// `obs` and `var` of an `.h5ad` file, its matrices left in the file.
+#[extendr]
+fn rs_read_h5ad_frames(path: &str) -> Result<Robj> {
+    let (obs, var) = guarded(|| h5::read_h5ad_frames(Path::new(path)))?;
+    Ok(list!(obs = r_frame(obs)?, var = r_frame(var)?).into())
+}
+
 #[extendr]
 fn rs_read_h5mu(path: &str, layers: bool) -> Result<Robj> {
     let mu = guarded(|| h5::read_h5mu(Path::new(path), layers))?;
@@ -268,6 +275,7 @@ extendr_module! {
     mod io;
     fn rs_read_h5ad;
     fn rs_read_h5mu;
+    fn rs_read_h5ad_frames;
     fn rs_read_10x_h5;
     fn rs_write_h5ad;
     fn rs_h5ad_names;

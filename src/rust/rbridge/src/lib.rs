@@ -19,6 +19,7 @@ use rscvi_core::data::{
     check_counts_memory, count_summary, Categorical, CountBlock, CsrMatrix, DataSet, Indices,
     SharedIndices,
 };
+use rscvi_core::io::h5;
 use rscvi_core::metrics;
 
 mod gimvi;
@@ -247,6 +248,70 @@ fn block_counts(blocks: List) -> Result<CsrMatrix> {
     })
 }
 
+/// The per-cell fields the R layer registered (codes, covariates, size factors), for
+/// `n_cells` cells.
+struct CellFields {
+    batch: Categorical,
+    labels: Categorical,
+    cats: Vec<Categorical>,
+    conts: Vec<Vec<f32>>,
+    size_factors: Vec<Vec<f32>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cell_fields(
+    n_cells: usize,
+    batch: Robj,
+    n_batch: i32,
+    labels: Robj,
+    n_labels: i32,
+    cat_covs: Robj,
+    cat_sizes: Robj,
+    cont_covs: Robj,
+    size_factor: Robj,
+) -> Result<CellFields> {
+    let cat_codes = ints(&cat_covs, "cat_covs")?;
+    let cat_sizes = ints(&cat_sizes, "cat_sizes")?;
+    if cat_codes.len() != cat_sizes.len() * n_cells {
+        return Err(other(
+            "internal: categorical covariates do not match the cells",
+        ));
+    }
+    let cats = cat_sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &size)| Categorical {
+            codes: cat_codes[k * n_cells..(k + 1) * n_cells]
+                .iter()
+                .map(|&c| c.max(0) as u32)
+                .collect(),
+            n_categories: size.max(0) as usize,
+        })
+        .collect();
+    // Columns of n_cells values each (NULL: none).
+    let columns = |v: Vec<f64>| -> Vec<Vec<f32>> {
+        if n_cells == 0 {
+            return vec![];
+        }
+        v.chunks(n_cells)
+            .map(|c| c.iter().map(|&v| v as f32).collect())
+            .collect()
+    };
+    let conts = columns(reals(&cont_covs, "cont_covs")?);
+    let size_factors = if size_factor.is_null() {
+        vec![]
+    } else {
+        columns(reals(&size_factor, "size_factor")?)
+    };
+    Ok(CellFields {
+        batch: codes(&batch, n_batch, "batch")?,
+        labels: codes(&labels, n_labels, "labels")?,
+        cats,
+        conts,
+        size_factors,
+    })
+}
+
 /// Counts (dgCMatrix slots of genes x cells blocks = CSR of cells x genes) and covariates.
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -262,42 +327,59 @@ fn rs_dataset_new(
     size_factor: Robj,
 ) -> Result<Robj> {
     let counts = block_counts(blocks)?;
-    let n_cells = counts.n_rows;
-    let cat_codes = ints(&cat_covs, "cat_covs")?;
-    let cat_sizes = ints(&cat_sizes, "cat_sizes")?;
-    let cats = cat_sizes
-        .iter()
-        .enumerate()
-        .map(|(k, &size)| Categorical {
-            codes: cat_codes[k * n_cells..(k + 1) * n_cells]
-                .iter()
-                .map(|&c| c.max(0) as u32)
-                .collect(),
-            n_categories: size.max(0) as usize,
-        })
-        .collect();
-    let cont = reals(&cont_covs, "cont_covs")?;
-    let conts = if n_cells == 0 {
-        vec![]
-    } else {
-        cont.chunks(n_cells)
-            .map(|c| c.iter().map(|&v| v as f32).collect())
-            .collect()
-    };
-    // Columns of n_cells values each (NULL: none).
-    let sf: Vec<Vec<f32>> = if size_factor.is_null() || n_cells == 0 {
-        vec![]
-    } else {
-        reals(&size_factor, "size_factor")?
-            .chunks(n_cells)
-            .map(|c| c.iter().map(|&v| v as f32).collect())
-            .collect()
-    };
-    let batch = codes(&batch, n_batch, "batch")?;
-    let labels = codes(&labels, n_labels, "labels")?;
+    let f = cell_fields(
+        counts.n_rows,
+        batch,
+        n_batch,
+        labels,
+        n_labels,
+        cat_covs,
+        cat_sizes,
+        cont_covs,
+        size_factor,
+    )?;
     let ds = guarded(|| {
         crate::progress::name_query("setting up the data:");
-        DataSet::new(counts, batch, labels, cats, conts, sf)
+        DataSet::new(counts, f.batch, f.labels, f.cats, f.conts, f.size_factors)
+    })?;
+    Ok(ExternalPtr::new(ds).into())
+}
+
+/// A dataset whose counts stay in an `.h5ad` file (`X`, or the layer `layer` when not
+/// NULL), with the covariates the R layer registered from the file's `obs`.
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_dataset_from_h5ad(
+    path: &str,
+    layer: Nullable<String>,
+    batch: Robj,
+    n_batch: i32,
+    labels: Robj,
+    n_labels: i32,
+    cat_covs: Robj,
+    cat_sizes: Robj,
+    cont_covs: Robj,
+    size_factor: Robj,
+) -> Result<Robj> {
+    let layer = match layer {
+        Nullable::NotNull(l) => Some(l),
+        Nullable::Null => None,
+    };
+    let (file, cells, _) = guarded(|| h5::open_h5ad_counts(Path::new(path), layer.as_deref()))?;
+    let f = cell_fields(
+        cells.len(),
+        batch,
+        n_batch,
+        labels,
+        n_labels,
+        cat_covs,
+        cat_sizes,
+        cont_covs,
+        size_factor,
+    )?;
+    let ds = guarded(|| {
+        crate::progress::name_query("reading the counts:");
+        DataSet::from_file(file, f.batch, f.labels, f.cats, f.conts, f.size_factors)
     })?;
     Ok(ExternalPtr::new(ds).into())
 }
@@ -399,6 +481,7 @@ extendr_module! {
     use multivi;
     use splicevi;
     fn rs_dataset_new;
+    fn rs_dataset_from_h5ad;
     fn rs_count_summary;
     fn rs_knn_purity;
     fn rs_batch_mixing;

@@ -3,6 +3,7 @@
 //! minibatch is densified.
 
 pub mod batch;
+pub mod file;
 pub mod junctions;
 pub mod mt;
 pub mod resident;
@@ -10,6 +11,7 @@ pub mod resident;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::data::file::FileCounts;
 use crate::data::mt::numpy_permutation;
 use crate::error::{invalid_arg, Error, Result};
 
@@ -286,6 +288,65 @@ pub struct DataSet {
     pub log_factorial: Vec<f32>,
     /// Set in a minified dataset, whose counts are dropped: the model reads z from it.
     pub latent_posterior: Option<LatentPosterior>,
+    /// Set when the counts stay in a file (`counts` then holds no rows): minibatches read
+    /// them through it.
+    #[serde(skip)]
+    pub file: Option<Arc<FileCounts>>,
+}
+
+/// Checks the per-cell fields of `n` cells.
+fn check_fields(
+    n: usize,
+    batch: &Categorical,
+    labels: &Categorical,
+    categorical_covariates: &[Categorical],
+    continuous_covariates: &[Vec<f32>],
+    size_factors: &[Vec<f32>],
+) -> Result<()> {
+    batch.validate("batch", n)?;
+    labels.validate("labels", n)?;
+    for (k, c) in categorical_covariates.iter().enumerate() {
+        c.validate(&format!("categorical covariate {}", k + 1), n)?;
+    }
+    for (k, c) in continuous_covariates.iter().enumerate() {
+        if c.len() != n || c.iter().any(|v| !v.is_finite()) {
+            return Err(invalid_arg(
+                &format!("continuous covariate {}", k + 1),
+                format!("must hold {n} finite values"),
+            ));
+        }
+    }
+    for sf in size_factors {
+        if sf.len() != n || sf.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+            return Err(invalid_arg(
+                "size_factor",
+                format!("must hold {n} finite positive values"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A cell's log library size and the sum of log(x!) over its counts; an empty cell is an
+/// error (its log library would be -inf).
+fn cell_constants(cell: usize, values: &[f32]) -> Result<(f32, f32)> {
+    let total: f64 = values.iter().map(|&v| v as f64).sum();
+    if total <= 0.0 {
+        return Err(Error::InvalidData(format!(
+            "cell {} has no counts; remove empty cells first",
+            cell + 1
+        )));
+    }
+    let log_factorial = values.iter().map(|&v| ln_factorial(v as f64)).sum::<f64>();
+    Ok((total.ln() as f32, log_factorial as f32))
+}
+
+fn bad_count(v: f32) -> Option<Error> {
+    (!v.is_finite() || v < 0.0 || v.fract() != 0.0).then(|| {
+        Error::InvalidData(format!(
+            "counts must be finite non-negative integers, found {v}"
+        ))
+    })
 }
 
 impl DataSet {
@@ -304,36 +365,17 @@ impl DataSet {
         if counts.n_cols == 0 {
             return Err(Error::InvalidData("the data have zero genes".into()));
         }
-        if let Some(v) = counts
-            .values
-            .iter()
-            .find(|v| !v.is_finite() || **v < 0.0 || v.fract() != 0.0)
-        {
-            return Err(Error::InvalidData(format!(
-                "counts must be finite non-negative integers, found {v}"
-            )));
+        if let Some(e) = counts.values.iter().find_map(|&v| bad_count(v)) {
+            return Err(e);
         }
-        batch.validate("batch", n)?;
-        labels.validate("labels", n)?;
-        for (k, c) in categorical_covariates.iter().enumerate() {
-            c.validate(&format!("categorical covariate {}", k + 1), n)?;
-        }
-        for (k, c) in continuous_covariates.iter().enumerate() {
-            if c.len() != n || c.iter().any(|v| !v.is_finite()) {
-                return Err(invalid_arg(
-                    &format!("continuous covariate {}", k + 1),
-                    format!("must hold {n} finite values"),
-                ));
-            }
-        }
-        for sf in &size_factors {
-            if sf.len() != n || sf.iter().any(|v| !v.is_finite() || *v <= 0.0) {
-                return Err(invalid_arg(
-                    "size_factor",
-                    format!("must hold {n} finite positive values"),
-                ));
-            }
-        }
+        check_fields(
+            n,
+            &batch,
+            &labels,
+            &categorical_covariates,
+            &continuous_covariates,
+            &size_factors,
+        )?;
         // One pass over the cells, polling for Ctrl-C and reporting progress (an atlas
         // takes seconds).
         let (mut log_library, mut log_factorial) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -341,16 +383,9 @@ impl DataSet {
             if i % 65_536 == 0 {
                 crate::interrupt::step(i, n)?;
             }
-            let values = counts.row(i).1;
-            let total: f64 = values.iter().map(|&v| v as f64).sum();
-            if total <= 0.0 {
-                return Err(Error::InvalidData(format!(
-                    "cell {} has no counts; remove empty cells first",
-                    i + 1
-                )));
-            }
-            log_library.push(total.ln() as f32);
-            log_factorial.push(values.iter().map(|&v| ln_factorial(v as f64)).sum::<f64>() as f32);
+            let (l, f) = cell_constants(i, counts.row(i).1)?;
+            log_library.push(l);
+            log_factorial.push(f);
         }
         Ok(Self {
             counts,
@@ -362,7 +397,95 @@ impl DataSet {
             log_library,
             log_factorial,
             latent_posterior: None,
+            file: None,
         })
+    }
+
+    /// A dataset whose counts stay in `file`: one streaming pass checks the counts and
+    /// computes each cell's library size and likelihood constant; minibatches read their
+    /// rows from the file.
+    pub fn from_file(
+        file: FileCounts,
+        batch: Categorical,
+        labels: Categorical,
+        categorical_covariates: Vec<Categorical>,
+        continuous_covariates: Vec<Vec<f32>>,
+        size_factors: Vec<Vec<f32>>,
+    ) -> Result<Self> {
+        let (n, g) = (file.n_rows(), file.n_cols());
+        if n == 0 || g == 0 {
+            return Err(Error::InvalidData(format!(
+                "{} has {n} cells and {g} genes",
+                file.describe()
+            )));
+        }
+        check_fields(
+            n,
+            &batch,
+            &labels,
+            &categorical_covariates,
+            &continuous_covariates,
+            &size_factors,
+        )?;
+        let (mut log_library, mut log_factorial) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        file.scan(|c, _, values| {
+            if let Some(e) = values.iter().find_map(|&v| bad_count(v)) {
+                return Err(e);
+            }
+            let (l, f) = cell_constants(c, values)?;
+            log_library.push(l);
+            log_factorial.push(f);
+            Ok(())
+        })?;
+        Ok(Self {
+            counts: CsrMatrix {
+                n_rows: n,
+                n_cols: g,
+                indptr: vec![0; n + 1],
+                indices: Vec::new().into(),
+                values: vec![],
+            },
+            batch,
+            labels,
+            categorical_covariates,
+            continuous_covariates,
+            size_factors,
+            log_library,
+            log_factorial,
+            latent_posterior: None,
+            file: Some(Arc::new(file)),
+        })
+    }
+
+    /// Readies the rows of `cells` for a minibatch: a read when the counts are in a file
+    /// (so that its errors are returned here), nothing when they are in memory.
+    pub fn load(&self, cells: &[usize]) -> Result<()> {
+        self.file.as_ref().map_or(Ok(()), |f| f.load(cells))
+    }
+
+    /// Calls `f(position in cells, column indices, values)` for each of `cells`, from
+    /// memory or from the file a chunk at a time.
+    pub fn for_rows(
+        &self,
+        cells: &[usize],
+        mut f: impl FnMut(usize, &[u32], &[f32]),
+    ) -> Result<()> {
+        match &self.file {
+            None => {
+                for (r, &c) in cells.iter().enumerate() {
+                    let (idx, val) = self.counts.row(c);
+                    f(r, idx, val);
+                }
+                Ok(())
+            }
+            Some(file) => {
+                for (k, chunk) in cells.chunks(4096).enumerate() {
+                    file.load(chunk)?;
+                    file.gather(chunk, |r, idx, val| f(k * 4096 + r, idx, val))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// This dataset without its counts, holding each cell's latent posterior instead
@@ -386,6 +509,7 @@ impl DataSet {
             },
             log_factorial: vec![0.0; n],
             latent_posterior: Some(posterior),
+            file: None,
             ..self.clone()
         })
     }
@@ -676,14 +800,18 @@ impl DataSet {
         let g = self.n_genes();
         let mut x = vec![0f32; n * g];
         let mut x_log = vec![0f32; n * g];
-        for (r, &c) in cells.iter().enumerate() {
-            let (start, end) = (self.counts.indptr[c], self.counts.indptr[c + 1]);
-            for k in start..end {
-                let j = r * g + self.counts.indices[k] as usize;
-                let v = self.counts.values[k];
+        let read = self.for_rows(cells, |r, idx, val| {
+            for (&j, &v) in idx.iter().zip(val) {
+                let j = r * g + j as usize;
                 x[j] = v;
                 x_log[j] = log1p_count(v);
             }
+        });
+        if let Err(e) = read {
+            // Only file-backed counts fail here, and only for a caller that did not `load`
+            // the cells first (training and the shared queries do); the bridge turns the
+            // panic into an R error.
+            panic!("{e}");
         }
         let n_labels = self.labels.n_categories;
         let mut labels_onehot = vec![0f32; n * n_labels];

@@ -46,11 +46,14 @@ pub struct DeTable {
 
 /// Raw count statistics of a group over the `columns` of the head (scvi.md §9.7): mean,
 /// fraction nonzero, mean of counts per 10k of the cell's total over those columns.
-fn raw_stats(data: &DataSet, cells: &[usize], columns: &std::ops::Range<usize>) -> [Vec<f64>; 3] {
+fn raw_stats(
+    data: &DataSet,
+    cells: &[usize],
+    columns: &std::ops::Range<usize>,
+) -> Result<[Vec<f64>; 3]> {
     let g = columns.len();
     let (mut mean, mut nz, mut norm) = (vec![0.0; g], vec![0.0; g], vec![0.0; g]);
-    for &c in cells {
-        let (idx, val) = data.counts.row(c);
+    data.for_rows(cells, |_, idx, val| {
         let genes = || {
             idx.iter()
                 .zip(val)
@@ -63,9 +66,9 @@ fn raw_stats(data: &DataSet, cells: &[usize], columns: &std::ops::Range<usize>) 
             nz[j] += (v > 0.0) as u8 as f64;
             norm[j] += v as f64 * 1e4 / total;
         }
-    }
+    })?;
     let k = cells.len().max(1) as f64;
-    [mean, nz, norm].map(|v| v.into_iter().map(|x| x / k).collect())
+    Ok([mean, nz, norm].map(|v| v.into_iter().map(|x| x / k).collect()))
 }
 
 /// Both groups' draws of the head's normalised values, paired row by row (scvi.md §9.2–9.4):
@@ -156,8 +159,8 @@ pub fn differential_expression<B: Backend, M: ExpressionModule<B>>(
             n_genes: g,
         },
     );
-    let [mean1, nz1, norm1] = raw_stats(data, req.cells1, &columns);
-    let [mean2, nz2, norm2] = raw_stats(data, req.cells2, &columns);
+    let [mean1, nz1, norm1] = raw_stats(data, req.cells1, &columns)?;
+    let [mean2, nz2, norm2] = raw_stats(data, req.cells2, &columns)?;
     let mut columns: Vec<(String, Vec<f64>)> = Vec::new();
     let mut is_de = None;
     if req.change_mode {

@@ -91,6 +91,7 @@ pub fn normalized_expression<B: Backend, M: ExpressionModule<B>>(
     );
     for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
         crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
+        data.load(chunk)?;
         let mut acc: Option<Tensor<B, 2>> = None;
         for tb in &q.transform_batch {
             let b = M::expression_minibatch(model.config(), data, chunk, *tb, device);
@@ -208,6 +209,7 @@ pub fn scale_samples<B: Backend, M: ExpressionModule<B>>(
         if needed.is_empty() {
             continue;
         }
+        data.load(chunk)?;
         let b = M::expression_minibatch(model.config(), data, chunk, transform_batch, device);
         let pass = model.expression_pass(&b);
         for smp in needed {

@@ -116,6 +116,7 @@ pub fn posterior_latent<B: Backend, M: FamilyModule<B>>(
     let (mut out, mut mean, mut var) = (Vec::new(), Vec::new(), Vec::new());
     for (done, chunk) in q.cells.chunks(q.batch_size).enumerate() {
         crate::interrupt::step(done, q.cells.len().div_ceil(q.batch_size))?;
+        data.load(chunk)?;
         let b = M::minibatch(module.config(), q.dataset, data, chunk, device);
         let p = posterior(&b);
         let z = match (q.give_mean, module.latent_is_transformed()) {
@@ -172,6 +173,7 @@ pub fn elbo_terms<B: Backend, M: FamilyModule<B>>(
     };
     for (done, chunk) in cells.chunks(batch_size).enumerate() {
         crate::interrupt::step(done, cells.len().div_ceil(batch_size))?;
+        data.load(chunk)?;
         let b = M::minibatch(module.config(), dataset, data, chunk, device);
         for t in module.step_loss(&[b], 1.0, false).terms {
             out.reconstruction.extend(to_host(t.reconstruction));

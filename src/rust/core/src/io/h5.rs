@@ -8,6 +8,7 @@ use std::path::Path;
 use hdf5::types::{FixedAscii, FixedUnicode, IntSize, TypeDescriptor, VarLenAscii, VarLenUnicode};
 use hdf5::{Dataset, File, Group};
 
+use crate::data::file::{FileCounts, RowReader};
 use crate::error::{Error, Result};
 
 /// A features x cells matrix: compressed sparse columns (one column per cell) or dense,
@@ -610,6 +611,12 @@ fn matrix_dims(m: &FeatureMatrix) -> (usize, usize) {
     }
 }
 
+/// The `obs` and `var` data frames of an `.h5ad` file, without its matrices.
+pub fn read_h5ad_frames(path: &Path) -> Result<(Frame, Frame)> {
+    let file = open(path)?;
+    Ok((frame(&file, "obs", path)?, frame(&file, "var", path)?))
+}
+
 /// Reads an `.h5ad` file: X, `obs` and `var` as typed columns, the layers (when
 /// `with_layers`) and the 2-D `obsm` arrays.
 pub fn read_h5ad(path: &Path, with_layers: bool) -> Result<AnnData> {
@@ -774,6 +781,153 @@ pub fn read_10x_h5(path: &Path) -> Result<TenX> {
         feature_names: names,
         feature_types: types,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counts read from the file while training (out of core).
+
+/// The rows of a CSR cells x genes matrix of an `.h5ad` file, read on demand.
+struct H5adRows {
+    what: String,
+    data: Dataset,
+    indices: Dataset,
+    n_cols: usize,
+}
+
+/// `ds[range]` read in its stored type `S` and converted here.
+fn slice_as<S: hdf5::H5Type + Copy, T>(
+    ds: &Dataset,
+    range: std::ops::Range<usize>,
+    what: &str,
+    convert: impl Fn(S) -> T,
+) -> Result<Vec<T>> {
+    ds.read_slice_1d::<S, _>(range)
+        .map(|a| a.iter().map(|&x| convert(x)).collect())
+        .map_err(|e| Error::File(format!("{what}: reading {}: {e}", ds.name())))
+}
+
+impl RowReader for H5adRows {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+
+    fn read(&self, nnz: std::ops::Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
+        use hdf5::types::FloatSize;
+        let w = &self.what;
+        let values = match descriptor(&self.data) {
+            Some(TypeDescriptor::Float(FloatSize::U4)) => {
+                slice_as(&self.data, nnz.clone(), w, |x: f32| x)?
+            }
+            Some(TypeDescriptor::Float(FloatSize::U8)) => {
+                slice_as(&self.data, nnz.clone(), w, |x: f64| x as f32)?
+            }
+            Some(TypeDescriptor::Integer(_)) => {
+                slice_as(&self.data, nnz.clone(), w, |x: i64| x as f32)?
+            }
+            Some(TypeDescriptor::Unsigned(_)) => {
+                slice_as(&self.data, nnz.clone(), w, |x: u64| x as f32)?
+            }
+            other => {
+                return Err(Error::File(format!(
+                    "{w}: values of type {other:?} are not counts"
+                )))
+            }
+        };
+        let indices = match descriptor(&self.indices) {
+            Some(TypeDescriptor::Unsigned(_)) => {
+                slice_as(&self.indices, nnz, w, |x: u64| x as i64)?
+            }
+            _ => slice_as(&self.indices, nnz, w, |x: i64| x)?,
+        };
+        let n_cols = self.n_cols as i64;
+        if indices.iter().any(|&j| j < 0 || j >= n_cols) {
+            return Err(Error::File(format!("{w}: a gene index is out of range")));
+        }
+        Ok((indices.into_iter().map(|j| j as u32).collect(), values))
+    }
+}
+
+/// A count matrix of an `.h5ad` file (`X`, or the layer `layer`) left in the file, with the
+/// file's cell and gene names: what training from a file reads. The matrix must be stored
+/// CSR (cells as rows), as AnnData stores counts by default.
+pub fn open_h5ad_counts(
+    path: &Path,
+    layer: Option<&str>,
+) -> Result<(FileCounts, Vec<String>, Vec<String>)> {
+    let file = open(path)?;
+    let cells = frame_index(&file, "obs", path)?.2;
+    let genes = frame_index(&file, "var", path)?.2;
+    let name = layer.map_or_else(|| "X".to_string(), |l| format!("layers/{l}"));
+    let what = format!("{} ({name})", path.display());
+    let g = match file.group(&name) {
+        Ok(g) => g,
+        Err(_) if file.link_exists(&name) => {
+            return Err(bad(
+                path,
+                format!(
+                    "{name} is a dense matrix; training from the file reads sparse CSR counts \
+                     (read it into memory with read_h5ad() instead)"
+                ),
+            ))
+        }
+        Err(_) => return Err(bad(path, format!("has no matrix {name}"))),
+    };
+    let enc = encoding(&g).or_else(|| attr_string(&g, "h5sparse_format"));
+    match enc.as_deref() {
+        Some("csr_matrix") | Some("csr") => {}
+        Some("csc_matrix") | Some("csc") => {
+            return Err(bad(
+                path,
+                format!(
+                    "{name} is stored by genes (CSC); training from the file reads cells as rows \
+                     (CSR): rewrite it (in Python: adata.X = adata.X.tocsr()) or read it into \
+                     memory with read_h5ad()"
+                ),
+            ))
+        }
+        e => {
+            return Err(bad(
+                path,
+                format!("{name} is not an AnnData sparse matrix (encoding {e:?})"),
+            ))
+        }
+    }
+    let ds = |n: &str| {
+        g.dataset(n)
+            .map_err(|e| bad(path, format!("{name}/{n} is missing ({e})")))
+    };
+    let (data, indices, indptr) = (ds("data")?, ds("indices")?, ds("indptr")?);
+    for d in [&data, &indices, &indptr] {
+        check_filters(d, path)?;
+    }
+    let ptr = integers(&indptr, path)?;
+    let nnz = data.size();
+    let consistent = ptr.len() == cells.len() + 1
+        && ptr.first() == Some(&0)
+        && ptr.last().map(|&p| p as usize) == Some(nnz)
+        && indices.size() == nnz
+        && ptr.windows(2).all(|w| w[0] <= w[1]);
+    if !consistent {
+        return Err(bad(
+            path,
+            format!(
+                "{name} does not hold one row per cell of obs ({} cells) or its arrays disagree",
+                cells.len()
+            ),
+        ));
+    }
+    let reader = H5adRows {
+        what,
+        data,
+        indices,
+        n_cols: genes.len(),
+    };
+    let counts = FileCounts::new(
+        std::sync::Arc::new(reader),
+        ptr.into_iter().map(|p| p as usize).collect(),
+        genes.len(),
+    )?;
+    Ok((counts, cells, genes))
 }
 
 // ---------------------------------------------------------------------------------------------

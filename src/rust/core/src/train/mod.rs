@@ -45,7 +45,8 @@ fn add_terms<B: Backend>(sums: &mut Sums, terms: &[crate::family::Terms<B>]) -> 
 }
 
 /// Mean loss terms (eval mode) over the validation cells of every dataset, each minibatch
-/// with its own dataset's pass.
+/// with its own dataset's pass (None: a value was not finite). Counts in a file are read in
+/// file order (the mean does not depend on the order).
 fn evaluate<B: Backend, M: FamilyModule<B>>(
     module: &M,
     data: &[&DataSet],
@@ -53,17 +54,31 @@ fn evaluate<B: Backend, M: FamilyModule<B>>(
     batch_size: usize,
     kl_w: f64,
     device: &B::Device,
-) -> Option<(f64, f64, f64)> {
+) -> Result<Option<(f64, f64, f64)>> {
     let mut sums = Sums::default();
     for (i, split) in splits.iter().enumerate() {
-        for chunk in split.validation.chunks(batch_size) {
+        let mut cells = split.validation.clone();
+        if data[i].file.is_some() {
+            cells.sort_unstable();
+        }
+        for chunk in cells.chunks(batch_size) {
+            data[i].load(chunk)?;
             let b = M::minibatch(module.config(), i, data[i], chunk, device);
             if !add_terms(&mut sums, &module.step_loss(&[b], kl_w, false).terms) {
-                return None;
+                return Ok(None);
             }
         }
     }
-    Some(sums.means())
+    Ok(Some(sums.means()))
+}
+
+/// Frees the windows of counts read from files once training is over.
+fn release(data: &[&DataSet]) {
+    for d in data {
+        if let Some(f) = &d.file {
+            f.release();
+        }
+    }
 }
 
 /// Fits `module` on `data` (one set per dataset of the model). On a non-finite loss the
@@ -123,7 +138,9 @@ where
     let max_epochs = cfg.max_epochs.unwrap_or(plan.default_max_epochs);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1));
 
+    // Counts in a file stay there: no device copy of the whole dataset.
     let resident = resident_budget
+        .filter(|_| data.iter().all(|d| d.file.is_none()))
         .and_then(|max| K::Module::<B>::device_minibatches(&config, data, device, max));
     let minibatch = |i: usize, cells: &[usize]| match &resident {
         Some(gather) => gather(i, cells),
@@ -173,8 +190,16 @@ where
     for epoch in 0..max_epochs {
         let epoch_start = Instant::now();
         let kl_w = kl_weight(cfg, epoch, step);
-        for cells in train_cells.iter_mut() {
-            cells.shuffle(&mut rng);
+        for (i, cells) in train_cells.iter_mut().enumerate() {
+            match &data[i].file {
+                // Blocks of the file in random order, shuffled within a window of blocks.
+                Some(file) => {
+                    let (order, windows) = file.epoch_order(&splits[i].train, &mut rng);
+                    *cells = order;
+                    file.set_plan(windows);
+                }
+                None => cells.shuffle(&mut rng),
+            }
         }
         let mut sums = Sums::default();
         for cells in cyclic_schedule(&train_cells, cfg.batch_size) {
@@ -182,6 +207,14 @@ where
                 continue; // batch norm cannot use a single cell; the split rules avoid this
             }
             let kl_step = kl_weight(cfg, epoch, step);
+            if let Err(e) = cells
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, c)| data[i].load(c))
+            {
+                release(data);
+                return (last_good, Err(e));
+            }
             let batches: Vec<_> = cells
                 .iter()
                 .enumerate()
@@ -197,6 +230,7 @@ where
                     step / (1 + adversary.is_some() as usize) + 1
                 );
                 state.is_trained = state.is_trained || epoch > 0;
+                release(data);
                 return (last_good, Err(Error::NonFinite(msg)));
             }
             let classes = adversary
@@ -255,14 +289,13 @@ where
             && cfg.check_val_every_n_epoch > 0
             && ((epoch + 1) % cfg.check_val_every_n_epoch == 0 || epoch + 1 == max_epochs);
         if validate && !summary.interrupted {
-            record.set_validation(evaluate(
-                &last_good,
-                data,
-                &splits,
-                cfg.batch_size,
-                kl_w,
-                device,
-            ));
+            match evaluate(&last_good, data, &splits, cfg.batch_size, kl_w, device) {
+                Ok(v) => record.set_validation(v),
+                Err(e) => {
+                    release(data);
+                    return (last_good, Err(e));
+                }
+            }
         }
         record.lr = Some(lr.lr);
         lr.after_epoch(&record);
@@ -302,6 +335,7 @@ where
             }
         }
     }
+    release(data);
     summary.seconds = start.elapsed().as_secs_f64();
     state.is_trained = true;
     state.splits = splits;

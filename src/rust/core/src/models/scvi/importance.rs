@@ -145,6 +145,16 @@ pub fn log_weights<B: Backend>(
         return Err(invalid_arg("max_cells", "must be >= 1"));
     }
     data.require_counts("importance weights (weights = \"importance\")")?;
+    if let Some(f) = &data.file {
+        return Err(invalid_arg(
+            "weights",
+            format!(
+                "\"importance\" needs the counts in memory, but they are read from {}; use \
+                 weights = \"uniform\" or pass the data as `x`",
+                f.describe()
+            ),
+        ));
+    }
     let n = cells.len();
     let positions: Vec<usize> = if n > opts.max_cells {
         rand::seq::index::sample(rng, n, opts.max_cells).into_vec()
