@@ -280,6 +280,7 @@
 .as_count_input <- function(x, cells = NULL, layer = NULL, assay = NULL, arg = "x",
                             source_args = .source_args) {
   if (is.null(x)) .stop("`%s` is NULL; pass a genes x cells count matrix or a single-cell object", arg)
+  .refuse_file_name(x, arg)
   if (methods::is(x, "SummarizedExperiment") || methods::is(x, "Seurat")) {
     if (!is.null(cells)) {
       .stop(paste0("`cells` is only used with a matrix `%s`; for a %s the cell data come from ",
@@ -366,6 +367,54 @@
 
   list(counts = m, cell_data = cells, gene_names = gene_names, cell_names = cell_names,
        layer = layer, assay = assay)
+}
+
+.is_h5ad_path <- function(x) {
+  is.character(x) && length(x) == 1L && !is.na(x) && grepl("[.]h5ad$", x, ignore.case = TRUE)
+}
+
+# Where counts are read in memory, a file name gets a pointer to the reader, not a type error.
+.refuse_file_name <- function(x, arg) {
+  if (is.character(x) && length(x) == 1L && grepl("[.](h5ad|h5mu|h5)$", x, ignore.case = TRUE)) {
+    .stop(paste0("`%s` is a file name; only scvi() and SCVI's queries read counts from a ",
+                 "file: read it first with read_h5ad(), read_h5mu() or read_10x_h5()"), arg)
+  }
+}
+
+# An .h5ad file as count input: its obs and var names are read, its counts stay in the file
+# (`layer`: one of its layers, NULL for X) for the core to stream. Same result as
+# .as_count_input() with `counts` NULL and `file` = list(path, layer) instead.
+.h5ad_input <- function(path, cells = NULL, layer = NULL, assay = NULL, arg = "x",
+                        source_args = .source_args) {
+  if (!is.null(cells)) {
+    .stop("`cells` must be NULL when `%s` is an .h5ad file: the cell data come from its obs",
+          arg)
+  }
+  if (!is.null(assay)) {
+    .stop("`%s` only applies to a Seurat object; `%s` is an .h5ad file (use `%s` for a layer)",
+          source_args[["assay"]], arg, source_args[["layer"]])
+  }
+  if (!is.null(layer)) layer <- .check_scalar_string(layer, source_args[["layer"]])
+  if (!file.exists(path) || dir.exists(path)) {
+    .stop("`%s` names the file '%s', which does not exist", arg, path)
+  }
+  path <- normalizePath(path)
+  frames <- .rs(rs_read_h5ad_frames(path))
+  cell_names <- frames$obs$index
+  gene_names <- frames$var$index
+  if (anyDuplicated(cell_names)) {
+    .stop("`%s` has %d duplicated cell names in obs (e.g. %s); make them unique", arg,
+          sum(duplicated(cell_names)), .enum(unique(cell_names[duplicated(cell_names)]), 3L))
+  }
+  if (anyDuplicated(gene_names)) {
+    .warn("`%s` has %d duplicated gene names (e.g. %s); make them unique to apply a model to new data",
+          arg, sum(duplicated(gene_names)), .enum(unique(gene_names[duplicated(gene_names)]), 3L))
+  }
+  cells <- data.frame(.io_columns(frames$obs), check.names = FALSE)
+  if (ncol(cells) == 0L) cells <- data.frame(row.names = seq_along(cell_names))
+  rownames(cells) <- cell_names
+  list(counts = NULL, file = list(path = path, layer = layer), cell_data = cells,
+       gene_names = gene_names, cell_names = cell_names, layer = layer, assay = NULL)
 }
 
 # A cell without counts has log-library -Inf: the model cannot use it. `what` says which
@@ -555,13 +604,14 @@
     continuous_covariate_keys <- .registry_key(continuous_covariate_keys,
                                                sa$continuous_covariate_keys,
                                                "continuous_covariate_keys")
-    n_genes <- .count_rows(input$counts)
-    if (!is.list(input$counts)) {
+    in_memory <- !is.null(input$counts)
+    n_genes <- if (in_memory) .count_rows(input$counts)
+    if (in_memory && !is.list(input$counts)) {
       input$counts <- .model_rows(input$counts, registry$gene_names)
       input$gene_names <- rownames(input$counts)
     }
     .check_gene_names(input$gene_names, registry$gene_names)
-    if (.count_rows(input$counts) < n_genes) {
+    if (in_memory && .count_rows(input$counts) < n_genes) {
       .check_no_empty_cells(input$counts, "x", " in the model's genes")
     }
   }
@@ -617,7 +667,8 @@
     n_cells = n_cells
   )
   list(
-    counts = .count_slots(input$counts),
+    counts = if (is.null(input$file)) .count_slots(input$counts) else
+      c(input$file, list(n_genes = length(input$gene_names), n_cells = n_cells)),
     batch = batch$codes,
     labels = labels$codes,
     cat_covs = cat_covs,

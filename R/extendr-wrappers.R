@@ -8,6 +8,10 @@ NULL
 # Counts (dgCMatrix slots of genes x cells blocks = CSR of cells x genes) and covariates.
 rs_dataset_new <- function(blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
 
+# A dataset whose counts stay in an `.h5ad` file (`X`, or the layer `layer` when not
+# NULL), with the covariates the R layer registered from the file's `obs`.
+rs_dataset_from_h5ad <- function(path, layer, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_from_h5ad, path, layer, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
+
 # The values of a count matrix in one pass, without temporaries (`data::count_summary`).
 rs_count_summary <- function(x) .Call(wrap__rs_count_summary, x)
 
@@ -118,6 +122,9 @@ rs_gimvi_imputed_blend <- function(model, seq, spatial, deterministic, normalize
 rs_read_h5ad <- function(path, layers) .Call(wrap__rs_read_h5ad, path, layers)
 
 rs_read_h5mu <- function(path, layers) .Call(wrap__rs_read_h5mu, path, layers)
+
+# `obs` and `var` of an `.h5ad` file, its matrices left in the file.
+rs_read_h5ad_frames <- function(path) .Call(wrap__rs_read_h5ad_frames, path)
 
 rs_read_10x_h5 <- function(path) .Call(wrap__rs_read_10x_h5, path)
 

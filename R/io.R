@@ -12,8 +12,8 @@
 }
 
 # A data frame's columns as R vectors: factors keep their stored level order.
-.io_frame <- function(f) {
-  cols <- lapply(f$columns, function(col) {
+.io_columns <- function(f) {
+  lapply(f$columns, function(col) {
     switch(col$kind,
       text = { v <- col$values; v[col$na] <- NA_character_; v },
       factor = {
@@ -24,7 +24,10 @@
       },
       col$values)
   })
-  S4Vectors::DataFrame(cols, row.names = f$index, check.names = FALSE)
+}
+
+.io_frame <- function(f) {
+  S4Vectors::DataFrame(.io_columns(f), row.names = f$index, check.names = FALSE)
 }
 
 .check_readable_file <- function(path) {

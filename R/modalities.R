@@ -133,6 +133,7 @@
   arg <- src$arg
   m <- src$m
   feature <- sub("s$", "", unit)
+  .refuse_file_name(m, arg)
   if (!is.matrix(m) && !methods::is(m, "Matrix") && length(dim(m)) != 2L) {
     .stop(paste0("`%s` must be a SingleCellExperiment, a Seurat object, or a %s x cells ",
                  "count matrix (dgCMatrix, other Matrix, or base matrix), got %s"), arg,

@@ -133,7 +133,8 @@ load_query_data <- function(x_query, reference, cells = NULL, layer = NULL, assa
     layer <- like$layer
     assay <- like$assay
   }
-  input <- .input_from(x_query, cells = cells, layer = layer, assay = assay, arg = "x_query")
+  input <- .input_from(x_query, cells = cells, layer = layer, assay = assay, arg = "x_query",
+                       file_ok = TRUE)
   # new categories are appended after the reference's (scvi.md §1, extend_categories)
   f <- .register_fields(input, registry = reference$registry, extend_categories = TRUE)
   config <- reference$config

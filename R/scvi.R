@@ -59,9 +59,14 @@
 }
 
 # Accepted count inputs: what .as_count_input() takes, plus list(counts, cells) as returned
-# by rscvi_example_data().
+# by rscvi_example_data(), plus (`file_ok`: SCVI's training and queries) the path of an
+# .h5ad file whose counts stay in the file.
 .input_from <- function(x, cells = NULL, layer = NULL, assay = NULL, arg = "x",
-                        source_args = .source_args) {
+                        source_args = .source_args, file_ok = FALSE) {
+  if (file_ok && .is_h5ad_path(x)) {
+    return(.h5ad_input(x, cells = cells, layer = layer, assay = assay, arg = arg,
+                       source_args = source_args))
+  }
   if (is.list(x) && !is.data.frame(x) && !is.object(x) && "counts" %in% names(x)) {
     if (!is.null(cells)) {
       .stop("`cells` must be NULL when `%s` is a list with `counts` and `cells`", arg)
@@ -73,14 +78,18 @@
                   source_args = source_args)
 }
 
-# The core re-checks the data; its complaints are about `x`.
+# The core re-checks the data (a file's counts in one streaming pass); its complaints are
+# about `x`.
 .new_dataset <- function(f, arg = "x") {
-  tryCatch(rs_dataset_new(
-    f$counts$blocks, as.integer(f$batch), as.integer(f$registry$n_batch),
-    as.integer(f$labels), as.integer(f$registry$n_labels),
-    as.integer(f$cat_covs), as.integer(unname(f$cat_sizes)),
-    as.double(f$cont_covs), f$size_factor
-  ), error = function(e) .stop("`%s`: %s", arg, conditionMessage(e)))
+  fields <- list(as.integer(f$batch), as.integer(f$registry$n_batch),
+                 as.integer(f$labels), as.integer(f$registry$n_labels),
+                 as.integer(f$cat_covs), as.integer(unname(f$cat_sizes)),
+                 as.double(f$cont_covs), f$size_factor)
+  tryCatch(if (is.null(f$counts$path)) {
+    do.call(rs_dataset_new, c(list(f$counts$blocks), fields))
+  } else {
+    do.call(rs_dataset_from_h5ad, c(list(f$counts$path, f$counts$layer), fields))
+  }, error = function(e) .stop("`%s`: %s", arg, conditionMessage(e)))
 }
 
 .config_to_json <- function(config) {
@@ -95,6 +104,7 @@
 }
 
 .input_class <- function(x) {
+  if (.is_h5ad_path(x)) return("h5ad file")
   if (is.list(x) && !is.object(x) && "counts" %in% names(x)) class(x$counts)[1] else class(x)[1]
 }
 
@@ -120,20 +130,21 @@
 # Register `x` against the model's registry (same genes in the same order, known
 # categories) for a query. Returns list(data, cell_names, cell_data, layer, assay).
 .register_query <- function(model, x, cells = NULL, layer = NULL, assay = NULL, arg = "x") {
-  .register_against(x, model$registry, cells = cells, layer = layer, assay = assay, arg = arg)
+  .register_against(x, model$registry, cells = cells, layer = layer, assay = assay, arg = arg,
+                    file_ok = TRUE)
 }
 
 # Register new data against a fitted model's `registry`. Warnings about genes without counts
 # or rare categories matter for training, not for applying a fitted model to a few cells.
 .register_against <- function(x, registry, cells = NULL, layer = NULL, assay = NULL,
-                              arg = "x") {
+                              arg = "x", file_ok = FALSE) {
   if (is.null(layer) && is.null(assay)) {
     like <- .source_like(x, registry$setup_args)
     layer <- like$layer
     assay <- like$assay
   }
   input <- withCallingHandlers(.input_from(x, cells = cells, layer = layer, assay = assay,
-                                           arg = arg),
+                                           arg = arg, file_ok = file_ok),
                                warning = .muffle("genes with no counts"))
   f <- withCallingHandlers(.register_fields(input, registry = registry),
                            warning = .muffle("fewer than 3 cells"))
@@ -201,13 +212,28 @@
 #' returns a trained copy and leaves it as it was. It cannot be kept with `saveRDS()`: use
 #' [save_model()] and [load_model()].
 #'
+#' @section Training from a file:
+#' When `x` is the path of an `.h5ad` file, only its `obs` (the cell data, for the `*_key`
+#' arguments) and the cell and gene names are read into R; the counts (`X`, or the layer
+#' `layer`, stored sparse by cells as AnnData stores counts) stay in the file. One streaming
+#' pass checks them and computes each cell's library size; each epoch then reads the cells in
+#' shuffled blocks of 256 neighbouring cells, a window of about 8 million nonzeros at a
+#' time, shuffled within the window, with the next window read by a second thread while the
+#' current one trains. Memory is bounded by the window and the model, not by the file.
+#' Queries on the model's data ([get_latent_representation()], [get_normalized_expression()],
+#' [differential_expression()], ...) stream the same way, and any of them also takes another
+#' `.h5ad` file with the model's genes as `x`. Importance-weighted queries (`weights =
+#' "importance"`) need the counts in memory.
+#'
 #' @param x the counts: a `SingleCellExperiment` (assay `layer`, default `"counts"`), a
 #'   `Seurat` object (the raw counts of assay `assay`, default `DefaultAssay(x)`), a genes x cells
 #'   `dgCMatrix`, other `Matrix` or base matrix of raw counts (cell annotations in `cells`),
-#'   or a list with elements `counts` and `cells` (as from [rscvi_example_data()]).
+#'   a list with elements `counts` and `cells` (as from [rscvi_example_data()]), or the path
+#'   of an `.h5ad` file whose counts stay in the file (see "Training from a file").
 #' @param cells for matrix input: a data.frame with one row per cell (column order of `x`)
 #'   holding the columns named by the `*_key` arguments.
-#' @param layer the assay of a `SingleCellExperiment` holding the counts.
+#' @param layer the assay of a `SingleCellExperiment` holding the counts; for an `.h5ad`
+#'   file, the layer holding them (default `NULL`: `X`).
 #' @param assay the assay of a `Seurat` object whose `counts` to use.
 #' @param batch_key column with the batch of each cell, or `NULL` (one batch).
 #' @param labels_key column with cell labels (used only by `dispersion = "gene-label"`), or
@@ -295,7 +321,7 @@ scvi <- function(x, cells = NULL, layer = NULL, assay = NULL, batch_key = NULL,
   .check_constructor_dots(dots, do_train, "scvi")
   if (do_train) .check_train_dots(dots, "scvi")
 
-  input <- .input_from(x, cells = cells, layer = layer, assay = assay, arg = "x")
+  input <- .input_from(x, cells = cells, layer = layer, assay = assay, arg = "x", file_ok = TRUE)
   f <- .register_fields(input, batch_key = batch_key, labels_key = labels_key,
                         size_factor_key = size_factor_key,
                         categorical_covariate_keys = categorical_covariate_keys,

@@ -59,6 +59,60 @@ test_that("a model trains on what read_h5ad() read", {
   expect_identical(dim(get_latent_representation(m)), c(40L, 3L))
 })
 
+test_that("scvi() trains from an .h5ad file as well as from the same counts in memory", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- rscvi_example_sce()
+  path <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(path), add = TRUE)
+  write_h5ad(sce, path)
+  fit <- function(x) {
+    scvi(x, batch_key = "batch", n_latent = 5L, train = TRUE, max_epochs = 20L, seed = 1L,
+         progress = FALSE)
+  }
+  on_file <- fit(path)
+  in_memory <- fit(sce)
+  expect_identical(on_file$cell_names, colnames(sce))
+  expect_identical(on_file$gene_names, rownames(sce))
+  expect_identical(on_file$registry$batch_categories, in_memory$registry$batch_categories)
+  expect_identical(on_file$input$class, "h5ad file")
+  # Same split and schedule; only the minibatch order differs (blocks read from the file).
+  expect_lt(abs(get_elbo(on_file) / get_elbo(in_memory) - 1), 0.01)
+  # The same model gives the same answers whether its data are read from the file or memory.
+  expect_equal(get_latent_representation(in_memory, x = path),
+               get_latent_representation(in_memory))
+  group <- as.character(sce$cell_line[1])
+  de <- function(x) {
+    differential_expression(on_file, x = x, groupby = "cell_line", group1 = group)
+  }
+  from_file <- de(NULL)
+  from_memory <- de(sce)
+  expect_setequal(rownames(from_file), rownames(from_memory))
+  raw <- c("raw_mean1", "raw_mean2", "non_zeros_proportion1", "raw_normalized_mean2")
+  expect_equal(from_file[rownames(from_memory), raw], from_memory[raw])
+  expect_error(differential_expression(on_file, groupby = "cell_line", group1 = group,
+                                       weights = "importance"), "counts in memory")
+})
+
+test_that("training from a file refuses what it cannot stream, naming the problem", {
+  skip_if_not_installed("SingleCellExperiment")
+  expect_error(scvi(fixture("cellbench_csc.h5ad")), "stored by genes \\(CSC\\)")
+  expect_error(scvi(shipped("cellbench_small.h5ad"), layer = "dense_log"), "dense matrix")
+  expect_error(scvi(shipped("cellbench_small.h5ad"), layer = "nope"), "has no matrix layers/nope")
+  expect_error(scvi(tempfile(fileext = ".h5ad")), "`x` names the file .* does not exist")
+  expect_error(scvi(shipped("cellbench_small.h5ad"), cells = data.frame()), "`cells` must be NULL")
+  expect_error(scvi(shipped("cellbench_small.h5ad"), batch_key = "nope"),
+               "'nope' is not a column .*'cell_line'")
+  expect_error(multivi(rna = shipped("cellbench_small.h5ad"), atac = NULL),
+               "`rna` is a file name")
+  # counts that are not counts: found in the streaming pass
+  sce <- read_h5ad(shipped("cellbench_small.h5ad"), layers = FALSE, reducedDims = FALSE)
+  SummarizedExperiment::assay(sce, "X") <- SummarizedExperiment::assay(sce, "X") / 3
+  path <- tempfile(fileext = ".h5ad")
+  on.exit(unlink(path), add = TRUE)
+  write_h5ad(sce, path)
+  expect_error(scvi(path), "non-negative integers")
+})
+
 test_that("read_10x_h5() splits feature types into the main and alternative experiments", {
   skip_if_not_installed("SingleCellExperiment")
   sce <- read_10x_h5(shipped("snareseq2_10x.h5"))
