@@ -127,11 +127,7 @@ impl FileCounts {
     ) -> Result<Window> {
         let nnz: usize = ranges.iter().map(|r| indptr[r.end] - indptr[r.start]).sum();
         crate::data::check_counts_memory(nnz, 8)?;
-        let (mut idx, mut val) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
-        let mut local_ptr = vec![0usize];
-        let mut starts = Vec::with_capacity(ranges.len());
-        for r in &ranges {
-            starts.push(local_ptr.len() - 1);
+        let read = |r: &Range<usize>| -> Result<(Vec<u32>, Vec<f32>)> {
             let (i, v) = reader.read(indptr[r.start]..indptr[r.end])?;
             if i.len() != v.len() || v.len() != indptr[r.end] - indptr[r.start] {
                 return Err(Error::File(format!(
@@ -139,10 +135,29 @@ impl FileCounts {
                     reader.describe()
                 )));
             }
-            let base = idx.len() - indptr[r.start];
-            local_ptr.extend(indptr[r.start + 1..=r.end].iter().map(|&p| p + base));
-            idx.extend(i);
-            val.extend(v);
+            Ok((i, v))
+        };
+        // One range (reads in file order) keeps the reader's buffers; several are joined.
+        let (mut idx, mut val) = match ranges.as_slice() {
+            [r] => read(r)?,
+            _ => (Vec::with_capacity(nnz), Vec::with_capacity(nnz)),
+        };
+        let mut local_ptr = Vec::with_capacity(ranges.iter().map(|r| r.len()).sum::<usize>() + 1);
+        local_ptr.push(0usize);
+        let mut starts = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            starts.push(local_ptr.len() - 1);
+            let base = *local_ptr.last().unwrap_or(&0);
+            local_ptr.extend(
+                indptr[r.start + 1..=r.end]
+                    .iter()
+                    .map(|&p| p - indptr[r.start] + base),
+            );
+            if ranges.len() > 1 {
+                let (i, v) = read(r)?;
+                idx.extend(i);
+                val.extend(v);
+            }
         }
         let rows = CsrMatrix::new(local_ptr.len() - 1, n_cols, local_ptr, idx, val)
             .map_err(|e| Error::File(format!("{}: {e}", reader.describe())))?;

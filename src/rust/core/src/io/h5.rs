@@ -794,16 +794,24 @@ struct H5adRows {
     n_cols: usize,
 }
 
-/// `ds[range]` read in its stored type `S` and converted here.
-fn slice_as<S: hdf5::H5Type + Copy, T>(
+/// `ds[range]` read as `S` (its stored type, so that HDF5 converts nothing) into a vector
+/// without a second copy.
+fn slice_raw<S: hdf5::H5Type>(
     ds: &Dataset,
     range: std::ops::Range<usize>,
     what: &str,
-    convert: impl Fn(S) -> T,
-) -> Result<Vec<T>> {
-    ds.read_slice_1d::<S, _>(range)
-        .map(|a| a.iter().map(|&x| convert(x)).collect())
-        .map_err(|e| Error::File(format!("{what}: reading {}: {e}", ds.name())))
+) -> Result<Vec<S>> {
+    let a = ds
+        .read_slice_1d::<S, _>(range)
+        .map_err(|e| Error::File(format!("{what}: reading {}: {e}", ds.name())))?;
+    let n = a.len();
+    match a.into_raw_vec_and_offset() {
+        (v, Some(0) | None) if v.len() == n => Ok(v),
+        (v, offset) => {
+            let start = offset.unwrap_or(0);
+            Ok(v.into_iter().skip(start).take(n).collect())
+        }
+    }
 }
 
 impl RowReader for H5adRows {
@@ -811,21 +819,32 @@ impl RowReader for H5adRows {
         self.what.clone()
     }
 
+    /// Reads each array in its stored type; the conversions to f32 / u32 reuse the buffer
+    /// when the sizes match (4-byte integers, the common case).
     fn read(&self, nnz: std::ops::Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
-        use hdf5::types::FloatSize;
+        use hdf5::types::{FloatSize, IntSize};
         let w = &self.what;
-        let values = match descriptor(&self.data) {
-            Some(TypeDescriptor::Float(FloatSize::U4)) => {
-                slice_as(&self.data, nnz.clone(), w, |x: f32| x)?
-            }
+        let values: Vec<f32> = match descriptor(&self.data) {
+            Some(TypeDescriptor::Float(FloatSize::U4)) => slice_raw(&self.data, nnz.clone(), w)?,
             Some(TypeDescriptor::Float(FloatSize::U8)) => {
-                slice_as(&self.data, nnz.clone(), w, |x: f64| x as f32)?
+                let v: Vec<f64> = slice_raw(&self.data, nnz.clone(), w)?;
+                v.into_iter().map(|x| x as f32).collect()
+            }
+            Some(TypeDescriptor::Integer(IntSize::U4)) => {
+                let v: Vec<i32> = slice_raw(&self.data, nnz.clone(), w)?;
+                v.into_iter().map(|x| x as f32).collect()
+            }
+            Some(TypeDescriptor::Unsigned(IntSize::U4)) => {
+                let v: Vec<u32> = slice_raw(&self.data, nnz.clone(), w)?;
+                v.into_iter().map(|x| x as f32).collect()
             }
             Some(TypeDescriptor::Integer(_)) => {
-                slice_as(&self.data, nnz.clone(), w, |x: i64| x as f32)?
+                let v: Vec<i64> = slice_raw(&self.data, nnz.clone(), w)?;
+                v.into_iter().map(|x| x as f32).collect()
             }
             Some(TypeDescriptor::Unsigned(_)) => {
-                slice_as(&self.data, nnz.clone(), w, |x: u64| x as f32)?
+                let v: Vec<u64> = slice_raw(&self.data, nnz.clone(), w)?;
+                v.into_iter().map(|x| x as f32).collect()
             }
             other => {
                 return Err(Error::File(format!(
@@ -833,17 +852,27 @@ impl RowReader for H5adRows {
                 )))
             }
         };
-        let indices = match descriptor(&self.indices) {
-            Some(TypeDescriptor::Unsigned(_)) => {
-                slice_as(&self.indices, nnz, w, |x: u64| x as i64)?
+        let n_cols = self.n_cols;
+        let out_of_range = || Error::File(format!("{w}: a gene index is out of range"));
+        let indices: Vec<u32> = match descriptor(&self.indices) {
+            // A negative index becomes >= 2^31 here, caught below.
+            Some(TypeDescriptor::Integer(IntSize::U4)) => {
+                let v: Vec<i32> = slice_raw(&self.indices, nnz, w)?;
+                v.into_iter().map(|j| j as u32).collect()
             }
-            _ => slice_as(&self.indices, nnz, w, |x: i64| x)?,
+            Some(TypeDescriptor::Unsigned(IntSize::U4)) => slice_raw(&self.indices, nnz, w)?,
+            _ => {
+                let v: Vec<i64> = slice_raw(&self.indices, nnz, w)?;
+                if v.iter().any(|&j| j < 0 || j as usize >= n_cols) {
+                    return Err(out_of_range());
+                }
+                v.into_iter().map(|j| j as u32).collect()
+            }
         };
-        let n_cols = self.n_cols as i64;
-        if indices.iter().any(|&j| j < 0 || j >= n_cols) {
-            return Err(Error::File(format!("{w}: a gene index is out of range")));
+        if indices.iter().any(|&j| j as usize >= n_cols) {
+            return Err(out_of_range());
         }
-        Ok((indices.into_iter().map(|j| j as u32).collect(), values))
+        Ok((indices, values))
     }
 }
 
@@ -1273,5 +1302,48 @@ mod tests {
         assert!(e.contains("not a readable HDF5 file"), "{e}");
         assert!(read_10x_h5(&not_h5).is_err());
         std::fs::remove_file(&not_h5).unwrap();
+    }
+
+    #[test]
+    fn a_file_backed_matrix_reads_the_rows_read_h5ad_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../inst/extdata/cellbench_small.h5ad");
+        let FeatureMatrix::Sparse {
+            indptr,
+            indices,
+            values,
+            ..
+        } = read_h5ad(&path, false).unwrap().matrix
+        else {
+            panic!("X of the fixture is sparse");
+        };
+        for layer in [None, Some("counts")] {
+            let (file, cells, genes) = open_h5ad_counts(&path, layer).unwrap();
+            assert_eq!((file.n_rows(), file.n_cols()), (cells.len(), genes.len()));
+            let order: Vec<usize> = (0..cells.len()).rev().collect();
+            let mut seen = 0;
+            file.gather(&order, |r, idx, val| {
+                let c = order[r];
+                let want = indptr[c]..indptr[c + 1];
+                let want_idx: Vec<u32> = indices[want.clone()].iter().map(|&j| j as u32).collect();
+                let want_val: Vec<f32> = values[want].iter().map(|&v| v as f32).collect();
+                assert_eq!((idx, val), (&want_idx[..], &want_val[..]), "cell {c}");
+                seen += 1;
+            })
+            .unwrap();
+            assert_eq!(seen, cells.len());
+        }
+        let err = |layer| {
+            open_h5ad_counts(&path, Some(layer))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            err("dense_log").contains("dense matrix"),
+            "{}",
+            err("dense_log")
+        );
+        assert!(err("nope").contains("has no matrix layers/nope"));
     }
 }
