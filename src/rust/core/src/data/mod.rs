@@ -478,10 +478,11 @@ impl DataSet {
                 }
                 Ok(())
             }
+            // `gather` reads what the cache lacks; chunks bound what one read holds.
             Some(file) => {
-                for (k, chunk) in cells.chunks(4096).enumerate() {
-                    file.load(chunk)?;
-                    file.gather(chunk, |r, idx, val| f(k * 4096 + r, idx, val))?;
+                const CHUNK: usize = 4096;
+                for (k, chunk) in cells.chunks(CHUNK).enumerate() {
+                    file.gather(chunk, |r, idx, val| f(k * CHUNK + r, idx, val))?;
                 }
                 Ok(())
             }
