@@ -278,7 +278,7 @@
 #'   layer / assay = the SCE / Seurat assay used, or NULL)
 #' @noRd
 .as_count_input <- function(x, cells = NULL, layer = NULL, assay = NULL, arg = "x",
-                            source_args = .source_args) {
+                            source_args = .source_args, file_ok = FALSE) {
   if (is.null(x)) .stop("`%s` is NULL; pass a genes x cells count matrix or a single-cell object", arg)
   .refuse_file_name(x, arg)
   if (methods::is(x, "SummarizedExperiment") || methods::is(x, "Seurat")) {
@@ -292,6 +292,12 @@
     cells <- src$cells
     layer <- src$layer
     assay <- src$assay
+    file <- if (file_ok) .backed_file(m)
+    if (!is.null(file)) {
+      return(.file_input(file, colnames(m) %||% paste0("cell", seq_len(ncol(m))),
+                         rownames(m) %||% paste0("gene", seq_len(nrow(m))), cells, layer, assay,
+                         arg))
+    }
   } else {
     if (!is.null(layer) || !is.null(assay)) {
       .stop(paste0("`%s` only applies to a SingleCellExperiment (`%s`) or a Seurat object ",
@@ -382,8 +388,7 @@
 }
 
 # An .h5ad file as count input: its obs and var names are read, its counts stay in the file
-# (`layer`: one of its layers, NULL for X) for the core to stream. Same result as
-# .as_count_input() with `counts` NULL and `file` = list(path, layer) instead.
+# (`layer`: one of its layers, NULL for X) for the core to stream.
 .h5ad_input <- function(path, cells = NULL, layer = NULL, assay = NULL, arg = "x",
                         source_args = .source_args) {
   if (!is.null(cells)) {
@@ -400,21 +405,40 @@
   }
   path <- normalizePath(path)
   frames <- .rs(rs_read_h5ad_frames(path))
-  cell_names <- frames$obs$index
-  gene_names <- frames$var$index
+  cell_data <- data.frame(.io_columns(frames$obs), check.names = FALSE)
+  if (ncol(cell_data) == 0L) cell_data <- data.frame(row.names = seq_along(frames$obs$index))
+  group <- if (is.null(layer)) "X" else paste0("layers/", layer)
+  .file_input(list(path = path, group = group), frames$obs$index, frames$var$index, cell_data,
+              layer, NULL, arg)
+}
+
+# The file behind an HDF5Array matrix that reads straight from a sparse matrix stored with
+# cells as rows (HDF5Array's CSC genes x cells: an AnnData matrix stored CSR, a CellRanger
+# matrix), untouched but for its names; NULL for anything else (it is read into memory).
+.backed_file <- function(m) {
+  if (!methods::is(m, "DelayedMatrix") || !requireNamespace("DelayedArray", quietly = TRUE) ||
+      !DelayedArray::isPristine(m, ignore.dimnames = TRUE)) {
+    return(NULL)
+  }
+  seed <- DelayedArray::seed(m)
+  if (!methods::is(seed, "CSC_H5SparseMatrixSeed")) return(NULL)
+  list(path = normalizePath(seed@filepath), group = seed@group)
+}
+
+# Count input whose counts stay in `file` (list(path, group)): what .as_count_input() returns,
+# with `counts` NULL and `file` set.
+.file_input <- function(file, cell_names, gene_names, cell_data, layer, assay, arg) {
   if (anyDuplicated(cell_names)) {
-    .stop("`%s` has %d duplicated cell names in obs (e.g. %s); make them unique", arg,
+    .stop("`%s` has %d duplicated cell names (e.g. %s); make them unique", arg,
           sum(duplicated(cell_names)), .enum(unique(cell_names[duplicated(cell_names)]), 3L))
   }
   if (anyDuplicated(gene_names)) {
     .warn("`%s` has %d duplicated gene names (e.g. %s); make them unique to apply a model to new data",
           arg, sum(duplicated(gene_names)), .enum(unique(gene_names[duplicated(gene_names)]), 3L))
   }
-  cells <- data.frame(.io_columns(frames$obs), check.names = FALSE)
-  if (ncol(cells) == 0L) cells <- data.frame(row.names = seq_along(cell_names))
-  rownames(cells) <- cell_names
-  list(counts = NULL, file = list(path = path, layer = layer), cell_data = cells,
-       gene_names = gene_names, cell_names = cell_names, layer = layer, assay = NULL)
+  rownames(cell_data) <- cell_names
+  list(counts = NULL, file = file, cell_data = cell_data, gene_names = gene_names,
+       cell_names = cell_names, layer = layer, assay = assay)
 }
 
 # A cell without counts has log-library -Inf: the model cannot use it. `what` says which

@@ -8,9 +8,9 @@ NULL
 # Counts (dgCMatrix slots of genes x cells blocks = CSR of cells x genes) and covariates.
 rs_dataset_new <- function(blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_new, blocks, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
 
-# A dataset whose counts stay in an `.h5ad` file (`X`, or the layer `layer` when not
-# NULL), with the covariates the R layer registered from the file's `obs`.
-rs_dataset_from_h5ad <- function(path, layer, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_from_h5ad, path, layer, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
+# A dataset of `n_cells` x `n_genes` whose counts stay in the group `group` of an HDF5 file
+# (see `h5::open_csr_counts`), with the covariates the R layer registered.
+rs_dataset_from_file <- function(path, group, n_cells, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor) .Call(wrap__rs_dataset_from_file, path, group, n_cells, n_genes, batch, n_batch, labels, n_labels, cat_covs, cat_sizes, cont_covs, size_factor)
 
 # The values of a count matrix in one pass, without temporaries (`data::count_summary`).
 rs_count_summary <- function(x) .Call(wrap__rs_count_summary, x)

@@ -59,8 +59,9 @@
 }
 
 # Accepted count inputs: what .as_count_input() takes, plus list(counts, cells) as returned
-# by rscvi_example_data(), plus (`file_ok`: SCVI's training and queries) the path of an
-# .h5ad file whose counts stay in the file.
+# by rscvi_example_data(). With `file_ok` (SCVI's training and queries) counts may stay in a
+# file: the path of an .h5ad file, or a SingleCellExperiment whose assay is an HDF5Array
+# matrix over one (see .backed_file()).
 .input_from <- function(x, cells = NULL, layer = NULL, assay = NULL, arg = "x",
                         source_args = .source_args, file_ok = FALSE) {
   if (file_ok && .is_h5ad_path(x)) {
@@ -75,7 +76,7 @@
                            source_args = source_args))
   }
   .as_count_input(x, cells = cells, layer = layer, assay = assay, arg = arg,
-                  source_args = source_args)
+                  source_args = source_args, file_ok = file_ok)
 }
 
 # The core re-checks the data (a file's counts in one streaming pass); its complaints are
@@ -88,7 +89,9 @@
   tryCatch(if (is.null(f$counts$path)) {
     do.call(rs_dataset_new, c(list(f$counts$blocks), fields))
   } else {
-    do.call(rs_dataset_from_h5ad, c(list(f$counts$path, f$counts$layer), fields))
+    do.call(rs_dataset_from_file, c(list(f$counts$path, f$counts$group,
+                                         as.integer(f$counts$n_cells),
+                                         as.integer(f$counts$n_genes)), fields))
   }, error = function(e) .stop("`%s`: %s", arg, conditionMessage(e)))
 }
 
@@ -224,6 +227,12 @@
 #' [differential_expression()], ...) stream the same way, and any of them also takes another
 #' `.h5ad` file with the model's genes as `x`. Importance-weighted queries (`weights =
 #' "importance"`) need the counts in memory.
+#'
+#' A `SingleCellExperiment` whose assay `layer` is an HDF5Array matrix reading straight from
+#' such a file (`HDF5Array::H5ADMatrix()` of a matrix stored by cells, or
+#' `HDF5Array::TENxMatrix()` of a CellRanger file), not subset or transformed, is streamed
+#' the same way, its cell data taken from the object. Any other delayed matrix is read into
+#' memory.
 #'
 #' @param x the counts: a `SingleCellExperiment` (assay `layer`, default `"counts"`), a
 #'   `Seurat` object (the raw counts of assay `assay`, default `DefaultAssay(x)`), a genes x cells

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PKGS="r-base-dev r-cran-testthat r-bioc-singlecellexperiment r-bioc-scater
   r-cran-seurat r-cran-seuratobject r-cran-knitr r-cran-rmarkdown pandoc pkg-config
-  r-cran-uwot r-cran-jsonlite r-cran-matrix r-cran-roxygen2 libhdf5-dev"
+  r-cran-uwot r-cran-jsonlite r-cran-matrix r-cran-roxygen2 libhdf5-dev r-bioc-hdf5array"
 # Minimum rustc: the workspace's rust-version (burn 0.21 needs 1.92).
 MSRV=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' src/rust/Cargo.toml 2>/dev/null | head -n 1)
 MSRV=${MSRV:-1.92}

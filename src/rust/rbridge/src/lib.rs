@@ -345,13 +345,15 @@ fn rs_dataset_new(
     Ok(ExternalPtr::new(ds).into())
 }
 
-/// A dataset whose counts stay in an `.h5ad` file (`X`, or the layer `layer` when not
-/// NULL), with the covariates the R layer registered from the file's `obs`.
+/// A dataset of `n_cells` x `n_genes` whose counts stay in the group `group` of an HDF5 file
+/// (see `h5::open_csr_counts`), with the covariates the R layer registered.
 #[extendr]
 #[allow(clippy::too_many_arguments)]
-fn rs_dataset_from_h5ad(
+fn rs_dataset_from_file(
     path: &str,
-    layer: Nullable<String>,
+    group: &str,
+    n_cells: i32,
+    n_genes: i32,
     batch: Robj,
     n_batch: i32,
     labels: Robj,
@@ -361,13 +363,10 @@ fn rs_dataset_from_h5ad(
     cont_covs: Robj,
     size_factor: Robj,
 ) -> Result<Robj> {
-    let layer = match layer {
-        Nullable::NotNull(l) => Some(l),
-        Nullable::Null => None,
-    };
-    let (file, cells, _) = guarded(|| h5::open_h5ad_counts(Path::new(path), layer.as_deref()))?;
+    let (n_cells, n_genes) = (n_cells.max(0) as usize, n_genes.max(0) as usize);
+    let file = guarded(|| h5::open_csr_counts(Path::new(path), group, n_cells, n_genes))?;
     let f = cell_fields(
-        cells.len(),
+        n_cells,
         batch,
         n_batch,
         labels,
@@ -481,7 +480,7 @@ extendr_module! {
     use multivi;
     use splicevi;
     fn rs_dataset_new;
-    fn rs_dataset_from_h5ad;
+    fn rs_dataset_from_file;
     fn rs_count_summary;
     fn rs_knn_purity;
     fn rs_batch_mixing;

@@ -20,6 +20,11 @@ pub trait RowReader: Send + Sync {
     fn describe(&self) -> String;
     /// Column indices and values of the nonzeros `nnz` (positions in row-major order).
     fn read(&self, nnz: Range<usize>) -> Result<(Vec<u32>, Vec<f32>)>;
+    /// A reader of the same rows that another thread may use, if there is one; else every
+    /// read happens on the thread that asks for the rows (see `io::h5` for why HDF5's must).
+    fn background(&self) -> Option<Arc<dyn RowReader>> {
+        None
+    }
 }
 
 /// Nonzeros a window holds at most (8 bytes each: 64 MiB), unless one cell has more.
@@ -69,6 +74,8 @@ impl Cache {
 /// memory.
 pub struct FileCounts {
     reader: Arc<dyn RowReader>,
+    /// What the prefetch thread reads with; None: planned windows are read when asked for.
+    background: Option<Arc<dyn RowReader>>,
     indptr: Arc<Vec<usize>>,
     n_cols: usize,
     cache: Mutex<Cache>,
@@ -90,6 +97,7 @@ impl FileCounts {
             )));
         }
         Ok(Self {
+            background: reader.background(),
             reader,
             indptr: Arc::new(indptr),
             n_cols,
@@ -169,15 +177,34 @@ impl FileCounts {
     }
 
     fn start_prefetch(&self, cache: &mut Cache) {
+        let Some(reader) = &self.background else {
+            return;
+        };
         if cache.prefetch.is_some() {
             return;
         }
         if let Some(ranges) = cache.planned.pop_front() {
-            let (reader, indptr, n_cols) = (self.reader.clone(), self.indptr.clone(), self.n_cols);
+            let (reader, indptr, n_cols) = (reader.clone(), self.indptr.clone(), self.n_cols);
             cache.prefetch = Some(std::thread::spawn(move || {
                 Self::read_window(&*reader, &indptr, n_cols, ranges)
             }));
         }
+    }
+
+    /// Moves the next planned window into the cache (the prefetched one, or read now when
+    /// there is no background reader) and starts on the one after; false when none is planned.
+    fn advance_plan(&self, cache: &mut Cache) -> Result<bool> {
+        if cache.prefetch.is_some() {
+            Self::finish_prefetch(cache)?;
+        } else if self.background.is_none() && !cache.planned.is_empty() {
+            let ranges = cache.planned.pop_front().unwrap_or_default();
+            let w = Self::read_window(&*self.reader, &self.indptr, self.n_cols, ranges)?;
+            cache.push(w);
+        } else {
+            return Ok(false);
+        }
+        self.start_prefetch(cache);
+        Ok(true)
     }
 
     fn finish_prefetch(cache: &mut Cache) -> Result<()> {
@@ -216,12 +243,8 @@ impl FileCounts {
         if cells.iter().all(|&c| cache.holds(c)) {
             return Ok(());
         }
-        if cache.prefetch.is_some() {
-            Self::finish_prefetch(&mut cache)?;
-            self.start_prefetch(&mut cache);
-            if cells.iter().all(|&c| cache.holds(c)) {
-                return Ok(());
-            }
+        if self.advance_plan(&mut cache)? && cells.iter().all(|&c| cache.holds(c)) {
+            return Ok(());
         }
         let w = Self::read_window(
             &*self.reader,
@@ -362,15 +385,21 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    /// Rows kept in memory, counting the reads.
+    /// Rows kept in memory, counting the reads (also those of its background copy).
+    #[derive(Clone)]
     struct MemoryRows {
-        m: CsrMatrix,
-        reads: Mutex<usize>,
+        m: Arc<CsrMatrix>,
+        reads: Arc<Mutex<usize>>,
+        background: bool,
     }
 
     impl RowReader for MemoryRows {
         fn describe(&self) -> String {
             "memory".into()
+        }
+        fn background(&self) -> Option<Arc<dyn RowReader>> {
+            self.background
+                .then(|| Arc::new(self.clone()) as Arc<dyn RowReader>)
         }
         fn read(&self, nnz: Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
             *self.reads.lock().unwrap() += 1;
@@ -395,10 +424,15 @@ mod tests {
     }
 
     fn file(n: usize) -> (FileCounts, Arc<MemoryRows>) {
+        file_read(n, true)
+    }
+
+    fn file_read(n: usize, background: bool) -> (FileCounts, Arc<MemoryRows>) {
         let m = matrix(n);
         let reader = Arc::new(MemoryRows {
-            m: m.clone(),
-            reads: Mutex::new(0),
+            m: Arc::new(m.clone()),
+            reads: Arc::default(),
+            background,
         });
         (
             FileCounts::new(reader.clone(), m.indptr, 3).unwrap(),
@@ -427,7 +461,14 @@ mod tests {
 
     #[test]
     fn an_epoch_visits_every_cell_once_reading_each_window_once() {
-        let (f, reader) = file(5000);
+        // read ahead by a thread, or when asked for (a reader bound to its thread)
+        for background in [true, false] {
+            an_epoch_reads_each_window_once(background);
+        }
+    }
+
+    fn an_epoch_reads_each_window_once(background: bool) {
+        let (f, reader) = file_read(5000, background);
         let m = matrix(5000);
         let cells: Vec<usize> = (0..5000).filter(|c| c % 7 != 0).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);

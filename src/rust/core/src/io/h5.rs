@@ -4,6 +4,7 @@
 //! CSC of its transpose), data frames as typed columns.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use hdf5::types::{FixedAscii, FixedUnicode, IntSize, TypeDescriptor, VarLenAscii, VarLenUnicode};
 use hdf5::{Dataset, File, Group};
@@ -67,6 +68,66 @@ pub struct TenX {
     pub feature_ids: Vec<String>,
     pub feature_names: Vec<String>,
     pub feature_types: Vec<String>,
+}
+
+/// HDF5's automatic error handler belongs to the process's one library, shared with its
+/// other users in the R session: rhdf5 (under HDF5Array) installs a handler that its own
+/// checks rely on, and hdf5-metno switches the handler off for good on first use. A
+/// `QuietHdf5` keeps it off while rscvi reads or writes and puts back what was there when
+/// dropped, so that neither side runs the other's handler.
+pub(crate) struct QuietHdf5 {
+    saved: SavedHandler,
+}
+
+#[allow(deprecated)] // a handler installed through the 1.6 API is saved through it
+enum SavedHandler {
+    V2(hdf5_sys::h5e::H5E_auto2_t, *mut std::ffi::c_void),
+    V1(hdf5_sys::h5e::H5E_auto1_t, *mut std::ffi::c_void),
+}
+
+impl QuietHdf5 {
+    #[allow(deprecated)] // a handler installed through the 1.6 API is saved through it
+    pub(crate) fn new() -> Self {
+        use hdf5_sys::h5e::*;
+        let _lock = hdf5_sys::LOCK.lock();
+        let mut is_v2 = 1;
+        let mut data = std::ptr::null_mut();
+        // SAFETY: plain calls into the library with valid out-pointers, under its lock.
+        let saved = unsafe {
+            H5Eauto_is_v2(H5E_DEFAULT, &mut is_v2);
+            if is_v2 != 0 {
+                let mut func = None;
+                if H5Eget_auto2(H5E_DEFAULT, &mut func, &mut data) < 0 {
+                    func = None;
+                }
+                H5Eset_auto2(H5E_DEFAULT, None, std::ptr::null_mut());
+                SavedHandler::V2(func, data)
+            } else {
+                let mut func = None;
+                if H5Eget_auto1(&mut func, &mut data) < 0 {
+                    func = None;
+                }
+                H5Eset_auto1(None, std::ptr::null_mut());
+                SavedHandler::V1(func, data)
+            }
+        };
+        Self { saved }
+    }
+}
+
+impl Drop for QuietHdf5 {
+    #[allow(deprecated)]
+    fn drop(&mut self) {
+        use hdf5_sys::h5e::*;
+        let _lock = hdf5_sys::LOCK.lock();
+        // SAFETY: restores exactly what `new` read from the library.
+        unsafe {
+            match self.saved {
+                SavedHandler::V2(func, data) => H5Eset_auto2(H5E_DEFAULT, func, data),
+                SavedHandler::V1(func, data) => H5Eset_auto1(func, data),
+            };
+        }
+    }
 }
 
 fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -570,6 +631,7 @@ fn frame_index(root: &Group, name: &str, path: &Path) -> Result<(Group, String, 
 
 /// The cell (`obs`) and feature (`var`) names of an `.h5ad` file, without reading the rest.
 pub fn h5ad_names(path: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let _quiet = QuietHdf5::new();
     let file = open(path)?;
     Ok((
         frame_index(&file, "obs", path)?.2,
@@ -613,6 +675,7 @@ fn matrix_dims(m: &FeatureMatrix) -> (usize, usize) {
 
 /// The `obs` and `var` data frames of an `.h5ad` file, without its matrices.
 pub fn read_h5ad_frames(path: &Path) -> Result<(Frame, Frame)> {
+    let _quiet = QuietHdf5::new();
     let file = open(path)?;
     Ok((frame(&file, "obs", path)?, frame(&file, "var", path)?))
 }
@@ -620,6 +683,7 @@ pub fn read_h5ad_frames(path: &Path) -> Result<(Frame, Frame)> {
 /// Reads an `.h5ad` file: X, `obs` and `var` as typed columns, the layers (when
 /// `with_layers`) and the 2-D `obsm` arrays.
 pub fn read_h5ad(path: &Path, with_layers: bool) -> Result<AnnData> {
+    let _quiet = QuietHdf5::new();
     let file = open(path)?;
     read_anndata(&file, with_layers, path)
 }
@@ -691,6 +755,7 @@ pub struct MuData {
 
 /// Reads a `.h5mu` file (MuData): each modality's X, layers, obs, var and obsm.
 pub fn read_h5mu(path: &Path, with_layers: bool) -> Result<MuData> {
+    let _quiet = QuietHdf5::new();
     let file = open(path)?;
     let mods = file
         .group("mod")
@@ -719,6 +784,7 @@ pub fn read_h5mu(path: &Path, with_layers: bool) -> Result<MuData> {
 
 /// Reads a CellRanger (v3+) feature-barcode matrix `.h5`.
 pub fn read_10x_h5(path: &Path) -> Result<TenX> {
+    let _quiet = QuietHdf5::new();
     let file = open(path)?;
     let g = file.group("matrix").map_err(|_| {
         bad(
@@ -786,12 +852,252 @@ pub fn read_10x_h5(path: &Path) -> Result<TenX> {
 // ---------------------------------------------------------------------------------------------
 // Counts read from the file while training (out of core).
 
-/// The rows of a CSR cells x genes matrix of an `.h5ad` file, read on demand.
-struct H5adRows {
+/// The rows of a sparse matrix stored with cells as rows (see [`open_csr_counts`]), read on
+/// demand: straight from the file's bytes when its arrays allow it ([`RawRows`]), through
+/// the HDF5 library otherwise.
+struct StoredRows {
     what: String,
     data: Dataset,
     indices: Dataset,
     n_cols: usize,
+    raw: Option<Arc<RawRows>>,
+}
+
+/// A stored numeric type, as HDF5 describes it.
+#[derive(Clone, Copy, Debug)]
+enum Stored {
+    F32,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+}
+
+impl Stored {
+    fn of(ds: &Dataset) -> Option<Self> {
+        use hdf5::types::{FloatSize as F, IntSize as I};
+        Some(match descriptor(ds)? {
+            TypeDescriptor::Float(F::U4) => Self::F32,
+            TypeDescriptor::Float(F::U8) => Self::F64,
+            TypeDescriptor::Integer(I::U1) => Self::I8,
+            TypeDescriptor::Integer(I::U2) => Self::I16,
+            TypeDescriptor::Integer(I::U4) => Self::I32,
+            TypeDescriptor::Integer(I::U8) => Self::I64,
+            TypeDescriptor::Unsigned(I::U1) => Self::U8,
+            TypeDescriptor::Unsigned(I::U2) => Self::U16,
+            TypeDescriptor::Unsigned(I::U4) => Self::U32,
+            TypeDescriptor::Unsigned(I::U8) => Self::U64,
+            _ => return None,
+        })
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Self::I8 | Self::U8 => 1,
+            Self::I16 | Self::U16 => 2,
+            Self::F32 | Self::I32 | Self::U32 => 4,
+            Self::F64 | Self::I64 | Self::U64 => 8,
+        }
+    }
+
+    /// One little-endian element (`b` holds exactly [`Stored::size`] bytes), as f64: exact
+    /// for every count and index a matrix can hold.
+    fn decode(self, b: &[u8]) -> f64 {
+        let a = |n: usize| -> [u8; 8] {
+            let mut x = [0u8; 8];
+            x[..n].copy_from_slice(&b[..n]);
+            x
+        };
+        match self {
+            Self::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            Self::F64 => f64::from_le_bytes(a(8)),
+            Self::I8 => b[0] as i8 as f64,
+            Self::I16 => i16::from_le_bytes([b[0], b[1]]) as f64,
+            Self::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            Self::I64 => i64::from_le_bytes(a(8)) as f64,
+            Self::U8 => b[0] as f64,
+            Self::U16 => u16::from_le_bytes([b[0], b[1]]) as f64,
+            Self::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            Self::U64 => u64::from_le_bytes(a(8)) as f64,
+        }
+    }
+}
+
+/// Where a 1-D array's elements lie in the file.
+enum Extents {
+    /// One run of bytes from this offset.
+    Contiguous(u64),
+    /// Chunks of `chunk` elements, each at its offset.
+    Chunked { chunk: usize, offsets: Vec<u64> },
+}
+
+/// A 1-D array of the file read without the HDF5 library: little-endian numbers stored
+/// unfiltered (not compressed), contiguously or in allocated chunks.
+struct RawArray {
+    stored: Stored,
+    extents: Extents,
+}
+
+/// Chunks a raw array may have (each looked up once when the file is opened).
+const RAW_MAX_CHUNKS: usize = 1 << 20;
+
+impl RawArray {
+    /// How `ds` lies in the file (`base`: where HDF5's addresses start), or None when the
+    /// library must read it (filters, big-endian or unallocated storage, compact layout).
+    fn locate(ds: &Dataset, base: u64) -> Option<Self> {
+        use hdf5::dataset::Layout;
+        let stored = Stored::of(ds)?;
+        let dtype = ds.dtype().ok()?;
+        let little = matches!(dtype.byte_order(), hdf5::datatype::ByteOrder::LittleEndian);
+        if !little || !ds.filters().is_empty() || ds.ndim() != 1 {
+            return None;
+        }
+        let n = ds.size();
+        let extents = match ds.layout() {
+            Layout::Contiguous if n == 0 => Extents::Contiguous(base),
+            Layout::Contiguous => Extents::Contiguous(base + ds.offset()?),
+            Layout::Chunked => {
+                let chunk = *ds.chunk()?.first()?;
+                let n_chunks = n.div_ceil(chunk.max(1));
+                if chunk == 0 || n_chunks > RAW_MAX_CHUNKS {
+                    return None;
+                }
+                let mut offsets = Vec::with_capacity(n_chunks);
+                for k in 0..n_chunks {
+                    let at = [(k * chunk) as hdf5_sys::h5::hsize_t];
+                    let (mut mask, mut addr, mut size) = (0, 0, 0);
+                    // SAFETY: a valid dataset id, a 1-element coordinate for a 1-D dataset
+                    // and valid out-pointers, under the library's lock.
+                    let status = {
+                        let _lock = hdf5_sys::LOCK.lock();
+                        unsafe {
+                            hdf5_sys::h5d::H5Dget_chunk_info_by_coord(
+                                ds.id(),
+                                at.as_ptr(),
+                                &mut mask,
+                                &mut addr,
+                                &mut size,
+                            )
+                        }
+                    };
+                    let whole = (chunk * stored.size()) as u64;
+                    if status < 0 || addr == hdf5_sys::h5::HADDR_UNDEF || size != whole {
+                        return None;
+                    }
+                    offsets.push(base + addr);
+                }
+                Extents::Chunked { chunk, offsets }
+            }
+            _ => return None,
+        };
+        Some(Self { stored, extents })
+    }
+
+    /// The bytes of elements `range`.
+    fn read(
+        &self,
+        file: &std::fs::File,
+        range: std::ops::Range<usize>,
+    ) -> std::io::Result<Vec<u8>> {
+        let size = self.stored.size();
+        let mut out = vec![0u8; range.len() * size];
+        match &self.extents {
+            Extents::Contiguous(at) => read_at(file, &mut out, at + (range.start * size) as u64)?,
+            Extents::Chunked { chunk, offsets } => {
+                let mut pos = range.start;
+                while pos < range.end {
+                    let (k, within) = (pos / chunk, pos % chunk);
+                    let take = (chunk - within).min(range.end - pos);
+                    let dst = (pos - range.start) * size;
+                    read_at(
+                        file,
+                        &mut out[dst..dst + take * size],
+                        offsets[k] + (within * size) as u64,
+                    )?;
+                    pos += take;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A CSR matrix's `indices` and `data` read from the file's bytes, without the HDF5 library:
+/// what a thread other than R's may read. (HDF5 serialises its callers on one lock, and an
+/// R error raised inside an rhdf5 call leaves that lock held by R's thread for good; a read
+/// through the library on any other thread would then wait forever.)
+struct RawRows {
+    what: String,
+    file: std::fs::File,
+    data: RawArray,
+    indices: RawArray,
+    n_cols: usize,
+}
+
+impl RawRows {
+    fn open(path: &Path, file: &File, rows: &StoredRows) -> Option<Self> {
+        let base = file.userblock();
+        Some(Self {
+            what: rows.what.clone(),
+            file: std::fs::File::open(path).ok()?,
+            data: RawArray::locate(&rows.data, base)?,
+            indices: RawArray::locate(&rows.indices, base)?,
+            n_cols: rows.n_cols,
+        })
+    }
+}
+
+impl RowReader for RawRows {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+
+    fn read(&self, nnz: std::ops::Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
+        let w = &self.what;
+        let io = |e: std::io::Error| Error::File(format!("{w}: reading the counts: {e}"));
+        let bytes = self.data.read(&self.file, nnz.clone()).map_err(io)?;
+        let s = self.data.stored;
+        let values = bytes
+            .chunks_exact(s.size())
+            .map(|b| s.decode(b) as f32)
+            .collect();
+        let bytes = self.indices.read(&self.file, nnz).map_err(io)?;
+        let s = self.indices.stored;
+        let n_cols = self.n_cols as f64;
+        let mut indices = Vec::with_capacity(bytes.len() / s.size());
+        for b in bytes.chunks_exact(s.size()) {
+            let j = s.decode(b);
+            if !(0.0..n_cols).contains(&j) || j.fract() != 0.0 {
+                return Err(Error::File(format!("{w}: a gene index is out of range")));
+            }
+            indices.push(j as u32);
+        }
+        Ok((indices, values))
+    }
 }
 
 /// `ds[range]` read as `S` (its stored type, so that HDF5 converts nothing) into a vector
@@ -814,15 +1120,23 @@ fn slice_raw<S: hdf5::H5Type>(
     }
 }
 
-impl RowReader for H5adRows {
+impl RowReader for StoredRows {
     fn describe(&self) -> String {
         self.what.clone()
     }
 
-    /// Reads each array in its stored type; the conversions to f32 / u32 reuse the buffer
-    /// when the sizes match (4-byte integers, the common case).
+    fn background(&self) -> Option<Arc<dyn RowReader>> {
+        self.raw.clone().map(|r| r as Arc<dyn RowReader>)
+    }
+
+    /// From the bytes when it can; else through the library, each array in its stored type
+    /// (the conversions to f32 / u32 reuse the buffer when the sizes match).
     fn read(&self, nnz: std::ops::Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
         use hdf5::types::{FloatSize, IntSize};
+        if let Some(raw) = &self.raw {
+            return raw.read(nnz);
+        }
+        let _quiet = QuietHdf5::new();
         let w = &self.what;
         let values: Vec<f32> = match descriptor(&self.data) {
             Some(TypeDescriptor::Float(FloatSize::U4)) => slice_raw(&self.data, nnz.clone(), w)?,
@@ -876,26 +1190,26 @@ impl RowReader for H5adRows {
     }
 }
 
-/// A count matrix of an `.h5ad` file (`X`, or the layer `layer`) left in the file, with the
-/// file's cell and gene names: what training from a file reads. The matrix must be stored
-/// CSR (cells as rows), as AnnData stores counts by default.
-pub fn open_h5ad_counts(
+/// A count matrix of `n_cells` x `n_genes` left in the file, stored with cells as rows: an
+/// AnnData sparse matrix stored CSR (`X`, `layers/<name>`; AnnData's default for counts) or
+/// a CellRanger `matrix` group (CSC of features x barcodes). What training from a file reads.
+pub fn open_csr_counts(
     path: &Path,
-    layer: Option<&str>,
-) -> Result<(FileCounts, Vec<String>, Vec<String>)> {
+    group: &str,
+    n_cells: usize,
+    n_genes: usize,
+) -> Result<FileCounts> {
+    let _quiet = QuietHdf5::new();
     let file = open(path)?;
-    let cells = frame_index(&file, "obs", path)?.2;
-    let genes = frame_index(&file, "var", path)?.2;
-    let name = layer.map_or_else(|| "X".to_string(), |l| format!("layers/{l}"));
-    let what = format!("{} ({name})", path.display());
-    let g = match file.group(&name) {
+    let name = group.trim_start_matches('/');
+    let g = match file.group(name) {
         Ok(g) => g,
-        Err(_) if file.link_exists(&name) => {
+        Err(_) if file.link_exists(name) => {
             return Err(bad(
                 path,
                 format!(
-                    "{name} is a dense matrix; training from the file reads sparse CSR counts \
-                     (read it into memory with read_h5ad() instead)"
+                    "{name} is a dense matrix; training from the file reads sparse counts stored \
+                     by cells (read it into memory with read_h5ad() instead)"
                 ),
             ))
         }
@@ -914,10 +1228,11 @@ pub fn open_h5ad_counts(
                 ),
             ))
         }
+        None if g.link_exists("barcodes") => {} // CellRanger: one column per barcode
         e => {
             return Err(bad(
                 path,
-                format!("{name} is not an AnnData sparse matrix (encoding {e:?})"),
+                format!("{name} is not a sparse count matrix (encoding {e:?})"),
             ))
         }
     }
@@ -931,7 +1246,7 @@ pub fn open_h5ad_counts(
     }
     let ptr = integers(&indptr, path)?;
     let nnz = data.size();
-    let consistent = ptr.len() == cells.len() + 1
+    let consistent = ptr.len() == n_cells + 1
         && ptr.first() == Some(&0)
         && ptr.last().map(|&p| p as usize) == Some(nnz)
         && indices.size() == nnz
@@ -940,23 +1255,23 @@ pub fn open_h5ad_counts(
         return Err(bad(
             path,
             format!(
-                "{name} does not hold one row per cell of obs ({} cells) or its arrays disagree",
-                cells.len()
+                "{name} does not hold one row per cell ({n_cells} cells) or its arrays disagree"
             ),
         ));
     }
-    let reader = H5adRows {
-        what,
+    let mut reader = StoredRows {
+        what: format!("{} ({name})", path.display()),
         data,
         indices,
-        n_cols: genes.len(),
+        n_cols: n_genes,
+        raw: None,
     };
-    let counts = FileCounts::new(
-        std::sync::Arc::new(reader),
+    reader.raw = RawRows::open(path, &file, &reader).map(Arc::new);
+    FileCounts::new(
+        Arc::new(reader),
         ptr.into_iter().map(|p| p as usize).collect(),
-        genes.len(),
-    )?;
-    Ok((counts, cells, genes))
+        n_genes,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1174,6 +1489,7 @@ fn dict_group(root: &Group, name: &str, path: &Path) -> Result<Group> {
 /// [`read_h5ad`]). The file is written beside `path` and moved into place at the end, so a
 /// failure leaves no half-written file and an existing one untouched.
 pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
+    let _quiet = QuietHdf5::new();
     if path.exists() && !overwrite {
         return Err(Error::File(format!(
             "{} exists; use overwrite = TRUE to replace it",
@@ -1219,6 +1535,7 @@ pub fn add_to_h5ad(
     layers: &[(String, FeatureMatrix)],
     overwrite: bool,
 ) -> Result<()> {
+    let _quiet = QuietHdf5::new();
     let (n_obs, n_var) = {
         let (obs, var) = h5ad_names(path)?;
         (obs.len(), var.len())
@@ -1309,18 +1626,19 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../inst/extdata/cellbench_small.h5ad");
         let FeatureMatrix::Sparse {
+            n_features,
+            n_cells,
             indptr,
             indices,
             values,
-            ..
         } = read_h5ad(&path, false).unwrap().matrix
         else {
             panic!("X of the fixture is sparse");
         };
-        for layer in [None, Some("counts")] {
-            let (file, cells, genes) = open_h5ad_counts(&path, layer).unwrap();
-            assert_eq!((file.n_rows(), file.n_cols()), (cells.len(), genes.len()));
-            let order: Vec<usize> = (0..cells.len()).rev().collect();
+        for group in ["X", "/layers/counts"] {
+            let file = open_csr_counts(&path, group, n_cells, n_features).unwrap();
+            assert_eq!((file.n_rows(), file.n_cols()), (n_cells, n_features));
+            let order: Vec<usize> = (0..n_cells).rev().collect();
             let mut seen = 0;
             file.gather(&order, |r, idx, val| {
                 let c = order[r];
@@ -1331,19 +1649,81 @@ mod tests {
                 seen += 1;
             })
             .unwrap();
-            assert_eq!(seen, cells.len());
+            assert_eq!(seen, n_cells);
         }
-        let err = |layer| {
-            open_h5ad_counts(&path, Some(layer))
+        let err = |group, cells| {
+            open_csr_counts(&path, group, cells, n_features)
                 .err()
                 .unwrap()
                 .to_string()
         };
-        assert!(
-            err("dense_log").contains("dense matrix"),
-            "{}",
-            err("dense_log")
-        );
-        assert!(err("nope").contains("has no matrix layers/nope"));
+        assert!(err("layers/dense_log", n_cells).contains("dense matrix"));
+        assert!(err("layers/nope", n_cells).contains("has no matrix layers/nope"));
+        assert!(err("X", n_cells + 1).contains("does not hold one row per cell"));
+        // A CellRanger matrix is stored by barcodes: read as is.
+        let tenx = path.with_file_name("snareseq2_10x.h5");
+        let mtx = read_10x_h5(&tenx).unwrap();
+        let (n_features, n_cells) = (mtx.feature_ids.len(), mtx.barcodes.len());
+        assert!(open_csr_counts(&tenx, "matrix", n_cells, n_features).is_ok());
+    }
+
+    /// The library's reading of `group`'s arrays in `path`, and the raw reader of them.
+    fn both_readers(path: &Path, group: &str) -> (StoredRows, Option<RawRows>) {
+        let file = File::open(path).unwrap();
+        let g = file.group(group).unwrap();
+        let rows = StoredRows {
+            what: group.into(),
+            data: g.dataset("data").unwrap(),
+            indices: g.dataset("indices").unwrap(),
+            n_cols: 1 << 30,
+            raw: None,
+        };
+        let raw = RawRows::open(path, &file, &rows);
+        (rows, raw)
+    }
+
+    #[test]
+    fn raw_reads_equal_the_library_reads_and_compressed_arrays_are_left_to_it() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
+        let cases = [
+            // anndata's writer: chunked; an older one: contiguous
+            (root.join("inst/extdata/cellbench_small.h5ad"), "X", true),
+            (
+                root.join("tests/testthat/fixtures/cellbench_old_categories.h5ad"),
+                "X",
+                false,
+            ),
+        ];
+        for (path, group, chunked) in cases {
+            let (rows, raw) = both_readers(&path, group);
+            let raw = raw.expect("stored unfiltered and little-endian");
+            assert_eq!(
+                matches!(raw.data.extents, Extents::Chunked { .. }),
+                chunked,
+                "{}",
+                path.display()
+            );
+            let n = rows.data.size();
+            for r in [0..n, 3..n / 2, n / 3..n, 7..7] {
+                assert_eq!(raw.read(r.clone()).unwrap(), rows.read(r).unwrap());
+            }
+        }
+        // Compressed chunks: only the library can read them (on the thread that asks).
+        let path = std::env::temp_dir().join(format!("rscvi-deflate-{}.h5", std::process::id()));
+        {
+            let f = File::create(&path).unwrap();
+            let g = f.create_group("X").unwrap();
+            let idx: Vec<i64> = (0..1000).map(|k| k % 7).collect();
+            let val: Vec<f64> = (0..1000).map(|k| (k % 5) as f64).collect();
+            let deflated = || g.new_dataset_builder().chunk(64).deflate(4);
+            deflated().with_data(&idx).create("indices").unwrap();
+            deflated().with_data(&val).create("data").unwrap();
+        }
+        let (rows, raw) = both_readers(&path, "X");
+        assert!(raw.is_none());
+        let (i, v) = rows.read(10..20).unwrap();
+        assert_eq!(i, (10..20).map(|k| (k % 7) as u32).collect::<Vec<_>>());
+        assert_eq!(v, (10..20).map(|k| (k % 5) as f32).collect::<Vec<_>>());
+        std::fs::remove_file(&path).unwrap();
     }
 }
