@@ -905,25 +905,30 @@ impl Stored {
         }
     }
 
-    /// One little-endian element (`b` holds exactly [`Stored::size`] bytes), as f64: exact
-    /// for every count and index a matrix can hold.
-    fn decode(self, b: &[u8]) -> f64 {
-        let a = |n: usize| -> [u8; 8] {
-            let mut x = [0u8; 8];
-            x[..n].copy_from_slice(&b[..n]);
-            x
-        };
+    /// The little-endian elements in `bytes`, each through `conv` (from f64: exact for
+    /// every count and index a matrix holds); one loop per stored type.
+    fn decode<T>(self, bytes: &[u8], conv: impl Fn(f64) -> T) -> Vec<T> {
+        fn run<const N: usize, T>(
+            bytes: &[u8],
+            get: impl Fn([u8; N]) -> f64,
+            conv: impl Fn(f64) -> T,
+        ) -> Vec<T> {
+            bytes
+                .chunks_exact(N)
+                .map(|b| conv(get(b.try_into().unwrap_or([0; N]))))
+                .collect()
+        }
         match self {
-            Self::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-            Self::F64 => f64::from_le_bytes(a(8)),
-            Self::I8 => b[0] as i8 as f64,
-            Self::I16 => i16::from_le_bytes([b[0], b[1]]) as f64,
-            Self::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-            Self::I64 => i64::from_le_bytes(a(8)) as f64,
-            Self::U8 => b[0] as f64,
-            Self::U16 => u16::from_le_bytes([b[0], b[1]]) as f64,
-            Self::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-            Self::U64 => u64::from_le_bytes(a(8)) as f64,
+            Self::F32 => run(bytes, |b| f32::from_le_bytes(b) as f64, conv),
+            Self::F64 => run(bytes, f64::from_le_bytes, conv),
+            Self::I8 => run(bytes, |b| i8::from_le_bytes(b) as f64, conv),
+            Self::I16 => run(bytes, |b| i16::from_le_bytes(b) as f64, conv),
+            Self::I32 => run(bytes, |b| i32::from_le_bytes(b) as f64, conv),
+            Self::I64 => run(bytes, |b| i64::from_le_bytes(b) as f64, conv),
+            Self::U8 => run(bytes, |b| u8::from_le_bytes(b) as f64, conv),
+            Self::U16 => run(bytes, |b| u16::from_le_bytes(b) as f64, conv),
+            Self::U32 => run(bytes, |b| u32::from_le_bytes(b) as f64, conv),
+            Self::U64 => run(bytes, |b| u64::from_le_bytes(b) as f64, conv),
         }
     }
 }
@@ -1080,21 +1085,19 @@ impl RowReader for RawRows {
         let w = &self.what;
         let io = |e: std::io::Error| Error::File(format!("{w}: reading the counts: {e}"));
         let bytes = self.data.read(&self.file, nnz.clone()).map_err(io)?;
-        let s = self.data.stored;
-        let values = bytes
-            .chunks_exact(s.size())
-            .map(|b| s.decode(b) as f32)
-            .collect();
+        let values = self.data.stored.decode(&bytes, |x| x as f32);
         let bytes = self.indices.read(&self.file, nnz).map_err(io)?;
-        let s = self.indices.stored;
+        // an index that is no gene's (negative, fractional, too large) becomes u32::MAX
         let n_cols = self.n_cols as f64;
-        let mut indices = Vec::with_capacity(bytes.len() / s.size());
-        for b in bytes.chunks_exact(s.size()) {
-            let j = s.decode(b);
-            if !(0.0..n_cols).contains(&j) || j.fract() != 0.0 {
-                return Err(Error::File(format!("{w}: a gene index is out of range")));
+        let indices = self.indices.stored.decode(&bytes, |j| {
+            if (0.0..n_cols).contains(&j) && j.fract() == 0.0 {
+                j as u32
+            } else {
+                u32::MAX
             }
-            indices.push(j as u32);
+        });
+        if indices.contains(&u32::MAX) {
+            return Err(Error::File(format!("{w}: a gene index is out of range")));
         }
         Ok((indices, values))
     }
