@@ -51,8 +51,8 @@ rs_model_state <- function(model) .Call(wrap__rs_model_state, model)
 
 rs_model_save <- function(model, dir, overwrite) .Call(wrap__rs_model_save, model, dir, overwrite)
 
-# Saves an SCVI model in scvi-tools' layout (`dir/model.pt`).
-rs_scvi_save_scvi_tools <- function(model, dir, overwrite) .Call(wrap__rs_scvi_save_scvi_tools, model, dir, overwrite)
+# Saves a model in scvi-tools' layout (`dir/model.pt`), for the kinds that have one.
+rs_model_save_scvi_tools <- function(model, dir, overwrite) .Call(wrap__rs_model_save_scvi_tools, model, dir, overwrite)
 
 # An independent copy of the model (train() trains a copy: R's copy semantics).
 rs_model_copy <- function(model) .Call(wrap__rs_model_copy, model)

@@ -400,11 +400,11 @@ save_model.rscvi_model <- function(model, dir, overwrite = FALSE, format = c("rs
   format <- .match_choice(format, c("rscvi", "scvi-tools"), "format")
   if (file.exists(dir) && !dir.exists(dir)) .stop("`dir` '%s' is a file, not a folder", dir)
   if (format == "scvi-tools") {
-    if (!inherits(model, "SCVI")) {
-      .stop("`format` = \"scvi-tools\" is available for SCVI models so far, not %s",
+    if (!inherits(model, c("SCVI", "GIMVI"))) {
+      .stop("`format` = \"scvi-tools\" is available for SCVI and GIMVI models so far, not %s",
             class(model)[1])
     }
-    .rs(rs_scvi_save_scvi_tools(model$model, path.expand(dir), overwrite))
+    .rs(rs_model_save_scvi_tools(model$model, path.expand(dir), overwrite))
     return(invisible(dir))
   }
   .rs(rs_model_save(model$model, path.expand(dir), overwrite))

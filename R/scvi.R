@@ -560,7 +560,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
-#' `load_model()` also reads SCVI and MULTIVI (RNA + ATAC) models saved by scvi-tools'
+#' `load_model()` also reads SCVI, MULTIVI (RNA + ATAC) and GIMVI models saved by scvi-tools'
 #' `model.save()` (a folder with `model.pt`; written by scvi-tools 1.x, checked with 1.5.1),
 #' without Python: the weights under their scvi-tools names, the hyperparameters, the
 #' registry (features, batch, label and covariate categories in their order, setup
@@ -568,16 +568,17 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' train/validation split; not the training history. Such a model answers every query of a
 #' native one, can be saved natively, and serves as the reference of [load_query_data()] to
 #' map new cells onto a published atlas. When `x` is not given, the data saved with it
-#' (`adata.h5ad` / `mdata.h5mu`, with `save_anndata=True`) are read, as scvi-tools' `load()`
-#' does.
+#' (`adata.h5ad` / `mdata.h5mu` / GIMVI's `adata_seq.h5ad` and `adata_spatial.h5ad`, with
+#' `save_anndata=True`) are read, as scvi-tools' `load()` does.
 #'
 #' @param model an `SCVI`, `GIMVI`, `MULTIVI` or `SPLICEVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
-#' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI model written as scvi-tools'
-#'   `model.save()` writes it (`model.pt`, the layout of scvi-tools 1.5.1), for
-#'   `scvi.model.SCVI.load(dir, adata)` in Python (the AnnData needs the model's genes and
-#'   its setup columns; the training history is not written).
+#' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI or GIMVI model written as
+#'   scvi-tools' `model.save()` writes it (`model.pt`, the layout of scvi-tools 1.5.1), for
+#'   `scvi.model.SCVI.load(dir, adata)` / `scvi.external.GIMVI.load(dir, adata_seq,
+#'   adata_spatial)` in Python (the AnnData needs the model's genes and its setup columns;
+#'   the training history is not written).
 #' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
 #'   `list(seq = , spatial = )` of both datasets; for a MULTIVI model
 #'   `list(rna = , atac = , cells = )` or a SingleCellExperiment / Seurat object laid out as
@@ -611,14 +612,16 @@ load_model <- function(dir, x = NULL, ...) {
   }
   kind <- .rs(rs_saved_model_kind(path.expand(dir)))
   if (!native) {
-    if (!kind %in% c("SCVI", "MULTIVI")) {
+    if (!kind %in% c("SCVI", "MULTIVI", "GIMVI")) {
       .stop(paste0("`dir` '%s' holds a %s model saved by scvi-tools; rscvi reads scvi-tools' ",
-                   "SCVI and MULTIVI models so far"), dir, kind)
+                   "SCVI, MULTIVI and GIMVI models so far"), dir, kind)
     }
     # scvi-tools' load() takes the data saved with the model when none are given.
-    saved_data <- file.path(dir, c(SCVI = "adata.h5ad", MULTIVI = "mdata.h5mu")[[kind]])
-    if (is.null(x) && file.exists(saved_data)) {
-      x <- if (kind == "SCVI") read_h5ad(saved_data) else read_h5mu(saved_data)
+    saved_data <- file.path(dir, switch(kind, SCVI = "adata.h5ad", MULTIVI = "mdata.h5mu",
+                                        GIMVI = c("adata_seq.h5ad", "adata_spatial.h5ad")))
+    if (is.null(x) && all(file.exists(saved_data))) {
+      x <- switch(kind, SCVI = read_h5ad(saved_data), MULTIVI = read_h5mu(saved_data),
+                  GIMVI = list(seq = read_h5ad(saved_data[1]), spatial = read_h5ad(saved_data[2])))
     }
   }
   if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))

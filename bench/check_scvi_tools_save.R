@@ -2,7 +2,9 @@
 # Models rscvi writes in scvi-tools' layout (save_model(format = "scvi-tools")) load in
 # scvi-tools 1.5.1 and give rscvi's latent means there: a model read from scvi-tools' own
 # files (tests/testthat/fixtures/scvi-tools) and models trained by rscvi (with and without
-# covariates), on the shipped CellBench subsample. Needs the venv of bench/setup-venv.sh.
+# covariates), on the shipped CellBench subsample; GIMVI models (scvi-tools' fixture, and one
+# trained by rscvi) on the fixture's MERFISH + scRNA-seq subsample. Needs the venv of
+# bench/setup-venv.sh.
 #
 #   Rscript bench/check_scvi_tools_save.R
 #
@@ -26,12 +28,29 @@ models <- list(
 lines <- c("# rscvi models saved in scvi-tools' layout, loaded by scvi-tools",
            "", "bench/check_scvi_tools_save.R; CellBench subsample (40 cells x 30 genes).", "",
            "| model | scvi-tools' latent means vs rscvi's (max abs difference) |", "|---|---|")
+gimvi_dir <- "tests/testthat/fixtures/scvi-tools/gimvi"
+gimvi_files <- file.path(gimvi_dir, c("adata_seq.h5ad", "adata_spatial.h5ad"))
+gimvi_data <- list(seq = read_h5ad(gimvi_files[1]), spatial = read_h5ad(gimvi_files[2]))
+models$gimvi_from_scvi_tools <- load_model(gimvi_dir)
+models$gimvi_trained_by_rscvi <- train(
+  gimvi(gimvi_data$seq, gimvi_data$spatial, layer_seq = "X", layer_spatial = "X",
+        batch_key_seq = "library", n_latent = 5),
+  max_epochs = 20, seed = 0, progress = FALSE)
+lines[3] <- paste("bench/check_scvi_tools_save.R; CellBench subsample (40 cells x 30 genes);",
+                  "GIMVI: MERFISH + scRNA-seq subsample (131 + 75 cells).")
 for (name in names(models)) {
   dir <- file.path(out, name)
-  save_model(models[[name]], dir, overwrite = TRUE, format = "scvi-tools")
-  utils::write.csv(get_latent_representation(models[[name]]), file.path(dir, "latent.csv"))
+  m <- models[[name]]
+  save_model(m, dir, overwrite = TRUE, format = "scvi-tools")
+  z <- get_latent_representation(m)
+  if (inherits(m, "GIMVI")) {
+    for (part in names(z)) utils::write.csv(z[[part]], file.path(dir, sprintf("latent_%s.csv", part)))
+  } else {
+    utils::write.csv(z, file.path(dir, "latent.csv"))
+  }
+  files <- if (inherits(m, "GIMVI")) gimvi_files else h5ad
   said <- system2(file.path(venv, "bin", "python"), c(file.path(here, "scvi_tools_load.py"),
-                                                        dir, h5ad), stdout = TRUE)
+                                                        dir, files), stdout = TRUE)
   if (!is.null(attr(said, "status"))) stop("scvi-tools could not load ", dir)
   said <- utils::tail(said, 1)
   cat(said, "\n")

@@ -94,11 +94,47 @@ test_that("load_model() reads scvi-tools' MULTIVI models (RNA + ATAC, MuData set
   ref <- reference_latent("multivi")
   expect_lt(max(abs(z - ref[rownames(z), ])), 1e-5)
   expect_identical(dim(get_normalized_accessibility(m)), c(25L, 15L))
-  expect_error(save_model(m, tempfile(), format = "scvi-tools"), "SCVI models so far")
+  expect_error(save_model(m, tempfile(), format = "scvi-tools"), "SCVI and GIMVI models so far")
   # scArches onto the scvi-tools MULTIVI reference
   x$library <- paste0(x$library, "-query")
   q <- load_query_data(x, saved_by_scvi_tools("multivi"))
   expect_identical(q$registry$batch_categories, c("09A", "09A-query"))
   q <- train(q, max_epochs = 2, seed = 0, progress = FALSE)
   expect_true(all(is.finite(get_latent_representation(q))))
+})
+
+test_that("load_model() reads scvi-tools' GIMVI models with their two datasets", {
+  skip_if_not_installed("SingleCellExperiment")
+  dir <- saved_by_scvi_tools("gimvi")
+  # without x: the two AnnData files saved with the model (save_anndata=True)
+  m <- load_model(dir)
+  expect_s3_class(m, "GIMVI")
+  expect_true(is_trained(m))
+  expect_identical(m$config$n_latent, 4L)
+  expect_identical(m$config$dispersion, "gene-batch")
+  # half the sequencing genes, in another order, were measured in space
+  expect_length(m$spatial_gene_names, length(m$gene_names) %/% 2L)
+  expect_identical(m$gene_names[m$config$spatial_gene_index + 1L], m$spatial_gene_names)
+  z <- get_latent_representation(m)
+  for (part in c("seq", "spatial")) {
+    ref <- as.matrix(utils::read.csv(file.path(dir, sprintf("latent_%s.csv", part)),
+                                     row.names = 1, check.names = FALSE))
+    expect_identical(rownames(z[[part]]), rownames(ref))
+    expect_lt(max(abs(z[[part]] - ref)), 1e-5)
+  }
+  ref <- as.matrix(utils::read.csv(file.path(dir, "imputed.csv"), row.names = 1,
+                                   check.names = FALSE))
+  imputed <- get_imputed_values(m)$spatial[rownames(ref), ]
+  expect_identical(dimnames(imputed), dimnames(ref))
+  expect_lt(max(abs(imputed - ref) / pmax(ref, 1e-3)), 1e-4)
+  # the split per dataset, and the same model given the data explicitly
+  expect_length(train_indices(m)[[1]], ceiling(0.9 * nrow(z$seq)))
+  data <- list(seq = read_h5ad(file.path(dir, "adata_seq.h5ad")),
+               spatial = read_h5ad(file.path(dir, "adata_spatial.h5ad")))
+  again <- load_model(dir, x = data)
+  expect_equal(get_latent_representation(again), z)
+  # saved natively, it reads back the same
+  native <- file.path(tempdir(), "gimvi-from-scvi-tools")
+  save_model(m, native, overwrite = TRUE)
+  expect_equal(get_latent_representation(load_model(native, x = data)), z)
 })

@@ -276,12 +276,13 @@ fn rs_model_save(mut model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
     Ok(().into())
 }
 
-/// Saves an SCVI model in scvi-tools' layout (`dir/model.pt`).
+/// Saves a model in scvi-tools' layout (`dir/model.pt`), for the kinds that have one.
 #[extendr]
-fn rs_scvi_save_scvi_tools(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
-    let m = handle::<ScviKind>(&model)?;
-    guarded(|| m.save_scvi_tools(Path::new(dir), overwrite))?;
-    Ok(().into())
+fn rs_model_save_scvi_tools(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
+    with_kind!(&model, [ScviKind, GimviKind], |m| {
+        guarded(|| m.save_scvi_tools(Path::new(dir), overwrite))?;
+        Ok(().into())
+    })
 }
 
 /// An independent copy of the model (train() trains a copy: R's copy semantics).
@@ -303,9 +304,12 @@ fn rs_model_load(dir: &str) -> Result<Robj> {
             MultiviKind::NAME => Ok(new_handle(guarded(|| {
                 Model::<MultiviKind>::from_scvi_tools(dir)
             })?)),
+            GimviKind::NAME => Ok(new_handle(guarded(|| {
+                Model::<GimviKind>::from_scvi_tools(dir)
+            })?)),
             other_kind => Err(other(format!(
-                "{} holds a {other_kind} model saved by scvi-tools; rscvi reads scvi-tools' SCVI \
-                 and MULTIVI models so far",
+                "{} holds a {other_kind} model saved by scvi-tools; rscvi reads scvi-tools' SCVI, \
+                 MULTIVI and GIMVI models so far",
                 dir.display()
             ))),
         };
@@ -392,7 +396,7 @@ extendr_module! {
     fn rs_model_history;
     fn rs_model_state;
     fn rs_model_save;
-    fn rs_scvi_save_scvi_tools;
+    fn rs_model_save_scvi_tools;
     fn rs_model_copy;
     fn rs_model_load;
 }

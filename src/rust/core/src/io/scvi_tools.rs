@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::train::TrainState;
 
 pub const CHECKPOINT_FILE: &str = "model.pt";
+/// The scvi-tools version whose layout the writers here follow.
+pub const SCVI_TOOLS_VERSION: &str = "1.5.1";
 
 /// A model saved by scvi-tools, read.
 pub struct SavedByScviTools {
@@ -23,9 +25,15 @@ pub struct SavedByScviTools {
     pub scvi_version: String,
     /// `init_params_`: the constructor's arguments, keyword arguments merged in.
     pub params: Vec<(String, Value)>,
-    /// `registry_`.
+    /// `registry_`; for a model of two datasets (GIMVI), the first dataset's.
     pub registry: Value,
+    /// `registries_` of a model of two datasets (GIMVI: sequencing, spatial); else the one
+    /// registry.
+    pub registries: Vec<Value>,
     pub var_names: Vec<String>,
+    /// The features of each dataset (`seq_var_names`, `spatial_var_names` of GIMVI); else
+    /// `var_names`.
+    pub dataset_var_names: Vec<Vec<String>>,
     pub state: TrainState,
     pub tensors: HashMap<String, TorchTensor>,
     pub file: String,
@@ -74,8 +82,13 @@ impl SavedByScviTools {
             .root
             .get("attr_dict")
             .ok_or_else(|| err("no attr_dict: not a model saved by scvi-tools' model.save()"))?;
-        let registry = attrs
-            .get("registry_")
+        let registries = match (attrs.get("registry_"), attrs.get("registries_")) {
+            (Some(r), _) => vec![r.clone()],
+            (None, Some(rs)) => rs.items().unwrap_or_default(),
+            (None, None) => Vec::new(),
+        };
+        let registry = registries
+            .first()
             .cloned()
             .ok_or_else(|| err("attr_dict has no registry_"))?;
         let model_name = registry
@@ -110,7 +123,12 @@ impl SavedByScviTools {
                 }
             }
         }
-        // one array (AnnData), or one per modality (MuData), kept in modality order
+        // one array (AnnData), or one per modality (MuData), kept in modality order; GIMVI:
+        // one per dataset
+        let per_dataset: Option<Vec<Vec<String>>> = ["seq_var_names", "spatial_var_names"]
+            .iter()
+            .map(|k| ckpt.root.get(k).and_then(strings))
+            .collect();
         let var_names = match ckpt.root.get("var_names") {
             Some(Value::Dict(per_modality)) => per_modality
                 .iter()
@@ -118,15 +136,32 @@ impl SavedByScviTools {
                 .collect::<Option<Vec<_>>>()
                 .map(|v| v.concat()),
             Some(v) => strings(v),
-            None => None,
+            None => per_dataset.as_ref().and_then(|v| v.first().cloned()),
         }
         .ok_or_else(|| err("var_names (the features) are missing or not strings"))?;
+        let dataset_var_names = per_dataset.unwrap_or_else(|| vec![var_names.clone()]);
+        // one array of indices, or (GIMVI) one per dataset
+        let per_dataset = |key: &str| -> Vec<Vec<usize>> {
+            match attrs.get(key).and_then(Value::items) {
+                Some(xs) if registries.len() > 1 => xs.iter().map(|x| indices(Some(x))).collect(),
+                _ => vec![indices(attrs.get(key))],
+            }
+        };
         let splits = match attrs.get("train_indices_") {
-            Some(train) => vec![Split {
-                train: indices(Some(train)),
-                validation: indices(attrs.get("validation_indices_")),
-                test: indices(attrs.get("test_indices_")),
-            }],
+            Some(_) => {
+                let (train, validation, test) = (
+                    per_dataset("train_indices_"),
+                    per_dataset("validation_indices_"),
+                    per_dataset("test_indices_"),
+                );
+                (0..train.len())
+                    .map(|k| Split {
+                        train: train[k].clone(),
+                        validation: validation.get(k).cloned().unwrap_or_default(),
+                        test: test.get(k).cloned().unwrap_or_default(),
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
         let state = TrainState {
@@ -143,10 +178,34 @@ impl SavedByScviTools {
             scvi_version,
             params,
             registry,
+            registries,
             var_names,
+            dataset_var_names,
             state,
             tensors,
             file,
+        })
+    }
+
+    /// The registry and features of dataset `k` of a model of several datasets, as the
+    /// model of that one dataset (without its weights), for the field readers below.
+    pub fn dataset(&self, k: usize) -> Result<Self> {
+        let (Some(registry), Some(var_names)) =
+            (self.registries.get(k), self.dataset_var_names.get(k))
+        else {
+            return Err(self.error(format!("the model has no dataset {}", k + 1)));
+        };
+        Ok(Self {
+            model_name: self.model_name.clone(),
+            scvi_version: self.scvi_version.clone(),
+            params: self.params.clone(),
+            registry: registry.clone(),
+            registries: vec![registry.clone()],
+            var_names: var_names.clone(),
+            dataset_var_names: vec![var_names.clone()],
+            state: TrainState::default(),
+            tensors: HashMap::new(),
+            file: self.file.clone(),
         })
     }
 
@@ -382,6 +441,131 @@ impl Fields {
             Json::Object(m) => m,
             _ => serde_json::Map::new(),
         }
+    }
+}
+
+/// Where a model saved in scvi-tools' layout goes in `dir` (created if needed), unless one
+/// is there already and `overwrite` is false.
+pub fn checkpoint_path(dir: &Path, overwrite: bool) -> Result<std::path::PathBuf> {
+    let path = dir.join(CHECKPOINT_FILE);
+    if path.exists() && !overwrite {
+        return Err(Error::Io(format!(
+            "{} already holds a saved model; use overwrite = TRUE",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(path)
+}
+
+/// The registry scvi-tools 1.5.1 saves (`registry_`, or one of GIMVI's `registries_`) for the
+/// front end's registry `reg` of a model of class `model_name` set up with `setup_anndata`.
+pub fn registry_for_scvi_tools(reg: &Json, model_name: &str, n_cats_per_cov: &[usize]) -> Json {
+    let setup = &reg["setup_args"];
+    let genes = reg["gene_names"].clone();
+    let count = |key: &str| reg[key].as_array().map_or(0, Vec::len);
+    let (n_vars, n_batch, n_labels) = (
+        count("gene_names"),
+        count("batch_categories"),
+        count("label_categories"),
+    );
+    let cat_keys: Vec<String> = setup["categorical_covariate_keys"]
+        .as_array()
+        .map(|k| {
+            k.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cont: serde_json::Value = reg["continuous_covariate_keys"].clone();
+    let n_cont = cont.as_array().map_or(0, Vec::len);
+    // read_h5ad() names an AnnData's X "X"; scvi-tools calls it no layer
+    let layer = match setup["layer"].as_str() {
+        Some("X") | None => serde_json::Value::Null,
+        Some(l) => json!(l),
+    };
+    let empty = json!({"data_registry": {}, "state_registry": {}, "summary_stats": {}});
+    let extra_cat = if cat_keys.is_empty() {
+        json!({"data_registry": {}, "state_registry": {},
+               "summary_stats": {"n_extra_categorical_covs": 0}})
+    } else {
+        let cats = &reg["categorical_covariate_categories"];
+        json!({
+            "data_registry": {"attr_key": "_scvi_extra_categorical_covs", "attr_name": "obsm"},
+            "state_registry": {
+                "mappings": cat_keys.iter().map(|k| (k.clone(), cats[k].clone())).collect::<serde_json::Map<_, _>>(),
+                "field_keys": cat_keys,
+                "n_cats_per_key": n_cats_per_cov,
+            },
+            "summary_stats": {"n_extra_categorical_covs": cat_keys.len()},
+        })
+    };
+    let extra_cont = if n_cont == 0 {
+        json!({"data_registry": {}, "state_registry": {},
+               "summary_stats": {"n_extra_continuous_covs": 0}})
+    } else {
+        json!({
+            "data_registry": {"attr_key": "_scvi_extra_continuous_covs", "attr_name": "obsm"},
+            "state_registry": {"columns": cont},
+            "summary_stats": {"n_extra_continuous_covs": n_cont},
+        })
+    };
+    let size_factor = match setup["size_factor_key"].as_str() {
+        Some(k) => json!({"data_registry": {"attr_key": k, "attr_name": "obs"},
+                          "state_registry": {}, "summary_stats": {}}),
+        None => empty,
+    };
+    let n_cells = reg["n_cells"].as_u64().unwrap_or(0);
+    json!({
+        "scvi_version": SCVI_TOOLS_VERSION,
+        "model_name": model_name,
+        "setup_method_name": "setup_anndata",
+        "setup_args": {
+            "layer": layer,
+            "batch_key": setup["batch_key"],
+            "labels_key": setup["labels_key"],
+            "size_factor_key": setup["size_factor_key"],
+            "categorical_covariate_keys": setup["categorical_covariate_keys"],
+            "continuous_covariate_keys": setup["continuous_covariate_keys"],
+        },
+        "field_registries": {
+            "X": {
+                "data_registry": {"attr_key": layer,
+                                  "attr_name": if layer.is_null() { "X" } else { "layers" }},
+                "state_registry": {"n_obs": n_cells, "n_vars": n_vars, "column_names": genes},
+                "summary_stats": {"n_cells": n_cells, "n_vars": n_vars},
+            },
+            "batch": {
+                "data_registry": {"attr_key": "_scvi_batch", "attr_name": "obs"},
+                "state_registry": {
+                    "categorical_mapping": mapping(reg, "batch_categories", &setup["batch_key"]),
+                    "original_key": setup["batch_key"].as_str().unwrap_or("_scvi_batch"),
+                },
+                "summary_stats": {"n_batch": n_batch},
+            },
+            "labels": {
+                "data_registry": {"attr_key": "_scvi_labels", "attr_name": "obs"},
+                "state_registry": {
+                    "categorical_mapping": mapping(reg, "label_categories", &setup["labels_key"]),
+                    "original_key": setup["labels_key"].as_str().unwrap_or("_scvi_labels"),
+                },
+                "summary_stats": {"n_labels": n_labels},
+            },
+            "size_factor": size_factor,
+            "extra_categorical_covs": extra_cat,
+            "extra_continuous_covs": extra_cont,
+        },
+    })
+}
+
+/// The registry categories `key` as scvi-tools maps them: a column the model was not given
+/// (`setup_key` null) is scvi-tools' own column of zeros, whose one category is the integer 0.
+fn mapping(reg: &Json, key: &str, setup_key: &Json) -> Json {
+    if setup_key.is_null() {
+        json!([0])
+    } else {
+        reg[key].clone()
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod neighbours;
+pub mod scvi_tools;
 
 pub use model::{GimviKind, GimviModel};
 

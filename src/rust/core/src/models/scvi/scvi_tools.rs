@@ -11,14 +11,13 @@ use super::ScviConfig;
 use crate::error::Result;
 use crate::family::{Model, ModelKind};
 use crate::io::pickle::Value;
-use crate::io::scvi_tools::{from_json, with_batch_counters, SavedByScviTools};
+use crate::io::scvi_tools::{
+    checkpoint_path, from_json, registry_for_scvi_tools, with_batch_counters, SavedByScviTools,
+};
 use crate::io::torch::{
     load_state_dict, nn_torch_name, state_dict_of, state_dict_value, write_checkpoint, TorchName,
 };
 use crate::models::options::{BatchRepresentation, Dispersion};
-
-/// The scvi-tools version whose layout `save_scvi_tools` writes.
-const SCVI_TOOLS_VERSION: &str = "1.5.1";
 
 /// Constructor arguments of scvi-tools' SCVI (and its VAE keywords) that rscvi reproduces.
 const KNOWN: &[&str] = &[
@@ -136,132 +135,26 @@ impl Model<ScviKind> {
     }
 }
 
-/// The registry categories `key` as scvi-tools maps them: a column the model was not given
-/// (`setup_key` null) is scvi-tools' own column of zeros, whose one category is the integer 0.
-fn mapping(reg: &serde_json::Value, key: &str, setup_key: &serde_json::Value) -> serde_json::Value {
-    if setup_key.is_null() {
-        json!([0])
-    } else {
-        reg[key].clone()
-    }
-}
-
 impl Model<ScviKind> {
     /// Writes the model as scvi-tools' `model.save()` does (`dir/model.pt`), so that
     /// `scvi.model.SCVI.load(dir, adata)` reads it: the weights under their state-dict names,
     /// `var_names`, and `attr_dict` with the constructor arguments, the registry and the split.
     pub fn save_scvi_tools(&self, dir: &Path, overwrite: bool) -> Result<()> {
         let c = self.config();
-        let path = dir.join(crate::io::scvi_tools::CHECKPOINT_FILE);
-        if path.exists() && !overwrite {
-            return Err(crate::error::Error::Io(format!(
-                "{} already holds a saved model; use overwrite = TRUE",
-                dir.display()
-            )));
-        }
         if c.batch_representation == BatchRepresentation::Embedding {
             return Err(crate::error::invalid_arg(
                 "format",
                 "\"scvi-tools\" is not available for batch_representation = \"embedding\" models yet",
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| {
-            crate::error::Error::Io(format!("cannot create {}: {e}", dir.display()))
-        })?;
+        let path = checkpoint_path(dir, overwrite)?;
         let tensors =
             with_batch_counters(state_dict_of(&self.module, |p, lw| torch_name(c, p, lw)));
         let (state_dict, storages) =
             state_dict_value(&tensors, |n| n.ends_with("num_batches_tracked"));
         let reg = &self.registry;
-        let setup = &reg["setup_args"];
         let genes = reg["gene_names"].clone();
-        let cat_keys: Vec<String> = setup["categorical_covariate_keys"]
-            .as_array()
-            .map(|k| {
-                k.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let cont: serde_json::Value = reg["continuous_covariate_keys"].clone();
-        let n_cont = cont.as_array().map_or(0, Vec::len);
-        // read_h5ad() names an AnnData's X "X"; scvi-tools calls it no layer
-        let layer = match setup["layer"].as_str() {
-            Some("X") | None => serde_json::Value::Null,
-            Some(l) => json!(l),
-        };
-        let empty = json!({"data_registry": {}, "state_registry": {}, "summary_stats": {}});
-        let extra_cat = if cat_keys.is_empty() {
-            json!({"data_registry": {}, "state_registry": {},
-                   "summary_stats": {"n_extra_categorical_covs": 0}})
-        } else {
-            let cats = &reg["categorical_covariate_categories"];
-            json!({
-                "data_registry": {"attr_key": "_scvi_extra_categorical_covs", "attr_name": "obsm"},
-                "state_registry": {
-                    "mappings": cat_keys.iter().map(|k| (k.clone(), cats[k].clone())).collect::<serde_json::Map<_, _>>(),
-                    "field_keys": cat_keys,
-                    "n_cats_per_key": c.n_cats_per_cov,
-                },
-                "summary_stats": {"n_extra_categorical_covs": cat_keys.len()},
-            })
-        };
-        let extra_cont = if n_cont == 0 {
-            json!({"data_registry": {}, "state_registry": {},
-                   "summary_stats": {"n_extra_continuous_covs": 0}})
-        } else {
-            json!({
-                "data_registry": {"attr_key": "_scvi_extra_continuous_covs", "attr_name": "obsm"},
-                "state_registry": {"columns": cont},
-                "summary_stats": {"n_extra_continuous_covs": n_cont},
-            })
-        };
-        let size_factor = match setup["size_factor_key"].as_str() {
-            Some(k) => json!({"data_registry": {"attr_key": k, "attr_name": "obs"},
-                              "state_registry": {}, "summary_stats": {}}),
-            None => empty,
-        };
-        let n_cells = reg["n_cells"].as_u64().unwrap_or(0);
-        let registry = json!({
-            "scvi_version": SCVI_TOOLS_VERSION,
-            "model_name": ScviKind::NAME,
-            "setup_method_name": "setup_anndata",
-            "setup_args": {
-                "layer": layer,
-                "batch_key": setup["batch_key"],
-                "labels_key": setup["labels_key"],
-                "size_factor_key": setup["size_factor_key"],
-                "categorical_covariate_keys": setup["categorical_covariate_keys"],
-                "continuous_covariate_keys": setup["continuous_covariate_keys"],
-            },
-            "field_registries": {
-                "X": {
-                    "data_registry": {"attr_key": layer,
-                                      "attr_name": if layer.is_null() { "X" } else { "layers" }},
-                    "state_registry": {"n_obs": n_cells, "n_vars": c.n_input, "column_names": genes},
-                    "summary_stats": {"n_cells": n_cells, "n_vars": c.n_input},
-                },
-                "batch": {
-                    "data_registry": {"attr_key": "_scvi_batch", "attr_name": "obs"},
-                    "state_registry": {
-                        "categorical_mapping": mapping(reg, "batch_categories", &setup["batch_key"]),
-                        "original_key": setup["batch_key"].as_str().unwrap_or("_scvi_batch"),
-                    },
-                    "summary_stats": {"n_batch": c.n_batch},
-                },
-                "labels": {
-                    "data_registry": {"attr_key": "_scvi_labels", "attr_name": "obs"},
-                    "state_registry": {
-                        "categorical_mapping": mapping(reg, "label_categories", &setup["labels_key"]),
-                        "original_key": setup["labels_key"].as_str().unwrap_or("_scvi_labels"),
-                    },
-                    "summary_stats": {"n_labels": c.n_labels},
-                },
-                "size_factor": size_factor,
-                "extra_categorical_covs": extra_cat,
-                "extra_continuous_covs": extra_cont,
-            },
-        });
+        let registry = registry_for_scvi_tools(reg, ScviKind::NAME, &c.n_cats_per_cov);
         let init_params = json!({
             "non_kwargs": {
                 "n_hidden": c.n_hidden,
