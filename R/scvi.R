@@ -560,8 +560,9 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' `load_model()` as `x` (registered against the saved genes and categories), or give `x` to
 #' each query.
 #'
-#' `load_model()` also reads SCVI, MULTIVI (RNA + ATAC) and GIMVI models saved by scvi-tools'
-#' `model.save()` (a folder with `model.pt`; written by scvi-tools 1.x, checked with 1.5.1),
+#' `load_model()` also reads SCVI, MULTIVI (RNA + ATAC, proteins) and GIMVI models saved by
+#' scvi-tools' `model.save()` (a folder with `model.pt`; written by scvi-tools 1.x, checked
+#' with 1.5.1),
 #' without Python: the weights under their scvi-tools names, the hyperparameters, the
 #' registry (features, batch, label and covariate categories in their order, setup
 #' arguments; AnnData's X is the assay `"X"` of [read_h5ad()] / [read_h5mu()] objects) and the

@@ -16,7 +16,7 @@ can be checked against the reference without Python in CI:
 
 Run with the bench venv (bench/setup-venv.sh) from the repository root:
 
-  ~/.cache/rscvi/bench-venv/bin/python tools/make-scvi-tools-fixtures.py [scvi|multivi|gimvi ...]
+  ~/.cache/rscvi/bench-venv/bin/python tools/make-scvi-tools-fixtures.py [scvi|multivi|multivi-protein|gimvi ...]
 """
 
 import subprocess
@@ -97,6 +97,31 @@ def multivi_model():
     print("multivi written with scvi-tools", scvi.__version__)
 
 
+def multivi_protein_model():
+    # Proteins as scvi-tools' MULTIVI takes them (a third MuData modality); no CITE-seq data
+    # are shipped, so five genes' counts stand in for antibody counts
+    mdata = md.read_h5mu("inst/extdata/snareseq2_small.h5mu")
+    rna = mdata["rna"]
+    adt = ad.AnnData(X=np.asarray(rna.X[:, :5].todense() if hasattr(rna.X, "todense")
+                                  else rna.X[:, :5], dtype=np.float32) * 3)
+    adt.obs_names = rna.obs_names
+    adt.var_names = [f"ADT_{g}" for g in rna.var_names[:5]]
+    mdata = md.MuData({"rna": rna, "atac": mdata["atac"], "protein": adt})
+    mdata.update()
+    scvi.settings.seed = 0
+    scvi.model.MULTIVI.setup_mudata(mdata, batch_key="library",
+                                    modalities={"rna_layer": "rna", "atac_layer": "atac",
+                                                "protein_layer": "protein",
+                                                "batch_key": "rna"})
+    model = scvi.model.MULTIVI(mdata, n_genes=rna.n_vars, n_regions=mdata["atac"].n_vars,
+                               n_latent=3, modality_weights="universal")
+    model.train(max_epochs=40, enable_progress_bar=False)
+    folder = out / "multivi-protein"
+    model.save(folder, overwrite=True, save_anndata=True)
+    pd.DataFrame(model.get_latent_representation(), index=mdata.obs_names).to_csv(
+        folder / "latent.csv")
+    print("multivi-protein written with scvi-tools", scvi.__version__)
+
 def gimvi_model():
     # GIMVI: the example's two datasets, subsampled, as h5ad files written by rscvi (R)
     tmp = Path(tempfile.mkdtemp())
@@ -136,7 +161,8 @@ def gimvi_model():
 
 
 
-# Each part alone when named (scvi, multivi, gimvi): the others' files stay as they are.
-parts = {"scvi": scvi_models, "multivi": multivi_model, "gimvi": gimvi_model}
+# Each part alone when named (scvi, multivi, multivi-protein, gimvi): the others' files stay as they are.
+parts = {"scvi": scvi_models, "multivi": multivi_model,
+         "multivi-protein": multivi_protein_model, "gimvi": gimvi_model}
 for name in sys.argv[1:] or parts:
     parts[name]()

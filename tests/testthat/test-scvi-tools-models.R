@@ -138,3 +138,20 @@ test_that("load_model() reads scvi-tools' GIMVI models with their two datasets",
   save_model(m, native, overwrite = TRUE)
   expect_equal(get_latent_representation(load_model(native, x = data)), z)
 })
+
+test_that("load_model() reads scvi-tools' MULTIVI models with proteins", {
+  skip_if_not_installed("SingleCellExperiment")
+  dir <- saved_by_scvi_tools("multivi-protein")
+  # without x: the MuData saved with the model (rna; atac and protein as altExps)
+  m <- load_model(dir)
+  expect_s3_class(m, "MULTIVI")
+  expect_identical(m$registry$protein_names, paste0("ADT_", c("Celf2", "Cntn4", "Cntn5",
+                                                              "Cntnap2", "Fam19a1")))
+  expect_identical(m$registry$setup_args$protein, "protein")
+  z <- get_latent_representation(m)
+  ref <- reference_latent("multivi-protein")
+  expect_lt(max(abs(z - ref[rownames(z), ])), 1e-5)
+  z_protein <- get_latent_representation(m, modality = "protein")
+  expect_identical(dim(z_protein), dim(z))
+  expect_true(all(is.finite(get_protein_foreground_probability(m))))
+})

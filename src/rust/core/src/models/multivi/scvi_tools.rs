@@ -1,4 +1,4 @@
-//! MULTIVI models saved by scvi-tools (RNA + ATAC; proteins not yet): the hyperparameters
+//! MULTIVI models saved by scvi-tools (RNA + ATAC, and proteins): the hyperparameters
 //! from `init_params_` (the sizes scvi-tools derived when `n_hidden` / `n_latent` were None
 //! follow the same rule here), the registry in the front end's form, the weights by their
 //! state-dict names (multivi.md §3.2).
@@ -11,7 +11,6 @@ use super::model::{MultiviExtra, MultiviKind};
 use super::MultiviConfig;
 use crate::error::Result;
 use crate::family::{Model, ModelKind};
-use crate::io::pickle::Value;
 use crate::io::scvi_tools::SavedByScviTools;
 use crate::io::torch::{load_state_dict, nn_torch_name, TorchName};
 
@@ -38,6 +37,14 @@ const KNOWN: &[&str] = &[
     "protein_dispersion",
 ];
 
+/// The protein decoder's Linear heads (scvi-tools: FCLayers of one layer).
+const PROTEIN_HEADS: [&str; 4] = [
+    "py_back_mean_log_alpha",
+    "py_back_mean_log_beta",
+    "py_fore_scale_decoder",
+    "py_background_decoder",
+];
+
 /// The scvi-tools name of the MULTIVI parameter at Burn path `path`.
 fn torch_name(config: &MultiviConfig, path: &str, linear_weight: bool) -> Option<TorchName> {
     let vector = |n: usize| TorchName {
@@ -47,11 +54,15 @@ fn torch_name(config: &MultiviConfig, path: &str, linear_weight: bool) -> Option
     };
     match path {
         "mod_weights" if config.modality_weights == super::ModalityWeights::Universal => {
-            Some(vector(2))
+            Some(vector(2 + usize::from(config.n_proteins > 0)))
         }
         _ => {
             let path = path.replace("px_scale_decoder.", "px_scale_decoder.0.");
             let path = path.replace(".output.", ".output.0.");
+            // the protein decoder's heads are one-layer FCLayers in scvi-tools
+            let path = PROTEIN_HEADS.iter().fold(path, |p, head| {
+                p.replace(&format!(".{head}."), &format!(".{head}.layers.0.linear."))
+            });
             Some(nn_torch_name(&path, linear_weight))
         }
     }
@@ -64,14 +75,19 @@ impl Model<MultiviKind> {
         if saved.param_str("dispersion", "gene")? != "gene" {
             return Err(saved.error("only dispersion = \"gene\" MULTIVI models can be read"));
         }
-        let proteins = saved
-            .field_state("protein_expression")
-            .and_then(|s| s.get("column_names"))
-            .and_then(Value::items)
-            .map_or(0, |v| v.len());
-        if proteins > 0 {
-            return Err(saved.error("MULTIVI models with proteins cannot be read yet"));
-        }
+        let names = |saved: &SavedByScviTools, field: &str| {
+            saved
+                .field_state(field)
+                .and_then(|s| s.get("column_names"))
+                .and_then(|v| v.items())
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let proteins = names(&saved, "proteins");
         let n_genes = saved.param_usize("n_genes", 0)?;
         let n_regions = saved.param_usize("n_regions", 0)?;
         let fields = saved.fields()?;
@@ -86,7 +102,7 @@ impl Model<MultiviKind> {
         let config: MultiviConfig = serde_json::from_value(json!({
             "n_genes": n_genes,
             "n_regions": n_regions,
-            "n_proteins": 0,
+            "n_proteins": proteins.len(),
             "protein_dispersion": saved.param_str("protein_dispersion", "protein")?,
             "n_batch": fields.batches.len(),
             "n_cats_per_cov": fields.n_cats_per_cov(),
@@ -114,7 +130,7 @@ impl Model<MultiviKind> {
         // scvi-tools keeps a mixing logit for proteins whether or not there are any; without
         // proteins it is masked out of the mixing, so rscvi keeps the RNA and ATAC ones
         if let Some(w) = saved.tensors.get_mut("mod_weights") {
-            if w.shape.last() == Some(&3) {
+            if w.shape.last() == Some(&3) && proteins.is_empty() {
                 w.values = w
                     .values
                     .chunks(3)
@@ -131,31 +147,22 @@ impl Model<MultiviKind> {
             |p, lw| torch_name(&config, p, lw),
             |name| {
                 // scvi-tools allocates these whatever the data: an unused dispersion head,
-                // empty protein networks, the equal-weights placeholder
+                // the protein background prior it never uses, empty protein networks when
+                // there are no proteins, the equal-weights placeholder
+                let no_proteins = proteins.is_empty();
                 name.ends_with("num_batches_tracked")
                     || name.starts_with("z_decoder_expression.px_r_decoder.")
-                    || name.starts_with("z_encoder_protein.")
-                    || name.starts_with("z_decoder_pro.")
                     || name.starts_with("background_pro_")
-                    || name == "py_r"
+                    || (no_proteins
+                        && (name.starts_with("z_encoder_protein.")
+                            || name.starts_with("z_decoder_pro.")
+                            || name == "py_r"))
                     || name == "mod_weights"
             },
         )
         .map_err(|e| saved.error(e))?;
-        let names = |field: &str| {
-            saved
-                .field_state(field)
-                .and_then(|s| s.get("column_names"))
-                .and_then(|v| v.items())
-                .map(|v| {
-                    v.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        };
-        let genes = names("X");
-        let regions = names("atac");
+        let genes = names(&saved, "X");
+        let regions = names(&saved, "atac");
         if genes.len() != n_genes || regions.len() != n_regions {
             return Err(saved.error(format!(
                 "the registry names {} genes and {} regions, the model has {n_genes} and {n_regions}",
@@ -169,10 +176,10 @@ impl Model<MultiviKind> {
             "model": MultiviKind::NAME,
             "gene_names": genes,
             "region_names": regions,
-            "protein_names": [],
+            "protein_names": proteins,
             "n_genes": n_genes,
             "n_regions": n_regions,
-            "n_proteins": 0,
+            "n_proteins": proteins.len(),
             "modality_cells": {"paired": n_cells, "expression": 0, "accessibility": 0},
         });
         if let serde_json::Value::Object(own) = own {
@@ -182,9 +189,20 @@ impl Model<MultiviKind> {
             setup.insert("layer".into(), saved.layer_arg("rna_layer"));
             setup.insert("atac_layer".into(), saved.layer_arg("atac_layer"));
             setup.insert("altexp".into(), saved.modality_arg("atac_layer"));
-            for key in ["assay", "atac_assay", "protein", "protein_layer"] {
+            for key in ["assay", "atac_assay"] {
                 setup.insert(key.into(), serde_json::Value::Null);
             }
+            // proteins: read_h5mu() makes the modality an altExp of that name
+            let (protein, protein_layer) = if proteins.is_empty() {
+                (serde_json::Value::Null, serde_json::Value::Null)
+            } else {
+                (
+                    saved.modality_arg("protein_layer"),
+                    saved.layer_arg("protein_layer"),
+                )
+            };
+            setup.insert("protein".into(), protein);
+            setup.insert("protein_layer".into(), protein_layer);
             // MULTIVI has no labels field in the front end
             setup.insert("labels_key".into(), serde_json::Value::Null);
         }
