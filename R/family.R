@@ -400,8 +400,8 @@ save_model.rscvi_model <- function(model, dir, overwrite = FALSE, format = c("rs
   format <- .match_choice(format, c("rscvi", "scvi-tools"), "format")
   if (file.exists(dir) && !dir.exists(dir)) .stop("`dir` '%s' is a file, not a folder", dir)
   if (format == "scvi-tools") {
-    if (!inherits(model, c("SCVI", "GIMVI"))) {
-      .stop("`format` = \"scvi-tools\" is available for SCVI and GIMVI models so far, not %s",
+    if (!inherits(model, c("SCVI", "GIMVI", "MULTIVI"))) {
+      .stop("`format` = \"scvi-tools\" is available for SCVI, GIMVI and MULTIVI models, not %s",
             class(model)[1])
     }
     .rs(rs_model_save_scvi_tools(model$model, path.expand(dir), overwrite))

@@ -575,11 +575,13 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' @param model an `SCVI`, `GIMVI`, `MULTIVI` or `SPLICEVI` model.
 #' @param dir a folder (created if needed).
 #' @param overwrite replace a model already saved in `dir`.
-#' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI or GIMVI model written as
-#'   scvi-tools' `model.save()` writes it (`model.pt`, the layout of scvi-tools 1.5.1), for
-#'   `scvi.model.SCVI.load(dir, adata)` / `scvi.external.GIMVI.load(dir, adata_seq,
-#'   adata_spatial)` in Python (the AnnData needs the model's genes and its setup columns;
-#'   the training history is not written).
+#' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI, GIMVI or MULTIVI model
+#'   written as scvi-tools' `model.save()` writes it (`model.pt`, the layout of scvi-tools
+#'   1.5.1), for `scvi.model.SCVI.load(dir, adata)`, `scvi.external.GIMVI.load(dir,
+#'   adata_seq, adata_spatial)` or `scvi.model.MULTIVI.load(dir, mdata)` in Python (the data
+#'   need the model's features and setup columns; a MULTIVI's MuData its modalities named
+#'   `rna`, `atac` (or the altExp of the setup) and `protein`; the training history is not
+#'   written).
 #' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
 #'   `list(seq = , spatial = )` of both datasets; for a MULTIVI model
 #'   `list(rna = , atac = , cells = )` or a SingleCellExperiment / Seurat object laid out as

@@ -36,8 +36,24 @@ models$gimvi_trained_by_rscvi <- train(
   gimvi(gimvi_data$seq, gimvi_data$spatial, layer_seq = "X", layer_spatial = "X",
         batch_key_seq = "library", n_latent = 5),
   max_epochs = 20, seed = 0, progress = FALSE)
+h5mu <- system.file("extdata", "snareseq2_small.h5mu", package = "rscvi")
+mv_protein <- "tests/testthat/fixtures/scvi-tools/multivi-protein"
+models$multivi_from_scvi_tools <- load_model("tests/testthat/fixtures/scvi-tools/multivi",
+                                             x = read_h5mu(h5mu))
+models$multivi_protein_from_scvi_tools <- load_model(mv_protein)
+models$multivi_trained_by_rscvi <- train(
+  multivi(read_h5mu(h5mu), layer = "X", atac_layer = "X", batch_key = "library", n_latent = 4),
+  max_epochs = 20, seed = 0, progress = FALSE)
+# several batches injected everywhere, in the encoders too, with batch norm: the shapes of the
+# protein networks scvi-tools builds without proteins follow all of these
+models$multivi_covariates_by_rscvi <- train(
+  multivi(read_h5mu(h5mu), layer = "X", atac_layer = "X", batch_key = "cell_type",
+          encode_covariates = TRUE, deeply_inject_covariates = TRUE, use_batch_norm = "both",
+          modality_weights = "cell", n_latent = 4),
+  max_epochs = 20, seed = 0, progress = FALSE)
 lines[3] <- paste("bench/check_scvi_tools_save.R; CellBench subsample (40 cells x 30 genes);",
-                  "GIMVI: MERFISH + scRNA-seq subsample (131 + 75 cells).")
+                  "GIMVI: MERFISH + scRNA-seq subsample (131 + 75 cells); MULTIVI: SNARE-seq2",
+                  "subsample (25 nuclei; with five stand-in proteins in the fixture).")
 for (name in names(models)) {
   dir <- file.path(out, name)
   m <- models[[name]]
@@ -48,7 +64,9 @@ for (name in names(models)) {
   } else {
     utils::write.csv(z, file.path(dir, "latent.csv"))
   }
-  files <- if (inherits(m, "GIMVI")) gimvi_files else h5ad
+  files <- if (inherits(m, "GIMVI")) gimvi_files else if (inherits(m, "MULTIVI")) {
+    if (name == "multivi_protein_from_scvi_tools") file.path(mv_protein, "mdata.h5mu") else h5mu
+  } else h5ad
   said <- system2(file.path(venv, "bin", "python"), c(file.path(here, "scvi_tools_load.py"),
                                                         dir, files), stdout = TRUE)
   if (!is.null(attr(said, "status"))) stop("scvi-tools could not load ", dir)

@@ -6,18 +6,27 @@ bench/check_scvi_tools_save.R).
 
   python bench/scvi_tools_load.py <model dir> <h5ad with the model's cells and genes>
   python bench/scvi_tools_load.py <GIMVI model dir> <sequencing h5ad> <spatial h5ad>
+  python bench/scvi_tools_load.py <MULTIVI model dir> <h5mu with modalities rna, atac, ...>
 """
 
 import sys
 
 import anndata as ad
+import mudata as md
 import numpy as np
 import pandas as pd
 import scvi
 
 folder, files = sys.argv[1], sys.argv[2:]
-adatas = [ad.read_h5ad(f) for f in files]
-if len(adatas) == 1:
+if files[0].endswith(".h5mu"):
+    adatas = [md.read_h5mu(files[0])]
+    model = scvi.model.MULTIVI.load(folder, adata=adatas[0])
+    theirs, names = [model.get_latent_representation()], ["latent"]
+else:
+    adatas = [ad.read_h5ad(f) for f in files]
+if files[0].endswith(".h5mu"):
+    pass
+elif len(adatas) == 1:
     model = scvi.model.SCVI.load(folder, adata=adatas[0])
     theirs, names = [model.get_latent_representation()], ["latent"]
 else:

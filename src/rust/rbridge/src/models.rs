@@ -279,7 +279,7 @@ fn rs_model_save(mut model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
 /// Saves a model in scvi-tools' layout (`dir/model.pt`), for the kinds that have one.
 #[extendr]
 fn rs_model_save_scvi_tools(model: Robj, dir: &str, overwrite: bool) -> Result<Robj> {
-    with_kind!(&model, [ScviKind, GimviKind], |m| {
+    with_kind!(&model, [ScviKind, GimviKind, MultiviKind], |m| {
         guarded(|| m.save_scvi_tools(Path::new(dir), overwrite))?;
         Ok(().into())
     })

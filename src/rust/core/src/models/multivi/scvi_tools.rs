@@ -8,11 +8,17 @@ use std::path::Path;
 use serde_json::json;
 
 use super::model::{MultiviExtra, MultiviKind};
-use super::MultiviConfig;
+use super::{ModalityWeights, MultiviConfig, ProteinDispersion};
 use crate::error::Result;
 use crate::family::{Model, ModelKind};
-use crate::io::scvi_tools::SavedByScviTools;
-use crate::io::torch::{load_state_dict, nn_torch_name, TorchName};
+use crate::io::pickle::Value;
+use crate::io::scvi_tools::{
+    checkpoint_path, from_json, registry_for_scvi_tools, with_batch_counters, SavedByScviTools,
+};
+use crate::io::torch::{
+    load_state_dict, nn_torch_name, state_dict_of, state_dict_value, write_checkpoint, TorchName,
+    TorchTensor,
+};
 
 /// Constructor arguments of scvi-tools' MULTIVI that rscvi reproduces.
 const KNOWN: &[&str] = &[
@@ -53,8 +59,12 @@ fn torch_name(config: &MultiviConfig, path: &str, linear_weight: bool) -> Option
         shape: Some(vec![n]),
     };
     match path {
-        "mod_weights" if config.modality_weights == super::ModalityWeights::Universal => {
+        "mod_weights" if config.modality_weights == ModalityWeights::Universal => {
             Some(vector(2 + usize::from(config.n_proteins > 0)))
+        }
+        // scvi-tools: a vector per protein, rscvi a column
+        "py_r" if config.protein_dispersion == ProteinDispersion::Protein => {
+            Some(vector(config.n_proteins))
         }
         _ => {
             let path = path.replace("px_scale_decoder.", "px_scale_decoder.0.");
@@ -210,5 +220,252 @@ impl Model<MultiviKind> {
         let mut model = Model::from_module(module, registry, MultiviExtra::default());
         model.state = saved.state;
         Ok(model)
+    }
+}
+
+/// A tensor of zeros of `shape`.
+fn zeros(shape: &[usize]) -> TorchTensor {
+    TorchTensor {
+        shape: shape.to_vec(),
+        values: vec![0.0; shape.iter().product()],
+    }
+}
+
+/// The tensors scvi-tools' MULTIVAE holds that rscvi's module does not (scvi-tools builds
+/// them whatever the data, and its `load_state_dict` wants every one): the protein networks
+/// of a model without proteins (no protein ever reaches them), the protein background prior
+/// (never used) and the unused expression dispersion head. Zeros, in scvi-tools' shapes.
+fn unused_tensors(c: &MultiviConfig) -> Vec<(String, TorchTensor)> {
+    let mut out = Vec::new();
+    let (h, d, k, p) = (c.n_hidden, c.n_latent, c.n_batch, c.n_proteins);
+    // FCLayers count a covariate's one-hot only when it has more than one category
+    let cat_dim: usize = std::iter::once(k)
+        .chain(c.n_cats_per_cov.iter().copied())
+        .filter(|&n| n > 1)
+        .sum();
+    let mut stack = |prefix: &str, n_in: usize, n_layers: usize, cats: usize, norm: bool| {
+        for i in 0..n_layers {
+            let base = format!("{prefix}.fc_layers.Layer {i}");
+            let fan_in = if i == 0 { n_in } else { h } + cats;
+            out.push((format!("{base}.0.weight"), zeros(&[h, fan_in])));
+            out.push((format!("{base}.0.bias"), zeros(&[h])));
+            if norm {
+                for t in ["weight", "bias", "running_mean"] {
+                    out.push((format!("{base}.1.{t}"), zeros(&[h])));
+                }
+                let ones = TorchTensor {
+                    shape: vec![h],
+                    values: vec![1.0; h],
+                };
+                out.push((format!("{base}.1.running_var"), ones));
+            }
+        }
+    };
+    if p == 0 {
+        let enc_cats = if c.encode_covariates { cat_dim } else { 0 };
+        let n_in = 1 + if c.encode_covariates {
+            c.n_continuous_cov
+        } else {
+            0
+        };
+        let bn_enc = c.use_batch_norm.encoder();
+        stack(
+            "z_encoder_protein.encoder",
+            n_in,
+            c.n_layers_encoder,
+            enc_cats,
+            bn_enc,
+        );
+        let n_in = d + c.n_continuous_cov;
+        let bn_dec = c.use_batch_norm.decoder();
+        for s in ["py_fore_decoder", "sigmoid_decoder", "py_back_decoder"] {
+            let prefix = format!("z_decoder_pro.{s}");
+            stack(&prefix, n_in, c.n_layers_decoder, cat_dim, bn_dec);
+        }
+        for head in ["mean_encoder", "var_encoder"] {
+            out.push((format!("z_encoder_protein.{head}.weight"), zeros(&[d, h])));
+            out.push((format!("z_encoder_protein.{head}.bias"), zeros(&[d])));
+        }
+        for head in PROTEIN_HEADS {
+            let base = format!("z_decoder_pro.{head}.fc_layers.Layer 0.0");
+            out.push((format!("{base}.weight"), zeros(&[0, h + n_in + cat_dim])));
+            out.push((format!("{base}.bias"), zeros(&[0])));
+        }
+        let py_r = match c.protein_dispersion {
+            ProteinDispersion::Protein => zeros(&[0]),
+            ProteinDispersion::ProteinBatch => zeros(&[0, k]),
+        };
+        out.push(("py_r".into(), py_r));
+    }
+    for name in ["background_pro_alpha", "background_pro_log_beta"] {
+        out.push((name.into(), zeros(&[p, k])));
+    }
+    if c.n_genes > 0 {
+        let g = c.n_genes;
+        out.push((
+            "z_decoder_expression.px_r_decoder.weight".into(),
+            zeros(&[g, h]),
+        ));
+        out.push(("z_decoder_expression.px_r_decoder.bias".into(), zeros(&[g])));
+    }
+    out
+}
+
+impl Model<MultiviKind> {
+    /// Writes the model as scvi-tools' `model.save()` does (`dir/model.pt`), so that
+    /// `scvi.model.MULTIVI.load(dir, mdata)` reads it with a MuData whose modalities are named
+    /// `rna`, `atac` (the altExp of the setup, if named) and `protein`.
+    pub fn save_scvi_tools(&self, dir: &Path, overwrite: bool) -> Result<()> {
+        let c = self.config();
+        let path = checkpoint_path(dir, overwrite)?;
+        // scvi-tools keeps three mixing logits whatever the data (equal weights: a buffer)
+        let n_mod = 2 + usize::from(c.n_proteins > 0);
+        let mut tensors = Vec::new();
+        for (name, t) in state_dict_of(&self.module, |p, lw| torch_name(c, p, lw)) {
+            if name != "mod_weights" {
+                tensors.push((name, t));
+                continue;
+            }
+            let rows = t.values.len() / n_mod;
+            let mut values = Vec::with_capacity(rows * 3);
+            for row in t.values.chunks(n_mod) {
+                values.extend_from_slice(row);
+                values.extend(std::iter::repeat_n(0.0, 3 - n_mod));
+            }
+            let shape = match c.modality_weights {
+                ModalityWeights::Cell => vec![rows, 3],
+                _ => vec![3],
+            };
+            tensors.push((name, TorchTensor { shape, values }));
+        }
+        if c.modality_weights == ModalityWeights::Equal {
+            let ones = TorchTensor {
+                shape: vec![3],
+                values: vec![1.0; 3],
+            };
+            tensors.push(("mod_weights".into(), ones));
+        }
+        tensors.extend(unused_tensors(c));
+        let (state_dict, storages) = state_dict_value(&with_batch_counters(tensors), |n| {
+            n.ends_with("num_batches_tracked")
+        });
+        let reg = &self.registry;
+        let setup = &reg["setup_args"];
+        let atac = setup["altexp"].as_str().unwrap_or("atac").to_string();
+        let protein = setup["protein"].as_str().unwrap_or("protein").to_string();
+        // read_h5mu() names each AnnData's X "X"; scvi-tools calls it no layer
+        let layer = |key: &str| match setup[key].as_str() {
+            Some("X") | None => serde_json::Value::Null,
+            Some(l) => json!(l),
+        };
+        let mut registry = registry_for_scvi_tools(reg, MultiviKind::NAME, &c.n_cats_per_cov);
+        let n_cells = reg["n_cells"].as_u64().unwrap_or(c.n_cells as u64);
+        let mut modalities = serde_json::Map::new();
+        modalities.insert("rna_layer".into(), json!("rna"));
+        modalities.insert("atac_layer".into(), json!(atac));
+        if c.n_proteins > 0 {
+            modalities.insert("protein_layer".into(), json!(protein));
+        }
+        for key in [
+            "batch_key",
+            "size_factor_key",
+            "categorical_covariate_keys",
+            "continuous_covariate_keys",
+        ] {
+            if !setup[key].is_null() {
+                modalities.insert(key.into(), json!("rna"));
+            }
+        }
+        registry["setup_method_name"] = json!("setup_mudata");
+        registry["setup_args"] = json!({
+            "rna_layer": layer("layer"),
+            "atac_layer": layer("atac_layer"),
+            "protein_layer": if c.n_proteins > 0 { layer("protein_layer") } else { json!(null) },
+            "batch_key": setup["batch_key"],
+            "size_factor_key": setup["size_factor_key"],
+            "categorical_covariate_keys": setup["categorical_covariate_keys"],
+            "continuous_covariate_keys": setup["continuous_covariate_keys"],
+            "idx_layer": null,
+            "modalities": modalities,
+        });
+        let fields = &mut registry["field_registries"];
+        fields["X"]["data_registry"]["mod_key"] = json!("rna");
+        fields["atac"] = json!({
+            "data_registry": {"attr_name": "X", "attr_key": layer("atac_layer"), "mod_key": atac},
+            "state_registry": {"n_obs": n_cells, "n_vars": c.n_regions,
+                               "column_names": reg["region_names"]},
+            "summary_stats": {"n_atac": c.n_regions},
+        });
+        if c.n_proteins > 0 {
+            fields["proteins"] = json!({
+                "data_registry": {"attr_name": "X", "attr_key": layer("protein_layer"),
+                                  "mod_key": protein},
+                "state_registry": {"n_obs": n_cells, "n_vars": c.n_proteins,
+                                   "column_names": reg["protein_names"]},
+                "summary_stats": {"n_proteins": c.n_proteins},
+            });
+        }
+        if !setup["batch_key"].is_null() {
+            fields["batch"]["data_registry"]["mod_key"] = json!("rna");
+        }
+        fields["ind_x"] = json!({"data_registry": {"attr_name": "obs", "attr_key": "_indices"},
+                                 "state_registry": {}, "summary_stats": {}});
+        let init_params = json!({
+            "non_kwargs": {
+                "n_genes": c.n_genes,
+                "n_regions": c.n_regions,
+                "modality_weights": c.modality_weights,
+                "modality_penalty": c.modality_penalty,
+                "n_hidden": c.n_hidden,
+                "n_latent": c.n_latent,
+                "n_layers_encoder": c.n_layers_encoder,
+                "n_layers_decoder": c.n_layers_decoder,
+                "dropout_rate": c.dropout_rate,
+                "region_factors": c.region_factors,
+                "gene_likelihood": c.gene_likelihood,
+                "dispersion": "gene",
+                "use_batch_norm": c.use_batch_norm,
+                "use_layer_norm": c.use_layer_norm,
+                "latent_distribution": c.latent_distribution,
+                "deeply_inject_covariates": c.deeply_inject_covariates,
+                "encode_covariates": c.encode_covariates,
+                "fully_paired": c.fully_paired,
+                "protein_dispersion": c.protein_dispersion,
+            },
+            "kwargs": {"model_kwargs": {}},
+        });
+        let split = self.state.splits.first();
+        let indices = |f: fn(&crate::data::Split) -> &Vec<usize>| {
+            json!(split.map(f).cloned().unwrap_or_default())
+        };
+        let attrs = json!({
+            "init_params_": init_params,
+            "registry_": registry,
+            "is_trained_": self.state.is_trained,
+            "train_indices_": indices(|s| &s.train),
+            "validation_indices_": indices(|s| &s.validation),
+            "test_indices_": indices(|s| &s.test),
+            "history_": null,
+            "get_normalized_function_name_": "get_normalized_accessibility",
+        });
+        let mut var_names = vec![
+            ("rna", &reg["gene_names"]),
+            (atac.as_str(), &reg["region_names"]),
+        ];
+        if c.n_proteins > 0 {
+            var_names.push((protein.as_str(), &reg["protein_names"]));
+        }
+        let var_names = Value::Dict(
+            var_names
+                .into_iter()
+                .map(|(m, names)| (Value::Str(m.to_string()), from_json(names)))
+                .collect(),
+        );
+        let root = Value::Dict(vec![
+            (Value::Str("model_state_dict".into()), state_dict),
+            (Value::Str("var_names".into()), var_names),
+            (Value::Str("attr_dict".into()), from_json(&attrs)),
+        ]);
+        write_checkpoint(&path, &root, &storages)
     }
 }
