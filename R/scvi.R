@@ -561,9 +561,8 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' each query.
 #'
 #' `load_model()` also reads SCVI, MULTIVI (RNA + ATAC, proteins) and GIMVI models saved by
-#' scvi-tools' `model.save()` (a folder with `model.pt`; written by scvi-tools 1.x, checked
-#' with 1.5.1),
-#' without Python: the weights under their scvi-tools names, the hyperparameters, the
+#' scvi-tools' `model.save()` (a folder with `model.pt`; checked with scvi-tools 1.3.3, 1.4.3
+#' and 1.5.1), without Python: the weights under their scvi-tools names, the hyperparameters, the
 #' registry (features, batch, label and covariate categories in their order, setup
 #' arguments; AnnData's X is the assay `"X"` of [read_h5ad()] / [read_h5mu()] objects) and the
 #' train/validation split; not the training history. Such a model answers every query of a
@@ -577,7 +576,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' @param overwrite replace a model already saved in `dir`.
 #' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI, GIMVI or MULTIVI model
 #'   written as scvi-tools' `model.save()` writes it (`model.pt`, the layout of scvi-tools
-#'   1.5.1), for `scvi.model.SCVI.load(dir, adata)`, `scvi.external.GIMVI.load(dir,
+#'   1.5.1, which 1.3.3 and 1.4.3 read too), for `scvi.model.SCVI.load(dir, adata)`, `scvi.external.GIMVI.load(dir,
 #'   adata_seq, adata_spatial)` or `scvi.model.MULTIVI.load(dir, mdata)` in Python (the data
 #'   need the model's features and setup columns; a MULTIVI's MuData its modalities named
 #'   `rna`, `atac` (or the altExp of the setup) and `protein`; the training history is not

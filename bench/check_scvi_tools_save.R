@@ -11,8 +11,14 @@
 # Writes bench/results/scvi-tools-save.md.
 suppressPackageStartupMessages(library(rscvi))
 here <- if (file.exists("bench/check_scvi_tools_save.R")) "bench" else stop("run from the repository root")
-venv <- Sys.getenv("RSCVI_BENCH_VENV", file.path(Sys.getenv("HOME"), ".cache/rscvi/bench-venv"))
-if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
+# RSCVI_BENCH_VENV: another scvi-tools (bench/check_scvi_tools_versions.R), used as it is;
+# RSCVI_BENCH_RESULTS: where the table goes.
+venv <- Sys.getenv("RSCVI_BENCH_VENV")
+if (!nzchar(venv)) {
+  venv <- file.path(Sys.getenv("HOME"), ".cache/rscvi/bench-venv")
+  if (system2("bash", file.path(here, "setup-venv.sh")) != 0) stop("bench/setup-venv.sh failed")
+}
+results <- Sys.getenv("RSCVI_BENCH_RESULTS", file.path(here, "results", "scvi-tools-save.md"))
 h5ad <- system.file("extdata", "cellbench_small.h5ad", package = "rscvi")
 sce <- read_h5ad(h5ad)
 out <- file.path(tempdir(), "rscvi-to-scvi-tools")
@@ -75,4 +81,4 @@ for (name in names(models)) {
   lines <- c(lines, sprintf("| %s | %s |", name, sub(".*difference ", "", said)))
 }
 writeLines(c(lines, "", sub(".*: (scvi-tools [^ ]+).*", "Loaded with \\1.", said)),
-           file.path(here, "results", "scvi-tools-save.md"))
+           results)

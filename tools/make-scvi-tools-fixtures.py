@@ -19,6 +19,7 @@ Run with the bench venv (bench/setup-venv.sh) from the repository root:
   ~/.cache/rscvi/bench-venv/bin/python tools/make-scvi-tools-fixtures.py [scvi|multivi|multivi-protein|gimvi ...]
 """
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,9 @@ import pandas as pd
 import scvi
 import torch
 
-out = Path("tests/testthat/fixtures/scvi-tools")
+# RSCVI_FIXTURE_OUT: somewhere else (bench/check_scvi_tools_versions.R writes other versions'
+# models there)
+out = Path(os.environ.get("RSCVI_FIXTURE_OUT", "tests/testthat/fixtures/scvi-tools"))
 
 
 def scvi_models():
