@@ -861,6 +861,42 @@ struct StoredRows {
     indices: Dataset,
     n_cols: usize,
     raw: Option<Arc<RawRows>>,
+    stamp: Arc<FileStamp>,
+}
+
+/// The size and modification time of the file a model opened: rows read after it changed
+/// in place would belong to other cells, so every read checks them first. (A file replaced
+/// by another under the same name is still the opened one for the open handles.)
+struct FileStamp {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let m = file.metadata().map_err(|e| bad(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            len: m.len(),
+            modified: m.modified().ok(),
+            file,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        let m = self.file.metadata().map_err(|e| bad(&self.path, e))?;
+        if (m.len(), m.modified().ok()) != (self.len, self.modified) {
+            return Err(bad(
+                &self.path,
+                "the file changed since the model opened it, so its rows may no longer be the \
+                 model's cells; give the file again as `x` to read it anew",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A stored numeric type, as HDF5 describes it.
@@ -1061,6 +1097,7 @@ struct RawRows {
     data: RawArray,
     indices: RawArray,
     n_cols: usize,
+    stamp: Arc<FileStamp>,
 }
 
 impl RawRows {
@@ -1072,6 +1109,7 @@ impl RawRows {
             data: RawArray::locate(&rows.data, base)?,
             indices: RawArray::locate(&rows.indices, base)?,
             n_cols: rows.n_cols,
+            stamp: rows.stamp.clone(),
         })
     }
 }
@@ -1082,6 +1120,7 @@ impl RowReader for RawRows {
     }
 
     fn read(&self, nnz: std::ops::Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.stamp.check()?;
         let w = &self.what;
         let io = |e: std::io::Error| Error::File(format!("{w}: reading the counts: {e}"));
         let bytes = self.data.read(&self.file, nnz.clone()).map_err(io)?;
@@ -1139,6 +1178,7 @@ impl RowReader for StoredRows {
         if let Some(raw) = &self.raw {
             return raw.read(nnz);
         }
+        self.stamp.check()?;
         let _quiet = QuietHdf5::new();
         let w = &self.what;
         let values: Vec<f32> = match descriptor(&self.data) {
@@ -1268,6 +1308,7 @@ pub fn open_csr_counts(
         indices,
         n_cols: n_genes,
         raw: None,
+        stamp: Arc::new(FileStamp::of(path)?),
     };
     reader.raw = RawRows::open(path, &file, &reader).map(Arc::new);
     FileCounts::new(
@@ -1680,6 +1721,7 @@ mod tests {
             indices: g.dataset("indices").unwrap(),
             n_cols: 1 << 30,
             raw: None,
+            stamp: Arc::new(FileStamp::of(path).unwrap()),
         };
         let raw = RawRows::open(path, &file, &rows);
         (rows, raw)
@@ -1727,6 +1769,36 @@ mod tests {
         let (i, v) = rows.read(10..20).unwrap();
         assert_eq!(i, (10..20).map(|k| (k % 7) as u32).collect::<Vec<_>>());
         assert_eq!(v, (10..20).map(|k| (k % 5) as f32).collect::<Vec<_>>());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn reading_a_file_that_changed_under_the_model_is_an_error() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../inst/extdata/cellbench_small.h5ad");
+        let path = std::env::temp_dir().join(format!("rscvi-changed-{}.h5ad", std::process::id()));
+        std::fs::copy(&fixture, &path).unwrap();
+        let FeatureMatrix::Sparse {
+            n_features,
+            n_cells,
+            ..
+        } = read_h5ad(&path, false).unwrap().matrix
+        else {
+            panic!("X of the fixture is sparse");
+        };
+        let counts = open_csr_counts(&path, "X", n_cells, n_features).unwrap();
+        let all: Vec<usize> = (0..n_cells).collect();
+        counts.gather(&all, |_, _, _| {}).unwrap();
+        counts.release();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let err = counts.gather(&all, |_, _, _| {}).unwrap_err().to_string();
+        assert!(err.contains("changed since the model opened it"), "{err}");
         std::fs::remove_file(&path).unwrap();
     }
 }
