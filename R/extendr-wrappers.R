@@ -71,6 +71,11 @@ rs_model_elbo_terms <- function(model, dataset, ds, idx, batch_size, device) .Ca
 # Posterior normalised expression; `library_size` NaN = the latent library (μ).
 rs_model_normalized_expression <- function(model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device) .Call(wrap__rs_model_normalized_expression, model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device)
 
+# Normalized expression written into a new `.h5ad` file (`path`; X = cells x genes, `obs`
+# and `var` from the R layer) a block of cells at a time, so that a result larger than
+# memory never exists in full.
+rs_model_normalized_expression_to_h5ad <- function(model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device, path, obs, var, overwrite) .Call(wrap__rs_model_normalized_expression_to_h5ad, model, ds, idx, transform_batch, genes, library_size, n_samples, batch_size, device, path, obs, var, overwrite)
+
 # `m` rows of the head's normalised values (rho * library_size for expression) drawn from
 # the posterior of `idx` (n_samples_overall), uniformly or with importance weights
 # (`importance_json`, see `row_weights`).

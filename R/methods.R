@@ -117,7 +117,12 @@ get_latent_representation.SCVI <- function(model, x = NULL, give_mean = TRUE,
 #'   compatibility and does not change the result (rscvi sizes its passes itself).
 #' @param return_mean with `n_samples > 1`, `FALSE` returns all draws as an array
 #'   (draws x cells x genes) instead of their mean.
-#' @return A cells x genes matrix with dimnames.
+#' @param file `NULL`, or the path of a new `.h5ad` file to write the result into instead of
+#'   returning it (X = cells x genes, float32; `obs` and `var` name them), computed and
+#'   written a block of cells at a time: the result of an atlas never has to fit in memory.
+#'   Read it back with [read_h5ad()] or `HDF5Array::HDF5Array(file, "X")`.
+#' @param overwrite with `file`, replace an existing file.
+#' @return A cells x genes matrix with dimnames (with `file`: the path, invisibly).
 #' @export
 #' @examplesIf requireNamespace("SingleCellExperiment", quietly = TRUE)
 #' model <- train(scvi(rscvi_example_sce(), batch_key = "batch"), max_epochs = 3, seed = 0)
@@ -140,7 +145,8 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
                                            device = "auto", n_samples_overall = NULL,
                                            return_mean = TRUE,
                                            weights = c("uniform", "importance"),
-                                           importance_weighting_kwargs = NULL, ...) {
+                                           importance_weighting_kwargs = NULL, file = NULL,
+                                           overwrite = FALSE, ...) {
   .no_dots(list(...), "get_normalized_expression", "SCVI")
   .check_model(model)
   weights <- .match_choice(weights, c("uniform", "importance"), "weights")
@@ -150,7 +156,7 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
   }
   .normalized_expression(model, x, library_size, n_samples, transform_batch, gene_list,
                          indices, batch_size, device, n_samples_overall, return_mean,
-                         importance_json)
+                         importance_json, file, overwrite)
 }
 
 # Normalized expression of any model with an expression head (SCVI; MULTIVI and SPLICEVI,
@@ -159,7 +165,7 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
 .normalized_expression <- function(model, x, library_size, n_samples, transform_batch,
                                    gene_list, indices, batch_size, device,
                                    n_samples_overall = NULL, return_mean = TRUE,
-                                   importance_json = "") {
+                                   importance_json = "", file = NULL, overwrite = FALSE) {
   lib <- .check_library_size(library_size)
   n_samples <- .check_scalar_int(n_samples, "n_samples", min = 1)
   batch_size <- .check_batch_size(batch_size)
@@ -171,6 +177,26 @@ get_normalized_expression.SCVI <- function(model, x = NULL, library_size = 1, n_
   q <- .query_data(model, x)
   cells <- .query_cells(q, indices)
   gene_names <- if (is.null(gene_idx)) genes else genes[gene_idx + 1L]
+  if (!is.null(file)) {
+    file <- .check_scalar_string(file, "file")
+    overwrite <- .check_scalar_bool(overwrite, "overwrite")
+    if (!is.null(n_samples_overall) || !return_mean) {
+      .stop(paste("`file` holds one cells x genes matrix: not `n_samples_overall` or",
+                  "`return_mean` = FALSE"))
+    }
+    if (file.exists(file) && !overwrite) {
+      .stop("`file` '%s' exists; use overwrite = TRUE to replace it", file)
+    }
+    if (anyDuplicated(cells$names) || anyDuplicated(gene_names)) {
+      .stop("`file`: AnnData needs unique cell and gene names")
+    }
+    obs <- .io_frame_out(data.frame(row.names = seq_along(cells$names)), cells$names, "obs")
+    var <- .io_frame_out(data.frame(row.names = seq_along(gene_names)), gene_names, "var")
+    .rs(rs_model_normalized_expression_to_h5ad(model$model, q$data, cells$idx, tb, gene_idx,
+                                               lib, n_samples, batch_size, device,
+                                               path.expand(file), obs, var, overwrite))
+    return(invisible(file))
+  }
   if (!is.null(n_samples_overall)) {
     # scvi-tools' DE sampler: rows drawn with replacement from n_samples x cells draws
     m <- .check_scalar_int(n_samples_overall, "n_samples_overall", min = 1)

@@ -691,12 +691,13 @@ get_latent_representation.MULTIVI <- function(model, x = NULL, indices = NULL,
 get_normalized_expression.MULTIVI <- function(model, x = NULL, indices = NULL,
                                               transform_batch = NULL, gene_list = NULL,
                                               library_size = 1, n_samples = 1L,
-                                              batch_size = 128L, device = "auto", ...) {
+                                              batch_size = 128L, device = "auto", file = NULL,
+                                              overwrite = FALSE, ...) {
   .check_multivi(model)
   .no_dots(list(...), "get_normalized_expression", "MULTIVI")
   .require_modality(model, "expression", "get_normalized_expression()", NULL)
   .normalized_expression(model, x, library_size, n_samples, transform_batch, gene_list,
-                         indices, batch_size, device)
+                         indices, batch_size, device, file = file, overwrite = overwrite)
 }
 
 #' Normalized accessibility from a MULTIVI model

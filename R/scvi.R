@@ -226,7 +226,10 @@
 #' Queries on the model's data ([get_latent_representation()], [get_normalized_expression()],
 #' [differential_expression()], ...) stream the same way, and any of them also takes another
 #' `.h5ad` file with the model's genes as `x`. Importance-weighted queries (`weights =
-#' "importance"`) need the counts in memory.
+#' "importance"`) need the counts in memory. The second thread reads the file's bytes itself
+#' when its arrays are stored uncompressed (AnnData's default); compressed ones are read
+#' between minibatches instead. A file changed in place while a model reads it is an error
+#' (a file replaced under the same name is read as it was when opened).
 #'
 #' A `SingleCellExperiment` whose assay `layer` is an HDF5Array matrix reading straight from
 #' such a file (`HDF5Array::H5ADMatrix()` of a matrix stored by cells, or
@@ -576,8 +579,9 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #' @param overwrite replace a model already saved in `dir`.
 #' @param format `"rscvi"` (default) or `"scvi-tools"`: an SCVI, GIMVI or MULTIVI model
 #'   written as scvi-tools' `model.save()` writes it (`model.pt`, the layout of scvi-tools
-#'   1.5.1, which 1.3.3 and 1.4.3 read too), for `scvi.model.SCVI.load(dir, adata)`, `scvi.external.GIMVI.load(dir,
-#'   adata_seq, adata_spatial)` or `scvi.model.MULTIVI.load(dir, mdata)` in Python (the data
+#'   1.5.1, which 1.3.3 and 1.4.3 read too), for `scvi.model.SCVI.load(dir, adata)`,
+#'   `scvi.external.GIMVI.load(dir, adata_seq, adata_spatial)` or
+#'   `scvi.model.MULTIVI.load(dir, mdata)` in Python (the data
 #'   need the model's features and setup columns; a MULTIVI's MuData its modalities named
 #'   `rna`, `atac` (or the altExp of the setup) and `protein`; the training history is not
 #'   written).

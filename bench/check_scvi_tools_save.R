@@ -66,7 +66,9 @@ for (name in names(models)) {
   save_model(m, dir, overwrite = TRUE, format = "scvi-tools")
   z <- get_latent_representation(m)
   if (inherits(m, "GIMVI")) {
-    for (part in names(z)) utils::write.csv(z[[part]], file.path(dir, sprintf("latent_%s.csv", part)))
+    for (part in names(z)) {
+      utils::write.csv(z[[part]], file.path(dir, sprintf("latent_%s.csv", part)))
+    }
   } else {
     utils::write.csv(z, file.path(dir, "latent.csv"))
   }

@@ -1,10 +1,11 @@
 #!/usr/bin/env Rscript
 # Which scvi-tools versions rscvi exchanges models with, both ways. For each Python
 # environment given (default: ~/.cache/rscvi/venv-scvi13 and venv-scvi14 with scvi-tools
-# 1.3.3 and 1.4.3, and the bench venv with 1.5.1), that scvi-tools trains and saves the fixture models of
-# tools/make-scvi-tools-fixtures.py (SCVI x2, MULTIVI with and without proteins, GIMVI) into a
-# temporary folder, rscvi reads them and compares its latent means with what that version
-# computed; then bench/check_scvi_tools_save.R has that version load what rscvi writes.
+# 1.3.3 and 1.4.3, and the bench venv with 1.5.1), that scvi-tools trains and saves the
+# fixture models of tools/make-scvi-tools-fixtures.py (SCVI x2, MULTIVI with and without
+# proteins, GIMVI) into a temporary folder, rscvi reads them and compares its latent means
+# with what that version computed; then bench/check_scvi_tools_save.R has that version load
+# what rscvi writes.
 #
 #   Rscript bench/check_scvi_tools_versions.R [venv ...]
 #
@@ -37,8 +38,9 @@ read_side <- function(dir) {
     multivi = diff(get_latent_representation(
       load_model(file.path(dir, "multivi"), x = read_h5mu(shipped("snareseq2_small.h5mu")))),
       latent_csv(file.path(dir, "multivi", "latent.csv"))),
-    `multivi-protein` = diff(get_latent_representation(load_model(file.path(dir, "multivi-protein"))),
-                             latent_csv(file.path(dir, "multivi-protein", "latent.csv"))),
+    `multivi-protein` = diff(
+      get_latent_representation(load_model(file.path(dir, "multivi-protein"))),
+      latent_csv(file.path(dir, "multivi-protein", "latent.csv"))),
     gimvi = {
       z <- get_latent_representation(load_model(file.path(dir, "gimvi")))
       max(vapply(names(z), function(p) {
@@ -54,13 +56,14 @@ for (venv in venvs) {
                      stdout = TRUE, stderr = FALSE)
   version <- utils::tail(version, 1)
   out <- file.path(tempdir(), paste0("scvi-tools-", version))
-  status <- system2(python, "tools/make-scvi-tools-fixtures.py", env = paste0("RSCVI_FIXTURE_OUT=", out),
-                    stdout = FALSE, stderr = FALSE)
+  status <- system2(python, "tools/make-scvi-tools-fixtures.py",
+                    env = paste0("RSCVI_FIXTURE_OUT=", out), stdout = FALSE, stderr = FALSE)
   if (status != 0) stop("scvi-tools ", version, " could not write the fixture models")
   read <- read_side(out)
   written <- file.path(tempdir(), paste0("written-", version, ".md"))
   status <- system2(file.path(R.home("bin"), "Rscript"), "bench/check_scvi_tools_save.R",
-                    env = c(paste0("RSCVI_BENCH_VENV=", venv), paste0("RSCVI_BENCH_RESULTS=", written)),
+                    env = c(paste0("RSCVI_BENCH_VENV=", venv),
+                            paste0("RSCVI_BENCH_RESULTS=", written)),
                     stdout = FALSE, stderr = FALSE)
   if (status != 0) stop("scvi-tools ", version, " could not load what rscvi writes")
   table <- grep("^\\| [a-z_]+ \\| [0-9.e+-]+ \\|$", readLines(written), value = TRUE)

@@ -325,3 +325,38 @@ test_that("add_to_h5ad() writes a model's results where scvi-tools users look fo
   expect_error(add_to_h5ad(f), "nothing to add")
   expect_error(add_to_h5ad(tempfile(), obsm = list(a = z)), "does not exist")
 })
+
+test_that("get_normalized_expression(file = ) writes the result into an h5ad a block at a time", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- read_h5ad(shipped("cellbench_small.h5ad"))
+  m <- train(scvi(sce, layer = "counts", batch_key = "batch", n_latent = 3L), max_epochs = 2L,
+             seed = 0, progress = FALSE)
+  f <- tempfile(fileext = ".h5ad")
+  genes <- rownames(sce)[c(5, 1, 9)]
+  expect_identical(get_normalized_expression(m, file = f, gene_list = genes, indices = 3:30,
+                                             library_size = 1e4, n_samples = 50), f)
+  back <- read_h5ad(f)
+  expect_identical(colnames(back), colnames(sce)[3:30])
+  expect_identical(rownames(back), rownames(sce)[c(1, 5, 9)]) # the model's gene order
+  ref <- get_normalized_expression(m, gene_list = genes, indices = 3:30, library_size = 1e4,
+                                   n_samples = 50)
+  written <- t(as.matrix(SummarizedExperiment::assay(back, "X")))
+  # means of other posterior draws: the same cells and genes, close numbers
+  expect_gt(stats::cor(as.vector(log(written)), as.vector(log(ref))), 0.9)
+  # all genes: each cell's fractions sum to 1
+  get_normalized_expression(m, file = f, overwrite = TRUE)
+  all_genes <- as.matrix(SummarizedExperiment::assay(read_h5ad(f), "X"))
+  expect_equal(unname(colSums(all_genes)), rep(1, ncol(sce)), tolerance = 1e-5)
+  expect_error(get_normalized_expression(m, file = f), "overwrite = TRUE")
+  expect_error(get_normalized_expression(m, file = f, overwrite = TRUE, n_samples_overall = 5),
+               "one cells x genes matrix")
+  # MULTIVI decodes the posterior mean: the file holds exactly what is returned
+  mv <- rscvi_example_multiome()
+  keep <- 1:100
+  fit <- suppressWarnings(multivi(mv$rna[, keep], mv$atac[, keep], cells = mv$cells[keep, ],
+                                  batch_key = "library"))
+  fit <- train(fit, max_epochs = 2L, seed = 0, progress = FALSE)
+  get_normalized_expression(fit, file = f, overwrite = TRUE)
+  expect_equal(t(as.matrix(SummarizedExperiment::assay(read_h5ad(f), "X"))),
+               get_normalized_expression(fit), tolerance = 1e-6, ignore_attr = TRUE)
+})

@@ -176,7 +176,7 @@ fn feature_matrix(m: &Robj) -> Result<FeatureMatrix> {
     })
 }
 
-fn frame_from(f: &Robj) -> Result<Frame> {
+pub(crate) fn frame_from(f: &Robj) -> Result<Frame> {
     let l: List = f
         .try_into()
         .map_err(|_| other("internal: a frame must be a list"))?;

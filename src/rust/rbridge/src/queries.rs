@@ -5,9 +5,12 @@
 
 use extendr_api::prelude::*;
 use extendr_api::Result;
+use std::path::Path;
+
 use rscvi_core::de;
 use rscvi_core::family::{ExpressionModule, Head};
 use rscvi_core::infer::{self, ExpressionQuery, Matrix, RowWeights};
+use rscvi_core::io::h5;
 use rscvi_core::models::gimvi::GimviKind;
 use rscvi_core::models::multivi::MultiviKind;
 use rscvi_core::models::scvi::ScviKind;
@@ -139,6 +142,64 @@ fn rs_model_normalized_expression(
         })
     })?;
     Ok(r_matrix(&out))
+}
+
+/// Normalized expression written into a new `.h5ad` file (`path`; X = cells x genes, `obs`
+/// and `var` from the R layer) a block of cells at a time, so that a result larger than
+/// memory never exists in full.
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_model_normalized_expression_to_h5ad(
+    model: Robj,
+    ds: Robj,
+    idx: Robj,
+    transform_batch: Robj,
+    genes: Robj,
+    library_size: f64,
+    n_samples: i32,
+    batch_size: i32,
+    device: &str,
+    path: &str,
+    obs: Robj,
+    var: Robj,
+    overwrite: bool,
+) -> Result<Robj> {
+    let tb = transform_batches(&transform_batch)?;
+    let (obs, var) = (crate::io::frame_from(&obs)?, crate::io::frame_from(&var)?);
+    with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
+        let q = Query::new(m, &ds, &idx, batch_size)?;
+        let width = q
+            .model
+            .module
+            .head_columns(Head::Expression)
+            .map_or(0, |c| c.len());
+        let genes = (!genes.is_null())
+            .then(|| indices(&genes, width))
+            .transpose()?;
+        if obs.index.len() != q.cells.len()
+            || var.index.len() != genes.as_ref().map_or(width, Vec::len)
+        {
+            return Err(other("internal: the file's names do not match the query"));
+        }
+        on_device_guarded!(q.model, device, |module, dev| {
+            h5::write_h5ad_rows(Path::new(path), &obs, &var, overwrite, |block, write| {
+                for (k, cells) in q.cells.chunks(block).enumerate() {
+                    let request = ExpressionQuery {
+                        cells,
+                        transform_batch: tb.clone(),
+                        genes: genes.as_deref(),
+                        library_size: library_size.is_finite().then_some(library_size),
+                        n_samples: n_samples.max(1) as usize,
+                        batch_size: q.batch_size,
+                    };
+                    let out = infer::normalized_expression(module, q.data, &request, dev)?;
+                    write(k * block, &out.values)?;
+                }
+                Ok(())
+            })
+        })?;
+        Ok(().into())
+    })
 }
 
 /// Uniform row draws for "", else importance weights with the options of this JSON object.
@@ -291,6 +352,7 @@ extendr_module! {
     fn rs_model_latent;
     fn rs_model_elbo_terms;
     fn rs_model_normalized_expression;
+    fn rs_model_normalized_expression_to_h5ad;
     fn rs_model_scale_samples;
     fn rs_model_de;
 }

@@ -1569,6 +1569,70 @@ pub fn write_h5ad(path: &Path, a: &AnnDataOut, overwrite: bool) -> Result<()> {
     })
 }
 
+/// Bytes a row block of [`write_h5ad_rows`] holds at most (its HDF5 chunks too).
+const ROW_BLOCK_BYTES: usize = 16 << 20;
+
+/// Writes an `.h5ad` file whose X is a dense cells x features float32 matrix that `fill`
+/// produces a block of rows at a time, handing each block (rows from `start`, row-major) to
+/// the writer it is given: a result larger than memory goes to disk block by block. The
+/// blocks must cover the rows in order. `obs` and `var` name the rows and columns. Written
+/// beside `path` and moved into place at the end, as [`write_h5ad`] does.
+pub fn write_h5ad_rows(
+    path: &Path,
+    obs: &Frame,
+    var: &Frame,
+    overwrite: bool,
+    fill: impl FnOnce(usize, &mut dyn FnMut(usize, &[f32]) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    let _quiet = QuietHdf5::new();
+    if path.exists() && !overwrite {
+        return Err(Error::File(format!(
+            "{} exists; use overwrite = TRUE to replace it",
+            path.display()
+        )));
+    }
+    let (n_rows, n_cols) = (obs.index.len(), var.index.len());
+    let block = (ROW_BLOCK_BYTES / (4 * n_cols.max(1))).clamp(1, n_rows.max(1));
+    hdf5::silence_errors(true);
+    super::write_beside(path, |tmp| {
+        let file = File::create(tmp).map_err(|e| bad(path, format!("cannot create ({e})")))?;
+        set_encoding(&file, "anndata", "0.1.0", path)?;
+        let x = file
+            .new_dataset::<f32>()
+            .shape([n_rows, n_cols])
+            .chunk([block, n_cols.max(1)])
+            .create("X")
+            .map_err(h5err(path, "X"))?;
+        set_encoding(&x, "array", "0.2.0", path)?;
+        let mut next = 0;
+        let mut write = |start: usize, values: &[f32]| -> Result<()> {
+            let rows = values.len() / n_cols.max(1);
+            if start != next || rows * n_cols != values.len() || start + rows > n_rows {
+                return Err(Error::File(format!(
+                    "{}: rows {start}.. do not continue the rows written so far",
+                    path.display()
+                )));
+            }
+            let view =
+                nd::ArrayView2::from_shape((rows, n_cols), values).map_err(|e| bad(path, e))?;
+            x.write_slice(view, nd::s![start..start + rows, ..])
+                .map_err(h5err(path, "X"))?;
+            next += rows;
+            Ok(())
+        };
+        fill(block, &mut write)?;
+        if next != n_rows {
+            return Err(bad(path, format!("{next} of {n_rows} rows were written")));
+        }
+        write_frame(&file, "obs", obs, path)?;
+        write_frame(&file, "var", var, path)?;
+        for g in ["layers", "obsm", "obsp", "varm", "varp", "uns"] {
+            dict_group(&file, g, path)?;
+        }
+        file.close().map_err(h5err(path, "the file"))
+    })
+}
+
 /// Adds elements to an existing `.h5ad` file: `obsm` embeddings (cells x dims, column-major)
 /// and `layers` (features x cells), in the file's cell and feature order (the caller
 /// matches names). An element of the same name is an error unless `overwrite`. Everything

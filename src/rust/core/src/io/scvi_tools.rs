@@ -459,6 +459,23 @@ pub fn checkpoint_path(dir: &Path, overwrite: bool) -> Result<std::path::PathBuf
     Ok(path)
 }
 
+/// The `attr_dict` scvi-tools saves for a model of one registry: its constructor arguments,
+/// the registry, the split and the name of its normalized-output query.
+pub fn attr_dict(init_params: Json, registry: Json, state: &TrainState, normalized: &str) -> Json {
+    let split = state.splits.first();
+    let indices = |f: fn(&Split) -> &Vec<usize>| json!(split.map(f).cloned().unwrap_or_default());
+    json!({
+        "init_params_": init_params,
+        "registry_": registry,
+        "is_trained_": state.is_trained,
+        "train_indices_": indices(|s| &s.train),
+        "validation_indices_": indices(|s| &s.validation),
+        "test_indices_": indices(|s| &s.test),
+        "history_": null,
+        "get_normalized_function_name_": normalized,
+    })
+}
+
 /// The registry scvi-tools 1.5.1 saves (`registry_`, or one of GIMVI's `registries_`) for the
 /// front end's registry `reg` of a model of class `model_name` set up with `setup_anndata`.
 pub fn registry_for_scvi_tools(reg: &Json, model_name: &str, n_cats_per_cov: &[usize]) -> Json {

@@ -13,7 +13,8 @@ use crate::error::Result;
 use crate::family::{Model, ModelKind};
 use crate::io::pickle::Value;
 use crate::io::scvi_tools::{
-    checkpoint_path, from_json, registry_for_scvi_tools, with_batch_counters, SavedByScviTools,
+    attr_dict, checkpoint_path, from_json, registry_for_scvi_tools, with_batch_counters,
+    SavedByScviTools,
 };
 use crate::io::torch::{
     load_state_dict, nn_torch_name, state_dict_of, state_dict_value, write_checkpoint, TorchName,
@@ -434,20 +435,12 @@ impl Model<MultiviKind> {
             },
             "kwargs": {"model_kwargs": {}},
         });
-        let split = self.state.splits.first();
-        let indices = |f: fn(&crate::data::Split) -> &Vec<usize>| {
-            json!(split.map(f).cloned().unwrap_or_default())
-        };
-        let attrs = json!({
-            "init_params_": init_params,
-            "registry_": registry,
-            "is_trained_": self.state.is_trained,
-            "train_indices_": indices(|s| &s.train),
-            "validation_indices_": indices(|s| &s.validation),
-            "test_indices_": indices(|s| &s.test),
-            "history_": null,
-            "get_normalized_function_name_": "get_normalized_accessibility",
-        });
+        let attrs = attr_dict(
+            init_params,
+            registry,
+            &self.state,
+            "get_normalized_accessibility",
+        );
         let mut var_names = vec![
             ("rna", &reg["gene_names"]),
             (atac.as_str(), &reg["region_names"]),
