@@ -104,6 +104,16 @@ fn rs_model_elbo_terms(
     .into())
 }
 
+/// The genes (0-based, None = all `width`) an expression query selects from R's `genes`,
+/// and how many it returns.
+fn selected_genes(genes: &Robj, width: usize) -> Result<(Option<Vec<usize>>, usize)> {
+    let genes = (!genes.is_null())
+        .then(|| indices(genes, width))
+        .transpose()?;
+    let n = genes.as_ref().map_or(width, Vec::len);
+    Ok((genes, n))
+}
+
 /// Posterior normalised expression; `library_size` NaN = the latent library (μ).
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -121,14 +131,8 @@ fn rs_model_normalized_expression(
     let tb = transform_batches(&transform_batch)?;
     let out = with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
-        let width = q
-            .model
-            .module
-            .head_columns(Head::Expression)
-            .map_or(0, |c| c.len());
-        let genes = (!genes.is_null())
-            .then(|| indices(&genes, width))
-            .transpose()?;
+        let width = q.model.module.head_columns(Head::Expression);
+        let (genes, _) = selected_genes(&genes, width.map_or(0, |c| c.len()))?;
         let request = ExpressionQuery {
             cells: &q.cells,
             transform_batch: tb,
@@ -168,17 +172,9 @@ fn rs_model_normalized_expression_to_h5ad(
     let (obs, var) = (crate::io::frame_from(&obs)?, crate::io::frame_from(&var)?);
     with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
-        let width = q
-            .model
-            .module
-            .head_columns(Head::Expression)
-            .map_or(0, |c| c.len());
-        let genes = (!genes.is_null())
-            .then(|| indices(&genes, width))
-            .transpose()?;
-        if obs.index.len() != q.cells.len()
-            || var.index.len() != genes.as_ref().map_or(width, Vec::len)
-        {
+        let width = q.model.module.head_columns(Head::Expression);
+        let (genes, n_genes) = selected_genes(&genes, width.map_or(0, |c| c.len()))?;
+        if obs.index.len() != q.cells.len() || var.index.len() != n_genes {
             return Err(other("internal: the file's names do not match the query"));
         }
         on_device_guarded!(q.model, device, |module, dev| {
