@@ -565,12 +565,13 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #'
 #' `load_model()` also reads SCVI, MULTIVI (RNA + ATAC, proteins) and GIMVI models saved by
 #' scvi-tools' `model.save()` (a folder with `model.pt`; checked with scvi-tools 1.3.3, 1.4.3
-#' and 1.5.1), without Python: the weights under their scvi-tools names, the hyperparameters, the
-#' registry (features, batch, label and covariate categories in their order, setup
-#' arguments; AnnData's X is the assay `"X"` of [read_h5ad()] / [read_h5mu()] objects) and the
-#' train/validation split; not the training history. Such a model answers every query of a
-#' native one, can be saved natively, and serves as the reference of [load_query_data()] to
-#' map new cells onto a published atlas. When `x` is not given, the data saved with it
+#' and 1.5.1), without Python: the weights under their scvi-tools names, the
+#' hyperparameters, the registry (features, batch, label and covariate categories in their
+#' order, setup arguments; AnnData's X is the assay `"X"` of [read_h5ad()] / [read_h5mu()]
+#' objects) and the train/validation split; not the training history. Such a model answers
+#' every query of a native one, can be saved natively, and serves as the reference of
+#' [load_query_data()] to map new cells onto a published atlas. When `x` is not given, the
+#' data saved with it
 #' (`adata.h5ad` / `mdata.h5mu` / GIMVI's `adata_seq.h5ad` and `adata_spatial.h5ad`, with
 #' `save_anndata=True`) are read, as scvi-tools' `load()` does.
 #'
@@ -581,10 +582,9 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
 #'   written as scvi-tools' `model.save()` writes it (`model.pt`, the layout of scvi-tools
 #'   1.5.1, which 1.3.3 and 1.4.3 read too), for `scvi.model.SCVI.load(dir, adata)`,
 #'   `scvi.external.GIMVI.load(dir, adata_seq, adata_spatial)` or
-#'   `scvi.model.MULTIVI.load(dir, mdata)` in Python (the data
-#'   need the model's features and setup columns; a MULTIVI's MuData its modalities named
-#'   `rna`, `atac` (or the altExp of the setup) and `protein`; the training history is not
-#'   written).
+#'   `scvi.model.MULTIVI.load(dir, mdata)` in Python (the data need the model's features and
+#'   setup columns; a MULTIVI's MuData its modalities named `rna`, `atac` (or the altExp of
+#'   the setup) and `protein`; the training history is not written).
 #' @param x optional data to attach, as for [scvi()] (for a GIMVI model a
 #'   `list(seq = , spatial = )` of both datasets; for a MULTIVI model
 #'   `list(rna = , atac = , cells = )` or a SingleCellExperiment / Seurat object laid out as
@@ -627,7 +627,8 @@ load_model <- function(dir, x = NULL, ...) {
                                         GIMVI = c("adata_seq.h5ad", "adata_spatial.h5ad")))
     if (is.null(x) && all(file.exists(saved_data))) {
       x <- switch(kind, SCVI = read_h5ad(saved_data), MULTIVI = read_h5mu(saved_data),
-                  GIMVI = list(seq = read_h5ad(saved_data[1]), spatial = read_h5ad(saved_data[2])))
+                  GIMVI = list(seq = read_h5ad(saved_data[1]),
+                               spatial = read_h5ad(saved_data[2])))
     }
   }
   if (kind == "MULTIVI") return(.load_multivi(dir, x, ...))

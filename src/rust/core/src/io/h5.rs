@@ -859,6 +859,8 @@ struct StoredRows {
     what: String,
     data: Dataset,
     indices: Dataset,
+    /// The arrays' stored types, read without conversion.
+    types: [Stored; 2],
     n_cols: usize,
     raw: Option<Arc<RawRows>>,
     stamp: Arc<FileStamp>,
@@ -967,6 +969,58 @@ impl Stored {
             Self::U64 => run(bytes, |b| u64::from_le_bytes(b) as f64, conv),
         }
     }
+
+    /// `ds[range]` read through the library in this stored type (HDF5 converts nothing),
+    /// each element through `conv`.
+    fn read_slice<T>(
+        self,
+        ds: &Dataset,
+        range: std::ops::Range<usize>,
+        what: &str,
+        conv: impl Fn(f64) -> T,
+    ) -> Result<Vec<T>> {
+        macro_rules! read {
+            ($t:ty) => {
+                slice_raw::<$t>(ds, range, what)?
+                    .into_iter()
+                    .map(|x| conv(x as f64))
+                    .collect()
+            };
+        }
+        Ok(match self {
+            Self::F32 => read!(f32),
+            Self::F64 => read!(f64),
+            Self::I8 => read!(i8),
+            Self::I16 => read!(i16),
+            Self::I32 => read!(i32),
+            Self::I64 => read!(i64),
+            Self::U8 => read!(u8),
+            Self::U16 => read!(u16),
+            Self::U32 => read!(u32),
+            Self::U64 => read!(u64),
+        })
+    }
+}
+
+/// A stored column index as a gene's position, or u32::MAX for one that is no gene's
+/// (negative, fractional, `n_cols` or more).
+fn gene_index(n_cols: usize) -> impl Fn(f64) -> u32 {
+    let n_cols = n_cols as f64;
+    move |j| {
+        if (0.0..n_cols).contains(&j) && j.fract() == 0.0 {
+            j as u32
+        } else {
+            u32::MAX
+        }
+    }
+}
+
+/// The rows' values and gene positions, or an error naming `what` if a position was no gene's.
+fn checked_rows(indices: Vec<u32>, values: Vec<f32>, what: &str) -> Result<(Vec<u32>, Vec<f32>)> {
+    if indices.contains(&u32::MAX) {
+        return Err(Error::File(format!("{what}: a gene index is out of range")));
+    }
+    Ok((indices, values))
 }
 
 /// Where a 1-D array's elements lie in the file.
@@ -1126,19 +1180,8 @@ impl RowReader for RawRows {
         let bytes = self.data.read(&self.file, nnz.clone()).map_err(io)?;
         let values = self.data.stored.decode(&bytes, |x| x as f32);
         let bytes = self.indices.read(&self.file, nnz).map_err(io)?;
-        // an index that is no gene's (negative, fractional, too large) becomes u32::MAX
-        let n_cols = self.n_cols as f64;
-        let indices = self.indices.stored.decode(&bytes, |j| {
-            if (0.0..n_cols).contains(&j) && j.fract() == 0.0 {
-                j as u32
-            } else {
-                u32::MAX
-            }
-        });
-        if indices.contains(&u32::MAX) {
-            return Err(Error::File(format!("{w}: a gene index is out of range")));
-        }
-        Ok((indices, values))
+        let indices = self.indices.stored.decode(&bytes, gene_index(self.n_cols));
+        checked_rows(indices, values, w)
     }
 }
 
@@ -1171,65 +1214,17 @@ impl RowReader for StoredRows {
         self.raw.clone().map(|r| r as Arc<dyn RowReader>)
     }
 
-    /// From the bytes when it can; else through the library, each array in its stored type
-    /// (the conversions to f32 / u32 reuse the buffer when the sizes match).
+    /// From the bytes when it can; else through the library, each array in its stored type.
     fn read(&self, nnz: std::ops::Range<usize>) -> Result<(Vec<u32>, Vec<f32>)> {
-        use hdf5::types::{FloatSize, IntSize};
         if let Some(raw) = &self.raw {
             return raw.read(nnz);
         }
         self.stamp.check()?;
         let _quiet = QuietHdf5::new();
-        let w = &self.what;
-        let values: Vec<f32> = match descriptor(&self.data) {
-            Some(TypeDescriptor::Float(FloatSize::U4)) => slice_raw(&self.data, nnz.clone(), w)?,
-            Some(TypeDescriptor::Float(FloatSize::U8)) => {
-                let v: Vec<f64> = slice_raw(&self.data, nnz.clone(), w)?;
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            Some(TypeDescriptor::Integer(IntSize::U4)) => {
-                let v: Vec<i32> = slice_raw(&self.data, nnz.clone(), w)?;
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            Some(TypeDescriptor::Unsigned(IntSize::U4)) => {
-                let v: Vec<u32> = slice_raw(&self.data, nnz.clone(), w)?;
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            Some(TypeDescriptor::Integer(_)) => {
-                let v: Vec<i64> = slice_raw(&self.data, nnz.clone(), w)?;
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            Some(TypeDescriptor::Unsigned(_)) => {
-                let v: Vec<u64> = slice_raw(&self.data, nnz.clone(), w)?;
-                v.into_iter().map(|x| x as f32).collect()
-            }
-            other => {
-                return Err(Error::File(format!(
-                    "{w}: values of type {other:?} are not counts"
-                )))
-            }
-        };
-        let n_cols = self.n_cols;
-        let out_of_range = || Error::File(format!("{w}: a gene index is out of range"));
-        let indices: Vec<u32> = match descriptor(&self.indices) {
-            // A negative index becomes >= 2^31 here, caught below.
-            Some(TypeDescriptor::Integer(IntSize::U4)) => {
-                let v: Vec<i32> = slice_raw(&self.indices, nnz, w)?;
-                v.into_iter().map(|j| j as u32).collect()
-            }
-            Some(TypeDescriptor::Unsigned(IntSize::U4)) => slice_raw(&self.indices, nnz, w)?,
-            _ => {
-                let v: Vec<i64> = slice_raw(&self.indices, nnz, w)?;
-                if v.iter().any(|&j| j < 0 || j as usize >= n_cols) {
-                    return Err(out_of_range());
-                }
-                v.into_iter().map(|j| j as u32).collect()
-            }
-        };
-        if indices.iter().any(|&j| j as usize >= n_cols) {
-            return Err(out_of_range());
-        }
-        Ok((indices, values))
+        let (w, [value_type, index_type]) = (&self.what, self.types);
+        let values = value_type.read_slice(&self.data, nnz.clone(), w, |x| x as f32)?;
+        let indices = index_type.read_slice(&self.indices, nnz, w, gene_index(self.n_cols))?;
+        checked_rows(indices, values, w)
     }
 }
 
@@ -1302,10 +1297,20 @@ pub fn open_csr_counts(
             ),
         ));
     }
+    let stored = |d: &Dataset, n: &str| {
+        Stored::of(d).ok_or_else(|| {
+            bad(
+                path,
+                format!("{name}/{n} holds {:?}, not numbers", descriptor(d)),
+            )
+        })
+    };
+    let types = [stored(&data, "data")?, stored(&indices, "indices")?];
     let mut reader = StoredRows {
         what: format!("{} ({name})", path.display()),
         data,
         indices,
+        types,
         n_cols: n_genes,
         raw: None,
         stamp: Arc::new(FileStamp::of(path)?),
@@ -1779,10 +1784,12 @@ mod tests {
     fn both_readers(path: &Path, group: &str) -> (StoredRows, Option<RawRows>) {
         let file = File::open(path).unwrap();
         let g = file.group(group).unwrap();
+        let (data, indices) = (g.dataset("data").unwrap(), g.dataset("indices").unwrap());
         let rows = StoredRows {
             what: group.into(),
-            data: g.dataset("data").unwrap(),
-            indices: g.dataset("indices").unwrap(),
+            types: [Stored::of(&data).unwrap(), Stored::of(&indices).unwrap()],
+            data,
+            indices,
             n_cols: 1 << 30,
             raw: None,
             stamp: Arc::new(FileStamp::of(path).unwrap()),
