@@ -216,7 +216,7 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
                         validation_size = NULL, shuffle_set_split = TRUE, batch_size = 128L,
                         lr = 1e-3, weight_decay = 1e-6, eps = 0.01, n_epochs_kl_warmup = 400L,
                         n_steps_kl_warmup = NULL, check_val_every_n_epoch = NULL, seed = NULL,
-                        device = c("auto", "cpu", "cuda"),
+                        device = c("auto", "cpu", "cuda"), devices = 1L,
                         progress = .progress_default(), ...) {
   .check_gimvi(model)
   dots <- .train_dots(list(...))
@@ -232,7 +232,8 @@ train.GIMVI <- function(model, max_epochs = 200L, kappa = 5, train_size = NULL,
     list(early_stopping = FALSE)
   )
   cfg$kappa <- .check_scalar_num(kappa, "kappa", min = 0)
-  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)),
+               devices)
 }
 
 # The data a GIMVI query runs on: for each requested part, the model's own data or new data

@@ -495,7 +495,7 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
                           early_stopping_min_delta = 0, check_val_every_n_epoch = NULL,
                           n_epochs_kl_warmup = 50L, n_steps_kl_warmup = NULL,
                           adversarial_mixing = TRUE, seed = NULL,
-                          device = c("auto", "cpu", "cuda"),
+                          device = c("auto", "cpu", "cuda"), devices = 1L,
                           progress = .progress_default(), ...) {
   .check_multivi(model)
   cfg <- .adamw_train_config(model, "MULTIVI", .train_dots(list(...)), max_epochs, lr,
@@ -505,7 +505,8 @@ train.MULTIVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NULL
                              early_stopping_min_delta, check_val_every_n_epoch,
                              n_epochs_kl_warmup, n_steps_kl_warmup, adversarial_mixing,
                              !missing(adversarial_mixing), seed)
-  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)),
+               devices)
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -420,6 +420,15 @@ scvi <- function(x, cells = NULL, layer = NULL, assay = NULL, batch_key = NULL,
 #' @param seed `NULL` (random) or a whole number in 0..4294967295 for a reproducible split
 #'   and minibatch order.
 #' @param device `"auto"` (CUDA when available, else CPU), `"cpu"` or `"cuda"`.
+#' @param devices data-parallel training: the number of workers, one per device, each with
+#'   a copy of the model (on the CPU they share the cores; with `device = "cuda"`, GPUs
+#'   `0..devices-1`). Every minibatch of `batch_size` cells is split between them and their
+#'   gradients are added up before each step, so the model takes the steps one worker would
+#'   take (each part has its own batch-norm statistics); the split, the minibatch order and
+#'   each worker's random draws come from `seed`; the validation loss, and with it early
+#'   stopping, covers all validation cells. Needs counts in memory (not streamed from a
+#'   file) and at least 2 cells per worker in a minibatch. One worker (the default) trains
+#'   as before.
 #' @param progress report progress (epoch, elapsed time, ETA, ELBO): interactively a line
 #'   redrawn in place, under `Rscript` and in batch jobs a new line every 5% of the epochs.
 #'   Default: the option `rscvi.progress` if set (e.g. `options(rscvi.progress = FALSE)`),
@@ -503,7 +512,7 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
                        n_steps_kl_warmup = NULL, reduce_lr_on_plateau = FALSE, lr_factor = 0.6,
                        lr_patience = 30L, lr_threshold = 0, lr_min = 0,
                        lr_scheduler_metric = "elbo_validation", plan_kwargs = NULL,
-                       seed = NULL, device = c("auto", "cpu", "cuda"),
+                       seed = NULL, device = c("auto", "cpu", "cuda"), devices = 1L,
                        progress = .progress_default(), ...) {
   .check_model(model)
   if (!is.null(plan_kwargs)) {
@@ -549,7 +558,8 @@ train.SCVI <- function(model, max_epochs = NULL, train_size = NULL, validation_s
   cfg$lr_scheduler <- .lr_schedule_config(cfg, "plateau", reduce_lr_on_plateau, lr_factor,
                                           lr_patience, lr_threshold, lr_min,
                                           lr_scheduler_metric, NULL)
-  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)),
+               devices)
 }
 
 # ---------------------------------------------------------------------------------------------

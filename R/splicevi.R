@@ -581,7 +581,7 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
                            reduce_lr_on_plateau = FALSE, lr_factor = 0.6, lr_patience = 30L,
                            lr_threshold = 0, lr_min = 0,
                            lr_scheduler_metric = "elbo_validation", step_size = 10L,
-                           seed = NULL, device = c("auto", "cpu", "cuda"),
+                           seed = NULL, device = c("auto", "cpu", "cuda"), devices = 1L,
                            progress = .progress_default(), ...) {
   .check_splicevi(model)
   cfg <- .adamw_train_config(model, "SPLICEVI", .train_dots(list(...)), max_epochs, lr,
@@ -600,7 +600,8 @@ train.SPLICEVI <- function(model, max_epochs = 500L, lr = 1e-4, train_size = NUL
                                           lr_scheduler_metric, step_size)
   # Early stopping ignores the validation checks of the KL warm-up epochs.
   cfg$early_stopping_warmup_epochs <- as.integer(cfg$n_epochs_kl_warmup %||% 0L)
-  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)))
+  .train_model(model, cfg, .check_device(device), .progress_mode(progress, list(...)),
+               devices)
 }
 
 # ---------------------------------------------------------------------------------------------

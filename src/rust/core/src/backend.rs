@@ -93,6 +93,15 @@ pub type GpuTrain = burn::backend::Autodiff<Gpu>;
 #[cfg(feature = "cuda")]
 pub type GpuDevice = burn::tensor::Device<Gpu>;
 
+/// The first `n` GPUs, one per data-parallel worker.
+#[cfg(feature = "cuda")]
+pub fn gpu_devices(n: usize) -> Result<Vec<GpuDevice>> {
+    if n == 0 {
+        return Err(crate::error::invalid_arg("devices", "must be at least 1"));
+    }
+    Ok((0..n).map(burn::backend::cuda::CudaDevice::new).collect())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
     Cpu,

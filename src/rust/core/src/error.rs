@@ -22,6 +22,9 @@ pub enum Error {
     /// The requested compute device cannot be used.
     #[error("device: {0}")]
     Device(String),
+    /// A worker of data-parallel training failed, or could not reach the others.
+    #[error("data-parallel training: {0}")]
+    Workers(String),
     /// The user interrupted a query (Ctrl-C).
     #[error("interrupted (Ctrl-C)")]
     Interrupted,

@@ -131,7 +131,11 @@ fn rs_model_normalized_expression(
     let tb = transform_batches(&transform_batch)?;
     let out = with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
-        let width = q.model.module.head_columns(Head::Expression).map_or(0, |c| c.len());
+        let width = q
+            .model
+            .module
+            .head_columns(Head::Expression)
+            .map_or(0, |c| c.len());
         let (genes, _) = selected_genes(&genes, width)?;
         let request = ExpressionQuery {
             cells: &q.cells,
@@ -172,7 +176,11 @@ fn rs_model_normalized_expression_to_h5ad(
     let (obs, var) = (crate::io::frame_from(&obs)?, crate::io::frame_from(&var)?);
     with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
-        let width = q.model.module.head_columns(Head::Expression).map_or(0, |c| c.len());
+        let width = q
+            .model
+            .module
+            .head_columns(Head::Expression)
+            .map_or(0, |c| c.len());
         let (genes, n_genes) = selected_genes(&genes, width)?;
         if obs.index.len() != q.cells.len() || var.index.len() != n_genes {
             return Err(other("internal: the file's names do not match the query"));

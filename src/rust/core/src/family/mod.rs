@@ -188,7 +188,7 @@ pub trait ModelKind: Sized + 'static {
     type Config: Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static;
     type Module<B: Backend>: FamilyModule<B, Config = Self::Config>;
     /// Model-specific state saved in the model description (scArches freezing for SCVI).
-    type Extra: Clone + Serialize + DeserializeOwned + Default + std::fmt::Debug;
+    type Extra: Clone + Serialize + DeserializeOwned + Default + std::fmt::Debug + Send + Sync;
 
     /// A module with blank parameters of the shapes `config` describes (weights are loaded
     /// over it).

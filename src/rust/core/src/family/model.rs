@@ -46,7 +46,7 @@ pub trait TrainsOn<B: AutodiffBackend>: ModelKind {
         extra: &Self::Extra,
         state: &mut TrainState,
         observer: &mut dyn Observer,
-        device: &B::Device,
+        devices: &[B::Device],
         resident_budget: Option<usize>,
     ) -> (Self::Module<B::InnerBackend>, Result<TrainSummary>);
 }
@@ -62,7 +62,7 @@ where
         extra: &K::Extra,
         state: &mut TrainState,
         observer: &mut dyn Observer,
-        device: &B::Device,
+        devices: &[B::Device],
         resident_budget: Option<usize>,
     ) -> (K::Module<B::InnerBackend>, Result<TrainSummary>) {
         train::train::<K, B>(
@@ -72,7 +72,7 @@ where
             extra,
             state,
             observer,
-            device,
+            devices,
             resident_budget,
         )
     }
@@ -159,7 +159,7 @@ impl<K: ModelKind> Model<K> {
                     &self.extra,
                     &mut self.state,
                     observer,
-                    &Default::default(),
+                    &vec![Default::default(); cfg.devices.max(1)],
                     None,
                 );
                 self.module = m;
@@ -169,6 +169,7 @@ impl<K: ModelKind> Model<K> {
             DeviceKind::Cuda => {
                 let dev = Default::default();
                 let on_gpu = self.module_on::<crate::backend::Gpu>(&dev)?;
+                let devices = crate::backend::gpu_devices(cfg.devices)?;
                 let (m, r) = <K as TrainsOn<crate::backend::GpuTrain>>::train_on(
                     on_gpu,
                     data,
@@ -176,7 +177,7 @@ impl<K: ModelKind> Model<K> {
                     &self.extra,
                     &mut self.state,
                     observer,
-                    &dev,
+                    &devices,
                     Some(gpu_data_budget()),
                 );
                 let blank = K::blank::<Cpu>(self.config(), &Default::default())?;

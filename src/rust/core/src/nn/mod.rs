@@ -52,6 +52,19 @@ impl<B: Backend> ModuleMapper<B> for Retrainable {
     }
 }
 
+/// The module with every lazily drawn parameter drawn now, in visit order (before replicas
+/// of it are made: each would draw its own).
+pub fn initialized<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Draw;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Draw {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Draw);
+    module
+}
+
 /// A trainable N(0, 1)-initialised parameter (see [`lazy_random`]).
 pub fn lazy_normal<B: Backend, const D: usize>(
     shape: [usize; D],
@@ -136,6 +149,50 @@ pub fn layer_norm<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     centered / (var + LN_EPS).sqrt()
 }
 
+thread_local! {
+    /// The random stream of a data-parallel training worker. The backend's generator is one
+    /// per process: workers drawing from it in turn would make a seed's result depend on
+    /// thread timing.
+    static WORKER_RNG: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Gives this thread its own random stream for [`draw`] (None: the backend's again).
+pub fn set_worker_rng(seed: Option<u64>) {
+    use rand::SeedableRng;
+    WORKER_RNG.with(|r| *r.borrow_mut() = seed.map(rand::rngs::StdRng::seed_from_u64));
+}
+
+/// `Tensor::random` for the draws training makes (latent samples, dropout masks): from the
+/// worker's own stream when [`set_worker_rng`] set one, else from the backend's generator.
+pub fn draw<B: Backend, const D: usize>(
+    shape: [usize; D],
+    distribution: Distribution,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    use rand::RngExt;
+    let host = WORKER_RNG.with(|r| {
+        let mut r = r.borrow_mut();
+        let rng = r.as_mut()?;
+        let n = shape.iter().product::<usize>();
+        let one = |rng: &mut rand::rngs::StdRng| -> Option<f64> {
+            Some(match distribution {
+                Distribution::Normal(mean, std) => mean + std * crate::dist::sample::normal(rng),
+                Distribution::Uniform(lo, hi) => lo + (hi - lo) * rng.random::<f64>(),
+                Distribution::Bernoulli(p) => f64::from(u8::from(rng.random::<f64>() < p)),
+                _ => return None,
+            })
+        };
+        (0..n)
+            .map(|_| one(rng).map(|v| v as f32))
+            .collect::<Option<Vec<f32>>>()
+    });
+    match host {
+        Some(values) => Tensor::from_data(TensorData::new(values, shape), device),
+        None => Tensor::random(shape, distribution, device),
+    }
+}
+
 /// Inverted dropout, active only in training mode. The mask comes from a SplitMix64 stream
 /// on the host seeded by one draw of the backend's RNG (so `train(seed = )` still fixes it):
 /// Burn's per-element sampler took a third of a SPLICEVI step, whose partial encoder drops
@@ -146,7 +203,7 @@ pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64, training: bool) -> Tensor<B,
     }
     let device = x.device();
     let [n, k] = x.dims();
-    let draw: Vec<f32> = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
+    let draw: Vec<f32> = draw::<B, 1>([2], Distribution::Uniform(0.0, 1.0), &device)
         .into_data()
         .convert::<f32>()
         .into_vec()
@@ -489,8 +546,7 @@ impl<B: Backend> Encoder<B> {
     fn head(&self, h: Tensor<B, 2>) -> Posterior<B> {
         let mean = self.mean_encoder.forward(h.clone());
         let var = self.var_encoder.forward(h).exp() + self.var_eps;
-        let noise =
-            Tensor::<B, 2>::random(mean.shape(), Distribution::Normal(0.0, 1.0), &mean.device());
+        let noise = draw::<B, 2>(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
         let sample = mean.clone() + var.clone().sqrt() * noise;
         Posterior { mean, var, sample }
     }
@@ -498,8 +554,7 @@ impl<B: Backend> Encoder<B> {
 
 /// Redraws a sample from an existing posterior (fresh noise).
 pub fn resample<B: Backend>(mean: &Tensor<B, 2>, var: &Tensor<B, 2>) -> Tensor<B, 2> {
-    let noise =
-        Tensor::<B, 2>::random(mean.shape(), Distribution::Normal(0.0, 1.0), &mean.device());
+    let noise = draw::<B, 2>(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
     mean.clone() + var.clone().sqrt() * noise
 }
 

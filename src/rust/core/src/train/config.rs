@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub gradient_clipping_max_norm: Option<f64>,
     /// None: constant learning rate.
     pub lr_scheduler: Option<crate::train::lr::LrSchedule>,
+    /// Data-parallel workers, one per device (on the CPU, workers sharing the cores); each
+    /// step's minibatch of `batch_size` cells is split between them.
+    pub devices: usize,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +79,7 @@ impl Default for TrainConfig {
             kappa: None,
             gradient_clipping_max_norm: None,
             lr_scheduler: None,
+            devices: 1,
         }
     }
 }
@@ -135,6 +139,27 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<()> {
         return Err(invalid_arg(
             "min_kl_weight",
             "must not exceed max_kl_weight",
+        ));
+    }
+    if cfg.devices == 0 || cfg.devices > crate::train::parallel::MAX_WORKERS {
+        return Err(invalid_arg(
+            "devices",
+            format!(
+                "must be between 1 and {}, got {}",
+                crate::train::parallel::MAX_WORKERS,
+                cfg.devices
+            ),
+        ));
+    }
+    if cfg.batch_size < 2 * cfg.devices {
+        return Err(invalid_arg(
+            "batch_size",
+            format!(
+                "must be at least 2 cells per device (>= {}) with devices = {}, got {}",
+                2 * cfg.devices,
+                cfg.devices,
+                cfg.batch_size
+            ),
         ));
     }
     if cfg.max_epochs == Some(0) {

@@ -146,6 +146,19 @@ impl Sums {
         self.cells += n;
         true
     }
+    /// The sums as numbers to add up across workers, and back.
+    pub(crate) fn to_array(&self) -> [f64; 4] {
+        [self.loss, self.reconstruction, self.kl, self.cells as f64]
+    }
+    pub(crate) fn from_array(v: [f64; 4]) -> Self {
+        Self {
+            loss: v[0],
+            reconstruction: v[1],
+            kl: v[2],
+            cells: v[3].round().max(0.0) as usize,
+        }
+    }
+
     pub(crate) fn means(&self) -> (f64, f64, f64) {
         let n = self.cells.max(1) as f64;
         (self.loss / n, self.reconstruction / n, self.kl / n)

@@ -9,6 +9,7 @@ pub mod history;
 pub mod lr;
 pub mod memory;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 
 pub use config::{
@@ -19,7 +20,7 @@ pub use memory::{available_memory, check_memory, check_minibatch_memory};
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::seq::SliceRandom;
@@ -30,6 +31,7 @@ use crate::error::{invalid_arg, Error, Result};
 use crate::family::{FamilyModule, ModelKind};
 use crate::nn::adversarial::{adversarial_loss, one_hot, Classifier};
 use history::Sums;
+use parallel::Peer;
 use schedule::cyclic_schedule;
 
 /// Adds one step's per-dataset terms to `sums`; false when a value is not finite.
@@ -44,9 +46,10 @@ fn add_terms<B: Backend>(sums: &mut Sums, terms: &[crate::family::Terms<B>]) -> 
     })
 }
 
-/// Mean loss terms (eval mode) over the validation cells of every dataset, each minibatch
-/// with its own dataset's pass (None: a value was not finite). Counts in a file are read in
-/// file order (the mean does not depend on the order).
+/// Loss sums (eval mode) over the validation cells of every dataset, each minibatch with its
+/// own dataset's pass (None: a value was not finite). Counts in a file are read in file order
+/// (the sums do not depend on the order). A worker of a data-parallel run evaluates its
+/// share of the minibatches.
 fn evaluate<B: Backend, M: FamilyModule<B>>(
     module: &M,
     data: &[&DataSet],
@@ -54,14 +57,16 @@ fn evaluate<B: Backend, M: FamilyModule<B>>(
     batch_size: usize,
     kl_w: f64,
     device: &B::Device,
-) -> Result<Option<(f64, f64, f64)>> {
+    peer: Option<&Peer>,
+) -> Result<Option<Sums>> {
     let mut sums = Sums::default();
+    let (rank, n) = peer.map_or((0, 1), |p| (p.rank(), p.workers()));
     for (i, split) in splits.iter().enumerate() {
         let mut cells = split.validation.clone();
         if data[i].file.is_some() {
             cells.sort_unstable();
         }
-        for chunk in cells.chunks(batch_size) {
+        for chunk in cells.chunks(batch_size).skip(rank).step_by(n) {
             data[i].load(chunk)?;
             let b = M::minibatch(module.config(), i, data[i], chunk, device);
             if !add_terms(&mut sums, &module.step_loss(&[b], kl_w, false).terms) {
@@ -69,7 +74,7 @@ fn evaluate<B: Backend, M: FamilyModule<B>>(
             }
         }
     }
-    Ok(Some(sums.means()))
+    Ok(Some(sums))
 }
 
 /// Frees the windows of counts read from files once training is over.
@@ -81,8 +86,70 @@ fn release(data: &[&DataSet]) {
     }
 }
 
-/// Fits `module` on `data` (one set per dataset of the model). On a non-finite loss the
-/// parameters of the last finished epoch come back with the error (the caller keeps its
+/// What every worker of a run derives alike before the first epoch.
+struct Prepared {
+    plan: crate::family::TrainPlan,
+    splits: Vec<Split>,
+    seed: u64,
+    max_epochs: usize,
+}
+
+/// Checks the data and options and draws the split of every dataset.
+fn prepare<K: ModelKind, B: Backend>(
+    module: &K::Module<B>,
+    data: &[&DataSet],
+    cfg: &TrainConfig,
+    workers: usize,
+) -> Result<Prepared> {
+    let config = module.config().clone();
+    validate_config(&TrainConfig {
+        devices: workers,
+        ..cfg.clone()
+    })?;
+    data.iter().try_for_each(|d| d.require_counts("training"))?;
+    K::check_data(&config, data)?;
+    data.iter()
+        .try_for_each(|d| check_minibatch_memory(cfg.batch_size.min(d.n_cells()), d.n_genes()))?;
+    if workers > 1 && data.iter().any(|d| d.file.is_some()) {
+        return Err(invalid_arg(
+            "devices",
+            "must be 1 when the counts stay in a file; read them into memory to train on \
+             several devices",
+        ));
+    }
+    let plan = K::plan(&config, data, cfg)?;
+    let seed = cfg.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    let mut splits = Vec::with_capacity(data.len());
+    for d in data {
+        let n = d.n_cells();
+        let sizes = split_sizes(
+            n,
+            cfg.train_size,
+            cfg.validation_size,
+            cfg.batch_size,
+            false,
+        )?;
+        splits.push(make_split(n, sizes, cfg.shuffle_set_split, seed as u32));
+    }
+    let no_validation = splits.iter().all(|s| s.validation.is_empty());
+    if cfg.early_stopping && no_validation && cfg.early_stopping_monitor.ends_with("validation") {
+        return Err(invalid_arg(
+            "early_stopping",
+            "needs a non-empty validation set",
+        ));
+    }
+    let max_epochs = cfg.max_epochs.unwrap_or(plan.default_max_epochs);
+    Ok(Prepared {
+        plan,
+        splits,
+        seed,
+        max_epochs,
+    })
+}
+
+/// Fits `module` on `data` (one set per dataset of the model), with one worker per device in
+/// `devices` (data-parallel when there are several; see [`parallel`]). On a non-finite loss
+/// the parameters of the last finished epoch come back with the error (the caller keeps its
 /// previous model). `resident_budget` (bytes) keeps the data on the device when the model
 /// supports it and the copy fits (GPU training); otherwise minibatches are assembled on the
 /// host from the sparse counts.
@@ -94,48 +161,111 @@ pub fn train<K: ModelKind, B: AutodiffBackend>(
     extra: &K::Extra,
     state: &mut TrainState,
     observer: &mut dyn Observer,
-    device: &B::Device,
+    devices: &[B::Device],
     resident_budget: Option<usize>,
 ) -> (K::Module<B::InnerBackend>, Result<TrainSummary>)
 where
     K::Module<B>: AutodiffModule<B, InnerModule = K::Module<B::InnerBackend>>,
 {
-    let config = module.config().clone();
-    let checked = validate_config(cfg)
-        .and_then(|_| data.iter().try_for_each(|d| d.require_counts("training")))
-        .and_then(|_| K::check_data(&config, data))
-        .and_then(|_| {
-            data.iter().try_for_each(|d| {
-                check_minibatch_memory(cfg.batch_size.min(d.n_cells()), d.n_genes())
-            })
-        })
-        .and_then(|_| K::plan(&config, data, cfg));
-    let plan = match checked {
+    let Some(device) = devices.first() else {
+        return (
+            module,
+            Err(invalid_arg("devices", "must name at least one device")),
+        );
+    };
+    let prepared = match prepare::<K, B::InnerBackend>(&module, data, cfg, devices.len()) {
         Ok(p) => p,
         Err(e) => return (module, Err(e)),
     };
-    let seed = cfg.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
-    let mut splits = Vec::with_capacity(data.len());
-    for d in data {
-        let n = d.n_cells();
-        match split_sizes(
-            n,
-            cfg.train_size,
-            cfg.validation_size,
-            cfg.batch_size,
-            false,
-        ) {
-            Ok(sizes) => splits.push(make_split(n, sizes, cfg.shuffle_set_split, seed as u32)),
-            Err(e) => return (module, Err(e)),
-        }
+    B::seed(device, prepared.seed);
+    let fresh = module.clone().map(&mut crate::nn::Retrainable);
+    let model = <K::Module<B> as AutodiffModule<B>>::from_inner(fresh);
+    let adversary = prepared.plan.adversary.as_ref();
+    let classifier = adversary
+        .map(|a| Classifier::<B>::new(a.n_latent, 32, a.n_classes, a.n_layers, 0.1, device));
+    if devices.len() == 1 {
+        return fit::<K, B>(
+            model,
+            classifier,
+            data,
+            cfg,
+            extra,
+            &prepared,
+            state,
+            observer,
+            device,
+            resident_budget,
+            None,
+        );
     }
+    // Every random initial value is drawn here, on one thread, before the replicas exist.
+    let model = crate::nn::initialized(model);
+    let classifier = classifier.map(crate::nn::initialized);
+    // Replicas through the inner module: clones would share their running statistics
+    // (Burn's RunningState keeps one per thread behind a shared lock and averages them).
+    fn replica<B: AutodiffBackend, M: AutodiffModule<B>>(m: &M, device: &B::Device) -> M {
+        M::from_inner(m.valid().map(&mut crate::nn::Retrainable)).fork(device)
+    }
+    let replicas: Vec<_> = devices
+        .iter()
+        .map(|d| (replica(&model, d), classifier.as_ref().map(|c| replica(c, d))))
+        .collect();
+    let worker = |(model, classifier): (K::Module<B>, Option<Classifier<B>>),
+                  peer: Peer,
+                  state: &mut TrainState,
+                  observer: &mut dyn Observer| {
+        let device = &devices[peer.rank()];
+        crate::nn::set_worker_rng(Some(
+            prepared.seed ^ (peer.rank() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ));
+        let out = fit::<K, B>(
+            model,
+            classifier,
+            data,
+            cfg,
+            extra,
+            &prepared,
+            state,
+            observer,
+            device,
+            resident_budget,
+            Some(&peer),
+        );
+        crate::nn::set_worker_rng(None);
+        out
+    };
+    parallel::supervise::<B::InnerBackend, _, _>(
+        devices, replicas, state, observer, module, &worker,
+    )
+}
+
+/// The training loop of one worker (`peer`: its place in a data-parallel run, None alone).
+#[allow(clippy::too_many_arguments)]
+fn fit<K: ModelKind, B: AutodiffBackend>(
+    model: K::Module<B>,
+    classifier: Option<Classifier<B>>,
+    data: &[&DataSet],
+    cfg: &TrainConfig,
+    extra: &K::Extra,
+    prepared: &Prepared,
+    state: &mut TrainState,
+    observer: &mut dyn Observer,
+    device: &B::Device,
+    resident_budget: Option<usize>,
+    peer: Option<&Peer>,
+) -> (K::Module<B::InnerBackend>, Result<TrainSummary>)
+where
+    K::Module<B>: AutodiffModule<B, InnerModule = K::Module<B::InnerBackend>>,
+{
+    let config = model.config().clone();
+    let Prepared {
+        plan,
+        splits,
+        seed,
+        max_epochs,
+    } = prepared;
+    let (seed, max_epochs) = (*seed, *max_epochs);
     let no_validation = splits.iter().all(|s| s.validation.is_empty());
-    if cfg.early_stopping && no_validation && cfg.early_stopping_monitor.ends_with("validation") {
-        let e = invalid_arg("early_stopping", "needs a non-empty validation set");
-        return (module, Err(e));
-    }
-    B::seed(device, seed);
-    let max_epochs = cfg.max_epochs.unwrap_or(plan.default_max_epochs);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1));
 
     // Counts in a file stay there: no device copy of the whole dataset.
@@ -146,17 +276,25 @@ where
         Some(gather) => gather(i, cells),
         None => K::Module::<B>::minibatch(&config, i, data[i], cells, device),
     };
-    let module = burn::module::Module::map(module, &mut crate::nn::Retrainable);
-    let mut model = <K::Module<B> as AutodiffModule<B>>::from_inner(module);
+    let mut last_good = model.valid();
+    let (mut model, mut classifier) = match peer {
+        Some(p) => {
+            let synced = p.replicate(model).and_then(|m| {
+                let c = classifier.map(|c| p.replicate(c)).transpose()?;
+                Ok((m, c))
+            });
+            match synced {
+                Ok(replicas) => replicas,
+                Err(e) => return (last_good, Err(e)),
+            }
+        }
+        None => (model, classifier),
+    };
     let grad_rules = K::grad_rules(&model, extra);
     let mut optim = optimizer(cfg).init::<B, K::Module<B>>();
     // The adversarial classifier and its optimiser (scvi-tools' adversarial training plans).
-    let adversary = plan.adversary;
-    let mut classifier = adversary
-        .as_ref()
-        .map(|a| Classifier::<B>::new(a.n_latent, 32, a.n_classes, a.n_layers, 0.1, device));
+    let adversary = plan.adversary.as_ref();
     let classifier_cfg = adversary
-        .as_ref()
         .and_then(|a| a.optimizer.as_ref())
         .map(|o| TrainConfig {
             optimizer: OptimizerKind::Adam,
@@ -166,10 +304,8 @@ where
             ..cfg.clone()
         })
         .unwrap_or_else(|| cfg.clone());
-    let mut classifier_optim = adversary
-        .as_ref()
-        .map(|_| optimizer(&classifier_cfg).init::<B, Classifier<B>>());
-    let mut last_good = model.valid();
+    let mut classifier_optim =
+        adversary.map(|_| optimizer(&classifier_cfg).init::<B, Classifier<B>>());
 
     let epoch_offset = state.history.last().map_or(0, |r| r.epoch + 1);
     let start = Instant::now();
@@ -185,6 +321,18 @@ where
         interrupted: false,
         early_stopped: false,
         seconds: 0.0,
+    };
+    // Each minibatch is split between the workers: every part needs 2 cells (batch norm).
+    let min_cells = 2 * peer.map_or(1, |p| p.workers());
+    let shard = |c: &'_ [usize]| -> Vec<usize> { peer.map_or(c, |p| p.shard(c)).to_vec() };
+    let non_finite = |epoch: usize, step: usize| {
+        Error::NonFinite(format!(
+            "training produced a non-finite loss in epoch {} (step {}); the model keeps the \
+             parameters of the last completed epoch. Try a lower `lr`, check the counts, or \
+             use gene_likelihood = \"nb\"",
+            epoch_offset + epoch + 1,
+            step + 1
+        ))
     };
     let mut train_cells: Vec<Vec<usize>> = splits.iter().map(|s| s.train.clone()).collect();
     for epoch in 0..max_epochs {
@@ -202,10 +350,11 @@ where
             }
         }
         let mut sums = Sums::default();
-        for cells in cyclic_schedule(&train_cells, cfg.batch_size) {
-            if cells.iter().any(|c| c.len() < 2) {
+        for global in cyclic_schedule(&train_cells, cfg.batch_size) {
+            if global.iter().any(|c| c.len() < min_cells) {
                 continue; // batch norm cannot use a single cell; the split rules avoid this
             }
+            let cells: Vec<Vec<usize>> = global.iter().map(|c| shard(c)).collect();
             let kl_step = kl_weight(cfg, epoch, step);
             if let Err(e) = cells
                 .iter()
@@ -221,36 +370,57 @@ where
                 .map(|(i, c)| minibatch(i, c))
                 .collect();
             let loss = model.step_loss(&batches, kl_step, true);
-            if !add_terms(&mut sums, &loss.terms) {
-                let msg = format!(
-                    "training produced a non-finite loss in epoch {} (step {}); the model keeps \
-                     the parameters of the last completed epoch. Try a lower `lr`, check the \
-                     counts, or use gene_likelihood = \"nb\"",
-                    epoch_offset + epoch + 1,
-                    step / (1 + adversary.is_some() as usize) + 1
-                );
+            let finite = add_terms(&mut sums, &loss.terms);
+            let optimizer_step = step / (1 + adversary.is_some() as usize);
+            if !finite && peer.is_none() {
                 state.is_trained = state.is_trained || epoch > 0;
                 release(data);
-                return (last_good, Err(Error::NonFinite(msg)));
+                return (last_good, Err(non_finite(epoch, optimizer_step)));
             }
             let classes = adversary
-                .as_ref()
                 .map(|a| one_hot::<B>(&model.adversarial_classes(&batches), a.n_classes, device));
-            let scale = adversary.as_ref().map_or(0.0, |a| a.scale);
-            let mut objective = loss.objective;
-            if let (Some(c), Some(classes), Some(z), true) =
-                (&classifier, &classes, &loss.z, scale > 0.0)
-            {
-                let logits = c.forward(z.clone(), true);
-                objective = objective + adversarial_loss(logits, classes.clone(), false) * scale;
-            }
-            let raw = objective.backward();
-            let sparse: Vec<_> = (loss.sparse_inputs.iter())
-                .filter_map(|s| Some((s.weight, s.weight_gradient(&raw)?)))
-                .collect();
-            let mut grads = GradientsParams::from_grads(raw, &model);
-            for (id, g) in sparse {
-                grads.register::<B::InnerBackend, 2>(id, g);
+            let scale = adversary.map_or(0.0, |a| a.scale);
+            let mut grads = if finite {
+                let mut objective = loss.objective;
+                if let (Some(c), Some(classes), Some(z), true) =
+                    (&classifier, &classes, &loss.z, scale > 0.0)
+                {
+                    let logits = c.forward(z.clone(), true);
+                    objective =
+                        objective + adversarial_loss(logits, classes.clone(), false) * scale;
+                }
+                let raw = objective.backward();
+                let sparse: Vec<_> = (loss.sparse_inputs.iter())
+                    .filter_map(|s| Some((s.weight, s.weight_gradient(&raw)?)))
+                    .collect();
+                let mut grads = GradientsParams::from_grads(raw, &model);
+                for (id, g) in sparse {
+                    grads.register::<B::InnerBackend, 2>(id, g);
+                }
+                grads
+            } else {
+                GradientsParams::new()
+            };
+            let mut stop = observer.should_stop();
+            // Each worker's gradient of its part's mean loss, weighted by the part's share of
+            // the minibatch: their sum is the gradient of the whole minibatch's mean loss.
+            let weight = {
+                let local: usize = cells.iter().map(Vec::len).sum();
+                let whole: usize = global.iter().map(|c| c.len()).sum();
+                local as f64 / whole as f64
+            };
+            if let Some(p) = peer {
+                let flags = [f64::from(u8::from(stop)), f64::from(u8::from(!finite))];
+                match p.reduce_gradients(&model, &mut grads, weight, &flags, device) {
+                    Ok(f) => {
+                        stop = f[0] > 0.0;
+                        if f[1] > 0.0 {
+                            state.is_trained = state.is_trained || epoch > 0;
+                            return (last_good, Err(non_finite(epoch, optimizer_step)));
+                        }
+                    }
+                    Err(e) => return (last_good, Err(e)),
+                }
             }
             grad::apply_grad_rules::<B>(&mut grads, &grad_rules);
             if let Some(max_norm) = cfg.gradient_clipping_max_norm {
@@ -270,7 +440,13 @@ where
                 classifier = Some(match z {
                     Some(z) => {
                         let l = adversarial_loss(c.forward(z, true), classes, true) * scale;
-                        let grads = GradientsParams::from_grads(l.backward(), &c);
+                        let mut grads = GradientsParams::from_grads(l.backward(), &c);
+                        if let Some(p) = peer {
+                            if let Err(e) = p.reduce_gradients(&c, &mut grads, weight, &[], device)
+                            {
+                                return (last_good, Err(e));
+                            }
+                        }
                         opt.step(classifier_cfg.lr, c, grads)
                     }
                     None => c,
@@ -278,9 +454,23 @@ where
                 step += 1; // the classifier's optimiser: the reference's global step counts it
             }
             step += 1;
-            if observer.should_stop() {
+            if stop {
                 summary.interrupted = true;
                 break;
+            }
+        }
+        if let Some(p) = peer {
+            // valid() first: it folds the last step's running-statistics update in.
+            let _ = model.valid();
+            let synced = p
+                .sum_sums::<B::InnerBackend>(&sums, device)
+                .and_then(|s| Ok((s, p.average_running(model.clone())?)));
+            match synced {
+                Ok((s, m)) => {
+                    sums = s;
+                    model = m;
+                }
+                Err(e) => return (last_good, Err(e)),
             }
         }
         let mut record = sums.record(epoch_offset + epoch, kl_w);
@@ -289,8 +479,20 @@ where
             && cfg.check_val_every_n_epoch > 0
             && ((epoch + 1) % cfg.check_val_every_n_epoch == 0 || epoch + 1 == max_epochs);
         if validate && !summary.interrupted {
-            match evaluate(&last_good, data, &splits, cfg.batch_size, kl_w, device) {
-                Ok(v) => record.set_validation(v),
+            let evaluated = evaluate(&last_good, data, splits, cfg.batch_size, kl_w, device, peer)
+                .and_then(|v| match peer {
+                    // Every worker's sums, and whether any was not finite.
+                    Some(p) => {
+                        let mut v4 = v.as_ref().map_or([0.0; 4], Sums::to_array).to_vec();
+                        v4.push(f64::from(u8::from(v.is_none())));
+                        let all = p.sum_host::<B::InnerBackend>(&v4, device)?;
+                        Ok((all[4] == 0.0)
+                            .then(|| Sums::from_array([all[0], all[1], all[2], all[3]])))
+                    }
+                    None => Ok(v),
+                });
+            match evaluated {
+                Ok(v) => record.set_validation(v.map(|s| s.means())),
                 Err(e) => {
                     release(data);
                     return (last_good, Err(e));
@@ -338,7 +540,7 @@ where
     release(data);
     summary.seconds = start.elapsed().as_secs_f64();
     state.is_trained = true;
-    state.splits = splits;
+    state.splits = splits.clone();
     (last_good, Ok(summary))
 }
 
@@ -361,7 +563,7 @@ mod training_tests {
         state: &mut TrainState,
         resident_budget: Option<usize>,
     ) -> (Scvi<Cpu>, Result<TrainSummary>) {
-        let device = Default::default();
+        let devices = vec![Default::default(); tc.devices];
         let extra = ScviExtra::default();
         train::<ScviKind, CpuTrain>(
             module,
@@ -370,7 +572,7 @@ mod training_tests {
             &extra,
             state,
             &mut Silent,
-            &device,
+            &devices,
             resident_budget,
         )
     }
@@ -433,6 +635,51 @@ mod training_tests {
         let (again, state2) = run();
         assert_eq!(state.history[1].elbo_train, state2.history[1].elbo_train);
         assert_eq!(flat(after.px_r.val()), flat(again.px_r.val()));
+    }
+
+    #[test]
+    fn two_workers_train_like_one_and_a_seed_reproduces_them() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = crate::data::toy_dataset(2);
+        let run = |devices: usize| {
+            let tc = TrainConfig {
+                max_epochs: Some(30),
+                seed: Some(11),
+                batch_size: 16,
+                devices,
+                ..Default::default()
+            };
+            let prior = crate::data::library_prior(&data);
+            let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+            let mut state = TrainState::default();
+            let (m, r) = train_scvi(m, &data, &tc, &mut state, None);
+            let summary = r.unwrap();
+            assert_eq!(summary.epochs_run, 30);
+            assert_eq!(state.history.len(), 30);
+            let last = state.history.last().unwrap();
+            (flat(m.px_r.val()), last.elbo_validation.unwrap(), last.elbo_train)
+        };
+        let (_, one, _) = run(1);
+        let (px_r, two, two_train) = run(2);
+        let (px_r_again, two_again, two_train_again) = run(2);
+        assert_eq!(px_r, px_r_again, "two workers: a seed did not reproduce the weights");
+        assert_eq!((two, two_train), (two_again, two_train_again));
+        let first = {
+            let prior = crate::data::library_prior(&data);
+            let m = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+            let tc = TrainConfig {
+                max_epochs: Some(1),
+                seed: Some(11),
+                batch_size: 16,
+                ..Default::default()
+            };
+            let mut state = TrainState::default();
+            train_scvi(m, &data, &tc, &mut state, None).1.unwrap();
+            state.history[0].elbo_validation.unwrap()
+        };
+        // Both learned, and about as well.
+        assert!(two < first && one < first, "one {one}, two {two}, untrained {first}");
+        assert!((two - one).abs() / one.abs() < 0.05, "one {one}, two {two}");
     }
 
     #[test]

@@ -268,8 +268,8 @@ impl<B: Backend> ProteinDecoder<B> {
         let h = self.py_back_decoder.forward(u.clone(), cov, training);
         let alpha = head(&self.py_back_mean_log_alpha, h.clone());
         let beta = head(&self.py_back_mean_log_beta, h).exp();
-        let noise = Tensor::random(
-            alpha.shape(),
+        let noise = crate::nn::draw(
+            alpha.dims(),
             Distribution::Normal(0.0, 1.0),
             &alpha.device(),
         );

@@ -280,7 +280,7 @@ mod tests {
             &ScviExtra::default(),
             &mut TrainState::default(),
             &mut Silent,
-            &dev,
+            &[dev],
             None,
         );
         r.unwrap();

@@ -176,7 +176,7 @@ mod tests {
             },
             &mut state,
             &mut Silent,
-            &Default::default(),
+            &[Default::default()],
             None,
         );
         r.unwrap();

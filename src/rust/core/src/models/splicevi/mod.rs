@@ -831,7 +831,7 @@ impl<B: Backend> SpliceVae<B> {
             && gate < 1.0
             && self.config.modality_weights != SpliceModalityWeights::Concatenate;
         let (qz_mean, qz_var) = if route {
-            let coin = Tensor::<B, 1>::random([1], Distribution::Bernoulli(0.5), &b.y.device())
+            let coin = crate::nn::draw::<B, 1>([1], Distribution::Bernoulli(0.5), &b.y.device())
                 .into_scalar()
                 .elem::<f64>();
             if coin > 0.5 {
