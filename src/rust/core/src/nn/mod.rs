@@ -153,14 +153,18 @@ thread_local! {
     /// The random stream of a data-parallel training worker. The backend's generator is one
     /// per process: workers drawing from it in turn would make a seed's result depend on
     /// thread timing.
-    static WORKER_RNG: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+    /// (Boxed: this library's thread-locals live in the static TLS block R's dlopen() has
+    /// little room for.)
+    static WORKER_RNG: std::cell::RefCell<Option<Box<rand::rngs::StdRng>>> =
         const { std::cell::RefCell::new(None) };
 }
 
 /// Gives this thread its own random stream for [`draw`] (None: the backend's again).
 pub fn set_worker_rng(seed: Option<u64>) {
     use rand::SeedableRng;
-    WORKER_RNG.with(|r| *r.borrow_mut() = seed.map(rand::rngs::StdRng::seed_from_u64));
+    WORKER_RNG.with(|r| {
+        *r.borrow_mut() = seed.map(|s| Box::new(rand::rngs::StdRng::seed_from_u64(s)))
+    });
 }
 
 /// `Tensor::random` for the draws training makes (latent samples, dropout masks): from the
@@ -173,7 +177,7 @@ pub fn draw<B: Backend, const D: usize>(
     use rand::RngExt;
     let host = WORKER_RNG.with(|r| {
         let mut r = r.borrow_mut();
-        let rng = r.as_mut()?;
+        let rng: &mut rand::rngs::StdRng = r.as_mut()?;
         let n = shape.iter().product::<usize>();
         let one = |rng: &mut rand::rngs::StdRng| -> Option<f64> {
             Some(match distribution {
