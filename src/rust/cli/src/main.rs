@@ -4,11 +4,11 @@
 //! rscvi-cli train --mtx M.mtx.gz --obs obs.tsv.gz [--features f.tsv.gz] [--genes list.txt]
 //!     [--filter COL=VALUE] [--batch-key COL] [--labels-key COL] [--epochs N] [--seed S]
 //!     [--batch-size B] [--device cpu|cuda|auto] [--gene-likelihood zinb|nb|poisson]
-//!     [--val-every N] [--mc-samples N] [--out DIR]
+//!     [--val-every N] [--mc-samples N] [--devices N] [--out DIR]
 //! rscvi-cli synth (the train data options, as --source-*) --cells N [--source-epochs E]
 //!     [--seed S] --out DIR      synthetic dataset drawn from a model fitted on the source
 //! rscvi-cli bench --data DIR [--max-cells N] [--epochs E] [--batch-size B] [--device D]
-//!     [--out DIR]
+//!     [--devices N] [--out DIR]
 //! rscvi-cli gpu-check --cellbench DIR [--out DIR]   parity + CPU-vs-CUDA training check
 //! rscvi-cli device
 
@@ -226,6 +226,7 @@ fn train_cmd(a: &Args) -> AnyResult<()> {
         check_val_every_n_epoch: a.num("val-every", 1usize)?,
         seed: Some(a.num("seed", 0u64)?),
         batch_size: a.num("batch-size", 128usize)?,
+        devices: a.num("devices", 1usize)?,
         ..Default::default()
     };
     let device = resolve_device(a.get("device").unwrap_or("cpu"))?;
@@ -402,6 +403,7 @@ fn bench_cmd(a: &Args) -> AnyResult<()> {
         batch_size,
         seed: Some(a.num("seed", 0u64)?),
         check_val_every_n_epoch: epochs,
+        devices: a.num("devices", 1usize)?,
         ..Default::default()
     };
     let t = Instant::now();
@@ -417,7 +419,9 @@ fn bench_cmd(a: &Args) -> AnyResult<()> {
     };
     let out = serde_json::json!({
         "n_cells": data.n_cells(), "n_genes": data.n_genes(), "batch_size": batch_size,
-        "device": device.name(), "epochs": summary.epochs_run,
+        "device": device.name(), "devices": cfg.devices,
+        "n_parameters": model.n_parameters(),
+        "epochs": summary.epochs_run,
         "seconds_total": total, "seconds_per_epoch": total / summary.epochs_run.max(1) as f64,
         "seconds_per_epoch_after_first": steady, "epoch_seconds": epoch_seconds,
         "elbo_train_last": h.last().map(|r| r.elbo_train),

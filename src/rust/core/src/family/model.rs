@@ -133,6 +133,11 @@ impl<K: ModelKind> Model<K> {
         self.module.config()
     }
 
+    /// The number of weights (what a data-parallel step adds up across workers).
+    pub fn n_parameters(&self) -> usize {
+        burn::module::Module::num_params(&self.module)
+    }
+
     /// A copy of the module on another backend.
     pub fn module_on<Z: Backend>(&self, device: &Z::Device) -> Result<K::Module<Z>> {
         io::transfer(&self.module, K::blank::<Z>(self.config(), device)?, device)

@@ -162,9 +162,8 @@ thread_local! {
 /// Gives this thread its own random stream for [`draw`] (None: the backend's again).
 pub fn set_worker_rng(seed: Option<u64>) {
     use rand::SeedableRng;
-    WORKER_RNG.with(|r| {
-        *r.borrow_mut() = seed.map(|s| Box::new(rand::rngs::StdRng::seed_from_u64(s)))
-    });
+    WORKER_RNG
+        .with(|r| *r.borrow_mut() = seed.map(|s| Box::new(rand::rngs::StdRng::seed_from_u64(s))));
 }
 
 /// `Tensor::random` for the draws training makes (latent samples, dropout masks): from the

@@ -208,7 +208,12 @@ where
     }
     let replicas: Vec<_> = devices
         .iter()
-        .map(|d| (replica(&model, d), classifier.as_ref().map(|c| replica(c, d))))
+        .map(|d| {
+            (
+                replica(&model, d),
+                classifier.as_ref().map(|c| replica(c, d)),
+            )
+        })
         .collect();
     let worker = |(model, classifier): (K::Module<B>, Option<Classifier<B>>),
                   peer: Peer,
@@ -380,6 +385,13 @@ where
             let classes = adversary
                 .map(|a| one_hot::<B>(&model.adversarial_classes(&batches), a.n_classes, device));
             let scale = adversary.map_or(0.0, |a| a.scale);
+            // Each worker's gradient of its part's mean loss, weighted by the part's share of
+            // the minibatch: their sum is the gradient of the whole minibatch's mean loss.
+            let weight = {
+                let local: usize = cells.iter().map(Vec::len).sum();
+                let whole: usize = global.iter().map(|c| c.len()).sum();
+                local as f64 / whole as f64
+            };
             let mut grads = if finite {
                 let mut objective = loss.objective;
                 if let (Some(c), Some(classes), Some(z), true) =
@@ -388,6 +400,9 @@ where
                     let logits = c.forward(z.clone(), true);
                     objective =
                         objective + adversarial_loss(logits, classes.clone(), false) * scale;
+                }
+                if peer.is_some() {
+                    objective = objective * weight; // (scales every gradient at no cost)
                 }
                 let raw = objective.backward();
                 let sparse: Vec<_> = (loss.sparse_inputs.iter())
@@ -402,16 +417,9 @@ where
                 GradientsParams::new()
             };
             let mut stop = observer.should_stop();
-            // Each worker's gradient of its part's mean loss, weighted by the part's share of
-            // the minibatch: their sum is the gradient of the whole minibatch's mean loss.
-            let weight = {
-                let local: usize = cells.iter().map(Vec::len).sum();
-                let whole: usize = global.iter().map(|c| c.len()).sum();
-                local as f64 / whole as f64
-            };
             if let Some(p) = peer {
                 let flags = [f64::from(u8::from(stop)), f64::from(u8::from(!finite))];
-                match p.reduce_gradients(&model, &mut grads, weight, &flags, device) {
+                match p.reduce_gradients(&model, &mut grads, &flags, device) {
                     Ok(f) => {
                         stop = f[0] > 0.0;
                         if f[1] > 0.0 {
@@ -440,10 +448,10 @@ where
                 classifier = Some(match z {
                     Some(z) => {
                         let l = adversarial_loss(c.forward(z, true), classes, true) * scale;
+                        let l = if peer.is_some() { l * weight } else { l };
                         let mut grads = GradientsParams::from_grads(l.backward(), &c);
                         if let Some(p) = peer {
-                            if let Err(e) = p.reduce_gradients(&c, &mut grads, weight, &[], device)
-                            {
+                            if let Err(e) = p.reduce_gradients(&c, &mut grads, &[], device) {
                                 return (last_good, Err(e));
                             }
                         }
@@ -657,12 +665,19 @@ mod training_tests {
             assert_eq!(summary.epochs_run, 30);
             assert_eq!(state.history.len(), 30);
             let last = state.history.last().unwrap();
-            (flat(m.px_r.val()), last.elbo_validation.unwrap(), last.elbo_train)
+            (
+                flat(m.px_r.val()),
+                last.elbo_validation.unwrap(),
+                last.elbo_train,
+            )
         };
         let (_, one, _) = run(1);
         let (px_r, two, two_train) = run(2);
         let (px_r_again, two_again, two_train_again) = run(2);
-        assert_eq!(px_r, px_r_again, "two workers: a seed did not reproduce the weights");
+        assert_eq!(
+            px_r, px_r_again,
+            "two workers: a seed did not reproduce the weights"
+        );
         assert_eq!((two, two_train), (two_again, two_train_again));
         let first = {
             let prior = crate::data::library_prior(&data);
@@ -678,7 +693,10 @@ mod training_tests {
             state.history[0].elbo_validation.unwrap()
         };
         // Both learned, and about as well.
-        assert!(two < first && one < first, "one {one}, two {two}, untrained {first}");
+        assert!(
+            two < first && one < first,
+            "one {one}, two {two}, untrained {first}"
+        );
         assert!((two - one).abs() / one.abs() < 0.05, "one {one}, two {two}");
     }
 

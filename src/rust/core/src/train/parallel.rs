@@ -145,21 +145,19 @@ impl Peer {
         }
     }
 
-    /// Replaces this worker's gradients of `module` by the sum over workers of each worker's
-    /// gradients times `weight` (its share of the minibatch's cells), in one all-reduce that
-    /// also adds up `flags`; returns the summed flags. A parameter without a gradient on any
-    /// worker keeps none (the optimizer then leaves it alone, as with one worker).
+    /// Replaces this worker's gradients of `module` by their sum over workers (each worker's
+    /// loss was weighted by its share of the minibatch), in one all-reduce that also adds up
+    /// `flags`; returns the summed flags. A parameter without a gradient on every worker
+    /// keeps none (the optimizer then leaves it alone, as with one worker).
     pub(crate) fn reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         module: &M,
         grads: &mut GradientsParams,
-        weight: f64,
         flags: &[f64],
         device: &B::Device,
     ) -> Result<Vec<f64>> {
         let mut pack = PackGradients::<B> {
             grads,
-            weight,
             parts: Vec::new(),
             present: Vec::new(),
         };
@@ -247,11 +245,9 @@ impl<B: AutodiffBackend, F: Fn(bool) -> bool> ModuleMapper<B> for Scatter<B, F> 
     }
 }
 
-/// Every trainable parameter's gradient times the worker's weight (zeros where it has none),
-/// and whether it had one.
+/// Every trainable parameter's gradient (zeros where it has none), and whether it had one.
 struct PackGradients<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
-    weight: f64,
     parts: Vec<Tensor<B::InnerBackend, 1>>,
     present: Vec<bool>,
 }
@@ -266,7 +262,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for PackGradients<'_, B> {
         let part = match self.grads.get::<B::InnerBackend, D>(param.id) {
             Some(g) => {
                 self.present.push(true);
-                g.reshape([n]) * self.weight
+                g.reshape([n])
             }
             None => {
                 self.present.push(false);
@@ -488,12 +484,13 @@ mod tests {
     #[test]
     fn workers_add_up_and_a_failed_worker_stops_the_others_with_its_error() {
         let devices = vec![Default::default(); 3];
-        let sum_everywhere = |_: (), peer: Peer, _: &mut TrainState, _: &mut dyn Observer| {
-            match peer.sum(ones(4) * (peer.rank() + 1) as f64) {
+        let sum_everywhere =
+            |_: (), peer: Peer, _: &mut TrainState, _: &mut dyn Observer| match peer
+                .sum(ones(4) * (peer.rank() + 1) as f64)
+            {
                 Ok(t) => (host(t), Ok(summary())),
                 Err(e) => (Vec::new(), Err(e)),
-            }
-        };
+            };
         let (v, r) = supervise::<Cpu, _, _>(
             &devices,
             vec![(); 3],
