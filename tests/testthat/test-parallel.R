@@ -82,3 +82,44 @@ test_that("GIMVI, MULTIVI and SPLICEVI train on several workers", {
   expect_identical(nrow(history(s_model)), 2L)
   expect_true(all(is.finite(history(s_model)$elbo_train)))
 })
+
+test_that("Ctrl-C stops every worker at the same step and keeps the model usable", {
+  skip_on_os("windows")
+  skip_if_not_installed("callr")
+  p <- callr::r_bg(function() {
+    library(rscvi)
+    options(rscvi.interactive = TRUE)
+    m <- scvi(rscvi_example_data(), batch_key = "batch")
+    cat("ready\n")
+    msg <- NULL
+    m <- withCallingHandlers(
+      train(m, max_epochs = 100000L, seed = 0L, devices = 2L, progress = FALSE),
+      message = function(e) {
+        msg <<- conditionMessage(e)
+        invokeRestart("muffleMessage")
+      })
+    list(message = msg, epochs = nrow(history(m)), latent = dim(get_latent_representation(m)))
+  }, supervise = TRUE)
+  for (i in 1:40) {
+    if (any(grepl("ready", p$read_output_lines()))) break
+    Sys.sleep(0.5)
+  }
+  Sys.sleep(3)
+  expect_true(p$is_alive())
+  p$interrupt()
+  p$wait(30000)
+  expect_false(p$is_alive())
+  if (p$is_alive()) p$kill()
+  res <- p$get_result()
+  expect_match(res$message, "interrupted after [0-9]+ of 100000 epochs")
+  expect_gt(res$epochs, 0)
+  expect_identical(res$latent, c(1021L, 10L))
+})
+
+test_that("rank 0 reports progress", {
+  m <- scvi(rscvi_example_data(), batch_key = "batch")
+  out <- capture.output(invisible(train(m, max_epochs = 20L, seed = 0L, devices = 2L,
+                                        progress = TRUE)), type = "message")
+  expect_length(out, 20L)
+  expect_match(out[[20]], "^Epoch 20/20 \\(100%\\)")
+})
