@@ -81,7 +81,7 @@ impl Peer {
     }
 
     /// Rank 0's `t`, on every worker.
-    fn from_rank0<B: Backend>(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    fn broadcast_rank0<B: Backend>(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         self.check()?;
         let id = PeerId::from(self.rank);
         let mine = (self.rank == 0).then(|| t.into_primitive().tensor());
@@ -114,7 +114,7 @@ impl Peer {
         let gathered = flatten(&module, |_| true);
         match gathered {
             Some(all) => {
-                let all = self.from_rank0(all)?;
+                let all = self.broadcast_rank0(all)?;
                 Ok(module.map(&mut Scatter::<B, _> {
                     values: all,
                     offset: 0,
@@ -331,6 +331,9 @@ impl Observer for Relay {
     }
 }
 
+/// What a worker thread ended with: its module and result, or why it stopped (a panic).
+type Joined<M> = std::result::Result<(M, Result<TrainSummary>), String>;
+
 /// burn-collective keeps one session per backend and process: data-parallel runs take turns.
 static SESSION: Mutex<()> = Mutex::new(());
 
@@ -404,8 +407,7 @@ pub(crate) fn supervise<B: Backend, W: Send, M: Send>(
             })
             .collect();
         drop(tx);
-        let mut results: Vec<Option<std::result::Result<(M, Result<TrainSummary>), String>>> =
-            (0..n).map(|_| None).collect();
+        let mut results: Vec<Option<Joined<M>>> = (0..n).map(|_| None).collect();
         let forward = |r: EpochReport, observer: &mut dyn Observer| {
             observer.on_epoch(&r.record, r.epoch_in_run, r.max_epochs, r.elapsed)
         };
