@@ -123,3 +123,10 @@ test_that("rank 0 reports progress", {
   expect_length(out, 20L)
   expect_match(out[[20]], "^Epoch 20/20 \\(100%\\)")
 })
+
+test_that("more workers than the training cells can feed is an error", {
+  d <- rscvi_example_data()
+  m <- suppressWarnings(scvi(d$counts[, 1:20], cells = d$cells[1:20, ], batch_key = "batch"))
+  expect_error(train(m, max_epochs = 1L, devices = 16L, progress = FALSE),
+               "`devices` = 16 needs at least 32 training cells in each dataset")
+})

@@ -138,6 +138,18 @@ fn prepare<K: ModelKind, B: Backend>(
             "needs a non-empty validation set",
         ));
     }
+    // Minibatches smaller than 2 cells per worker are skipped: there must be larger ones.
+    if let Some(s) = splits.iter().find(|s| s.train.len() < 2 * workers) {
+        return Err(invalid_arg(
+            "devices",
+            format!(
+                "= {workers} needs at least {} training cells in each dataset (2 per worker), \
+                 got {}; use fewer devices",
+                2 * workers,
+                s.train.len()
+            ),
+        ));
+    }
     let max_epochs = cfg.max_epochs.unwrap_or(plan.default_max_epochs);
     Ok(Prepared {
         plan,
@@ -183,8 +195,13 @@ where
     let adversary = prepared.plan.adversary.as_ref();
     let classifier = adversary
         .map(|a| Classifier::<B>::new(a.n_latent, 32, a.n_classes, a.n_layers, 0.1, device));
-    if devices.len() == 1 {
-        return fit::<K, B>(
+    let run = |model: K::Module<B>,
+               classifier: Option<Classifier<B>>,
+               state: &mut TrainState,
+               observer: &mut dyn Observer,
+               device: &B::Device,
+               peer: Option<&Peer>| {
+        fit::<K, B>(
             model,
             classifier,
             data,
@@ -195,8 +212,11 @@ where
             observer,
             device,
             resident_budget,
-            None,
-        );
+            peer,
+        )
+    };
+    if devices.len() == 1 {
+        return run(model, classifier, state, observer, device, None);
     }
     // Every random initial value is drawn here, on one thread, before the replicas exist.
     let model = crate::nn::initialized(model);
@@ -223,19 +243,7 @@ where
         crate::nn::set_worker_rng(Some(
             prepared.seed ^ (peer.rank() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         ));
-        let out = fit::<K, B>(
-            model,
-            classifier,
-            data,
-            cfg,
-            extra,
-            &prepared,
-            state,
-            observer,
-            device,
-            resident_budget,
-            Some(&peer),
-        );
+        let out = run(model, classifier, state, observer, device, Some(&peer));
         crate::nn::set_worker_rng(None);
         out
     };

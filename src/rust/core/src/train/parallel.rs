@@ -483,9 +483,22 @@ mod tests {
         Tensor::ones([n], &Default::default())
     }
 
+    /// Three workers on threads running `worker`.
+    fn three<M: Send>(fallback: M, worker: &Worker<'_, (), M>) -> (M, Result<TrainSummary>) {
+        let devices = vec![Default::default(); 3];
+        let mut state = TrainState::default();
+        supervise::<Cpu, _, _>(
+            &devices,
+            vec![(); 3],
+            &mut state,
+            &mut Silent,
+            fallback,
+            worker,
+        )
+    }
+
     #[test]
     fn workers_add_up_and_a_failed_worker_stops_the_others_with_its_error() {
-        let devices = vec![Default::default(); 3];
         let sum_everywhere =
             |_: (), peer: Peer, _: &mut TrainState, _: &mut dyn Observer| match peer
                 .sum(ones(4) * (peer.rank() + 1) as f64)
@@ -493,14 +506,7 @@ mod tests {
                 Ok(t) => (host(t), Ok(summary())),
                 Err(e) => (Vec::new(), Err(e)),
             };
-        let (v, r) = supervise::<Cpu, _, _>(
-            &devices,
-            vec![(); 3],
-            &mut TrainState::default(),
-            &mut Silent,
-            Vec::new(),
-            &sum_everywhere,
-        );
+        let (v, r) = three(Vec::new(), &sum_everywhere);
         r.unwrap();
         assert_eq!(v, vec![6.0; 4]);
 
@@ -516,14 +522,7 @@ mod tests {
             }
             unreachable!()
         };
-        let (steps, r) = supervise::<Cpu, _, _>(
-            &devices,
-            vec![(); 3],
-            &mut TrainState::default(),
-            &mut Silent,
-            usize::MAX,
-            &failing,
-        );
+        let (steps, r) = three(usize::MAX, &failing);
         let e = r.unwrap_err().to_string();
         assert!(e.contains("worker 2's minibatch"), "{e}");
         assert_eq!(steps, 2, "rank 0 took a step the others did not");
@@ -535,24 +534,10 @@ mod tests {
             }
             (0, peer.sum(ones(2)).map(|_| summary()))
         };
-        let (_, r) = supervise::<Cpu, _, _>(
-            &devices,
-            vec![(); 3],
-            &mut TrainState::default(),
-            &mut Silent,
-            0,
-            &panics,
-        );
+        let (_, r) = three(0, &panics);
         let e = r.unwrap_err().to_string();
         assert!(e.contains("worker 1") && e.contains("boom"), "{e}");
-        let (v, r) = supervise::<Cpu, _, _>(
-            &devices,
-            vec![(); 3],
-            &mut TrainState::default(),
-            &mut Silent,
-            Vec::new(),
-            &sum_everywhere,
-        );
+        let (v, r) = three(Vec::new(), &sum_everywhere);
         r.unwrap();
         assert_eq!(v, vec![6.0; 4]);
     }
