@@ -165,10 +165,6 @@
 # interactively; in a script it stops the script, as R users expect.
 .train_model <- function(model, cfg, device, progress, devices = 1L) {
   cfg$devices <- .check_scalar_int(devices, "devices", min = 1, max = 256)
-  if (cfg$batch_size < 2L * cfg$devices) {
-    .stop(paste0("`batch_size` (%d) must give every device at least 2 cells of a minibatch: ",
-                 "use batch_size >= %d or fewer `devices`"), cfg$batch_size, 2L * cfg$devices)
-  }
   datasets <- .model_datasets(model)
   if (is.null(model$data) || any(vapply(datasets, .null_ptr, logical(1)))) {
     hint <- if (length(datasets) > 1) {

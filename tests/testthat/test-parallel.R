@@ -46,7 +46,9 @@ test_that("`devices` is checked and named", {
   expect_error(train(m, devices = 0L), "`devices` must be a single")
   expect_error(train(m, devices = "two"), "`devices`")
   expect_error(train(m, devices = 1.5), "`devices`")
-  expect_error(train(m, devices = 4L, batch_size = 6L), "`batch_size` \\(6\\).*at least 2 cells")
+  expect_error(train(m, devices = 4L, batch_size = 6L),
+               paste0("`batch_size` must be at least 2 cells per device \\(>= 8\\) ",
+                      "with devices = 4, got 6"))
   f <- system.file("extdata", "cellbench_small.h5ad", package = "rscvi")
   streamed <- scvi(f, batch_key = "batch")
   expect_error(train(streamed, max_epochs = 1L, devices = 2L, progress = FALSE),
@@ -86,7 +88,7 @@ test_that("GIMVI, MULTIVI and SPLICEVI train on several workers", {
 test_that("Ctrl-C stops every worker at the same step and keeps the model usable", {
   skip_on_os("windows")
   skip_if_not_installed("callr")
-  p <- callr::r_bg(function() {
+  p <- interrupted_child(function() {
     library(rscvi)
     options(rscvi.interactive = TRUE)
     m <- scvi(rscvi_example_data(), batch_key = "batch")
@@ -99,17 +101,7 @@ test_that("Ctrl-C stops every worker at the same step and keeps the model usable
         invokeRestart("muffleMessage")
       })
     list(message = msg, epochs = nrow(history(m)), latent = dim(get_latent_representation(m)))
-  }, supervise = TRUE)
-  for (i in 1:40) {
-    if (any(grepl("ready", p$read_output_lines()))) break
-    Sys.sleep(0.5)
-  }
-  Sys.sleep(3)
-  expect_true(p$is_alive())
-  p$interrupt()
-  p$wait(30000)
-  expect_false(p$is_alive())
-  if (p$is_alive()) p$kill()
+  }, wait = 20)
   res <- p$get_result()
   expect_match(res$message, "interrupted after [0-9]+ of 100000 epochs")
   expect_gt(res$epochs, 0)

@@ -104,9 +104,13 @@ fn rs_model_elbo_terms(
     .into())
 }
 
-/// The genes (0-based, None = all `width`) an expression query selects from R's `genes`,
-/// and how many it returns.
-fn selected_genes(genes: &Robj, width: usize) -> Result<(Option<Vec<usize>>, usize)> {
+/// The genes (0-based, None = all of the module's expression head) an expression query
+/// selects from R's `genes`, and how many it returns.
+fn selected_genes<M: ExpressionModule<rscvi_core::backend::Cpu>>(
+    genes: &Robj,
+    module: &M,
+) -> Result<(Option<Vec<usize>>, usize)> {
+    let width = module.head_columns(Head::Expression).map_or(0, |c| c.len());
     let genes = (!genes.is_null())
         .then(|| indices(genes, width))
         .transpose()?;
@@ -131,12 +135,7 @@ fn rs_model_normalized_expression(
     let tb = transform_batches(&transform_batch)?;
     let out = with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
-        let width = q
-            .model
-            .module
-            .head_columns(Head::Expression)
-            .map_or(0, |c| c.len());
-        let (genes, _) = selected_genes(&genes, width)?;
+        let (genes, _) = selected_genes(&genes, &q.model.module)?;
         let request = ExpressionQuery {
             cells: &q.cells,
             transform_batch: tb,
@@ -176,12 +175,7 @@ fn rs_model_normalized_expression_to_h5ad(
     let (obs, var) = (crate::io::frame_from(&obs)?, crate::io::frame_from(&var)?);
     with_kind!(&model, [ScviKind, MultiviKind, SpliceviKind], |m| {
         let q = Query::new(m, &ds, &idx, batch_size)?;
-        let width = q
-            .model
-            .module
-            .head_columns(Head::Expression)
-            .map_or(0, |c| c.len());
-        let (genes, n_genes) = selected_genes(&genes, width)?;
+        let (genes, n_genes) = selected_genes(&genes, &q.model.module)?;
         if obs.index.len() != q.cells.len() || var.index.len() != n_genes {
             return Err(other("internal: the file's names do not match the query"));
         }
