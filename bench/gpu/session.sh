@@ -12,7 +12,8 @@
 #   3. nvidia-smi; `rscvi-cli device`
 #   4. `rscvi-cli synth` for every N (in the background, overlapping step 5, unless
 #      OVERLAP_SYNTH=0); falls back to bench/gpu/make_fake_npy.py data if synth fails
-#   5. `rscvi-cli gpu-check` (parity vectors on CUDA + cellbench SCVI CPU vs CUDA)
+#   5. `rscvi-cli gpu-check` (parity vectors on CUDA + cellbench SCVI CPU vs CUDA, MULTIVI
+#      and SPLICEVI CPU vs CUDA on the small real sets stage.sh exports, a diverging run)
 #   6. per N and batch size: rscvi bench on cuda, then scvi-tools on the same data and
 #      settings; GPU memory sampled with nvidia-smi every 200 ms per run
 #   7. results.json + table.md + logs into $OUT (summarize.py after every step)
@@ -23,7 +24,7 @@
 #                                  result is not the one a short budget drops)
 #   BS_<N>="128 1024"              batch sizes per N (BS_1000000 defaults to 1024)
 #   EPOCHS_<N>                     epochs per N (10 / 5 / 4 for 1e4 / 1e5 / 1e6)
-#   BUDGET, HARD, OVERLAP_SYNTH, SKIP_GPU_CHECK, SKIP_RSCVI, SKIP_SCVI, FAKE_FALLBACK,
+#   BUDGET, HARD, OVERLAP_SYNTH, SKIP_GPU_CHECK, GPU_CHECK_CAP, FAMILY_CHECK, SKIP_RSCVI, SKIP_SCVI, FAKE_FALLBACK,
 #   SYNTH_EXTRA (extra args to synth), BIN, CELLBENCH, WORK, PY; RSCVI_DEVICE=cpu and
 #   SCVI_ACCEL=cpu for a dry run on a machine without a GPU
 set -uo pipefail
@@ -45,6 +46,8 @@ BUDGET=${BUDGET:-530}
 HARD=${HARD:-575}
 OVERLAP_SYNTH=${OVERLAP_SYNTH:-1}
 SKIP_GPU_CHECK=${SKIP_GPU_CHECK:-0}
+GPU_CHECK_CAP=${GPU_CHECK_CAP:-240}      # gpu-check's limit (a cold kernel cache compiles for minutes)
+FAMILY_CHECK=${FAMILY_CHECK:-1}          # MULTIVI and SPLICEVI in gpu-check too
 SKIP_RSCVI=${SKIP_RSCVI:-0}
 SKIP_SCVI=${SKIP_SCVI:-0}
 FAKE_FALLBACK=${FAKE_FALLBACK:-1}
@@ -305,7 +308,12 @@ fi
 if [ "$RSCVI_OK" = 1 ] && [ "$SKIP_GPU_CHECK" != 1 ] && [ -n "$CELLBENCH" ]; then
   log "gpu-check"
   t=$(now_ms)
-  capped 180 "${RSCVI[@]}" gpu-check --cellbench "$CELLBENCH" --out "$WORK/gpucheck"
+  FAMILY=()   # MULTIVI and SPLICEVI on real data too, when stage.sh exported them
+  if [ "$FAMILY_CHECK" = 1 ]; then
+    [ -f "$ROOT/.gpu/snareseq2/matrix.mtx.gz" ] && FAMILY+=(--multivi "$ROOT/.gpu/snareseq2")
+    [ -f "$ROOT/.gpu/splikit/matrix.mtx.gz" ] && FAMILY+=(--splicevi "$ROOT/.gpu/splikit")
+  fi
+  capped "$GPU_CHECK_CAP" "${RSCVI[@]}" gpu-check --cellbench "$CELLBENCH" "${FAMILY[@]}" --out "$WORK/gpucheck"
   rc=$?
   log "gpu-check rc=$rc ($(secs_since "$t") s)"
   [ "$rc" = 0 ] || FAILS=$((FAILS + 1))

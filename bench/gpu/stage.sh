@@ -2,6 +2,8 @@
 # Stage what a device call of bench/gpu/session.sh carries, and check it fits:
 #   .gpu/rscvi-cli      the CUDA build of rscvi-cli (stripped copy)
 #   .gpu/cellbench/     cellbench singlets x hvg2000 (bench/gpu/slim_cellbench.py, ~2.5 MB)
+#   .gpu/snareseq2/, .gpu/splikit/   the small real MULTIVI / SPLICEVI sets of inst/extdata as
+#                       Matrix Market (bench/gpu/export_small.R, ~0.7 MB)
 #   .whl/               scvi-tools 1.5.1 and the wheels the device image lacks (fetch-wheels.sh)
 # then prints the size of everything that travels (tracked + untracked-not-ignored files +
 # the carried folders) against the device's 64 MiB limit.
@@ -44,6 +46,9 @@ fi
 
 if [ ! -f .gpu/cellbench/matrix.mtx.gz ]; then
   python3 bench/gpu/slim_cellbench.py "$cb_src" .gpu/cellbench
+fi
+if [ ! -f .gpu/splikit/atse.txt ]; then
+  Rscript bench/gpu/export_small.R .gpu
 fi
 compgen -G ".whl/*.whl" >/dev/null || bash bench/gpu/fetch-wheels.sh
 

@@ -9,7 +9,8 @@
 //!     [--seed S] --out DIR      synthetic dataset drawn from a model fitted on the source
 //! rscvi-cli bench --data DIR [--max-cells N] [--epochs E] [--batch-size B] [--device D]
 //!     [--devices N] [--out DIR]
-//! rscvi-cli gpu-check --cellbench DIR [--out DIR]   parity + CPU-vs-CUDA training check
+//! rscvi-cli gpu-check --cellbench DIR [--multivi DIR] [--splicevi DIR] [--family-epochs E]
+//!     [--out DIR]    parity + CPU-vs-CUDA training check (DIRs: bench/gpu/export_small.R)
 //! rscvi-cli device
 
 use std::collections::HashMap;
@@ -453,6 +454,18 @@ fn gpu_check_cmd(a: &Args) -> AnyResult<()> {
             &Default::default(),
         );
         let parity_ok = checks.iter().all(|c| c.ok);
+        // Written after every part, so that a run cut short keeps what it finished.
+        let save = |out: &serde_json::Value| -> AnyResult<()> {
+            if let Some(o) = a.get("out") {
+                std::fs::create_dir_all(o)?;
+                std::fs::write(
+                    Path::new(o).join("gpu-check.json"),
+                    serde_json::to_string_pretty(out)?,
+                )?;
+            }
+            Ok(())
+        };
+        save(&serde_json::json!({"parity_ok": parity_ok, "parity": checks}))?;
         let dir = a.get("cellbench").ok_or("--cellbench DIR is required")?;
         let mut src = HashMap::new();
         for (k, v) in [
@@ -489,26 +502,134 @@ fn gpu_check_cmd(a: &Args) -> AnyResult<()> {
             elbo.push((kind.name(), v, secs));
         }
         let rel = (elbo[1].1 - elbo[0].1).abs() / elbo[0].1;
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "parity_ok": parity_ok, "parity": checks,
             "cellbench_epochs": epochs,
             "elbo_validation": elbo.iter().map(|(k, v, s)| serde_json::json!({"device": k, "elbo_validation": v, "train_seconds": s})).collect::<Vec<_>>(),
             "relative_difference": rel, "within_1_percent": rel <= 0.01,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        if let Some(o) = a.get("out") {
-            std::fs::create_dir_all(o)?;
-            std::fs::write(
-                Path::new(o).join("gpu-check.json"),
-                serde_json::to_string_pretty(&out)?,
-            )?;
+        save(&out)?;
+        let mut others_ok = true;
+        let family_epochs = a.num("family-epochs", 30usize)?;
+        if let Some(dir) = a.get("multivi") {
+            let (data, n_genes) = family_data(dir)?;
+            let config = rscvi_core::models::multivi::MultiviConfig::new(
+                n_genes,
+                data.n_genes() - n_genes,
+                data.batch.n_categories,
+            );
+            let make = || {
+                rscvi_core::models::multivi::MultiviModel::new(
+                    config.clone(),
+                    &data,
+                    serde_json::Value::Null,
+                )
+            };
+            let r = cpu_and_cuda(make, &data, family_epochs, device)?;
+            others_ok &= r["within_1_percent"] == true;
+            out["multivi"] = r;
+            save(&out)?;
         }
-        if parity_ok && rel <= 0.01 {
+        if let Some(dir) = a.get("splicevi") {
+            let (data, n_genes) = family_data(dir)?;
+            let atse: Vec<u32> = std::fs::read_to_string(format!("{dir}/atse.txt"))?
+                .lines()
+                .map(|l| l.trim().parse())
+                .collect::<Result<_, _>>()?;
+            let config = rscvi_core::models::splicevi::SpliceviConfig::new(
+                n_genes,
+                atse,
+                data.batch.n_categories,
+            );
+            let make = || {
+                rscvi_core::models::splicevi::SpliceviModel::new(
+                    config.clone(),
+                    &data,
+                    serde_json::Value::Null,
+                )
+            };
+            let r = cpu_and_cuda(make, &data, family_epochs, device)?;
+            others_ok &= r["within_1_percent"] == true;
+            out["splicevi"] = r;
+            save(&out)?;
+        }
+        // A diverging run on the GPU (reads of the loss are deferred there) must still end
+        // in the non-finite error, keeping the last completed epoch's weights.
+        let diverging = TrainConfig {
+            max_epochs: Some(5),
+            seed: Some(0),
+            lr: 1e4,
+            ..Default::default()
+        };
+        let mut model = ScviModel::new(
+            ScviConfig::new(data.n_genes(), data.batch.n_categories),
+            &data,
+            serde_json::Value::Null,
+        )?;
+        let outcome = match model.train(&[&data], &diverging, device, &mut Printer) {
+            Ok(_) => "trained without a non-finite loss (inconclusive)".to_string(),
+            Err(e) => e.to_string(),
+        };
+        out["non_finite_on_gpu"] = serde_json::json!({
+            "lr": 1e4, "outcome": outcome, "epochs_kept": model.state.history.len(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        save(&out)?;
+        if parity_ok && rel <= 0.01 && others_ok {
             Ok(())
         } else {
             Err("gpu-check failed".into())
         }
     }
+}
+
+/// A model-family dataset written by bench/gpu/export_small.R: the counts (genes first) with
+/// `library` as the batch, and the number of genes.
+#[cfg(feature = "cuda")]
+fn family_data(dir: &str) -> AnyResult<(DataSet, usize)> {
+    let mut src = HashMap::new();
+    src.insert("mtx".to_string(), format!("{dir}/matrix.mtx.gz"));
+    src.insert("obs".to_string(), format!("{dir}/obs.tsv.gz"));
+    src.insert("batch-key".to_string(), "library".to_string());
+    let data = load_data(&Args(src))?;
+    let n_genes = std::fs::read_to_string(format!("{dir}/n_genes.txt"))?
+        .trim()
+        .parse()?;
+    Ok((data, n_genes))
+}
+
+/// Trains a model made by `make` on the CPU and on `gpu` with the same seed: the last
+/// validation ELBOs of the two runs, and whether they agree within 1%.
+#[cfg(feature = "cuda")]
+fn cpu_and_cuda<K: rscvi_core::family::TrainableEverywhere>(
+    make: impl Fn() -> rscvi_core::Result<rscvi_core::family::Model<K>>,
+    data: &DataSet,
+    epochs: usize,
+    gpu: rscvi_core::backend::DeviceKind,
+) -> AnyResult<serde_json::Value> {
+    let mut runs = Vec::new();
+    for kind in [rscvi_core::backend::DeviceKind::Cpu, gpu] {
+        let mut model = make()?;
+        let cfg = TrainConfig {
+            max_epochs: Some(epochs),
+            seed: Some(0),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        model.train(&[data], &cfg, kind, &mut Printer)?;
+        let secs = t.elapsed().as_secs_f64();
+        let last = model.state.history.last().ok_or("no epoch ran")?;
+        let elbo = last.elbo_validation.ok_or("no validation ELBO")?;
+        runs.push(serde_json::json!({
+            "device": kind.name(), "elbo_validation": elbo, "train_seconds": secs,
+        }));
+    }
+    let v = |i: usize| runs[i]["elbo_validation"].as_f64().unwrap_or(f64::NAN);
+    let rel = (v(1) - v(0)).abs() / v(0).abs();
+    Ok(serde_json::json!({
+        "epochs": epochs, "n_cells": data.n_cells(), "runs": runs,
+        "relative_difference": rel, "within_1_percent": rel <= 0.01,
+    }))
 }
 
 fn main() {

@@ -15,6 +15,14 @@ pub type Cpu = burn::backend::Flex;
 pub type Cpu = burn::backend::NdArray;
 pub type CpuTrain = burn::backend::Autodiff<Cpu>;
 
+/// Whether `B` computes on the host (the CPU backend, with or without autodiff). The fused
+/// host kernels pay off only there: on a GPU they would copy a minibatch's activations to
+/// the host and back at every step, so the tensor formulas run on the device instead.
+pub fn computes_on_host<B: Backend>() -> bool {
+    let b = std::any::TypeId::of::<B>();
+    b == std::any::TypeId::of::<Cpu>() || b == std::any::TypeId::of::<CpuTrain>()
+}
+
 /// The contiguous f32 values of a float tensor primitive of the CPU backend (plain or under
 /// autodiff), borrowed in place; None for any other backend, dtype or layout.
 #[cfg(not(feature = "ndarray"))]
@@ -139,21 +147,70 @@ pub fn cuda_driver_available() -> bool {
 pub fn resolve_device(request: &str) -> Result<DeviceKind> {
     match request {
         "cpu" => Ok(DeviceKind::Cpu),
-        "auto" => Ok(if cuda_compiled() && cuda_driver_available() {
-            DeviceKind::Cuda
-        } else {
-            DeviceKind::Cpu
-        }),
+        "auto" if cuda_compiled() && cuda_driver_available() => resolve_device("cuda"),
+        "auto" => Ok(DeviceKind::Cpu),
         "cuda" if !cuda_compiled() => Err(Error::Device(
             "rscvi was built without CUDA support; reinstall with RSCVI_FEATURES=cuda".into(),
         )),
         "cuda" if !cuda_driver_available() => Err(Error::Device(
             "no NVIDIA driver found (libcuda.so.1 could not be loaded)".into(),
         )),
-        "cuda" => Ok(DeviceKind::Cuda),
+        "cuda" => {
+            #[cfg(feature = "cuda")]
+            configure_gpu_compiler();
+            Ok(DeviceKind::Cuda)
+        }
         other => Err(Error::InvalidArgument {
             arg: "device".into(),
             msg: format!("must be \"auto\", \"cpu\" or \"cuda\", got \"{other}\""),
         }),
     }
+}
+
+/// Where compiled GPU kernels and autotune results are kept between runs:
+/// `RSCVI_GPU_CACHE`, else `$XDG_CACHE_HOME/rscvi/cubecl` or `~/.cache/rscvi/cubecl`.
+#[cfg(feature = "cuda")]
+pub fn gpu_cache_dir() -> Option<std::path::PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dir) = var("RSCVI_GPU_CACHE") {
+        return Some(dir.into());
+    }
+    let base = var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("rscvi").join("cubecl"))
+}
+
+/// CubeCL's settings for rscvi, made once before the first CUDA device. By default CubeCL
+/// compiles every GPU kernel through NVRTC in each new process and autotunes each new
+/// matrix-product shape by compiling and timing some 20 candidate kernels: on an H200 the
+/// first SCVI epoch had not ended after 200 s, all of it spent compiling. Kept on disk in
+/// [`gpu_cache_dir`], compiled kernels and autotune choices are paid once per machine, and
+/// the coarsest autotune keys (level "minimal") leave fewer shapes to tune. A cubecl.toml
+/// (or burn.toml) in the working directory or above, or `CUBECL_AUTOTUNE_LEVEL`, still
+/// decides.
+#[cfg(feature = "cuda")]
+fn configure_gpu_compiler() {
+    use cubecl_runtime::config::autotune::AutotuneLevel;
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::from_current_dir();
+        let user_file = serde_json::to_value(&config).ok()
+            != serde_json::to_value(CubeClRuntimeConfig::default()).ok();
+        if !user_file {
+            config.autotune.level = AutotuneLevel::Minimal;
+            if let Some(dir) = gpu_cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok()) {
+                config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+                config.autotune.cache = CacheConfig::File(dir);
+            }
+        }
+        let config = config.override_from_env();
+        // Not `RuntimeConfig::set`, which panics when CubeCL has read its settings already.
+        let mut slot = CubeClRuntimeConfig::storage().lock();
+        if slot.is_none() {
+            *slot = Some(std::sync::Arc::new(config));
+        }
+    });
 }

@@ -1,7 +1,7 @@
 //! Fused CPU evaluation of the accessibility likelihood of MULTIVI (multivi.md §5.2): per
 //! cell the binary cross-entropy of t = [x > 0] under q = σ(a)·d·σ(r), with PyTorch's clamp
 //! of each log at -100, and its partial derivatives, in one pass over the cells x regions
-//! minibatch. The composed tensor version (`multivi::binary_cross_entropy`) needs about ten
+//! minibatch. The composed tensor version (`dist::binary_cross_entropy`) needs about ten
 //! elementwise passes with their backward passes over the widest matrix of the model.
 
 use rayon::prelude::*;

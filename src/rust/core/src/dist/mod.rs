@@ -31,11 +31,14 @@ pub(crate) fn stirling_series<B: Backend, const D: usize>(w: Tensor<B, D>) -> Te
         + 1.0 / 12.0)
 }
 
-/// Numerically stable softplus log(1 + e^t) = max(t, 0) + log(1 + e^{-|t|}). `log(1 + u)`
-/// instead of `log1p(u)`: u ≤ 1, so the absolute error is below 6e-8, and libm's scalar
-/// log1pf was the single most expensive function of a training step.
+/// Numerically stable softplus log(1 + e^t) = max(t, 0) + log(1 + e^{-|t|}), with max(t, 0)
+/// written (t + |t|) / 2 so that autodiff gives the exact derivative σ(0) = 1/2 at t = 0
+/// (`clamp_min` passes 1 there while |t| passes 0). `log(1 + u)` instead of `log1p(u)`:
+/// u ≤ 1, so the absolute error is below 6e-8, and libm's scalar log1pf was the single most
+/// expensive function of a training step.
 pub fn softplus<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    t.clone().clamp_min(0.0) + (t.abs().neg().exp() + 1.0).log()
+    let magnitude = t.clone().abs();
+    (t + magnitude.clone()) * 0.5 + (magnitude.neg().exp() + 1.0).log()
 }
 
 /// NB log-probability without the `-lgamma(x+1)` term (the caller adds the per-cell constant).
@@ -123,6 +126,21 @@ pub fn gene_log_prob_unnormalized<B: Backend>(
             normal_log_prob(x.clone(), mu, var) + log_factorial_tensor(x)
         }
     }
+}
+
+/// PyTorch's binary cross-entropy clamps each log at -100.
+const BCE_LOG_FLOOR: f64 = -100.0;
+
+/// Per-cell binary cross-entropy of the accessibility t = [x > 0] under q (multivi.md §5.2),
+/// with PyTorch's clamp of each log at -100, as tensor ops: the path of backends without
+/// the fused host kernel (dist/bernoulli.rs), and the reference that kernel is checked
+/// against.
+pub fn binary_cross_entropy<B: Backend>(q: Tensor<B, 2>, x: Tensor<B, 2>) -> Tensor<B, 1> {
+    let t = x.greater_elem(0.0).float();
+    let log_q = q.clone().log().clamp_min(BCE_LOG_FLOOR);
+    let log_1q = (q.neg() + 1.0).log().clamp_min(BCE_LOG_FLOOR);
+    let ll = t.clone() * log_q + (t.neg() + 1.0) * log_1q;
+    ll.sum_dim(1).squeeze_dim::<1>(1).neg()
 }
 
 /// Full log-probabilities (with the `lgamma(x+1)` term), used by tests and pointwise queries.

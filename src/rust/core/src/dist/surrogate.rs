@@ -1,5 +1,6 @@
 //! Host-computed likelihood values entered into the autodiff graph with their exact
-//! gradients (the CPU path of every count likelihood).
+//! gradients (the CPU path of every count likelihood). On other backends (CUDA) the same
+//! entry points evaluate the tensor formulas of dist/mod.rs on the device.
 
 use std::any::Any;
 
@@ -11,9 +12,11 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::backend::{host_values as host, Cpu, CpuTrain};
+use crate::backend::{computes_on_host, host_values as host, Cpu, CpuTrain};
 use crate::dist::fused::{self, Likelihood, Theta};
+use crate::dist::{binary_cross_entropy, gene_log_prob_unnormalized};
 use crate::models::options::GeneLikelihood;
+use burn::tensor::activation::{sigmoid, softmax};
 
 /// `values` (per cell) as a tensor that back-propagates Σ ∂·t for each (∂, t) pair (∂ is
 /// cells x columns of t; t has one row per cell, or one row shared by all cells). On the CPU
@@ -149,6 +152,15 @@ pub fn fused_log_likelihood<B: Backend>(
     dropout_logits: Option<Tensor<B, 2>>,
     grad: bool,
 ) -> Tensor<B, 1> {
+    if !computes_on_host::<B>() {
+        return per_cell(gene_log_prob_unnormalized(
+            likelihood,
+            x,
+            mu,
+            theta,
+            dropout_logits,
+        ));
+    }
     let [n, g] = x.dims();
     let lik = fused_kind(likelihood);
     let (xv, mu_v, th) = (host(&x), host(&mu), host(&theta));
@@ -176,6 +188,48 @@ pub fn fused_log_likelihood<B: Backend>(
     with_surrogate(out.per_cell, terms, None, grad, n, &x.device())
 }
 
+/// [`fused_log_likelihood_from_logits`] as tensor ops: the path of device backends.
+pub(crate) fn tensor_log_likelihood_from_logits<B: Backend>(
+    likelihood: GeneLikelihood,
+    x: Tensor<B, 2>,
+    raw_scale: Tensor<B, 2>,
+    theta: Tensor<B, 2>,
+    dropout_logits: Option<Tensor<B, 2>>,
+    library: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let mu = library.exp() * softmax(raw_scale, 1);
+    per_cell(gene_log_prob_unnormalized(
+        likelihood,
+        x,
+        mu,
+        theta,
+        dropout_logits,
+    ))
+}
+
+/// [`fused_bernoulli_cross_entropy`] as tensor ops: the path of device backends. The region
+/// factors' gradient flows through the per-cell values (the caller keeps the measured cells'
+/// ones), as in the reference.
+pub(crate) fn tensor_bernoulli_cross_entropy<B: Backend>(
+    open: &crate::nn::SparseRows,
+    logits: Tensor<B, 2>,
+    library: Tensor<B, 2>,
+    region_logits: Option<Tensor<B, 1>>,
+) -> Tensor<B, 1> {
+    let [n, r] = logits.dims();
+    let x = Tensor::<B, 2>::from_data(TensorData::new(open.to_dense(r), [n, r]), &logits.device());
+    let mut q = sigmoid(logits) * library;
+    if let Some(rl) = region_logits {
+        q = q * sigmoid(rl).unsqueeze_dim::<2>(0);
+    }
+    binary_cross_entropy(q, x)
+}
+
+/// Σ over the columns, one value per cell.
+fn per_cell<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 1> {
+    t.sum_dim(1).squeeze_dim::<1>(1)
+}
+
 /// The fused kernel's name of a gene likelihood.
 pub(crate) fn fused_kind(likelihood: GeneLikelihood) -> Likelihood {
     match likelihood {
@@ -200,6 +254,16 @@ pub fn fused_log_likelihood_from_logits<B: Backend>(
     library: Tensor<B, 2>,
     grad: bool,
 ) -> Tensor<B, 1> {
+    if !computes_on_host::<B>() {
+        return tensor_log_likelihood_from_logits(
+            likelihood,
+            x,
+            raw_scale,
+            theta,
+            dropout_logits,
+            library,
+        );
+    }
     let [n, g] = x.dims();
     let lik = fused_kind(likelihood);
     let (xv, raw, th) = (host(&x), host(&raw_scale), host(&theta));
@@ -252,6 +316,10 @@ pub fn fused_bernoulli_cross_entropy<B: Backend>(
 ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
     let [n, r] = logits.dims();
     let device = logits.device();
+    if !computes_on_host::<B>() {
+        let per_cell = tensor_bernoulli_cross_entropy(open, logits, library, region_logits);
+        return (per_cell, None);
+    }
     let rl = region_logits.as_ref().map(host);
     let out = crate::dist::bernoulli::cross_entropy(
         open,
@@ -285,6 +353,79 @@ pub fn fused_bernoulli_cross_entropy<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device path's tensor likelihood equals the fused host kernel in value and in the
+    /// gradients to the logits, θ (one row shared by the cells), the dropout logits and the
+    /// library, under unequal weights of the cells.
+    #[test]
+    fn tensor_likelihood_from_logits_matches_the_fused_kernel() {
+        let dev = Default::default();
+        let (n, g) = (3, 5);
+        let t = |v: Vec<f32>, dims: [usize; 2]| {
+            Tensor::<CpuTrain, 2>::from_data(TensorData::new(v, dims), &dev).require_grad()
+        };
+        let wave = |k: usize, a: f32, b: f32| (0..k).map(|i| (i as f32 * a).sin() * b).collect();
+        let counts: Vec<f32> = (0..n * g).map(|i| ((i * 7) % 5) as f32).collect();
+        let x = Tensor::<CpuTrain, 2>::from_data(TensorData::new(counts, [n, g]), &dev);
+        let weights =
+            Tensor::<CpuTrain, 1>::from_data(TensorData::new(vec![1.0f32, -0.5, 2.0], [n]), &dev);
+        for lik in [
+            GeneLikelihood::Zinb,
+            GeneLikelihood::Nb,
+            GeneLikelihood::Poisson,
+        ] {
+            let run = |fused: bool| {
+                let raw = t(wave(n * g, 0.9, 1.5), [n, g]);
+                let theta = t(
+                    wave(g, 0.4, 1.0).iter().map(|v: &f32| v.exp()).collect(),
+                    [1, g],
+                );
+                let pi = t(wave(n * g, 1.7, 2.0), [n, g]);
+                let library = t(vec![1.2f32, 2.5, 0.3], [n, 1]);
+                let pi_in = (lik == GeneLikelihood::Zinb).then(|| pi.clone());
+                let ll = if fused {
+                    fused_log_likelihood_from_logits(
+                        lik,
+                        x.clone(),
+                        raw.clone(),
+                        theta.clone(),
+                        pi_in,
+                        library.clone(),
+                        true,
+                    )
+                } else {
+                    tensor_log_likelihood_from_logits(
+                        lik,
+                        x.clone(),
+                        raw.clone(),
+                        theta.clone(),
+                        pi_in,
+                        library.clone(),
+                    )
+                };
+                let value: Vec<f32> = ll.clone().into_data().to_vec().unwrap();
+                let grads = (ll * weights.clone()).sum().backward();
+                let grad = |p: &Tensor<CpuTrain, 2>| -> Vec<f32> {
+                    p.grad(&grads)
+                        .map(|g| g.into_data().to_vec().unwrap())
+                        .unwrap_or_default()
+                };
+                let mut all = value;
+                for p in [&raw, &theta, &pi, &library] {
+                    all.extend(grad(p));
+                }
+                all
+            };
+            let (fused, tensor) = (run(true), run(false));
+            assert_eq!(fused.len(), tensor.len(), "{lik:?}");
+            for (a, b) in fused.iter().zip(&tensor) {
+                assert!(
+                    (a - b).abs() < 2e-3 * (1.0 + b.abs()),
+                    "{lik:?}: {a} vs {b}"
+                );
+            }
+        }
+    }
 
     /// The custom op hands t the same gradient as the surrogate term, for t with a row per
     /// cell, one shared row, and a column (the library), under unequal upstream gradients.

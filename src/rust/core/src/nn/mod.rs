@@ -369,21 +369,27 @@ impl<B: Backend> FcLayers<B> {
         dropout(h, self.dropout, training)
     }
 
-    /// As [`FcLayers::forward`] on sparse input rows without covariates: the first linear
-    /// map is a sparse product on the host (the dense product would mostly multiply zeros);
-    /// its weight's gradient is left to [`SparseInput::weight_gradient`] after the backward
-    /// pass.
+    /// As [`FcLayers::forward`] on sparse input rows without covariates: on the host the
+    /// first linear map is a sparse product (the dense product would mostly multiply zeros)
+    /// and its weight's gradient is left to [`SparseInput::weight_gradient`] after the
+    /// backward pass; on a device backend the rows go up dense and nothing is pending
+    /// (a host product would copy the weights down and back at every step).
     pub fn forward_sparse(
         &self,
         x: &std::sync::Arc<SparseRows>,
         training: bool,
-    ) -> (Tensor<B, 2>, SparseInput<B>) {
+    ) -> (Tensor<B, 2>, Option<SparseInput<B>>) {
         let first = &self.layers[0];
         let weight = first.linear.weight.val();
         let device = weight.device();
         let [d_in, d_out] = weight.dims();
-        let y = x.matmul(&crate::backend::host_values(&weight), d_in, d_out);
         let n = x.n_rows();
+        if !crate::backend::computes_on_host::<B>() {
+            let dense =
+                Tensor::<B, 2>::from_data(TensorData::new(x.to_dense(d_in), [n, d_in]), &device);
+            return (self.forward(dense, None, training), None);
+        }
+        let y = x.matmul(&crate::backend::host_values(&weight), d_in, d_out);
         let product =
             Tensor::<B, 2>::from_data(TensorData::new(y, [n, d_out]), &device).require_grad();
         let mut h = product.clone();
@@ -397,7 +403,7 @@ impl<B: Backend> FcLayers<B> {
             input: x.clone(),
             d_in,
         };
-        (self.forward_from(1, h, None, training), pending)
+        (self.forward_from(1, h, None, training), Some(pending))
     }
 }
 
@@ -412,6 +418,19 @@ pub struct SparseRows {
 impl SparseRows {
     pub fn n_rows(&self) -> usize {
         self.indptr.len().saturating_sub(1)
+    }
+
+    /// The rows as a dense row-major matrix of `width` columns.
+    pub fn to_dense(&self, width: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.n_rows() * width];
+        for (r, row) in out.chunks_mut(width.max(1)).enumerate() {
+            for k in self.indptr[r]..self.indptr[r + 1] {
+                if let Some(o) = row.get_mut(self.indices[k] as usize) {
+                    *o = self.values[k];
+                }
+            }
+        }
+        out
     }
 
     /// Rows x `w` (row-major d_in x d_out), a row per task.
@@ -541,7 +560,7 @@ impl<B: Backend> Encoder<B> {
         &self,
         x: &std::sync::Arc<SparseRows>,
         training: bool,
-    ) -> (Posterior<B>, SparseInput<B>) {
+    ) -> (Posterior<B>, Option<SparseInput<B>>) {
         let (h, pending) = self.encoder.forward_sparse(x, training);
         (self.head(h), pending)
     }

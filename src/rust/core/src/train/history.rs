@@ -122,16 +122,22 @@ pub(crate) struct Sums {
 }
 
 impl Sums {
-    /// Adds a minibatch of `n` cells (`loss_mean` is its mean loss); false when a value is
-    /// not finite.
-    pub(crate) fn add<B: burn::tensor::backend::Backend>(
-        &mut self,
+    /// A minibatch's mean loss and its summed reconstruction and KL terms in one tensor, so
+    /// that they come to the host in one read ([`Sums::add`]).
+    pub(crate) fn pack<B: burn::tensor::backend::Backend>(
         loss_mean: Tensor<B, 1>,
         rec: Tensor<B, 1>,
         kl: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
+        Tensor::cat(vec![loss_mean, rec.sum(), kl.sum()], 0)
+    }
+    /// Adds a minibatch of `n` cells (`packed` by [`Sums::pack`]); false when a value is not
+    /// finite.
+    pub(crate) fn add<B: burn::tensor::backend::Backend>(
+        &mut self,
+        packed: Tensor<B, 1>,
         n: usize,
     ) -> bool {
-        let packed = Tensor::cat(vec![loss_mean, rec.sum(), kl.sum()], 0);
         let v: Vec<f32> = packed
             .into_data()
             .convert::<f32>()

@@ -36,14 +36,28 @@ use schedule::cyclic_schedule;
 
 /// Adds one step's per-dataset terms to `sums`; false when a value is not finite.
 fn add_terms<B: Backend>(sums: &mut Sums, terms: &[crate::family::Terms<B>]) -> bool {
-    terms.iter().all(|t| {
-        sums.add(
-            t.loss_mean.clone().detach(),
-            t.reconstruction.clone().detach(),
-            t.kl_local.clone().detach(),
-            t.n_cells,
-        )
-    })
+    add_packed(sums, pack_terms(terms))
+}
+
+/// Each dataset's loss values of a step in one tensor, with its cells (see [`Sums::pack`]).
+type Packed<B> = Vec<(burn::tensor::Tensor<B, 1>, usize)>;
+
+fn pack_terms<B: Backend>(terms: &[crate::family::Terms<B>]) -> Packed<B> {
+    terms
+        .iter()
+        .map(|t| {
+            let packed = Sums::pack(
+                t.loss_mean.clone().detach(),
+                t.reconstruction.clone().detach(),
+                t.kl_local.clone().detach(),
+            );
+            (packed, t.n_cells)
+        })
+        .collect()
+}
+
+fn add_packed<B: Backend>(sums: &mut Sums, packed: Packed<B>) -> bool {
+    packed.into_iter().all(|(p, n)| sums.add(p, n))
 }
 
 /// Loss sums (eval mode) over the validation cells of every dataset, each minibatch with its
@@ -75,6 +89,17 @@ fn evaluate<B: Backend, M: FamilyModule<B>>(
         }
     }
     Ok(Some(sums))
+}
+
+/// On a device (one worker), a step's loss values are read once the next step is queued, so
+/// that the host does not wait for the device mid-epoch; a non-finite loss then stops training
+/// one step later, with the same outcome (the last completed epoch's weights).
+fn defers_loss_reads<B: Backend>(peer: Option<&Peer>) -> bool {
+    #[cfg(test)]
+    if training_tests::DEFER_ON_HOST.with(std::cell::Cell::get) {
+        return peer.is_none();
+    }
+    !crate::backend::computes_on_host::<B>() && peer.is_none()
 }
 
 /// Frees the windows of counts read from files once training is over.
@@ -348,6 +373,7 @@ where
         ))
     };
     let mut train_cells: Vec<Vec<usize>> = splits.iter().map(|s| s.train.clone()).collect();
+    let defer_reads = defers_loss_reads::<B>(peer);
     for epoch in 0..max_epochs {
         let epoch_start = Instant::now();
         let kl_w = kl_weight(cfg, epoch, step);
@@ -363,6 +389,7 @@ where
             }
         }
         let mut sums = Sums::default();
+        let mut unread: Option<(Packed<B>, usize)> = None;
         for global in cyclic_schedule(&train_cells, cfg.batch_size) {
             if global.iter().any(|c| c.len() < min_cells) {
                 continue; // batch norm cannot use a single cell; the split rules avoid this
@@ -383,12 +410,21 @@ where
                 .map(|(i, c)| minibatch(i, c))
                 .collect();
             let loss = model.step_loss(&batches, kl_step, true);
-            let finite = add_terms(&mut sums, &loss.terms);
             let optimizer_step = step / (1 + adversary.is_some() as usize);
+            let packed = pack_terms(&loss.terms);
+            let (finite, read_step) = match (defer_reads, unread.take()) {
+                (true, previous) => {
+                    unread = Some((packed, optimizer_step));
+                    previous.map_or((true, optimizer_step), |(p, at)| {
+                        (add_packed(&mut sums, p), at)
+                    })
+                }
+                (false, _) => (add_packed(&mut sums, packed), optimizer_step),
+            };
             if !finite && peer.is_none() {
                 state.is_trained = state.is_trained || epoch > 0;
                 release(data);
-                return (last_good, Err(non_finite(epoch, optimizer_step)));
+                return (last_good, Err(non_finite(epoch, read_step)));
             }
             let classes = adversary
                 .map(|a| one_hot::<B>(&model.adversarial_classes(&batches), a.n_classes, device));
@@ -473,6 +509,13 @@ where
             if stop {
                 summary.interrupted = true;
                 break;
+            }
+        }
+        if let Some((p, at)) = unread.take() {
+            if !add_packed(&mut sums, p) {
+                state.is_trained = state.is_trained || epoch > 0;
+                release(data);
+                return (last_good, Err(non_finite(epoch, at)));
             }
         }
         if let Some(p) = peer {
@@ -569,6 +612,52 @@ mod training_tests {
 
     fn toy_data() -> DataSet {
         crate::data::toy_dataset(2)
+    }
+
+    thread_local! {
+        /// Makes the CPU read the loss values one step late, as a device does.
+        pub(super) static DEFER_ON_HOST: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// Reading the loss one step late (the GPU's way) gives the same history as reading it at
+    /// once, and a diverging run ends in the non-finite error either way, keeping the last
+    /// completed epoch's finite weights.
+    #[test]
+    fn late_loss_reads_give_the_same_history_and_still_catch_divergence() {
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let run = |defer: bool, lr: f64| {
+            DEFER_ON_HOST.with(|d| d.set(defer));
+            let tc = TrainConfig {
+                max_epochs: Some(4),
+                seed: Some(5),
+                batch_size: 16,
+                lr,
+                ..Default::default()
+            };
+            let prior = crate::data::library_prior(&data);
+            let fresh = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default());
+            let mut state = TrainState::default();
+            let (m, r) = train_scvi(fresh.unwrap(), &data, &tc, &mut state, None);
+            DEFER_ON_HOST.with(|d| d.set(false));
+            (m, r, state)
+        };
+        let (at_once, r1, s1) = run(false, 1e-3);
+        let (late, r2, s2) = run(true, 1e-3);
+        r1.unwrap();
+        r2.unwrap();
+        let elbos =
+            |s: &TrainState| -> Vec<f64> { s.history.iter().map(|r| r.elbo_train).collect() };
+        assert_eq!(elbos(&s1), elbos(&s2));
+        assert_eq!(flat(at_once.px_r.val()), flat(late.px_r.val()));
+        for defer in [false, true] {
+            let (m, r, state) = run(defer, 1e9);
+            let err = r.expect_err("lr 1e9 diverges").to_string();
+            assert!(err.contains("non-finite loss"), "{err}");
+            assert!(state.history.len() < 4);
+            assert!(flat(m.px_r.val()).iter().all(|v| v.is_finite()));
+        }
     }
 
     /// The loop on the CPU for an SCVI module without scArches freezing.

@@ -214,6 +214,18 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
                 (zeros(), zeros())
             }
         };
+        if !crate::backend::computes_on_host::<B>() {
+            // On a device the update stays there (host_values would copy every gradient down).
+            let [p, m, v] = s.update_tensors(tensor, grad, m, v);
+            return (
+                p,
+                Some(MomentState {
+                    time,
+                    moment_1: m,
+                    moment_2: v,
+                }),
+            );
+        }
         let grad_values = crate::backend::host_values(&grad);
         // Moved, not cloned: a buffer shared with another tensor would be copied first.
         let mut prims = [tensor, m, v].map(|t| t.into_primitive());

@@ -33,10 +33,6 @@ use crate::nn::{Encoder, FcLayers, FcOptions, SparseInput, SparseRows};
 const SIZE_FACTOR_EPS: f64 = 1e-6;
 /// The masked softmax's stand-in for an absent modality (Q8) and its denominator guard.
 const MASKED_WEIGHT: f64 = 1e-30;
-/// PyTorch's binary cross-entropy clamps each log at -100.
-#[cfg(test)]
-const BCE_LOG_FLOOR: f64 = -100.0;
-
 /// How the modality posteriors are weighted (§2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -554,17 +550,6 @@ pub fn mmd_penalty<B: Backend>(
     (distance * paired).sum().expand([n])
 }
 
-/// Per-cell binary cross-entropy of the accessibility (§5.2), PyTorch's log clamp at -100,
-/// as tensor ops: the reference the fused kernel (dist/bernoulli.rs) is checked against.
-#[cfg(test)]
-pub fn binary_cross_entropy<B: Backend>(q: Tensor<B, 2>, x: Tensor<B, 2>) -> Tensor<B, 1> {
-    let t = x.greater_elem(0.0).float();
-    let log_q = q.clone().log().clamp_min(BCE_LOG_FLOOR);
-    let log_1q = (q.neg() + 1.0).log().clamp_min(BCE_LOG_FLOOR);
-    let ll = t.clone() * log_q + (t.neg() + 1.0) * log_1q;
-    ll.sum_dim(1).squeeze_dim::<1>(1).neg()
-}
-
 impl<B: Backend> Multivae<B> {
     pub fn new(config: MultiviConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -720,7 +705,7 @@ impl<B: Backend> Multivae<B> {
                 Some(x) => enc.forward(x.clone(), cov, training),
                 None => {
                     let (q, pending) = enc.forward_sparse(rows, training);
-                    sparse_inputs.push(pending);
+                    sparse_inputs.extend(pending);
                     q
                 }
             };
@@ -732,7 +717,7 @@ impl<B: Backend> Multivae<B> {
                     Some(x) => enc.px_decoder.forward(x, cov, training),
                     None => {
                         let (h, pending) = enc.px_decoder.forward_sparse(rows, training);
-                        sparse_inputs.push(pending);
+                        sparse_inputs.extend(pending);
                         h
                     }
                 };
@@ -999,6 +984,7 @@ pub fn check_data(config: &MultiviConfig, data: &DataSet) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::binary_cross_entropy;
     use burn::backend::Flex;
 
     type B = Flex;
@@ -1074,8 +1060,9 @@ mod tests {
         assert!((bce[0] - (100.0 - 0.75f32.ln())).abs() < 1e-4, "{bce:?}");
     }
 
-    /// The fused accessibility likelihood equals the tensor formula, in value and in the
-    /// gradients autodiff gives to the logits, the library factor and the region factors.
+    /// The fused accessibility likelihood equals the tensor formula (the device path), in value
+    /// and in the gradients autodiff gives to the logits, the library factor and the region
+    /// factors.
     #[test]
     fn fused_accessibility_likelihood_matches_the_tensor_formula() {
         use burn::backend::Autodiff;
@@ -1084,11 +1071,7 @@ mod tests {
         let t = |v: &[f32], dims: [usize; 2]| {
             Tensor::<A, 2>::from_data(TensorData::new(v.to_vec(), dims), &dev).require_grad()
         };
-        let x = Tensor::<A, 2>::from_data(
-            TensorData::new(vec![1.0f32, 0.0, 2.0, 0.0, 0.0, 1.0], [2, 3]),
-            &dev,
-        );
-        // The same counts as sparse rows.
+        // Counts [[1, 0, 2], [0, 0, 1]] as sparse rows.
         let open = SparseRows {
             indptr: vec![0, 2, 3],
             indices: vec![0, 2, 2],
@@ -1112,10 +1095,14 @@ mod tests {
                 );
                 v.mean() + g.unwrap()
             } else {
-                let q = activation::sigmoid(la.clone())
-                    * ld.clone()
-                    * activation::sigmoid(lr.clone()).unsqueeze_dim::<2>(0);
-                binary_cross_entropy(q, x.clone()).mean()
+                // The device backends' path: the tensor formula on the densified rows.
+                crate::dist::surrogate::tensor_bernoulli_cross_entropy(
+                    &open,
+                    la.clone(),
+                    ld.clone(),
+                    Some(lr.clone()),
+                )
+                .mean()
             };
             let value: f32 = loss.clone().into_scalar();
             let g = loss.backward();

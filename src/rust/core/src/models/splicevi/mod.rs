@@ -791,7 +791,7 @@ impl<B: Backend> SpliceVae<B> {
             |enc: &Encoder<B>, dense: &dyn Fn() -> Tensor<B, 2>, rows: &Arc<SparseRows>| {
                 if sparse {
                     let (q, pending) = enc.forward_sparse(rows, training);
-                    sparse_inputs.push(pending);
+                    sparse_inputs.extend(pending);
                     q
                 } else {
                     enc.forward(self.encoder_input(dense(), b), cov, training)
