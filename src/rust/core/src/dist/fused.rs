@@ -414,11 +414,120 @@ fn softmax_mean(raw: &[f32], log_library: f32, mu: &mut [f32]) {
     for j in 0..g {
         mu[j] = exp(raw[j] - max);
     }
-    let sum: f64 = mu.iter().map(|&v| v as f64).sum();
-    let scale = ((log_library as f64).exp() / sum) as f32;
+    let scale = ((log_library as f64).exp() / sum_f64(mu)) as f32;
     for v in mu.iter_mut() {
         *v *= scale;
     }
+}
+
+/// Lanes of the f64 sums below: independent accumulators, so that the additions vectorise
+/// (one serial chain of 2,000 dependent f64 additions per sum cost ~9% of an SCVI step).
+const LANES: usize = 8;
+
+/// Σ v in f64.
+#[inline(always)]
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&x| x as f64).sum();
+    for c in chunks {
+        for k in 0..LANES {
+            acc[k] += c[k] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Σ a·b in f64.
+#[inline(always)]
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += x[k] as f64 * y[k] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// One cell of [`run`]: its mean (softmax of the logits), its row, its value and, from the
+/// logits, the softmax's part of the gradient.
+struct Cell<'a> {
+    lik: Likelihood,
+    pass: Pass,
+    x: &'a [f32],
+    mean: CellMean<'a>,
+    pi: &'a [f32],
+    k: &'a ThetaConsts,
+}
+
+#[derive(Clone, Copy)]
+enum CellMean<'a> {
+    Given(&'a [f32]),
+    Logits { raw: &'a [f32], log_library: f32 },
+}
+
+/// Returns the cell's log-likelihood (NaN when μ, θ or π is not finite); `mu_buf` holds μ
+/// from logits; with logits and gradients `d_library` gets ∂/∂ℓ.
+#[inline(always)]
+fn cell_body(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, d_library: Option<&mut f32>) -> f32 {
+    let mu: &[f32] = match c.mean {
+        CellMean::Given(mu) => mu,
+        CellMean::Logits { raw, log_library } => {
+            softmax_mean(raw, log_library, mu_buf);
+            mu_buf
+        }
+    };
+    let r = Row {
+        x: c.x,
+        mu,
+        pi: c.pi,
+        k: c.k,
+    };
+    row_dispatch(c.lik, c.pass, &r, o);
+    let finite = all_finite(mu) && all_finite(&c.k.theta) && all_finite(c.pi);
+    let value = if finite {
+        sum_f64(o.value) as f32
+    } else {
+        f32::NAN
+    };
+    if let (CellMean::Logits { .. }, Some(dl)) = (c.mean, d_library) {
+        // μ_j = e^ℓ s_j: ∂/∂raw_j = μ_j g_j - s_j Σ_k μ_k g_k and ∂/∂ℓ = Σ_k μ_k g_k.
+        let g = mu.len();
+        let dm = &mut o.d_mu[..g];
+        let t = dot_f64(dm, mu);
+        let t_over_total = (t / sum_f64(mu)) as f32;
+        for j in 0..g {
+            dm[j] = mu[j] * (dm[j] - t_over_total);
+        }
+        *dl = t as f32;
+    }
+    value
+}
+
+/// [`cell_body`] compiled for AVX2 + FMA, chosen at run time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_avx2(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, dl: Option<&mut f32>) -> f32 {
+    cell_body(c, mu_buf, o, dl)
+}
+
+fn cell(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, d_library: Option<&mut f32>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { cell_avx2(c, mu_buf, o, d_library) };
+        }
+    }
+    cell_body(c, mu_buf, o, d_library)
 }
 
 fn run(
@@ -474,18 +583,18 @@ fn run(
                 own.fill(&theta.values[cells.clone()]);
                 &*own
             };
-            let mu: &[f32] = match mean {
-                Mean::Given(mu) => &mu[cells.clone()],
-                Mean::Logits { raw, log_library } => {
-                    softmax_mean(&raw[cells.clone()], log_library[c], mu_buf);
-                    mu_buf
-                }
-            };
-            let pi_row = pi.map_or(&[][..], |p| &p[cells.clone()]);
-            let r = Row {
+            let c = Cell {
+                lik,
+                pass: if grad { Pass::Gradient } else { Pass::Value },
                 x: &x[cells.clone()],
-                mu,
-                pi: pi_row,
+                mean: match mean {
+                    Mean::Given(mu) => CellMean::Given(&mu[cells.clone()]),
+                    Mean::Logits { raw, log_library } => CellMean::Logits {
+                        raw: &raw[cells.clone()],
+                        log_library: log_library[c],
+                    },
+                },
+                pi: pi.map_or(&[][..], |p| &p[cells.clone()]),
                 k,
             };
             let mut o = RowOut {
@@ -494,29 +603,7 @@ fn run(
                 d_theta: dt,
                 d_pi: dp,
             };
-            let pass = if grad { Pass::Gradient } else { Pass::Value };
-            row(lik, pass, &r, &mut o);
-            let finite = all_finite(mu) && all_finite(&k.theta) && all_finite(pi_row);
-            *v = if finite {
-                o.value.iter().map(|&v| v as f64).sum::<f64>() as f32
-            } else {
-                f32::NAN
-            };
-            if let (Mean::Logits { .. }, Some(dl)) = (mean, dl) {
-                // μ_j = e^ℓ s_j: ∂/∂raw_j = μ_j g_j - s_j Σ_k μ_k g_k and ∂/∂ℓ = Σ_k μ_k g_k.
-                let dm = &mut o.d_mu[..g];
-                let t: f64 = dm
-                    .iter()
-                    .zip(mu)
-                    .map(|(&gk, &mk)| gk as f64 * mk as f64)
-                    .sum();
-                let total: f64 = mu.iter().map(|&m| m as f64).sum();
-                let t_over_total = (t / total) as f32;
-                for j in 0..g {
-                    dm[j] = mu[j] * (dm[j] - t_over_total);
-                }
-                *dl = t as f32;
-            }
+            *v = cell(&c, mu_buf, &mut o, dl);
         },
     );
     out.d_mu = d_mu;
