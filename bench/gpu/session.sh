@@ -16,6 +16,8 @@
 #      and SPLICEVI CPU vs CUDA on the small real sets stage.sh exports, a diverging run)
 #   6. per N and batch size: rscvi bench on cuda, then scvi-tools on the same data and
 #      settings; GPU memory sampled with nvidia-smi every 200 ms per run
+#   6b. with .gpu/rscvi-cli-autotune.gz (stage.sh AUTOTUNE=1): the same SCVI gpu-check with
+#      the build that autotunes its kernels, cold, capped at AUTOTUNE_CAP s (default 150)
 #   7. results.json + table.md + logs into $OUT (summarize.py after every step)
 #
 # Time: no step starts after BUDGET s (default 530) and every step is cut at HARD s (575),
@@ -40,6 +42,13 @@ if [ ! -x "$BIN" ] && [ -f "$ROOT/.gpu/rscvi-cli.gz" ]; then
   BIN=/tmp/rscvi-cli
   gunzip -c "$ROOT/.gpu/rscvi-cli.gz" > "$BIN" && chmod +x "$BIN"
 fi
+# the build with burn-cuda's autotune (stage.sh, AUTOTUNE=1): timed cold after everything else
+AUTOTUNE_BIN=
+if [ -f "$ROOT/.gpu/rscvi-cli-autotune.gz" ]; then
+  AUTOTUNE_BIN=/tmp/rscvi-cli-autotune
+  gunzip -c "$ROOT/.gpu/rscvi-cli-autotune.gz" > "$AUTOTUNE_BIN" && chmod +x "$AUTOTUNE_BIN"
+fi
+AUTOTUNE_CAP=${AUTOTUNE_CAP:-150}
 PY=${PY:-python3}
 NS=${NS:-"10000 1000000 100000"}
 BUDGET=${BUDGET:-530}
@@ -369,6 +378,22 @@ for n in $NS; do
   done
   rm -rf "$WORK/data/N$n"/*.npy   # free disk / page cache for the next size
 done
+
+# ------------------------------------------- 6b. the autotune build's cold start, SCVI only
+if [ -n "$AUTOTUNE_BIN" ] && [ "$RSCVI_OK" = 1 ] && [ -n "$CELLBENCH" ]; then
+  if past_budget; then
+    log "SKIP autotune gpu-check: past the ${BUDGET}s budget"
+  else
+    log "gpu-check with the autotune build (its own, cold kernel cache)"
+    t=$(now_ms)
+    mkdir -p "$WORK/gpucheck-autotune"
+    capped "$AUTOTUNE_CAP" env LD_LIBRARY_PATH="$RLD" RSCVI_GPU_CACHE=/tmp/rscvi-autotune-cache \
+      "$AUTOTUNE_BIN" gpu-check --cellbench "$CELLBENCH" --epochs 10 --out "$WORK/gpucheck-autotune"
+    log "autotune gpu-check rc=$? ($(secs_since "$t") s)"
+    [ -f "$WORK/gpucheck-autotune/gpu-check.json" ] &&
+      cp "$WORK/gpucheck-autotune/gpu-check.json" "$OUT/gpu-check-autotune.json"
+  fi
+fi
 
 # ---------------------------------------------------------------- 7. summary
 trap - EXIT

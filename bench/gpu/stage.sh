@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage what a device call of bench/gpu/session.sh carries, and check it fits:
-#   .gpu/rscvi-cli      the CUDA build of rscvi-cli (stripped copy)
+#   .gpu/rscvi-cli.gz   the CUDA build of rscvi-cli (stripped, gzip'ed)
+#   .gpu/rscvi-cli-autotune.gz   with AUTOTUNE=1: the build with burn-cuda's autotune
 #   .gpu/cellbench/     cellbench singlets x hvg2000 (bench/gpu/slim_cellbench.py, ~2.5 MB)
 #   .gpu/snareseq2/, .gpu/splikit/   the small real MULTIVI / SPLICEVI sets of inst/extdata as
 #                       Matrix Market (bench/gpu/export_small.R, ~0.7 MB)
@@ -19,9 +20,21 @@ target="${RSCVI_CUDA_TARGET:-$HOME/.cache/rscvi/target-cuda}"
 bin="${RSCVI_CUDA_BIN:-$target/release/rscvi-cli}"
 cb_src="${CELLBENCH_SRC:-/work/shared/data/cellbench}"
 
-if [ "${BUILD:-0}" = 1 ]; then
-  nice -n 10 cargo build --release -p rscvi-cli --features cuda \
+build() {
+  nice -n 10 cargo build --release -p rscvi-cli --features "$1" \
     --manifest-path src/rust/Cargo.toml --target-dir "$target"
+}
+# ship gzip'ed and stripped: $1 binary, $2 name in .gpu/
+ship() {
+  cp -f "$1" /tmp/rscvi-cli-stage
+  strip --strip-unneeded /tmp/rscvi-cli-stage 2>/dev/null || true
+  file /tmp/rscvi-cli-stage | grep -q 'x86-64' || echo "warning: the binary is not x86-64" >&2
+  gzip -9 -c /tmp/rscvi-cli-stage > ".gpu/$2.gz"
+  rm -f /tmp/rscvi-cli-stage
+  echo "binary: $1 -> .gpu/$2.gz ($(du -h ".gpu/$2.gz" | cut -f1))"
+}
+if [ "${BUILD:-0}" = 1 ]; then
+  build cuda
 fi
 
 # .gpu/ is in .gitignore; .whl/ goes to .git/info/exclude (fetch-wheels.sh adds it too)
@@ -32,16 +45,18 @@ git check-ignore -q .gpu/x || { echo ".gpu/ is not git-ignored" >&2; exit 1; }
 
 mkdir -p .gpu
 if [ -x "$bin" ]; then
-  # The stripped CUDA binary is ~58 MB: it travels gzip'ed (~14 MB), session.sh unpacks it.
+  # The stripped CUDA binary is ~45 MB: it travels gzip'ed (~11 MB), session.sh unpacks it.
   rm -f .gpu/rscvi-cli
-  cp -f "$bin" /tmp/rscvi-cli-stage
-  strip --strip-unneeded /tmp/rscvi-cli-stage 2>/dev/null || true
-  file /tmp/rscvi-cli-stage | grep -q 'x86-64' || echo "warning: the binary is not x86-64" >&2
-  gzip -9 -c /tmp/rscvi-cli-stage > .gpu/rscvi-cli.gz
-  rm -f /tmp/rscvi-cli-stage
-  echo "binary: $bin -> .gpu/rscvi-cli.gz ($(du -h .gpu/rscvi-cli.gz | cut -f1))"
+  ship "$bin" rscvi-cli
 else
   echo "warning: no binary at $bin (build it: BUILD=1 bash bench/gpu/stage.sh)" >&2
+fi
+# AUTOTUNE=1: also the build with burn-cuda's autotune (feature cuda-autotune), which
+# session.sh times cold at the end; built after the plain one, whose binary it overwrites.
+if [ "${AUTOTUNE:-0}" = 1 ]; then
+  cp -f "$bin" /tmp/rscvi-cli-plain
+  build cuda-autotune && ship "$bin" rscvi-cli-autotune
+  cp -f /tmp/rscvi-cli-plain "$bin"
 fi
 
 if [ ! -f .gpu/cellbench/matrix.mtx.gz ]; then

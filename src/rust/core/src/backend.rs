@@ -182,13 +182,13 @@ pub fn gpu_cache_dir() -> Option<std::path::PathBuf> {
 }
 
 /// CubeCL's settings for rscvi, made once before the first CUDA device. By default CubeCL
-/// compiles every GPU kernel through NVRTC in each new process and autotunes each new
-/// matrix-product shape by compiling and timing some 20 candidate kernels: on an H200 the
-/// first SCVI epoch had not ended after 200 s, all of it spent compiling. Kept on disk in
-/// [`gpu_cache_dir`], compiled kernels and autotune choices are paid once per machine, and
-/// the coarsest autotune keys (level "minimal") leave fewer shapes to tune. A cubecl.toml
-/// (or burn.toml) in the working directory or above, or `CUBECL_AUTOTUNE_LEVEL`, still
-/// decides.
+/// compiles every GPU kernel through NVRTC in each new process, and a build with autotune
+/// (feature cuda-autotune) compiles and times some 20 candidate kernels per new
+/// matrix-product shape: on an H200 the first SCVI epoch had not ended after 200 s, all of
+/// it spent compiling. Kept on disk in [`gpu_cache_dir`], compiled kernels (and autotune
+/// choices) are paid once per machine; the coarsest autotune keys (level "minimal") leave
+/// fewer shapes to tune. A cubecl.toml (or burn.toml) in the working directory or above, or
+/// `CUBECL_AUTOTUNE_LEVEL`, still decides.
 #[cfg(feature = "cuda")]
 fn configure_gpu_compiler() {
     use cubecl_runtime::config::autotune::AutotuneLevel;
