@@ -207,17 +207,15 @@ pub(crate) fn tensor_log_likelihood_from_logits<B: Backend>(
     ))
 }
 
-/// [`fused_bernoulli_cross_entropy`] as tensor ops: the path of device backends. The region
-/// factors' gradient flows through the per-cell values (the caller keeps the measured cells'
-/// ones), as in the reference.
+/// [`fused_bernoulli_cross_entropy`] as tensor ops on the dense counts `x`: the path of
+/// device backends. The region factors' gradient flows through the per-cell values (the
+/// caller keeps the measured cells' ones), as in the reference.
 pub(crate) fn tensor_bernoulli_cross_entropy<B: Backend>(
-    open: &crate::nn::SparseRows,
+    x: Tensor<B, 2>,
     logits: Tensor<B, 2>,
     library: Tensor<B, 2>,
     region_logits: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 1> {
-    let [n, r] = logits.dims();
-    let x = Tensor::<B, 2>::from_data(TensorData::new(open.to_dense(r), [n, r]), &logits.device());
     let mut q = sigmoid(logits) * library;
     if let Some(rl) = region_logits {
         q = q * sigmoid(rl).unsqueeze_dim::<2>(0);
@@ -301,13 +299,14 @@ pub fn fused_log_likelihood_from_logits<B: Backend>(
 }
 
 /// Per-cell binary cross-entropy of the accessibility of n cells x r regions (`open`: each
-/// cell's regions with x > 0) under q = σ(`logits`)·`library`·σ(`region_logits`), from the
-/// fused host kernel
+/// cell's regions with x > 0; `dense`: the same counts as a tensor, when the batch has them)
+/// under q = σ(`logits`)·`library`·σ(`region_logits`), from the fused host kernel
 /// (dist/bernoulli.rs) with its exact gradients. Returns the per-cell values (gradients to
 /// the logits and the library) and, with region factors, a zero-valued scalar that carries
 /// their gradient over the cells of `mask` (add it to the objective once).
 pub fn fused_bernoulli_cross_entropy<B: Backend>(
     open: &crate::nn::SparseRows,
+    dense: Option<&Tensor<B, 2>>,
     logits: Tensor<B, 2>,
     library: Tensor<B, 2>,
     region_logits: Option<Tensor<B, 1>>,
@@ -317,7 +316,10 @@ pub fn fused_bernoulli_cross_entropy<B: Backend>(
     let [n, r] = logits.dims();
     let device = logits.device();
     if !computes_on_host::<B>() {
-        let per_cell = tensor_bernoulli_cross_entropy(open, logits, library, region_logits);
+        let x = dense.cloned().unwrap_or_else(|| {
+            Tensor::from_data(TensorData::new(open.to_dense(r), [n, r]), &device)
+        });
+        let per_cell = tensor_bernoulli_cross_entropy(x, logits, library, region_logits);
         return (per_cell, None);
     }
     let rl = region_logits.as_ref().map(host);

@@ -369,27 +369,21 @@ impl<B: Backend> FcLayers<B> {
         dropout(h, self.dropout, training)
     }
 
-    /// As [`FcLayers::forward`] on sparse input rows without covariates: on the host the
-    /// first linear map is a sparse product (the dense product would mostly multiply zeros)
-    /// and its weight's gradient is left to [`SparseInput::weight_gradient`] after the
-    /// backward pass; on a device backend the rows go up dense and nothing is pending
-    /// (a host product would copy the weights down and back at every step).
+    /// As [`FcLayers::forward`] on sparse input rows without covariates: the first linear
+    /// map is a sparse product on the host (the dense product would mostly multiply zeros);
+    /// its weight's gradient is left to [`SparseInput::weight_gradient`] after the backward
+    /// pass. For the CPU backend: the models give device backends dense inputs instead.
     pub fn forward_sparse(
         &self,
         x: &std::sync::Arc<SparseRows>,
         training: bool,
-    ) -> (Tensor<B, 2>, Option<SparseInput<B>>) {
+    ) -> (Tensor<B, 2>, SparseInput<B>) {
         let first = &self.layers[0];
         let weight = first.linear.weight.val();
         let device = weight.device();
         let [d_in, d_out] = weight.dims();
-        let n = x.n_rows();
-        if !crate::backend::computes_on_host::<B>() {
-            let dense =
-                Tensor::<B, 2>::from_data(TensorData::new(x.to_dense(d_in), [n, d_in]), &device);
-            return (self.forward(dense, None, training), None);
-        }
         let y = x.matmul(&crate::backend::host_values(&weight), d_in, d_out);
+        let n = x.n_rows();
         let product =
             Tensor::<B, 2>::from_data(TensorData::new(y, [n, d_out]), &device).require_grad();
         let mut h = product.clone();
@@ -403,7 +397,7 @@ impl<B: Backend> FcLayers<B> {
             input: x.clone(),
             d_in,
         };
-        (self.forward_from(1, h, None, training), Some(pending))
+        (self.forward_from(1, h, None, training), pending)
     }
 }
 
@@ -560,7 +554,7 @@ impl<B: Backend> Encoder<B> {
         &self,
         x: &std::sync::Arc<SparseRows>,
         training: bool,
-    ) -> (Posterior<B>, Option<SparseInput<B>>) {
+    ) -> (Posterior<B>, SparseInput<B>) {
         let (h, pending) = self.encoder.forward_sparse(x, training);
         (self.head(h), pending)
     }

@@ -359,7 +359,7 @@ impl<B: Backend> MultiviBatch<B> {
         );
         let (gw, rw, m) = (g.max(1), r.max(1), config.n_modalities());
         let mut x_rna = vec![0f32; n * gw];
-        let dense_atac = config.encode_covariates;
+        let dense_atac = dense_inputs::<B>(config);
         let mut x_atac = vec![0f32; if dense_atac { n * rw } else { 0 }];
         let mut y = vec![0f32; n * p];
         let mut log_factorial = vec![0f32; n];
@@ -550,6 +550,13 @@ pub fn mmd_penalty<B: Backend>(
     (distance * paired).sum().expand([n])
 }
 
+/// Whether the minibatch's counts enter the encoders dense: when the encoders read
+/// covariates with them, and on a device backend (where the batch's counts are already on the
+/// device and a host sparse product would copy the weights down and back every step).
+fn dense_inputs<B: Backend>(config: &MultiviConfig) -> bool {
+    config.encode_covariates || !crate::backend::computes_on_host::<B>()
+}
+
 impl<B: Backend> Multivae<B> {
     pub fn new(config: MultiviConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -692,10 +699,10 @@ impl<B: Backend> Multivae<B> {
     /// Encoder pass (§4): the modality posteriors, their mixture and one joint draw.
     pub fn inference(&self, b: &MultiviBatch<B>, training: bool) -> MultiviInference<B> {
         let cov = self.encoder_covariates(b);
-        // The counts are mostly zeros (99.7% for ATAC): without encoded covariates the
-        // encoders' first layers multiply the sparse rows (same values, far fewer products);
-        // dense inputs (None: sparse) only for encoders that read covariates with the counts.
-        let dense = self.config.encode_covariates;
+        // The counts are mostly zeros (99.7% for ATAC): on the host, without encoded
+        // covariates, the encoders' first layers multiply the sparse rows (same values, far
+        // fewer products); dense inputs (None: sparse) otherwise (see `dense_inputs`).
+        let dense = dense_inputs::<B>(&self.config);
         let xe = dense.then(|| self.encoder_input(&b.x_rna, b));
         // (The batch holds dense accessibility counts exactly when `dense`.)
         let xa = b.x_atac.as_ref().map(|x| self.encoder_input(x, b));
@@ -705,7 +712,7 @@ impl<B: Backend> Multivae<B> {
                 Some(x) => enc.forward(x.clone(), cov, training),
                 None => {
                     let (q, pending) = enc.forward_sparse(rows, training);
-                    sparse_inputs.extend(pending);
+                    sparse_inputs.push(pending);
                     q
                 }
             };
@@ -717,7 +724,7 @@ impl<B: Backend> Multivae<B> {
                     Some(x) => enc.px_decoder.forward(x, cov, training),
                     None => {
                         let (h, pending) = enc.px_decoder.forward_sparse(rows, training);
-                        sparse_inputs.extend(pending);
+                        sparse_inputs.push(pending);
                         h
                     }
                 };
@@ -884,6 +891,7 @@ impl<B: Backend> Multivae<B> {
         let (reconstruction_accessibility, region_gradient) = match &gen.accessibility_logits {
             Some(logits) => fused_bernoulli_cross_entropy(
                 &b.atac_rows,
+                b.x_atac.as_ref(),
                 logits.clone(),
                 inf.library_accessibility.clone(),
                 self.region_factors.as_ref().map(|r| r.val()),
@@ -1087,6 +1095,7 @@ mod tests {
             let loss = if fused {
                 let (v, g) = fused_bernoulli_cross_entropy(
                     &open,
+                    None,
                     la.clone(),
                     ld.clone(),
                     Some(lr.clone()),
@@ -1096,8 +1105,9 @@ mod tests {
                 v.mean() + g.unwrap()
             } else {
                 // The device backends' path: the tensor formula on the densified rows.
+                let x = Tensor::<A, 2>::from_data(TensorData::new(open.to_dense(3), [2, 3]), &dev);
                 crate::dist::surrogate::tensor_bernoulli_cross_entropy(
-                    &open,
+                    x,
                     la.clone(),
                     ld.clone(),
                     Some(lr.clone()),

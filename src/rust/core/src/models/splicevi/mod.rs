@@ -786,12 +786,14 @@ impl<B: Backend> SpliceVae<B> {
         sparse_inputs: &mut Vec<SparseInput<B>>,
     ) -> [Posterior<B>; 2] {
         let cov = self.encoder_covariates(b);
-        let sparse = !self.config.encode_covariates;
+        // Sparse first layers on the host only: on a device the dense inputs are already
+        // there, and a host product would copy the weights down and back every step.
+        let sparse = !self.config.encode_covariates && crate::backend::computes_on_host::<B>();
         let mut encode =
             |enc: &Encoder<B>, dense: &dyn Fn() -> Tensor<B, 2>, rows: &Arc<SparseRows>| {
                 if sparse {
                     let (q, pending) = enc.forward_sparse(rows, training);
-                    sparse_inputs.extend(pending);
+                    sparse_inputs.push(pending);
                     q
                 } else {
                     enc.forward(self.encoder_input(dense(), b), cov, training)
