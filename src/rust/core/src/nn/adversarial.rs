@@ -44,7 +44,7 @@ impl<B: Backend> Classifier<B> {
     }
 
     pub fn forward(&self, z: Tensor<B, 2>, training: bool) -> Tensor<B, 2> {
-        self.output.forward(self.layers.forward(z, None, training))
+        super::linear(&self.output, self.layers.forward(z, None, training))
     }
 }
 

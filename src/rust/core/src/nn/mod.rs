@@ -3,6 +3,9 @@
 //! Train/eval behaviour is an explicit flag, never inferred from the backend.
 
 pub mod adversarial;
+pub mod linear;
+
+pub use linear::linear;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::{Linear, LinearConfig};
@@ -341,7 +344,7 @@ impl<B: Backend> FcLayers<B> {
                     h = Tensor::cat(vec![h, c.clone()], 1);
                 }
             }
-            h = self.after_linear(layer, layer.linear.forward(h), training);
+            h = self.after_linear(layer, linear(&layer.linear, h), training);
         }
         h
     }
@@ -560,8 +563,8 @@ impl<B: Backend> Encoder<B> {
     }
 
     fn head(&self, h: Tensor<B, 2>) -> Posterior<B> {
-        let mean = self.mean_encoder.forward(h.clone());
-        let var = self.var_encoder.forward(h).exp() + self.var_eps;
+        let mean = linear(&self.mean_encoder, h.clone());
+        let var = linear(&self.var_encoder, h).exp() + self.var_eps;
         let noise = draw::<B, 2>(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
         let sample = mean.clone() + var.clone().sqrt() * noise;
         Posterior { mean, var, sample }

@@ -22,6 +22,7 @@ use crate::error::{invalid_arg, Error, Result};
 use crate::models::options::{
     check_count_likelihoods, check_dropout_rates, check_sizes, Dispersion, GeneLikelihood,
 };
+use crate::nn;
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 /// Index of the sequencing dataset.
@@ -466,8 +467,8 @@ impl<B: Backend> Jvae<B> {
         let e = &self.z_encoder;
         let h = e.encoders[i].forward(x.clone(), None, training);
         let h = e.encoder_shared.forward(h, None, training);
-        let qz_mean = e.mean_encoder.forward(h.clone());
-        let qz_var = e.var_encoder.forward(h).exp();
+        let qz_mean = nn::linear(&e.mean_encoder, h.clone());
+        let qz_var = nn::linear(&e.var_encoder, h).exp();
         let z = if deterministic {
             qz_mean.clone()
         } else {
@@ -512,13 +513,13 @@ impl<B: Backend> Jvae<B> {
         }
         let theta = match self.config.dispersion {
             Dispersion::GeneBatch => batch_onehot.clone().matmul(self.px_r.val()).exp(),
-            Dispersion::GeneCell => dec.px_r_decoder.forward(h.clone()).exp(),
+            Dispersion::GeneCell => nn::linear(&dec.px_r_decoder, h.clone()).exp(),
             _ => self.px_r.val().exp(),
         };
         (
-            dec.px_scale_decoder.forward(h.clone()),
+            nn::linear(&dec.px_scale_decoder, h.clone()),
             theta,
-            dec.px_dropout_decoder.forward(h),
+            nn::linear(&dec.px_dropout_decoder, h),
         )
     }
 

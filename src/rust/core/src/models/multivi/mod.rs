@@ -25,6 +25,7 @@ use crate::models::options::{
     check_count_likelihoods, check_dropout_rates, check_modality_columns, check_sizes,
     GeneLikelihood, LatentDistribution, NormPlacement,
 };
+use crate::nn;
 use std::sync::Arc;
 
 use crate::nn::{Encoder, FcLayers, FcOptions, SparseInput, SparseRows};
@@ -259,7 +260,7 @@ impl<B: Backend> ProteinDecoder<B> {
         let head = |linear: &Linear<B>, h: Tensor<B, 2>| {
             let mut input = vec![h, u.clone()];
             input.extend(cov.cloned());
-            linear.forward(Tensor::cat(input, 1))
+            nn::linear(linear, Tensor::cat(input, 1))
         };
         let h = self.py_back_decoder.forward(u.clone(), cov, training);
         let alpha = head(&self.py_back_mean_log_alpha, h.clone());
@@ -728,7 +729,7 @@ impl<B: Backend> Multivae<B> {
                         h
                     }
                 };
-                enc.output.forward(h)
+                nn::linear(&enc.output, h)
             };
         let (library_expression, library_accessibility) = match &b.size_factors {
             // Size-factor mode: ℓ_e = log(s_e + 1e-6), d = s_a; no library encoder runs.
@@ -785,15 +786,15 @@ impl<B: Backend> Multivae<B> {
             Some(dec) => {
                 let h = dec.px_decoder.forward(u.clone(), cov, training);
                 (
-                    Some(dec.px_scale_decoder.forward(h.clone())),
-                    Some(dec.px_dropout_decoder.forward(h)),
+                    Some(nn::linear(&dec.px_scale_decoder, h.clone())),
+                    Some(nn::linear(&dec.px_dropout_decoder, h)),
                 )
             }
             None => (None, None),
         };
         let accessibility_logits = self.z_decoder_accessibility.as_ref().map(|dec| {
             let h = dec.px_decoder.forward(u.clone(), cov, training);
-            dec.output.forward(h)
+            nn::linear(&dec.output, h)
         });
         let protein = self
             .z_decoder_pro

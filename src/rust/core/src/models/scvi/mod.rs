@@ -24,6 +24,7 @@ use crate::models::options::{
     check_dropout_rates, check_sizes, BatchRepresentation, Dispersion, GeneLikelihood,
     LatentDistribution, NormPlacement, BATCH_EMBEDDING_DIM,
 };
+use crate::nn;
 use crate::nn::{Encoder, FcLayers, FcOptions};
 
 /// Model hyperparameters plus the data dimensions needed to rebuild the module.
@@ -387,15 +388,15 @@ impl<B: Backend> Scvi<B> {
             .decoder
             .px_decoder
             .forward(d, self.layer_covariates(b).as_ref(), training);
-        let raw_scale = self.decoder.px_scale_decoder.forward(h.clone());
+        let raw_scale = nn::linear(&self.decoder.px_scale_decoder, h.clone());
         let theta = match c.dispersion {
             Dispersion::Gene => self.px_r.val().exp(),
             Dispersion::GeneBatch => b.batch_onehot.clone().matmul(self.px_r.val()).exp(),
             Dispersion::GeneLabel => b.labels_onehot.clone().matmul(self.px_r.val()).exp(),
-            Dispersion::GeneCell => self.decoder.px_r_decoder.forward(h.clone()).exp(),
+            Dispersion::GeneCell => nn::linear(&self.decoder.px_r_decoder, h.clone()).exp(),
         };
         let dropout_logits = (c.gene_likelihood == GeneLikelihood::Zinb)
-            .then(|| self.decoder.px_dropout_decoder.forward(h));
+            .then(|| nn::linear(&self.decoder.px_dropout_decoder, h));
         DecoderOutputs {
             raw_scale,
             theta,

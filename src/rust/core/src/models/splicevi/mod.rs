@@ -28,6 +28,7 @@ use crate::dist;
 use crate::dist::splicing::{self as lik, AtseGroups};
 use crate::dist::surrogate::fused_log_likelihood_from_logits;
 use crate::error::{invalid_arg, Result};
+use crate::nn;
 // SpliceVI sizes its layers by MultiVI's rule (§3.1): min(128, floor(sqrt(J))), or the genes
 // without junctions; n_latent = floor(sqrt(n_hidden)).
 pub use crate::models::multivi::{default_n_hidden, default_n_latent};
@@ -925,7 +926,8 @@ impl<B: Backend> SpliceVae<B> {
             ),
             None => {
                 let hidden = dec.factor_regressor.forward(d_e, cov, training);
-                let head = |l: &Option<Linear<B>>| l.as_ref().map(|l| l.forward(hidden.clone()));
+                let head =
+                    |l: &Option<Linear<B>>| l.as_ref().map(|l| nn::linear(l, hidden.clone()));
                 (
                     dist::softplus(head(&dec.px_scale_decoder).expect("vanilla scale head")),
                     head(&dec.px_dropout_decoder).expect("vanilla dropout head"),
@@ -935,11 +937,14 @@ impl<B: Backend> SpliceVae<B> {
         };
         let sd = &self.z_decoder_splicing;
         let logits = match &sd.px_decoder {
-            Some(mlp) => sd.output.forward(mlp.forward(d_s, cov, training)),
-            None => sd.output.forward(match cov {
-                Some(c) => Tensor::cat(vec![d_s, c.clone()], 1),
-                None => d_s,
-            }),
+            Some(mlp) => nn::linear(&sd.output, mlp.forward(d_s, cov, training)),
+            None => nn::linear(
+                &sd.output,
+                match cov {
+                    Some(c) => Tensor::cat(vec![d_s, c.clone()], 1),
+                    None => d_s,
+                },
+            ),
         };
         SpliceviGenerative {
             expression,

@@ -9,6 +9,7 @@ use burn::tensor::{activation, backend::Backend, IndexingUpdateOp, Int, Tensor};
 
 use crate::dist;
 use crate::models::splicevi::{PoolMode, SpliceviBatch, SpliceviConfig};
+use crate::nn;
 use crate::nn::{dropout, FcLayers, FcOptions, Posterior};
 
 /// Floor of the embedding norms and offset of the splicing variance.
@@ -71,9 +72,9 @@ impl<B: Backend> PartialEncoder<B> {
     ) -> Tensor<B, 2> {
         let e = embedding.clone().select(0, junctions);
         let u = Tensor::cat(vec![ratio.clone(), e * ratio], 1);
-        let h = activation::relu(self.h_norm1.forward(self.h_layer1.forward(u)));
+        let h = activation::relu(self.h_norm1.forward(nn::linear(&self.h_layer1, u)));
         let h = dropout(h, self.dropout, training);
-        activation::relu(self.h_norm2.forward(self.h_layer2.forward(h)))
+        activation::relu(self.h_norm2.forward(nn::linear(&self.h_layer2, h)))
     }
 
     /// (μ^s, v^s) and a draw. Continuous covariates always reach the MLP's first layer (a
