@@ -96,7 +96,7 @@ fn evaluate<B: Backend, M: FamilyModule<B>>(
 /// one step later, with the same outcome (the last completed epoch's weights).
 fn defers_loss_reads<B: Backend>(peer: Option<&Peer>) -> bool {
     #[cfg(test)]
-    if training_tests::DEFER_ON_HOST.with(std::cell::Cell::get) {
+    if training_tests::DEFER_ON_HOST.load(std::sync::atomic::Ordering::SeqCst) {
         return peer.is_none();
     }
     !crate::backend::computes_on_host::<B>() && peer.is_none()
@@ -241,7 +241,15 @@ where
         )
     };
     if devices.len() == 1 {
-        return run(model, classifier, state, observer, device, None);
+        let from_outside_the_pool = crate::backend::computes_on_host::<B>()
+            && rayon::current_num_threads() > 1
+            && rayon::current_thread_index().is_none();
+        if !from_outside_the_pool {
+            return run(model, classifier, state, observer, device, None);
+        }
+        return parallel::on_pool_thread(observer, |relay| {
+            run(model, classifier, state, relay, device, None)
+        });
     }
     // Every random initial value is drawn here, on one thread, before the replicas exist.
     let model = crate::nn::initialized(model);
@@ -614,11 +622,10 @@ mod training_tests {
         crate::data::toy_dataset(2)
     }
 
-    thread_local! {
-        /// Makes the CPU read the loss values one step late, as a device does.
-        pub(super) static DEFER_ON_HOST: std::cell::Cell<bool> =
-            const { std::cell::Cell::new(false) };
-    }
+    /// Makes the CPU read the loss values one step late, as a device does (a static, not a
+    /// thread-local: training runs on a thread of rayon's pool).
+    pub(super) static DEFER_ON_HOST: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 
     /// Reading the loss one step late (the GPU's way) gives the same history as reading it at
     /// once, and a diverging run ends in the non-finite error either way, keeping the last
@@ -628,7 +635,7 @@ mod training_tests {
         let _rng = crate::TEST_RNG_LOCK.lock();
         let data = toy_data();
         let run = |defer: bool, lr: f64| {
-            DEFER_ON_HOST.with(|d| d.set(defer));
+            DEFER_ON_HOST.store(defer, std::sync::atomic::Ordering::SeqCst);
             let tc = TrainConfig {
                 max_epochs: Some(4),
                 seed: Some(5),
@@ -640,7 +647,7 @@ mod training_tests {
             let fresh = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default());
             let mut state = TrainState::default();
             let (m, r) = train_scvi(fresh.unwrap(), &data, &tc, &mut state, None);
-            DEFER_ON_HOST.with(|d| d.set(false));
+            DEFER_ON_HOST.store(false, std::sync::atomic::Ordering::SeqCst);
             (m, r, state)
         };
         let (at_once, r1, s1) = run(false, 1e-3);
@@ -658,6 +665,61 @@ mod training_tests {
             assert!(state.history.len() < 4);
             assert!(flat(m.px_r.val()).iter().all(|v| v.is_finite()));
         }
+    }
+
+    /// On the CPU, training runs on a thread of rayon's pool; the observer stays on the
+    /// caller's thread (R's checks may only run there), sees every epoch there, and its stop
+    /// reaches the trainer.
+    #[test]
+    fn the_observer_is_called_on_the_callers_thread_and_can_stop_training() {
+        struct Watch {
+            caller: std::thread::ThreadId,
+            epochs: usize,
+            polls_elsewhere: usize,
+            stop_after: usize,
+        }
+        impl Observer for Watch {
+            fn on_epoch(&mut self, _: &EpochRecord, _: usize, _: usize, _: f64) {
+                self.epochs += 1;
+                self.polls_elsewhere += usize::from(std::thread::current().id() != self.caller);
+            }
+            fn should_stop(&mut self) -> bool {
+                self.polls_elsewhere += usize::from(std::thread::current().id() != self.caller);
+                self.epochs >= self.stop_after
+            }
+        }
+        let _rng = crate::TEST_RNG_LOCK.lock();
+        let data = toy_data();
+        let prior = crate::data::library_prior(&data);
+        let tc = TrainConfig {
+            max_epochs: Some(400),
+            seed: Some(1),
+            batch_size: 16,
+            ..Default::default()
+        };
+        let mut watch = Watch {
+            caller: std::thread::current().id(),
+            epochs: 0,
+            polls_elsewhere: 0,
+            stop_after: 2,
+        };
+        let fresh = Scvi::<Cpu>::new(ScviConfig::new(6, 2), prior, &Default::default()).unwrap();
+        let mut state = TrainState::default();
+        let (_, r) = train::<ScviKind, CpuTrain>(
+            fresh,
+            &[&data],
+            &tc,
+            &ScviExtra::default(),
+            &mut state,
+            &mut watch,
+            &[Default::default()],
+            None,
+        );
+        let summary = r.unwrap();
+        assert!(summary.interrupted, "the observer's stop ends the run");
+        assert!(state.history.len() < 400);
+        assert!(watch.epochs >= 2);
+        assert_eq!(watch.polls_elsewhere, 0);
     }
 
     /// The loop on the CPU for an SCVI module without scArches freezing.

@@ -331,6 +331,41 @@ impl Observer for Relay {
     }
 }
 
+/// Runs `work` (one worker's training) on a thread of rayon's pool while the calling thread
+/// passes its epochs on to `observer` and polls that for Ctrl-C (R's check may only run on
+/// R's thread). On the CPU backend the trainer then takes part in the parallel passes of its
+/// own step: called from outside the pool it sleeps through each of them while the pool's
+/// threads share the cores with it, waking and yielding at every hand-off (CLI A/B, 30k
+/// cells, 8 alternated rounds: 1.96 -> 1.82 s/epoch). A panic in `work` reaches the caller.
+pub(crate) fn on_pool_thread<R: Send>(
+    observer: &mut dyn Observer,
+    work: impl FnOnce(&mut dyn Observer) -> R + Send,
+) -> R {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<EpochReport>();
+    let mut relay = Relay {
+        report: Some(tx),
+        stop: stop.clone(),
+    };
+    let mut outcome = None;
+    rayon::in_place_scope(|s| {
+        let slot = &mut outcome;
+        // The relay (and its sender) goes when the work ends, however it ends.
+        s.spawn(move |_| *slot = Some(work(&mut relay)));
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => observer.on_epoch(&r.record, r.epoch_in_run, r.max_epochs, r.elapsed),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if observer.should_stop() {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    outcome.expect("the scope ends after the work it spawned")
+}
+
 /// What a worker thread ended with: its module and result, or why it stopped (a panic).
 type Joined<M> = std::result::Result<(M, Result<TrainSummary>), String>;
 
