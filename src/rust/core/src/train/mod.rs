@@ -241,9 +241,12 @@ where
         )
     };
     if devices.len() == 1 {
+        // Counts read from a file stay on the caller's thread: HDF5's own reads must happen
+        // there (io::h5, RawRows).
         let from_outside_the_pool = crate::backend::computes_on_host::<B>()
             && rayon::current_num_threads() > 1
-            && rayon::current_thread_index().is_none();
+            && rayon::current_thread_index().is_none()
+            && data.iter().all(|d| d.file.is_none());
         if !from_outside_the_pool {
             return run(model, classifier, state, observer, device, None);
         }
