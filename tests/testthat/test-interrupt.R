@@ -81,8 +81,8 @@ test_that("long queries report their progress in scripts", {
     options(rscvi.progress = TRUE, rscvi.interactive = FALSE)
     m <- train(scvi(rscvi_example_data(), batch_key = "batch"), max_epochs = 1L,
                progress = FALSE)
-    # all 1,021 cells x 100 importance samples: several seconds, past the quiet start
-    invisible(get_marginal_ll(m, n_mc_samples = 100L))
+    # all 1,021 cells x 300 importance samples: ~10 s, well past the 3-s quiet start
+    invisible(get_marginal_ll(m, n_mc_samples = 300L))
   }, stderr = err)
   lines <- grep("^query [0-9]+% done, .* elapsed, ETA", readLines(err), value = TRUE)
   expect_gte(length(lines), 2L)
