@@ -36,7 +36,7 @@ pub fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     }
     let y = match matmul_on_host(x, w) {
         Ok(y) => y,
-        Err((x, _)) => return l.forward(x),
+        Err(x) => return l.forward(x),
     };
     match &l.bias {
         Some(b) => y + b.val().unsqueeze_dim(0),
@@ -45,12 +45,11 @@ pub fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// `x · w` through [`host_product`] when `B` is the CPU backend (plain or under autodiff);
-/// the operands come back for any other backend.
-#[allow(clippy::type_complexity)]
+/// `x` comes back for any other backend.
 fn matmul_on_host<B: Backend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
-) -> std::result::Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+) -> std::result::Result<Tensor<B, 2>, Tensor<B, 2>> {
     let back = |t: Box<dyn Any>| -> Tensor<B, 2> {
         let t = *t
             .downcast::<FloatTensor<B>>()
@@ -67,7 +66,7 @@ fn matmul_on_host<B: Backend>(
         return Ok(Tensor::from_data(TensorData::new(y, [m, n]), &x.device()));
     }
     if !(xp.is::<FloatTensor<CpuTrain>>() && wp.is::<FloatTensor<CpuTrain>>()) {
-        return Err((back(xp), back(wp)));
+        return Err(back(xp));
     }
     let x = *xp.downcast::<FloatTensor<CpuTrain>>().expect("checked");
     let w = *wp.downcast::<FloatTensor<CpuTrain>>().expect("checked");
