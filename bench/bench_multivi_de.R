@@ -9,10 +9,12 @@
 # rank them. Agreement of two runs = |top-50 A ∩ top-50 B| / 50. rscvi's tables are kept
 # next to scvi-tools' (bench/results/multivi-de-rscvi-<epochs>/seed<k>/). Each
 # run's fit is reported too: all-cell ELBO and reconstruction error, kNN label purity and
-# within-cell-type batch mixing of the joint latent (k = 15, "Mis" cells left out).
+# within-cell-type batch mixing of the joint latent (k = 15, "Mis" cells left out). Each run's
+# summary (epochs, fit, both top-50 sets) is kept in <tool dir>/seed<k>/run.json, committed:
+# one scvi-tools run takes over half an hour on 2 cores, so seeds accumulate across sessions.
 #
 #   Rscript bench/bench_multivi_de.R [epochs] [cells] [seeds] [A,B]   (RSCVI_BENCH_REUSE=1: reuse
-#                                    runs already on disk, both tools, per seed)
+#                                    the run.json of runs already done, both tools, per seed)
 #                                    (default: 100, 3000, 0,1, L2/3,L6)
 #
 # Writes bench/results/multivi-de-<epochs>.md; scvi-tools' tables under
@@ -36,10 +38,25 @@ source(file.path(here, "multivi_data.R"))
 
 top50 <- function(effect, names) names[order(-abs(effect))][1:50]
 
+keep <- function(run, out) {
+  dir.create(out, recursive = TRUE, showWarnings = FALSE)
+  jsonlite::write_json(utils::modifyList(run, list(fit = as.list(run$fit))),
+                       file.path(out, "run.json"), digits = NA, pretty = TRUE, auto_unbox = TRUE)
+  run
+}
+reusable <- function(out) {
+  path <- file.path(out, "run.json")
+  if (Sys.getenv("RSCVI_BENCH_REUSE") != "1" || !file.exists(path)) return(NULL)
+  run <- jsonlite::read_json(path, simplifyVector = TRUE)
+  run$epochs <- as.integer(run$epochs)
+  run$fit <- vapply(run$fit, as.numeric, 0)
+  run
+}
+
 run_rscvi <- function(seed) {
   out <- file.path(here, "results", sprintf("multivi-de-rscvi-%d", epochs), sprintf("seed%d", seed))
-  cached <- file.path(out, "run.rds")
-  if (Sys.getenv("RSCVI_BENCH_REUSE") == "1" && file.exists(cached)) return(readRDS(cached))
+  cached <- reusable(out)
+  if (!is.null(cached)) return(cached)
   model <- multivi(rna = rna, atac = atac, cells = obs, batch_key = "library")
   model <- train(model, max_epochs = epochs, seed = seed, device = "cpu", progress = FALSE)
   idx1 <- which(obs$cell_type == contrast[[1]])
@@ -56,15 +73,14 @@ run_rscvi <- function(seed) {
                       knn_metrics(z, obs$cell_type != "Mis")),
               de = top50(de$lfc_mean, rownames(de)),
               da = top50(da$effect_size, rownames(da)))
-  saveRDS(run, cached)
-  run
+  keep(run, out)
 }
 
 run_reference <- function(seed) {
   out <- file.path(out_dir, sprintf("seed%d", seed))
-  reuse <- Sys.getenv("RSCVI_BENCH_REUSE") == "1" &&
-    file.exists(file.path(out, "paired", "da.csv"))
-  status <- if (reuse) 0L else system2(file.path(venv, "bin", "python"), c(
+  cached <- reusable(out)
+  if (!is.null(cached)) return(cached)
+  status <- system2(file.path(venv, "bin", "python"), c(
     file.path(here, "scvi_tools_multivi.py"), "--data", data_dir, "--out", out,
     "--settings", "paired", "--epochs", epochs, "--threads", "2", "--cells", n_cells,
     "--seed", seed, "--de", shQuote(paste(contrast, collapse = ","))))
@@ -74,11 +90,11 @@ run_reference <- function(seed) {
   s <- jsonlite::fromJSON(file.path(out, "paired", "summary.json"))
   lat <- utils::read.csv(file.path(out, "paired", "latent.csv"), row.names = 1)
   z <- as.matrix(lat)[cell_names, ]
-  list(epochs = s$epochs,
-       fit = c(elbo_all = s$elbo_all, reconstruction_all = s$reconstruction_all,
-               knn_metrics(z, obs$cell_type != "Mis")),
-       de = top50(de$lfc_mean, rownames(de)),
-       da = top50(da$effect_size, rownames(da)))
+  keep(list(epochs = s$epochs,
+            fit = c(elbo_all = s$elbo_all, reconstruction_all = s$reconstruction_all,
+                    knn_metrics(z, obs$cell_type != "Mis")),
+            de = top50(de$lfc_mean, rownames(de)),
+            da = top50(da$effect_size, rownames(da))), out)
 }
 
 runs <- list()
