@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod parity;
+pub mod simd;
 pub mod train;
 
 pub use error::{Error, Result};

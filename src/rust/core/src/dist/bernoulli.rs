@@ -97,17 +97,15 @@ fn lane_sum(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2<const GRAD: bool>(
-    logits: &[f32],
-    d: f32,
-    region_sigmoid: &[f32],
-    lp: &mut [f32],
-    d_logits: &mut [f32],
-    h: &mut [f32],
-) {
-    row::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h)
+crate::widest! {
+    fn row_widest<const GRAD: bool>(
+        logits: &[f32],
+        d: f32,
+        region_sigmoid: &[f32],
+        lp: &mut [f32],
+        d_logits: &mut [f32],
+        h: &mut [f32],
+    ) = row;
 }
 
 /// One cell, on the widest instructions the CPU has, with its `open` regions (x > 0):
@@ -122,21 +120,7 @@ fn row_dispatch<const GRAD: bool>(
     d_logits: &mut [f32],
     h: &mut [f32],
 ) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    let done = if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        unsafe { row_avx2::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h) };
-        true
-    } else {
-        false
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = false;
-    if !done {
-        row::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h);
-    }
+    row_widest::<GRAD>(logits, d, region_sigmoid, lp, d_logits, h);
     for &j in open {
         let j = j as usize;
         if j < logits.len() {

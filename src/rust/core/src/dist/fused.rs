@@ -322,23 +322,8 @@ fn row_dispatch(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
     }
 }
 
-/// The same code compiled for AVX2 + FMA, chosen at run time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
-    row_dispatch(lik, pass, r, o)
-}
-
-fn row(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { row_avx2(lik, pass, r, o) };
-        }
-    }
-    row_dispatch(lik, pass, r, o)
+crate::widest! {
+    fn row(lik: Likelihood, pass: Pass, r: &Row, o: &mut RowOut) = row_dispatch;
 }
 
 /// True when every value is finite (integer test on the exponent bits, vectorises).
@@ -511,23 +496,9 @@ fn cell_body(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, d_library: Option<&mu
     value
 }
 
-/// [`cell_body`] compiled for AVX2 + FMA, chosen at run time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn cell_avx2(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, dl: Option<&mut f32>) -> f32 {
-    cell_body(c, mu_buf, o, dl)
-}
-
-fn cell(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, d_library: Option<&mut f32>) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { cell_avx2(c, mu_buf, o, d_library) };
-        }
-    }
-    cell_body(c, mu_buf, o, d_library)
+crate::widest! {
+    fn cell(c: &Cell, mu_buf: &mut [f32], o: &mut RowOut, d_library: Option<&mut f32>) -> f32
+        = cell_body;
 }
 
 fn run(

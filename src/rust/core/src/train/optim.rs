@@ -122,6 +122,7 @@ impl Scalars {
         }
     }
 
+    #[inline(always)]
     fn slices_any_cpu(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         match (self.decoupled, self.wd > 0.0) {
             (true, true) => self.slices::<true, true>(p, g, m, v),
@@ -131,21 +132,9 @@ impl Scalars {
         }
     }
 
-    /// AVX2 lanes; no FMA, so every product and sum is rounded as Burn rounds it.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn slices_avx2(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        self.slices_any_cpu(p, g, m, v)
-    }
-
     /// One optimiser step over a chunk of a parameter.
     fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked above).
-            return unsafe { self.slices_avx2(p, g, m, v) };
-        }
-        self.slices_any_cpu(p, g, m, v)
+        update_widest(self, p, g, m, v)
     }
 
     /// The same update as tensor ops (any backend).
@@ -183,6 +172,13 @@ impl Scalars {
         };
         [p, m, v]
     }
+}
+
+// No level contracts a product and a sum into an FMA, so every product and sum is rounded
+// as Burn's tensor ops round it.
+crate::widest! {
+    fn update_widest(s: &Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32])
+        = Scalars::slices_any_cpu;
 }
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to share
