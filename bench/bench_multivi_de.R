@@ -101,12 +101,15 @@ run_reference <- function(seed) {
             da = top50(da$effect_size, rownames(da))), out)
 }
 
+# RSCVI_BENCH_TOOLS=rscvi runs only rscvi's seeds (scvi-tools' may be running by hand meanwhile).
+only_rscvi <- Sys.getenv("RSCVI_BENCH_TOOLS") == "rscvi"
 runs <- list()
 for (seed in seeds) {
   cat(sprintf("== seed %d\n", seed))
   runs[[sprintf("rscvi_s%d", seed)]] <- run_rscvi(seed)
-  runs[[sprintf("scvi_tools_s%d", seed)]] <- run_reference(seed)
+  if (!only_rscvi) runs[[sprintf("scvi_tools_s%d", seed)]] <- run_reference(seed)
 }
+if (only_rscvi) quit(save = "no")
 pairs <- utils::combn(names(runs), 2, simplify = FALSE)
 agree <- do.call(rbind, lapply(pairs, function(p) {
   data.frame(run1 = p[[1]], run2 = p[[2]],
