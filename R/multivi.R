@@ -935,17 +935,19 @@ differential_expression.MULTIVI <- .joint_differential_expression("MULTIVI", fun
 #' `MULTIVI` model, as scvi-tools' `MULTIVI.differential_accessibility()`: accessibility
 #' probabilities of each group are drawn from the joint posterior (without cell or region
 #' factors) and compared with the machinery of [differential_expression()]. In `"change"`
-#' mode a region is differentially accessible when \eqn{|\log_2} fold change\eqn{|} of its
-#' probability is at least `delta` with high posterior probability (two-sided); `"vanilla"`
-#' gives the probability that accessibility is higher in group 1. Cells without ATAC take
-#' part with their imputed accessibility.
+#' mode `prob_da` is the posterior probability that the log2 fold change of a region's
+#' accessibility is at least `delta` in its more likely direction (scvi-tools' default
+#' three-state test: the larger of P(LFC >= delta) and P(LFC < -delta); `test_mode = "two"`
+#' gives their sum, P(|LFC| >= delta)); `"vanilla"` gives the probability that accessibility
+#' is higher in group 1. Cells without ATAC take part with their imputed accessibility.
 #'
 #' @inheritParams differential_expression
 #' @param object a `MULTIVI` model with regions.
 #' @param delta threshold on the log2 fold change of the accessibility probability.
 #' @param all_stats add the empirical columns (`emp_effect`, `emp_prob1`, `emp_prob2`: the
 #'   fraction of cells of each group with ATAC counts in the region).
-#' @param ... `n_samples_overall` (default 5000), `pseudocounts` (default 1e-6).
+#' @param ... `n_samples_overall` (default 5000), `test_mode` (`"three"`/`"two"`),
+#'   `pseudocounts` (default 1e-6).
 #' @return A data.frame with one row per region, in the model's region order (row names =
 #'   regions), and columns `prob_da`, `is_da_fdr` (change mode: within the posterior expected
 #'   FDR `fdr_target`), `bayes_factor`, `effect_size` (`est_prob2 - est_prob1`), `emp_effect`,
@@ -983,11 +985,12 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
   device <- .check_device(device)
   extra <- list(...)
   unknown <- setdiff(names(extra) %||% rep("", length(extra)),
-                     c("n_samples_overall", "pseudocounts"))
+                     c("n_samples_overall", "test_mode", "pseudocounts"))
   if (length(unknown)) {
     .stop(paste0("differential_accessibility() got unknown arguments: %s; `...` takes ",
-                 "`n_samples_overall` and `pseudocounts`"), .enum(unknown))
+                 "`n_samples_overall`, `test_mode` and `pseudocounts`"), .enum(unknown))
   }
+  test_mode <- .match_choice(extra$test_mode %||% "three", c("three", "two"), "test_mode")
   n_samples <- .check_scalar_int(extra$n_samples_overall %||% 5000L, "n_samples_overall",
                                  min = 1)
   pseudocount <- .check_scalar_num(extra$pseudocounts %||% 1e-6, "pseudocounts", min = 0)
@@ -997,10 +1000,9 @@ differential_accessibility.MULTIVI <- function(object, x = NULL, groupby = NULL,
   b2 <- .de_batch_codes(batchid2, "batchid2", batch_correction, cats)
   comparisons <- .query_comparisons(model, q, groupby, group1, group2, idx1, idx2)
   .compare_groups(comparisons, "DA", silent, function(cmp) {
-    # Two-sided: the probability that |LFC| >= delta (scvi-tools' two_sided = True).
     res <- .rs(rs_model_de(model$model, "accessibility", q$data, cmp$cells1 - 1L,
-                           cmp$cells2 - 1L, mode == "change", delta, FALSE, pseudocount, b1,
-                           b2, n_samples, batch_size, fdr_target, NULL,
+                           cmp$cells2 - 1L, mode == "change", delta, test_mode == "three",
+                           pseudocount, b1, b2, n_samples, batch_size, fdr_target, NULL,
                            floor(stats::runif(1, 0, 2^31)), FALSE, "", device))
     col <- res$columns
     df <- data.frame(prob_da = if (mode == "change") col$proba_de else col$proba_m1,

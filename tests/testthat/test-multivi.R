@@ -304,6 +304,20 @@ test_that("a trained MULTIVI model answers every query with the right shapes", {
   expect_identical(names(va), c("prob_da", "bayes_factor", "effect_size", "est_prob1",
                                 "est_prob2"))
   expect_error(differential_accessibility(m, idx1 = 1:5, nope = 1), "unknown arguments")
+  # scvi-tools' default three-state test: with delta = 0, P(LFC >= 0) + P(LFC < 0) is 1 for
+  # every region (the two-state sum), while the larger of the two is below 1 wherever the
+  # posterior is unsure of the direction.
+  set.seed(1)
+  three <- differential_accessibility(m, idx1 = 1:50, idx2 = 51:100, delta = 0,
+                                      n_samples_overall = 200L, all_stats = FALSE)
+  expect_true(all(three$prob_da >= 0.5 & three$prob_da <= 1))
+  expect_gt(mean(three$prob_da < 1), 0.1)
+  set.seed(1)
+  two <- differential_accessibility(m, idx1 = 1:50, idx2 = 51:100, delta = 0,
+                                    n_samples_overall = 200L, all_stats = FALSE,
+                                    test_mode = "two")
+  expect_equal(two$prob_da, rep(1, nrow(two)))
+  expect_error(differential_accessibility(m, idx1 = 1:5, test_mode = "one"), "test_mode")
 
   expect_output(print(m), "30 epochs")
   expect_plots(m)
