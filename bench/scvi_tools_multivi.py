@@ -23,6 +23,7 @@ Outputs per setting under --out/<setting>/:
                 protein only: the protein share of the all-cell reconstruction error and the
   foreground.csv protein foreground probabilities, cells x proteins (protein only)
   latent.csv    joint latent (posterior means), cells x n_latent, with the cell names
+  history.csv   per-epoch ELBO, reconstruction and KL, training and validation sets
   de.csv, da.csv with --de A,B (paired only): differential expression and accessibility of
                 cell type A vs B (default arguments), rows = genes / regions
 rscvi's side computes the same numbers with the same definitions.
@@ -140,7 +141,10 @@ def run(args, setting: str):
     out = os.path.join(args.out, setting)
     os.makedirs(out, exist_ok=True)
     pd.DataFrame(z, index=names).to_csv(os.path.join(out, "latent.csv"))
-    pd.concat([model.history["elbo_train"], model.history["elbo_validation"]], axis=1).to_csv(
+    logged = [k for k in ("elbo_train", "elbo_validation", "reconstruction_loss_train",
+                          "reconstruction_loss_validation", "kl_local_train",
+                          "kl_local_validation") if k in model.history]
+    pd.concat([model.history[k] for k in logged], axis=1).to_csv(
         os.path.join(out, "history.csv"), index=False)
     if setting == "protein":
         summary["reconstruction_error"] = {k: float(v) for k, v in reconstruction.items()}
